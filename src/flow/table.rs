@@ -1,0 +1,744 @@
+//! The sharded flow table.
+//!
+//! Layout, chosen so that a million flows fit in about 120 bytes each:
+//!
+//! * Each shard stores its entries in a slab of fixed-size chunks (no
+//!   reallocation and copy under the lock as it grows, no `Box` per flow) and
+//!   indexes them with a `hashbrown::HashTable<u32>` of slot numbers.
+//! * A [`FlowEntry`] is 116 bytes: times are 32-bit millisecond counters
+//!   (last-seen) and a 48-bit creation time, counters are packed 40-bit
+//!   packets / 56-bit bytes, and the rare parent id lives in a side map.
+//!
+//! Concurrency ("lock legend"):
+//!
+//! | data | guarded by |
+//! |---|---|
+//! | a shard's entries, index, free list, embryo queue, parents, sweep cursor | that shard's `Mutex` |
+//! | the flow count | `AtomicUsize`, changed only while holding the shard lock of the flow added or removed |
+//! | wildcard (multicast/broadcast and loose-source) state | its own `Mutex`, taken only while a shard lock may be held, never the other way round |
+//!
+//! A packet takes at most one shard lock on its path; only the rare wildcard
+//! path adds the wildcard lock after it. No global lock sits on the
+//! established-flow path. The hasher is aHash with random keys: flow keys are
+//! chosen by attackers.
+
+use super::key::{Direction, FlowKey};
+use super::tcp::{TcpState, TcpTracker};
+use super::{FlowClass, FlowConfig, FlowState};
+use crate::reason::CloseReason;
+use crate::time::{Instant, millis};
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A slot number inside one shard.
+pub type SlotId = u32;
+
+const CHUNK: usize = 256;
+
+const F_INBOUND: u8 = 0x01;
+const F_ESTABLISHED: u8 = 0x02;
+const F_HAS_PARENT: u8 = 0x04;
+const F_MCAST_STATE: u8 = 0x08;
+const F_EMBRYONIC: u8 = 0x10;
+
+const STATE_ACTIVE: u8 = 0xff;
+
+const MASK40: u64 = (1 << 40) - 1;
+const MASK56: u64 = (1 << 56) - 1;
+
+/// One flow. 116 bytes, packed to 4-byte alignment so no padding is wasted.
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
+pub struct FlowEntry {
+    id: u64,
+    /// Per direction (out, in) three words: packets in the low 40 bits of the
+    /// 96-bit value, bytes in the high 56.
+    counters: [u32; 6],
+    tcp: TcpTracker,
+    last_seen: u32,
+    /// Idle-timeout override in ms (classify options); 0 = the protocol default.
+    lifetime_ms: u32,
+    generation: u32,
+    created: [u16; 3],
+    key: FlowKey,
+    state: u8,
+    flags: u8,
+    arrival_port: u8,
+    _reserved: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<FlowEntry>() == 116);
+
+impl FlowEntry {
+    const VACANT: FlowEntry = FlowEntry {
+        id: 0,
+        counters: [0; 6],
+        tcp: TcpTracker::EMPTY,
+        last_seen: 0,
+        lifetime_ms: 0,
+        generation: 0,
+        created: [0; 3],
+        key: FlowKey::ZERO,
+        state: 0,
+        flags: 0,
+        arrival_port: 0,
+        _reserved: 0,
+    };
+
+    /// A new flow. `tcp` is `Some` for TCP flows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        key: FlowKey,
+        direction: Direction,
+        class: FlowClass,
+        tcp: Option<TcpTracker>,
+        now: Instant,
+        arrival_port: u8,
+        generation: u32,
+        lifetime: Option<Duration>,
+    ) -> FlowEntry {
+        let ms = now.as_millis();
+        let mut flags = 0;
+        if direction == Direction::Inbound {
+            flags |= F_INBOUND;
+        }
+        if class == FlowClass::McastBcastState {
+            flags |= F_MCAST_STATE;
+        }
+        let (state, tracker) = match tcp {
+            Some(t) => (t.state() as u8, t),
+            None => (STATE_ACTIVE, TcpTracker::EMPTY),
+        };
+        FlowEntry {
+            id,
+            counters: [0; 6],
+            tcp: tracker,
+            last_seen: ms as u32,
+            lifetime_ms: lifetime.map_or(0, |d| millis(d).clamp(1, u64::from(u32::MAX)) as u32),
+            generation,
+            created: [ms as u16, (ms >> 16) as u16, (ms >> 32) as u16],
+            key,
+            state,
+            flags,
+            arrival_port,
+            _reserved: 0,
+        }
+    }
+
+    /// The unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The key.
+    pub fn key(&self) -> FlowKey {
+        self.key
+    }
+
+    /// The direction of the packet that created the flow.
+    pub fn direction(&self) -> Direction {
+        if self.flags & F_INBOUND != 0 {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+
+    /// Ordinary flow or multicast/broadcast state.
+    pub fn class(&self) -> FlowClass {
+        if self.flags & F_MCAST_STATE != 0 {
+            FlowClass::McastBcastState
+        } else {
+            FlowClass::Unicast
+        }
+    }
+
+    /// Whether the flow was indicated at `flow_established`.
+    pub fn established(&self) -> bool {
+        self.flags & F_ESTABLISHED != 0
+    }
+
+    /// Whether the flow has a parent (see [`Shard::parent`]).
+    pub fn has_parent(&self) -> bool {
+        self.flags & F_HAS_PARENT != 0
+    }
+
+    /// The TCP state, or `Active`.
+    pub fn state(&self) -> FlowState {
+        match self.state {
+            STATE_ACTIVE => FlowState::Active,
+            _ => FlowState::Tcp(self.tcp.state()),
+        }
+    }
+
+    /// The TCP tracker (meaningless for other protocols).
+    pub fn tcp(&self) -> TcpTracker {
+        self.tcp
+    }
+
+    /// Whether this is a TCP flow.
+    pub fn is_tcp(&self) -> bool {
+        self.state != STATE_ACTIVE
+    }
+
+    /// The port the flow was (last) authorized on.
+    pub fn arrival_port(&self) -> u8 {
+        self.arrival_port
+    }
+
+    /// The policy generation of the flow's layer when it was (last) authorized.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// When the flow was created.
+    pub fn created(&self) -> Instant {
+        let c = self.created;
+        Instant::from_millis(u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32)
+    }
+
+    /// When the last packet refreshed the flow, given the current time.
+    pub fn last_seen(&self, now: Instant) -> Instant {
+        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
+        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
+    }
+
+    /// The idle-timeout override set by classify options.
+    pub fn lifetime(&self) -> Option<Duration> {
+        (self.lifetime_ms != 0).then(|| Duration::from_millis(u64::from(self.lifetime_ms)))
+    }
+
+    /// (packets, bytes) sent by the local host (`Outbound`) or received (`Inbound`).
+    pub fn counters(&self, direction: Direction) -> (u64, u64) {
+        let i = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 3,
+        };
+        let c = self.counters;
+        let v = u128::from(c[i]) | u128::from(c[i + 1]) << 32 | u128::from(c[i + 2]) << 64;
+        ((v as u64) & MASK40, (v >> 40) as u64 & MASK56)
+    }
+
+    /// Counts one packet of `len` bytes travelling in `direction`.
+    pub fn count(&mut self, direction: Direction, len: u32) {
+        let (packets, bytes) = self.counters(direction);
+        let packets = (packets + 1) & MASK40;
+        let bytes = (bytes + u64::from(len)) & MASK56;
+        let v = u128::from(packets) | u128::from(bytes) << 40;
+        let i = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 3,
+        };
+        let mut c = self.counters;
+        c[i] = v as u32;
+        c[i + 1] = (v >> 32) as u32;
+        c[i + 2] = (v >> 64) as u32;
+        self.counters = c;
+    }
+
+    /// Marks the flow as refreshed by a packet at `now`.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_seen = now.as_millis() as u32;
+    }
+
+    /// Records the outcome of a (re)authorization.
+    pub fn authorize(&mut self, generation: u32, arrival_port: Option<u8>) {
+        self.generation = generation;
+        if let Some(port) = arrival_port {
+            self.arrival_port = port;
+        }
+    }
+
+    /// Tracks a TCP segment (see [`TcpTracker::track`]) and keeps the cached state.
+    pub fn track_tcp(
+        &mut self,
+        from_initiator: bool,
+        seg: &crate::packet::TcpSegment,
+        enforce: bool,
+    ) -> Result<TcpState, crate::reason::DropReason> {
+        let mut tracker = self.tcp;
+        let result = tracker.track(from_initiator, seg, enforce);
+        self.tcp = tracker;
+        if let Ok(state) = result {
+            self.state = state as u8;
+        }
+        result
+    }
+
+    /// The idle timeout before adaptive scaling, and whether scaling applies.
+    fn base_timeout(&self, config: &FlowConfig) -> (Duration, bool) {
+        if self.flags & F_MCAST_STATE != 0 {
+            return (self.lifetime().unwrap_or(config.mcast_bcast_lifetime), true);
+        }
+        match self.state() {
+            FlowState::Tcp(state) => match state {
+                TcpState::SynSent | TcpState::SynReceived => (config.tcp_opening, true),
+                TcpState::Established => (config.tcp_established, false),
+                TcpState::FinWait | TcpState::Closing => (config.tcp_closing, true),
+                TcpState::TimeWait => (config.tcp_time_wait, true),
+                TcpState::Closed => (config.tcp_closed, true),
+            },
+            FlowState::Active => {
+                let default = if self.key.is_icmp() {
+                    config.icmp_idle
+                } else if self.key.protocol == crate::packet::proto::UDP {
+                    config.udp_idle
+                } else {
+                    config.other_idle
+                };
+                (self.lifetime().unwrap_or(default), true)
+            }
+        }
+    }
+
+    /// The idle timeout in force at adaptive `factor`.
+    pub fn timeout(&self, config: &FlowConfig, factor: f64) -> Duration {
+        let (base, scaled) = self.base_timeout(config);
+        if scaled && factor < 1.0 {
+            base.mul_f64(factor.max(0.0))
+        } else {
+            base
+        }
+    }
+
+    /// How long the flow has been idle at `now`.
+    pub fn idle(&self, now: Instant) -> Duration {
+        Duration::from_millis(u64::from(
+            (now.as_millis() as u32).wrapping_sub(self.last_seen),
+        ))
+    }
+
+    /// Whether the flow's idle timeout has passed at `now`.
+    pub fn expired(&self, now: Instant, config: &FlowConfig, factor: f64) -> bool {
+        self.idle(now) >= self.timeout(config, factor)
+    }
+
+    /// The closure reason if the flow is removed because its timer ran out.
+    pub fn expiry_reason(&self) -> CloseReason {
+        match self.state() {
+            FlowState::Tcp(TcpState::TimeWait) => CloseReason::TcpFin,
+            FlowState::Tcp(TcpState::Closed) => CloseReason::TcpRst,
+            _ => CloseReason::IdleTimeout,
+        }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.id == 0
+    }
+}
+
+impl TcpTracker {
+    const EMPTY: TcpTracker = TcpTracker::zeroed();
+}
+
+/// One shard: a slab of entries, its index and its bookkeeping.
+pub struct Shard {
+    index: HashTable<SlotId>,
+    chunks: Vec<Box<[FlowEntry]>>,
+    free: Vec<SlotId>,
+    /// Slots handed out so far; slots at or above it were never used.
+    high_water: u32,
+    len: usize,
+    /// TCP flows not yet established, oldest first, as (slot, low 32 bits of
+    /// the id); stale records are skipped lazily and compacted when they pile up.
+    embryos: VecDeque<(SlotId, u32)>,
+    embryo_count: usize,
+    parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
+    sweep_cursor: SlotId,
+    hasher: ahash::RandomState,
+}
+
+impl Shard {
+    fn new(hasher: ahash::RandomState) -> Shard {
+        Shard {
+            index: HashTable::new(),
+            chunks: Vec::new(),
+            free: Vec::new(),
+            high_water: 0,
+            len: 0,
+            embryos: VecDeque::new(),
+            embryo_count: 0,
+            parents: hashbrown::HashMap::with_hasher(hasher.clone()),
+            sweep_cursor: 0,
+            hasher,
+        }
+    }
+
+    /// Number of flows in this shard.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slot of `key`, if present.
+    #[inline]
+    pub fn find(&self, hash: u64, key: &FlowKey) -> Option<SlotId> {
+        self.index
+            .find(hash, |&slot| Self::at(&self.chunks, slot).key == *key)
+            .copied()
+    }
+
+    #[inline]
+    fn at(chunks: &[Box<[FlowEntry]>], slot: SlotId) -> &FlowEntry {
+        let slot = slot as usize;
+        &chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    /// The entry in `slot`.
+    #[inline]
+    pub fn entry(&self, slot: SlotId) -> &FlowEntry {
+        Self::at(&self.chunks, slot)
+    }
+
+    /// The entry in `slot`, mutably.
+    #[inline]
+    pub fn entry_mut(&mut self, slot: SlotId) -> &mut FlowEntry {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    /// The parent id of the flow in `slot`.
+    pub fn parent(&self, slot: SlotId) -> Option<u64> {
+        let entry = self.entry(slot);
+        if entry.has_parent() {
+            self.parents.get(&entry.id()).copied()
+        } else {
+            None
+        }
+    }
+
+    fn insert(&mut self, hash: u64, mut entry: FlowEntry, parent: Option<u64>) -> SlotId {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                if self.high_water as usize == self.chunks.len() * CHUNK {
+                    self.chunks
+                        .push(vec![FlowEntry::VACANT; CHUNK].into_boxed_slice());
+                }
+                self.high_water += 1;
+                self.high_water - 1
+            }
+        };
+        if let Some(parent) = parent {
+            entry.flags |= F_HAS_PARENT;
+            self.parents.insert(entry.id, parent);
+        }
+        if entry.is_tcp() && !entry.tcp.handshake_done() {
+            entry.flags |= F_EMBRYONIC;
+            self.embryos.push_back((slot, entry.id as u32));
+            self.embryo_count += 1;
+            self.compact_embryos();
+        }
+        *self.entry_mut(slot) = entry;
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.index
+            .insert_unique(hash, slot, |&s| hasher.hash_one(Self::at(chunks, s).key));
+        self.len += 1;
+        slot
+    }
+
+    fn remove(&mut self, slot: SlotId) -> (FlowEntry, Option<u64>) {
+        let entry = *self.entry(slot);
+        let hash = self.hasher.hash_one(entry.key);
+        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        if entry.flags & F_EMBRYONIC != 0 {
+            self.embryo_count -= 1;
+        }
+        let parent = if entry.has_parent() {
+            self.parents.remove(&entry.id())
+        } else {
+            None
+        };
+        *self.entry_mut(slot) = FlowEntry::VACANT;
+        self.free.push(slot);
+        self.len -= 1;
+        (entry, parent)
+    }
+
+    /// Records that the flow in `slot` completed its handshake (it may no
+    /// longer be evicted) and returns whether this is the first time.
+    pub fn mark_established(&mut self, slot: SlotId) -> bool {
+        let entry = self.entry_mut(slot);
+        if entry.flags & F_ESTABLISHED != 0 {
+            return false;
+        }
+        let was_embryonic = entry.flags & F_EMBRYONIC != 0;
+        entry.flags = (entry.flags | F_ESTABLISHED) & !F_EMBRYONIC;
+        if was_embryonic {
+            self.embryo_count -= 1;
+        }
+        true
+    }
+
+    fn compact_embryos(&mut self) {
+        if self.embryos.len() > 2 * self.embryo_count + 1024 {
+            let chunks = &self.chunks;
+            self.embryos.retain(|&(slot, id)| {
+                let e = Self::at(chunks, slot);
+                e.flags & F_EMBRYONIC != 0 && e.id as u32 == id
+            });
+        }
+    }
+
+    /// The oldest flow that has not completed its TCP handshake.
+    pub fn oldest_embryonic(&mut self) -> Option<SlotId> {
+        while let Some(&(slot, id)) = self.embryos.front() {
+            let e = self.entry(slot);
+            if e.flags & F_EMBRYONIC != 0 && e.id as u32 == id {
+                return Some(slot);
+            }
+            self.embryos.pop_front();
+        }
+        None
+    }
+
+    /// Looks at up to `budget` slots from the sweep cursor for an expired flow.
+    fn next_expired(
+        &mut self,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+        budget: usize,
+    ) -> Option<SlotId> {
+        let limit = self.high_water;
+        if limit == 0 {
+            return None;
+        }
+        for _ in 0..budget.min(limit as usize) {
+            let slot = self.sweep_cursor % limit;
+            self.sweep_cursor = (slot + 1) % limit;
+            let e = self.entry(slot);
+            if !e.is_vacant() && e.expired(now, config, factor) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Every live entry with its slot.
+    pub fn iter(&self) -> impl Iterator<Item = (SlotId, &FlowEntry)> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .take(self.high_water as usize)
+            .enumerate()
+            .filter(|(_, e)| !e.is_vacant())
+            .map(|(i, e)| (i as SlotId, e))
+    }
+
+    /// Heap bytes this shard holds (entries, index, bookkeeping).
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * std::mem::size_of::<FlowEntry>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[FlowEntry]>>()
+            + self.index.allocation_size()
+            + self.free.capacity() * 4
+            + self.embryos.capacity() * 8
+            + self.parents.allocation_size()
+    }
+}
+
+/// A flow removed from the table, with what its closure indication needs.
+#[derive(Clone, Copy)]
+pub struct Removed {
+    /// The entry as it was.
+    pub entry: FlowEntry,
+    /// Its parent id, if any.
+    pub parent: Option<u64>,
+}
+
+/// The flow table shared by every worker.
+pub struct FlowTable {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hasher: ahash::RandomState,
+    count: CachePadded<AtomicUsize>,
+    config: FlowConfig,
+}
+
+/// A locked shard plus the table, so adding and removing keep the global count.
+pub struct ShardGuard<'a> {
+    shard: MutexGuard<'a, Shard>,
+    table: &'a FlowTable,
+}
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+}
+
+/// How many slots a make-room attempt inspects for an expired flow.
+const EVICT_SCAN: usize = 64;
+
+impl ShardGuard<'_> {
+    /// Inserts a new flow, making room first if the table is full (SPEC §2:
+    /// an expired flow of this shard, else its oldest not-yet-established
+    /// flow). Returns the slot and the flow removed to make room, or `None`
+    /// when nothing could go (`flow_table_full`).
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        entry: FlowEntry,
+        parent: Option<u64>,
+        now: Instant,
+    ) -> Option<(SlotId, Option<(Removed, CloseReason)>)> {
+        let mut made_room = None;
+        if !self.table.admit() {
+            let config = &self.table.config;
+            let factor = self.table.adaptive_factor();
+            let victim = match self.shard.next_expired(now, config, factor, EVICT_SCAN) {
+                Some(slot) => Some((slot, self.shard.entry(slot).expiry_reason())),
+                None => self
+                    .shard
+                    .oldest_embryonic()
+                    .map(|slot| (slot, CloseReason::Evicted)),
+            };
+            let (slot, reason) = victim?;
+            // Removing and re-adding under this shard's lock keeps the count
+            // at or below the limit: the freed place goes to this flow.
+            let (old, old_parent) = self.shard.remove(slot);
+            made_room = Some((
+                Removed {
+                    entry: old,
+                    parent: old_parent,
+                },
+                reason,
+            ));
+        }
+        Some((self.shard.insert(hash, entry, parent), made_room))
+    }
+
+    /// Removes the flow in `slot`.
+    pub fn remove(&mut self, slot: SlotId) -> Removed {
+        let (entry, parent) = self.shard.remove(slot);
+        self.table.count.fetch_sub(1, Ordering::Relaxed);
+        Removed { entry, parent }
+    }
+
+    /// Inspects up to `budget` slots from the sweep cursor and removes the
+    /// expired flows among them, calling `closed` for each.
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        mut closed: impl FnMut(Removed, CloseReason),
+    ) {
+        let factor = self.table.adaptive_factor();
+        let limit = self.shard.high_water;
+        for _ in 0..budget.min(limit as usize) {
+            let slot = self.shard.sweep_cursor % limit;
+            self.shard.sweep_cursor = (slot + 1) % limit;
+            let entry = self.shard.entry(slot);
+            if !entry.is_vacant() && entry.expired(now, &self.table.config, factor) {
+                let reason = entry.expiry_reason();
+                let removed = self.remove(slot);
+                closed(removed, reason);
+            }
+        }
+    }
+}
+
+impl FlowTable {
+    /// A table for `config.max_flows` flows in `shards` shards (rounded up to a power of two).
+    pub fn new(config: FlowConfig, shards: usize) -> FlowTable {
+        let hasher = ahash::RandomState::new();
+        let n = shards.clamp(1, 4096).next_power_of_two();
+        FlowTable {
+            shards: (0..n)
+                .map(|_| CachePadded::new(Mutex::new(Shard::new(hasher.clone()))))
+                .collect(),
+            hasher,
+            count: CachePadded::new(AtomicUsize::new(0)),
+            config,
+        }
+    }
+
+    /// A shard count suited to `max_flows`: one shard per 256 flows, at most 64.
+    pub fn default_shards(max_flows: usize) -> usize {
+        (max_flows / 256).clamp(1, 64)
+    }
+
+    /// The lifetime settings.
+    pub fn config(&self) -> &FlowConfig {
+        &self.config
+    }
+
+    /// The keyed hash of a flow key.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Locks the shard that holds keys of `hash`.
+    #[inline]
+    pub fn lock(&self, hash: u64) -> ShardGuard<'_> {
+        // Bits 24..56: hashbrown uses the low bits for the bucket and the top
+        // seven as the tag, so the shard choice stays independent of both.
+        let idx = ((hash >> 24) as u32 as u64 * self.shards.len() as u64) >> 32;
+        self.lock_shard(idx as usize)
+    }
+
+    /// Locks shard number `idx`.
+    pub fn lock_shard(&self, idx: usize) -> ShardGuard<'_> {
+        // A panic while holding a shard lock is a bug; the data is still
+        // consistent enough to keep forwarding, so poisoning is ignored.
+        let shard = self.shards[idx]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ShardGuard { shard, table: self }
+    }
+
+    /// The number of flows in the whole table.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The adaptive timeout factor at the current fill level.
+    pub fn adaptive_factor(&self) -> f64 {
+        self.config.adaptive_factor(self.len())
+    }
+
+    /// Takes one place in the table if the limit allows.
+    fn admit(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.config.max_flows).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Heap bytes of the whole table.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.shards)
+            + (0..self.shards.len())
+                .map(|i| self.lock_shard(i).heap_bytes())
+                .sum::<usize>()
+    }
+}

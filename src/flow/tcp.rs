@@ -1,0 +1,345 @@
+//! TCP connection tracking: handshake, teardown and sequence windows.
+//!
+//! The window check is pf's (`pf_tcp_track_full`, after Guido van Rooij's
+//! "Real Stateful TCP Packet Filtering in IP Filter"): each peer keeps the
+//! highest sequence end it sent (`seqlo`), the highest end the other side
+//! allows it to send (`seqhi`, from the other side's ACK plus window) and its
+//! largest advertised window. A segment passes when
+//!
+//! 1. its last octet is inside the receiver's advertised window
+//!    (`end <= src.seqhi`),
+//! 2. it starts at most one maximum window before `src.seqlo` (retransmits),
+//! 3. its ACK is at most one maximum window (plus a segment) behind or ahead
+//!    of what the other side has sent.
+//!
+//! Window scaling applies only when both SYNs carried the option, and never to
+//! the window of a SYN itself (RFC 7323). The flow-level state is derived from
+//! per-peer flags, which makes simultaneous open, retransmitted SYNs and
+//! half-closes fall out without special cases.
+
+use crate::packet::TcpSegment;
+use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+use crate::reason::DropReason;
+
+/// Slack on the ACK check: one maximum window plus one segment (pf's MAXACKWINDOW).
+const MAX_ACK_WINDOW: i64 = 0xffff + 1500;
+
+const INIT: u8 = 0x01;
+const SYN_SEEN: u8 = 0x02;
+const SYN_ACKED: u8 = 0x04;
+const FIN_SEEN: u8 = 0x08;
+const FIN_ACKED: u8 = 0x10;
+const RST_SEEN: u8 = 0x20;
+const HAS_WSCALE: u8 = 0x40;
+/// Set on the initiator: windows are not enforced for this flow (picked up mid-stream).
+const LIBERAL: u8 = 0x80;
+
+/// One direction's sequence-space bookkeeping. 12 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TcpPeer {
+    /// Highest sequence end this peer has sent.
+    pub seqlo: u32,
+    /// Highest sequence end this peer may send (other's ack + window).
+    pub seqhi: u32,
+    /// Largest window this peer advertised, unscaled.
+    pub max_win: u16,
+    /// Window-scale shift from this peer's SYN.
+    pub wscale: u8,
+    flags: u8,
+}
+
+impl TcpPeer {
+    const UNSEEN: TcpPeer = TcpPeer {
+        seqlo: 0,
+        seqhi: 1,
+        max_win: 1,
+        wscale: 0,
+        flags: 0,
+    };
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// The states of SPEC §2, derived from both peers' flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    /// The initiator's SYN was seen.
+    SynSent,
+    /// The responder's SYN (-ACK) was seen.
+    SynReceived,
+    /// Both SYNs were acknowledged.
+    Established,
+    /// One side sent FIN.
+    FinWait,
+    /// Both sides sent FIN.
+    Closing,
+    /// Both FINs were acknowledged.
+    TimeWait,
+    /// An in-window RST was seen.
+    Closed,
+}
+
+impl TcpState {
+    /// The name used in `flows` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "syn_sent",
+            TcpState::SynReceived => "syn_received",
+            TcpState::Established => "established",
+            TcpState::FinWait => "fin_wait",
+            TcpState::Closing => "closing",
+            TcpState::TimeWait => "time_wait",
+            TcpState::Closed => "closed",
+        }
+    }
+}
+
+/// The tracker of one connection: the initiator's and the responder's peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TcpTracker {
+    peers: [TcpPeer; 2],
+}
+
+fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+fn seq_geq(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+impl TcpTracker {
+    /// A tracker with no peer seen (the value of non-TCP flows).
+    pub const fn zeroed() -> TcpTracker {
+        TcpTracker {
+            peers: [TcpPeer {
+                seqlo: 0,
+                seqhi: 0,
+                max_win: 0,
+                wscale: 0,
+                flags: 0,
+            }; 2],
+        }
+    }
+
+    /// A tracker for a connection opened by `syn` (a segment with SYN and no ACK).
+    pub fn from_syn(syn: &TcpSegment) -> TcpTracker {
+        let mut tracker = TcpTracker {
+            peers: [TcpPeer::UNSEEN; 2],
+        };
+        // The first segment of a fresh tracker always passes.
+        let _ = tracker.track(true, syn, true);
+        tracker
+    }
+
+    /// A tracker for a connection picked up mid-stream (`tcp_loose_pickup`):
+    /// treated as established, with windows learned but never enforced because
+    /// the window scale of the handshake is unknown.
+    pub fn picked_up(first: &TcpSegment) -> TcpTracker {
+        let mut tracker = TcpTracker {
+            peers: [TcpPeer::UNSEEN; 2],
+        };
+        tracker.peers[0].flags = LIBERAL | SYN_SEEN | SYN_ACKED;
+        tracker.peers[1].flags = SYN_SEEN | SYN_ACKED;
+        let _ = tracker.track(true, first, false);
+        tracker
+    }
+
+    /// The flow-level state.
+    pub fn state(&self) -> TcpState {
+        let [a, b] = &self.peers;
+        if a.has(RST_SEEN) || b.has(RST_SEEN) {
+            TcpState::Closed
+        } else if a.has(FIN_ACKED) && b.has(FIN_ACKED) {
+            TcpState::TimeWait
+        } else if a.has(FIN_SEEN) && b.has(FIN_SEEN) {
+            TcpState::Closing
+        } else if a.has(FIN_SEEN) || b.has(FIN_SEEN) {
+            TcpState::FinWait
+        } else if a.has(SYN_ACKED) && b.has(SYN_ACKED) {
+            TcpState::Established
+        } else if b.has(SYN_SEEN) {
+            TcpState::SynReceived
+        } else {
+            TcpState::SynSent
+        }
+    }
+
+    /// Whether the handshake has completed (established, or any later state
+    /// reached after it).
+    pub fn handshake_done(&self) -> bool {
+        self.peers[0].has(SYN_ACKED) && self.peers[1].has(SYN_ACKED)
+    }
+
+    /// The initiator's and responder's bookkeeping, for inspection.
+    pub fn peers(&self) -> &[TcpPeer; 2] {
+        &self.peers
+    }
+
+    /// Tracks one segment. `from_initiator` says which peer sent it;
+    /// `enforce` is `tcp_window_tracking`. On error the segment is dropped and
+    /// the tracker is unchanged.
+    pub fn track(
+        &mut self,
+        from_initiator: bool,
+        seg: &TcpSegment,
+        enforce: bool,
+    ) -> Result<TcpState, DropReason> {
+        let flags = seg.flags;
+        if (flags & SYN != 0 && flags & (RST | FIN) != 0) || flags & (SYN | RST | FIN | ACK) == 0 {
+            return Err(DropReason::TcpBadFlags);
+        }
+        let (si, di) = if from_initiator { (0, 1) } else { (1, 0) };
+        let state = self.state();
+
+        // A new attempt from the initiator before any answer (a different ISN
+        // on the same tuple) restarts the tracker instead of failing the window.
+        if from_initiator
+            && state == TcpState::SynSent
+            && !self.peers[1].has(INIT)
+            && flags & (SYN | ACK) == SYN
+            && seg.seq.wrapping_add(1).wrapping_add(seg.payload_len) != self.peers[0].seqlo
+        {
+            let liberal = self.peers[0].flags & LIBERAL;
+            self.peers = [TcpPeer::UNSEEN; 2];
+            self.peers[0].flags = liberal;
+        }
+
+        // The responder's first segment must answer the SYN: a SYN(-ACK), or a
+        // RST that acknowledges the SYN (connection refused, RFC 793).
+        if !from_initiator && !self.peers[1].has(INIT) && !self.liberal() {
+            if flags & RST != 0 {
+                if flags & ACK != 0 && seg.ack == self.peers[0].seqlo {
+                    self.peers[1].flags |= RST_SEEN | INIT;
+                    return Ok(TcpState::Closed);
+                }
+                return Err(DropReason::TcpRstOutOfWindow);
+            }
+            if flags & SYN == 0 {
+                return Err(DropReason::TcpInvalidState);
+            }
+        }
+
+        let liberal = !enforce || self.liberal() || state == TcpState::Closed;
+        let mut next = *self;
+        let ok = next.update(si, di, seg);
+        if !ok && !liberal {
+            return Err(if flags & RST != 0 {
+                DropReason::TcpRstOutOfWindow
+            } else {
+                DropReason::TcpOutOfWindow
+            });
+        }
+        *self = next;
+        Ok(self.state())
+    }
+
+    fn liberal(&self) -> bool {
+        self.peers[0].has(LIBERAL)
+    }
+
+    /// pf's window check and update; returns whether the segment was in window.
+    /// The update is applied either way (callers discard it on rejection).
+    fn update(&mut self, si: usize, di: usize, seg: &TcpSegment) -> bool {
+        let flags = seg.flags;
+        let syn = flags & SYN != 0;
+        let (sws, dws) = if !syn && self.peers[si].has(HAS_WSCALE) && self.peers[di].has(HAS_WSCALE)
+        {
+            (
+                u32::from(self.peers[si].wscale),
+                u32::from(self.peers[di].wscale),
+            )
+        } else {
+            (0, 0)
+        };
+        let mut seq = seg.seq;
+        let mut end = seq
+            .wrapping_add(seg.payload_len)
+            .wrapping_add(u32::from(syn))
+            .wrapping_add(u32::from(flags & FIN != 0));
+        let dst_max_win = u32::from(self.peers[di].max_win) << dws;
+
+        {
+            let src = &mut self.peers[si];
+            if !src.has(INIT) {
+                src.flags |= INIT;
+                if syn && let Some(scale) = seg.wscale {
+                    src.flags |= HAS_WSCALE;
+                    src.wscale = scale;
+                }
+                src.seqlo = seq;
+                let hi = end.wrapping_add(dst_max_win.max(1));
+                if src.seqhi == 1 || seq_geq(hi, src.seqhi) {
+                    src.seqhi = hi;
+                }
+                src.max_win = seg.window.max(1);
+            } else if syn
+                && !src.has(SYN_SEEN)
+                && let Some(scale) = seg.wscale
+            {
+                // Simultaneous open: this side's first packet was not its SYN.
+                src.flags |= HAS_WSCALE;
+                src.wscale = scale;
+            }
+        }
+
+        let ack = if flags & ACK != 0 {
+            seg.ack
+        } else {
+            self.peers[di].seqlo
+        };
+        if seq == end {
+            // No data, SYN or FIN: only the ACK matters.
+            seq = self.peers[si].seqlo;
+            end = seq;
+        }
+        let ackskew = i64::from(self.peers[di].seqlo.wrapping_sub(ack) as i32);
+        let src = self.peers[si];
+        let in_window = seq_geq(src.seqhi, end)
+            && seq_geq(seq, src.seqlo.wrapping_sub(dst_max_win))
+            && ackskew >= -MAX_ACK_WINDOW
+            && ackskew <= MAX_ACK_WINDOW << sws;
+
+        let win = if syn {
+            u32::from(seg.window)
+        } else {
+            u32::from(seg.window) << sws
+        };
+        let src = &mut self.peers[si];
+        if seg.window > src.max_win {
+            src.max_win = seg.window;
+        }
+        if seq_gt(end, src.seqlo) {
+            src.seqlo = end;
+        }
+        if syn {
+            src.flags |= SYN_SEEN;
+        }
+        if flags & FIN != 0 {
+            src.flags |= FIN_SEEN;
+        }
+        if flags & RST != 0 {
+            src.flags |= RST_SEEN;
+        }
+        if flags & ACK != 0 {
+            let dst = &mut self.peers[di];
+            if seq_geq(ack.wrapping_add(win), dst.seqhi) {
+                dst.seqhi = ack.wrapping_add(win.max(1));
+            }
+            if dst.has(SYN_SEEN) && !dst.has(SYN_ACKED) && seq_geq(ack, dst.seqlo) {
+                dst.flags |= SYN_ACKED;
+            }
+            if dst.has(FIN_SEEN) && !dst.has(FIN_ACKED) && seq_geq(ack, dst.seqlo) {
+                dst.flags |= FIN_ACKED;
+            }
+        }
+        in_window
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The decisions the engine asks for: layers, classify requests and the
+//! [`Authorizer`] that answers them.
+//!
+//! The engine consults an authorizer at the auth layers for the first packet
+//! of a flow and for reauthorization, at `icmp_error` for unrelated ICMP
+//! errors, and notifies it at `flow_established` and `endpoint_closure`. The
+//! compiled WFP policy of the configuration file is one authorizer;
+//! [`DefaultPolicy`] (the `[defaults]` actions alone) and [`FnPolicy`] (any
+//! closure) are others, used by tests and embedders.
+
+use crate::event::{Event, FlowInfo};
+use crate::packet::{IpVersion, RawAddr};
+use crate::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The layers of SPEC §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    /// First packet of an outbound flow; reauthorization of outbound flows.
+    AuthConnect,
+    /// First packet of an inbound flow; reauthorization of inbound flows.
+    AuthRecvAccept,
+    /// A flow's handshake completed (TCP) or it was permitted (others).
+    FlowEstablished,
+    /// A flow was removed.
+    EndpointClosure,
+    /// An ICMP error that matches no flow.
+    IcmpError,
+}
+
+impl Layer {
+    /// Every layer.
+    pub const ALL: [Layer; 5] = [
+        Layer::AuthConnect,
+        Layer::AuthRecvAccept,
+        Layer::FlowEstablished,
+        Layer::EndpointClosure,
+        Layer::IcmpError,
+    ];
+    /// The number of layers.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::AuthConnect => "auth_connect",
+            Layer::AuthRecvAccept => "auth_recv_accept",
+            Layer::FlowEstablished => "flow_established",
+            Layer::EndpointClosure => "endpoint_closure",
+            Layer::IcmpError => "icmp_error",
+        }
+    }
+
+    /// The auth layer that authorizes flows of `direction`.
+    pub fn auth(direction: crate::flow::Direction) -> Layer {
+        match direction {
+            crate::flow::Direction::Outbound => Layer::AuthConnect,
+            crate::flow::Direction::Inbound => Layer::AuthRecvAccept,
+        }
+    }
+
+    /// Index into per-layer arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Permit or block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Let the packet (and its flow) through.
+    Permit,
+    /// Drop it.
+    Block,
+}
+
+impl Action {
+    /// `"permit"` or `"block"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Permit => "permit",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// The condition flags of SPEC §4.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClassifyFlags(u8);
+
+impl ClassifyFlags {
+    /// The flow is being reauthorized.
+    pub const REAUTHORIZE: ClassifyFlags = ClassifyFlags(1);
+    /// The packet is a (first) fragment.
+    pub const FRAGMENT: ClassifyFlags = ClassifyFlags(2);
+    /// The destination is a multicast address.
+    pub const MULTICAST: ClassifyFlags = ClassifyFlags(4);
+    /// The destination is a broadcast address.
+    pub const BROADCAST: ClassifyFlags = ClassifyFlags(8);
+
+    /// No flag.
+    pub const fn empty() -> Self {
+        ClassifyFlags(0)
+    }
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: ClassifyFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any flag of `other` is set.
+    pub const fn intersects(self, other: ClassifyFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Sets the flags of `other`.
+    pub fn insert(&mut self, other: ClassifyFlags) {
+        self.0 |= other.0;
+    }
+}
+
+impl std::ops::BitOr for ClassifyFlags {
+    type Output = ClassifyFlags;
+    fn bitor(self, rhs: ClassifyFlags) -> ClassifyFlags {
+        ClassifyFlags(self.0 | rhs.0)
+    }
+}
+
+/// What a layer classifies: the fields filters can match on (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassifyRequest {
+    /// The layer being classified.
+    pub layer: Layer,
+    /// IP version.
+    pub version: IpVersion,
+    /// IP protocol.
+    pub protocol: u8,
+    /// The inside host's address.
+    pub local_addr: RawAddr,
+    /// The other host's address.
+    pub remote_addr: RawAddr,
+    /// The inside host's port (0 where the protocol has none).
+    pub local_port: u16,
+    /// The other host's port (0 where the protocol has none).
+    pub remote_port: u16,
+    /// ICMP type and code, for ICMP.
+    pub icmp: Option<(u8, u8)>,
+    /// The arrival port, or `None` when unknown (`arrival_port = "empty"`).
+    pub arrival_port: Option<u8>,
+    /// Condition flags.
+    pub flags: ClassifyFlags,
+    /// The time of the packet (for rate limits).
+    pub now: Instant,
+}
+
+/// Classify options a permit can attach to the flow it creates (ALE flow customization).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOptions {
+    /// Idle timeout for the unicast (non-TCP) flow created.
+    pub unicast_lifetime: Option<Duration>,
+    /// Lifetime of multicast/broadcast state created.
+    pub mcast_bcast_lifetime: Option<Duration>,
+    /// Permit an outbound multicast/broadcast packet without creating state.
+    pub deny_multicast_state: bool,
+    /// UDP responses may come from any remote address to the flow's local port.
+    pub loose_source_mapping: bool,
+}
+
+/// The answer of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Permit or block.
+    pub action: Action,
+    /// The deciding filter, or `None` for the layer's default action.
+    pub filter: Option<Arc<str>>,
+    /// Options for the flow a permit creates.
+    pub options: FlowOptions,
+    /// Whether a callout vetoed a hard permit.
+    pub vetoed: bool,
+}
+
+impl Decision {
+    /// The layer default, without a filter.
+    pub fn default_action(action: Action) -> Decision {
+        Decision {
+            action,
+            filter: None,
+            options: FlowOptions::default(),
+            vetoed: false,
+        }
+    }
+}
+
+/// Whoever decides: the compiled policy, or a test's closure.
+///
+/// `classify` and `indicate` may push events (callout logs, vetoes) to
+/// `events`; they must not block for long: the engine holds the flow's shard
+/// lock while it classifies.
+pub trait Authorizer: Send + Sync {
+    /// The policy generation of `layer`. A flow authorized under another
+    /// generation of its layer is reauthorized on its next packet.
+    fn generation(&self, layer: Layer) -> u32;
+
+    /// Classifies at `request.layer`.
+    fn classify(&self, request: &ClassifyRequest, events: &mut Vec<Event>) -> Decision;
+
+    /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow`.
+    fn indicate(&self, _layer: Layer, _flow: &FlowInfo, _events: &mut Vec<Event>) {}
+}
+
+/// The `[defaults]` actions and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultPolicy {
+    /// Default of `auth_connect`.
+    pub auth_connect: Action,
+    /// Default of `auth_recv_accept`.
+    pub auth_recv_accept: Action,
+    /// Default of `icmp_error`.
+    pub icmp_error: Action,
+}
+
+impl Default for DefaultPolicy {
+    /// SPEC §4: outbound permitted, inbound and unrelated ICMP errors blocked.
+    fn default() -> Self {
+        DefaultPolicy {
+            auth_connect: Action::Permit,
+            auth_recv_accept: Action::Block,
+            icmp_error: Action::Block,
+        }
+    }
+}
+
+impl DefaultPolicy {
+    /// The default action of `layer` (callout-only layers permit).
+    pub fn action(&self, layer: Layer) -> Action {
+        match layer {
+            Layer::AuthConnect => self.auth_connect,
+            Layer::AuthRecvAccept => self.auth_recv_accept,
+            Layer::IcmpError => self.icmp_error,
+            Layer::FlowEstablished | Layer::EndpointClosure => Action::Permit,
+        }
+    }
+}
+
+impl Authorizer for DefaultPolicy {
+    fn generation(&self, _layer: Layer) -> u32 {
+        0
+    }
+
+    fn classify(&self, request: &ClassifyRequest, _events: &mut Vec<Event>) -> Decision {
+        Decision::default_action(self.action(request.layer))
+    }
+}
+
+/// An authorizer made of a closure and a fixed generation per layer.
+pub struct FnPolicy<F> {
+    classify: F,
+    generations: [u32; Layer::COUNT],
+}
+
+impl<F> FnPolicy<F>
+where
+    F: Fn(&ClassifyRequest) -> Decision + Send + Sync,
+{
+    /// Wraps `classify`; every layer is at generation `generation`.
+    pub fn new(generation: u32, classify: F) -> Self {
+        FnPolicy {
+            classify,
+            generations: [generation; Layer::COUNT],
+        }
+    }
+
+    /// Sets the generation of one layer.
+    pub fn with_generation(mut self, layer: Layer, generation: u32) -> Self {
+        self.generations[layer.index()] = generation;
+        self
+    }
+}
+
+impl<F> Authorizer for FnPolicy<F>
+where
+    F: Fn(&ClassifyRequest) -> Decision + Send + Sync,
+{
+    fn generation(&self, layer: Layer) -> u32 {
+        self.generations[layer.index()]
+    }
+
+    fn classify(&self, request: &ClassifyRequest, _events: &mut Vec<Event>) -> Decision {
+        (self.classify)(request)
+    }
+}
