@@ -1,1 +1,270 @@
-//! Property tests.
+//! Property tests of the core: what must hold for any input.
+//!
+//! * random bytes never panic the parser or the engine;
+//! * the flow key is symmetric: a packet and its reply build the same key;
+//! * every created flow is indicated at closure exactly once, whatever the
+//!   traffic, timing and table pressure;
+//! * the table never holds more than `max_flows` flows.
+
+use etherparse::PacketBuilder;
+use proptest::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tunwall::engine::{Gateway, GatewayConfig, HostModel};
+use tunwall::event::EventKind;
+use tunwall::flow::{FlowConfig, FlowKey, Zone};
+use tunwall::packet::parse;
+use tunwall::policy::{Action, Decision, FnPolicy};
+use tunwall::route::PortSpec;
+use tunwall::time::Instant;
+
+fn gateway(max_flows: usize, shards: usize) -> Arc<Gateway> {
+    let mut flows = FlowConfig::with_max_flows(max_flows);
+    flows.udp_idle = Duration::from_secs(5);
+    flows.icmp_idle = Duration::from_secs(3);
+    flows.tcp_opening = Duration::from_secs(4);
+    flows.tcp_closing = Duration::from_secs(4);
+    flows.tcp_time_wait = Duration::from_secs(2);
+    flows.tcp_closed = Duration::from_secs(1);
+    flows.fragment_timeout = Duration::from_secs(2);
+    Gateway::new(GatewayConfig {
+        ports: vec![
+            PortSpec::new("lan", Zone::Inside, &["198.18.1.0/24", "fd00:1::/64"]),
+            PortSpec::new("lan2", Zone::Inside, &["198.18.3.0/24"]),
+            PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
+        ],
+        flows,
+        host_model: HostModel::Weak,
+        shards: Some(shards),
+    })
+}
+
+/// One step of random traffic between a few inside and outside hosts.
+#[derive(Clone, Debug)]
+enum Step {
+    Packet {
+        inbound: bool,
+        v6: bool,
+        protocol: u8,
+        host: u8,
+        port: u16,
+        flags: u8,
+        seq: u32,
+        via_lan2: bool,
+    },
+    Advance(u16),
+    Tick,
+    NewPolicy(bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (any::<bool>(), any::<bool>(), prop::sample::select(vec![6u8, 17, 1, 47]), 0u8..4, 1u16..4,
+              prop::sample::select(vec![0x02u8, 0x12, 0x10, 0x11, 0x04, 0x14, 0x18]), any::<u32>(), any::<bool>())
+            .prop_map(|(inbound, v6, protocol, host, port, flags, seq, via_lan2)| Step::Packet {
+                inbound, v6, protocol, host, port, flags, seq, via_lan2,
+            }),
+        2 => (0u16..3000).prop_map(Step::Advance),
+        1 => Just(Step::Tick),
+        1 => any::<bool>().prop_map(Step::NewPolicy),
+    ]
+}
+
+fn build(
+    inbound: bool,
+    v6: bool,
+    protocol: u8,
+    host: u8,
+    port: u16,
+    flags: u8,
+    seq: u32,
+) -> Vec<u8> {
+    let inside: ([u8; 4], [u8; 16]) = (
+        [198, 18, 1, 10 + host],
+        [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10 + host],
+    );
+    let outside: ([u8; 4], [u8; 16]) = (
+        [198, 18, 2, 20],
+        [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20],
+    );
+    let (src, dst) = if inbound {
+        (outside, inside)
+    } else {
+        (inside, outside)
+    };
+    let (sport, dport) = if inbound {
+        (80 + port, 40000 + port)
+    } else {
+        (40000 + port, 80 + port)
+    };
+    let ip = if v6 {
+        PacketBuilder::ipv6(src.1, dst.1, 64)
+    } else {
+        PacketBuilder::ipv4(src.0, dst.0, 64)
+    };
+    let mut out = Vec::new();
+    let result = match protocol {
+        6 => {
+            let mut b = ip.tcp(sport, dport, seq, 65535);
+            if flags & 0x02 != 0 {
+                b = b.syn();
+            }
+            if flags & 0x10 != 0 {
+                b = b.ack(seq.rotate_left(7));
+            }
+            if flags & 0x01 != 0 {
+                b = b.fin();
+            }
+            if flags & 0x04 != 0 {
+                b = b.rst();
+            }
+            b.write(&mut out, b"data")
+        }
+        17 => ip.udp(sport, dport).write(&mut out, b"data"),
+        1 => match (v6, inbound) {
+            (false, false) => ip.icmpv4_echo_request(port, 1).write(&mut out, b"ping"),
+            (false, true) => ip.icmpv4_echo_reply(port, 1).write(&mut out, b"ping"),
+            (true, false) => ip.icmpv6_echo_request(port, 1).write(&mut out, b"ping"),
+            (true, true) => ip.icmpv6_echo_reply(port, 1).write(&mut out, b"ping"),
+        },
+        _ => {
+            let payload = b"gre!";
+            if v6 {
+                let h = etherparse::Ipv6Header {
+                    payload_length: payload.len() as u16,
+                    next_header: etherparse::IpNumber(protocol),
+                    hop_limit: 64,
+                    source: src.1,
+                    destination: dst.1,
+                    ..Default::default()
+                };
+                h.write(&mut out).expect("write to Vec");
+            } else {
+                let h = etherparse::Ipv4Header::new(
+                    payload.len() as u16,
+                    64,
+                    etherparse::IpNumber(protocol),
+                    src.0,
+                    dst.0,
+                )
+                .expect("valid header");
+                h.write(&mut out).expect("write to Vec");
+            }
+            out.extend_from_slice(payload);
+            Ok(())
+        }
+    };
+    result.expect("building a packet into a Vec");
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), port in 0u8..4) {
+        let _ = parse(&bytes);
+        let gw = gateway(16, 1);
+        let mut engine = gw.engine(Arc::new(tunwall::policy::DefaultPolicy::default()), 0, 1);
+        let mut copy = bytes.clone();
+        let _ = engine.process(Instant::ZERO, port, &mut copy);
+        engine.handle_timeout(Instant::from_secs(1));
+    }
+
+    #[test]
+    fn mutated_valid_packets_never_panic(
+        protocol in prop::sample::select(vec![6u8, 17, 1, 47]),
+        v6 in any::<bool>(),
+        flips in prop::collection::vec((0usize..80, any::<u8>()), 1..6),
+        cut in 0usize..80,
+    ) {
+        let mut packet = build(false, v6, protocol, 0, 1, 0x02, 1);
+        for (at, value) in flips {
+            if let Some(byte) = packet.get_mut(at) {
+                *byte = value;
+            }
+        }
+        packet.truncate(packet.len().saturating_sub(cut));
+        let gw = gateway(16, 1);
+        let mut engine = gw.engine(Arc::new(tunwall::policy::DefaultPolicy::default()), 0, 1);
+        let _ = engine.process(Instant::ZERO, 0, &mut packet);
+    }
+
+    #[test]
+    fn flow_key_is_symmetric(
+        v6 in any::<bool>(),
+        protocol in prop::sample::select(vec![6u8, 17, 1, 47]),
+        host in 0u8..4,
+        port in 1u16..100,
+    ) {
+        let out = parse(&build(false, v6, protocol, host, port, 0x02, 9)).unwrap();
+        let back = parse(&build(true, v6, protocol, host, port, 0x12, 9)).unwrap();
+        let a = FlowKey::of_packet(&out, Zone::Inside).unwrap();
+        let b = FlowKey::of_packet(&back, Zone::Outside).unwrap();
+        prop_assert_eq!(a, b);
+        // The same packet seen from the other zone is another flow.
+        let c = FlowKey::of_packet(&out, Zone::Outside).unwrap();
+        prop_assert_ne!(a, c);
+    }
+
+    #[test]
+    fn every_flow_closes_exactly_once_and_the_limit_holds(
+        steps in prop::collection::vec(step(), 1..120),
+        max_flows in 1usize..12,
+        shards in 1usize..4,
+        permit_inbound in any::<bool>(),
+    ) {
+        let gw = gateway(max_flows, shards);
+        let policy = |generation: u32, permit_inbound: bool| {
+            Arc::new(FnPolicy::new(generation, move |req: &tunwall::policy::ClassifyRequest| {
+                let inbound = req.layer == tunwall::policy::Layer::AuthRecvAccept;
+                Decision::default_action(if inbound && !permit_inbound { Action::Block } else { Action::Permit })
+            }))
+        };
+        let mut engine = gw.engine(policy(0, permit_inbound), 0, 1);
+        let mut now = 0u64;
+        let mut generation = 0;
+        let mut created: HashMap<u64, u32> = HashMap::new();
+        let mut closed: HashMap<u64, u32> = HashMap::new();
+        let mut record = |engine: &mut tunwall::engine::Engine| -> Result<(), TestCaseError> {
+            for event in engine.drain_events() {
+                match event.kind {
+                    EventKind::FlowCreated(f) => *created.entry(f.id).or_default() += 1,
+                    EventKind::FlowClosed { flow, .. } => {
+                        prop_assert!(created.contains_key(&flow.id), "flow {} closed before it was created", flow.id);
+                        *closed.entry(flow.id).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Step::Packet { inbound, v6, protocol, host, port, flags, seq, via_lan2 } => {
+                    let mut packet = build(inbound, v6, protocol, host, port, flags, seq);
+                    let arrival = if inbound { 2 } else if via_lan2 && !v6 { 1 } else { 0 };
+                    let _ = engine.process(Instant::from_millis(now), arrival, &mut packet);
+                }
+                Step::Advance(ms) => now += u64::from(ms),
+                Step::Tick => engine.handle_timeout(Instant::from_millis(now)),
+                Step::NewPolicy(permit) => {
+                    generation += 1;
+                    engine.set_policy(policy(generation, permit));
+                }
+            }
+            record(&mut engine)?;
+            prop_assert!(gw.flows_active() <= max_flows);
+            prop_assert_eq!(gw.flows(Instant::from_millis(now)).len(), gw.flows_active());
+        }
+        engine.close_all(Instant::from_millis(now), true);
+        record(&mut engine)?;
+        prop_assert_eq!(gw.flows_active(), 0);
+        for (id, n) in &created {
+            prop_assert_eq!(*n, 1, "flow {} created {} times", id, n);
+            prop_assert_eq!(closed.get(id).copied(), Some(1), "flow {} closed {:?} times", id, closed.get(id));
+        }
+        prop_assert_eq!(created.len(), closed.len());
+    }
+}
