@@ -253,8 +253,10 @@ pub enum EventKind {
         layer: Layer,
         /// The callout filter.
         filter: Arc<str>,
-        /// The flow, when the layer has one.
+        /// The flow, at `flow_established` and `endpoint_closure`.
         flow: Option<FlowInfo>,
+        /// What was classified, at the auth and `icmp_error` layers.
+        request: Option<crate::policy::ClassifyRequest>,
     },
 }
 
@@ -351,9 +353,45 @@ impl Event {
                 map.insert("filter".into(), json!(&**filter));
                 map.insert("overridden_filter".into(), json!(&**overridden_filter));
             }
-            EventKind::CalloutLog { layer, filter, .. } => {
+            EventKind::CalloutLog {
+                layer,
+                filter,
+                request,
+                ..
+            } => {
                 map.insert("layer".into(), json!(layer.as_str()));
                 map.insert("filter".into(), json!(&**filter));
+                if let Some(r) = request {
+                    map.insert("ip_version".into(), json!(r.version.number()));
+                    map.insert("protocol".into(), protocol_json(r.protocol));
+                    map.insert(
+                        "local_addr".into(),
+                        json!(to_ip_addr(r.version, &r.local_addr).to_string()),
+                    );
+                    map.insert(
+                        "remote_addr".into(),
+                        json!(to_ip_addr(r.version, &r.remote_addr).to_string()),
+                    );
+                    let (local_port, remote_port) = match r.icmp {
+                        Some(_) => (Value::Null, Value::Null),
+                        None => (json!(r.local_port), json!(r.remote_port)),
+                    };
+                    map.insert("local_port".into(), local_port);
+                    map.insert("remote_port".into(), remote_port);
+                    map.insert("icmp_type".into(), json!(r.icmp.map(|(t, _)| t)));
+                    map.insert("icmp_code".into(), json!(r.icmp.map(|(_, c)| c)));
+                    map.insert(
+                        "arrival_port".into(),
+                        json!(
+                            r.arrival_port
+                                .and_then(|p| ports.get(usize::from(p)).map(|p| p.as_ref()))
+                        ),
+                    );
+                    map.insert(
+                        "reauthorize".into(),
+                        json!(r.flags.contains(crate::policy::ClassifyFlags::REAUTHORIZE)),
+                    );
+                }
             }
         }
         object

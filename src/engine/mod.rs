@@ -417,12 +417,12 @@ impl Local {
     ) {
         self.stats.flows_closed[reason.index()] += 1;
         let entry = &removed.entry;
-        if entry.class() == FlowClass::McastBcastState {
+        if entry.is_wildcard_owner() {
             gw.wildcards.remove(&wildcard_key(&entry.key()), entry.id());
         }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
         self.policy
-            .indicate(Layer::EndpointClosure, &flow, &mut self.events);
+            .indicate(Layer::EndpointClosure, &flow, now, &mut self.events);
         self.emit(now, EventKind::FlowClosed { flow, reason });
     }
 
@@ -436,7 +436,7 @@ impl Local {
             gw.table.adaptive_factor(),
         );
         self.policy
-            .indicate(Layer::FlowEstablished, &flow, &mut self.events);
+            .indicate(Layer::FlowEstablished, &flow, now, &mut self.events);
         self.emit(now, EventKind::FlowEstablished(flow));
     }
 
@@ -635,7 +635,7 @@ impl Local {
         // Multicast/broadcast state is kept alive only by outbound traffic.
         if entry.class() == FlowClass::Unicast || direction == Direction::Outbound {
             entry.touch(a.now);
-            if entry.class() == FlowClass::McastBcastState {
+            if entry.is_wildcard_owner() {
                 gw.wildcards
                     .refresh(&wildcard_key(&entry.key()), entry.id(), a.now);
             }
@@ -657,7 +657,7 @@ impl Local {
         let entry = *shard.entry(slot);
         let layer = Layer::auth(entry.direction());
         let with_flow = a.direction() == entry.direction();
-        let mut request = flow_request(layer, &entry.key(), a.now);
+        let mut request = ClassifyRequest::for_flow(layer, &entry.key(), a.now);
         // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
         request.arrival_port = with_flow.then_some(a.port);
         request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
@@ -776,7 +776,7 @@ impl Local {
         }
 
         let layer = Layer::auth(direction);
-        let mut request = flow_request(layer, &key, a.now);
+        let mut request = ClassifyRequest::for_flow(layer, &key, a.now);
         if let Transport::Icmp {
             icmp_type, code, ..
         } = packet.transport
@@ -794,6 +794,9 @@ impl Local {
             });
         }
         let mcast_state = direction == Direction::Outbound && group;
+        let loose_source = !mcast_state
+            && decision.options.loose_source_mapping
+            && packet.protocol == crate::packet::proto::UDP;
         if mcast_state && decision.options.deny_multicast_state {
             return Ok(a.egress);
         }
@@ -825,17 +828,20 @@ impl Local {
             lifetime,
         );
         entry.count(direction, packet.len);
+        if mcast_state || loose_source {
+            entry.set_wildcard_owner();
+        }
         let egress = self.insert(gw, a, &mut shard, hash, entry, None)?;
-        if mcast_state {
+        if mcast_state || loose_source {
             gw.wildcards.add(
                 wildcard_key(&key),
                 Wildcard {
                     local: key.local,
-                    any_group: true,
+                    any_group: mcast_state,
                     parent_id: id,
                     arrival_port: a.port,
                     refreshed: a.now,
-                    lifetime: lifetime.unwrap_or(config.mcast_bcast_lifetime),
+                    lifetime: entry.timeout(config, 1.0),
                 },
             );
         }
@@ -878,24 +884,6 @@ fn block_reason(layer: Layer, decision: &Decision) -> DropReason {
         Layer::AuthConnect => DropReason::AuthConnectBlocked,
         Layer::AuthRecvAccept => DropReason::AuthRecvAcceptBlocked,
         _ => DropReason::IcmpErrorBlocked,
-    }
-}
-
-/// The classify request describing a flow (no arrival port, no flags).
-fn flow_request(layer: Layer, key: &FlowKey, now: Instant) -> ClassifyRequest {
-    let icmp = key.icmp();
-    ClassifyRequest {
-        layer,
-        version: key.version(),
-        protocol: key.protocol,
-        local_addr: key.local,
-        remote_addr: key.remote,
-        local_port: if icmp.is_some() { 0 } else { key.local_port },
-        remote_port: if icmp.is_some() { 0 } else { key.remote_port },
-        icmp: icmp.map(|i| (i.icmp_type, i.code)),
-        arrival_port: None,
-        flags: ClassifyFlags::empty(),
-        now,
     }
 }
 

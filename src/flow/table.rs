@@ -44,6 +44,7 @@ const F_ESTABLISHED: u8 = 0x02;
 const F_HAS_PARENT: u8 = 0x04;
 const F_MCAST_STATE: u8 = 0x08;
 const F_EMBRYONIC: u8 = 0x10;
+const F_WILDCARD_OWNER: u8 = 0x20;
 
 const STATE_ACTIVE: u8 = 0xff;
 
@@ -161,6 +162,17 @@ impl FlowEntry {
     /// Whether the flow was indicated at `flow_established`.
     pub fn established(&self) -> bool {
         self.flags & F_ESTABLISHED != 0
+    }
+
+    /// Marks the flow as owning wildcard state (multicast/broadcast state or
+    /// loose source mapping) that must follow its refreshes and removal.
+    pub fn set_wildcard_owner(&mut self) {
+        self.flags |= F_WILDCARD_OWNER;
+    }
+
+    /// Whether the flow owns wildcard state.
+    pub fn is_wildcard_owner(&self) -> bool {
+        self.flags & F_WILDCARD_OWNER != 0
     }
 
     /// Whether the flow has a parent (see [`Shard::parent`]).

@@ -8,7 +8,17 @@
 //! [`DefaultPolicy`] (the `[defaults]` actions alone) and [`FnPolicy`] (any
 //! closure) are others, used by tests and embedders.
 
+pub mod arbitration;
+pub mod callout;
+pub mod compiled;
+pub mod filter;
+
+pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
+pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+
 use crate::event::{Event, FlowInfo};
+use crate::flow::FlowKey;
 use crate::packet::{IpVersion, RawAddr};
 use crate::time::Instant;
 use std::sync::Arc;
@@ -154,6 +164,27 @@ pub struct ClassifyRequest {
     pub now: Instant,
 }
 
+impl ClassifyRequest {
+    /// The request describing an existing flow at `layer`: its key's fields,
+    /// no arrival port (unknown) and no flags.
+    pub fn for_flow(layer: Layer, key: &FlowKey, now: Instant) -> ClassifyRequest {
+        let icmp = key.icmp();
+        ClassifyRequest {
+            layer,
+            version: key.version(),
+            protocol: key.protocol,
+            local_addr: key.local,
+            remote_addr: key.remote,
+            local_port: if icmp.is_some() { 0 } else { key.local_port },
+            remote_port: if icmp.is_some() { 0 } else { key.remote_port },
+            icmp: icmp.map(|i| (i.icmp_type, i.code)),
+            arrival_port: None,
+            flags: ClassifyFlags::empty(),
+            now,
+        }
+    }
+}
+
 /// Classify options a permit can attach to the flow it creates (ALE flow customization).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowOptions {
@@ -205,8 +236,8 @@ pub trait Authorizer: Send + Sync {
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, events: &mut Vec<Event>) -> Decision;
 
-    /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow`.
-    fn indicate(&self, _layer: Layer, _flow: &FlowInfo, _events: &mut Vec<Event>) {}
+    /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow` at `now`.
+    fn indicate(&self, _layer: Layer, _flow: &FlowInfo, _now: Instant, _events: &mut Vec<Event>) {}
 }
 
 /// The `[defaults]` actions and nothing else.

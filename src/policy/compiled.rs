@@ -1,0 +1,553 @@
+//! The compiled policy: immutable, indexed, swapped whole on reload.
+//!
+//! Each layer keeps its filters in evaluation order (sublayers by weight,
+//! highest first; filters by weight, highest first, then file order) and an
+//! index that, for a request, yields the few filters that can match it:
+//! every filter is filed under one of its address or port conditions as
+//! prefix blocks (ranges are split into blocks), so a lookup is a handful of
+//! hash probes — one per prefix length in use — instead of a scan. Filters
+//! without an indexable condition are always candidates. The candidates are
+//! then evaluated in order with WFP arbitration, which gives exactly the
+//! result of evaluating every filter in order (a property test checks this).
+
+use super::arbitration::{Arbiter, SublayerResult};
+use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
+use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
+use crate::event::{Event, EventKind, FlowInfo};
+use crate::packet::IpVersion;
+use crate::time::Instant;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A sublayer: a name and a weight (higher is evaluated first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sublayer {
+    /// Name.
+    pub name: String,
+    /// Weight (WFP's UINT16).
+    pub weight: u16,
+}
+
+/// The action of a filter as written in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecAction {
+    /// `action = "permit"`.
+    Permit {
+        /// `hard = true`.
+        hard: bool,
+    },
+    /// `action = "block"`.
+    Block {
+        /// Unless `hard = false`.
+        hard: bool,
+    },
+    /// `action = "callout"`.
+    Callout {
+        /// `callout = "…"`.
+        name: String,
+        /// Its parameters.
+        params: CalloutParams,
+    },
+}
+
+/// A validated filter, before compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterSpec {
+    /// Unique name.
+    pub name: String,
+    /// Layer.
+    pub layer: Layer,
+    /// Index into [`PolicySpec::sublayers`].
+    pub sublayer: usize,
+    /// Weight.
+    pub weight: u64,
+    /// Action.
+    pub action: SpecAction,
+    /// Conditions.
+    pub conditions: Conditions,
+    /// Classify options.
+    pub options: FlowOptions,
+    /// The conditions and options as written, for `tunwall check`.
+    pub summary: String,
+}
+
+/// A validated policy, before compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// `[defaults]`.
+    pub defaults: DefaultPolicy,
+    /// Sublayers, the implicit `default` (weight 0) included.
+    pub sublayers: Vec<Sublayer>,
+    /// Filters in file order.
+    pub filters: Vec<FilterSpec>,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        PolicySpec {
+            defaults: DefaultPolicy::default(),
+            sublayers: vec![Sublayer {
+                name: "default".into(),
+                weight: 0,
+            }],
+            filters: Vec::new(),
+        }
+    }
+}
+
+// Index dimensions, in order of preference for filing a filter.
+const DIM_REMOTE_ADDR: u8 = 0;
+const DIM_LOCAL_ADDR: u8 = 1;
+const DIM_REMOTE_PORT: u8 = 2;
+const DIM_LOCAL_PORT: u8 = 3;
+/// Value kinds: IPv4 address, IPv6 address, port.
+const KIND_V4: u8 = 0;
+const KIND_V6: u8 = 1;
+const KIND_PORT: u8 = 2;
+
+fn width(kind: u8) -> u8 {
+    match kind {
+        KIND_V4 => 32,
+        KIND_V6 => 128,
+        _ => 16,
+    }
+}
+
+/// One layer, ready to classify.
+#[derive(Default)]
+struct LayerIndex {
+    /// Filter indices in evaluation order; a filter's rank is its position here.
+    order: Vec<usize>,
+    /// The sublayer of each rank.
+    sublayer_of_rank: Vec<usize>,
+    /// Prefix lengths in use per (dimension, kind).
+    lengths: HashMap<(u8, u8), Vec<u8>>,
+    /// (dimension, kind, prefix length, masked value) → ranks.
+    blocks: HashMap<(u8, u8, u8, u128), Vec<u32>, ahash::RandomState>,
+    /// Ranks of filters with no indexable condition.
+    unindexed: Vec<u32>,
+    /// The layer's definition as text: a change means a new generation.
+    canonical: String,
+}
+
+impl LayerIndex {
+    fn file(&mut self, rank: u32, dim: u8, kind: u8, block: Block) {
+        let lengths = self.lengths.entry((dim, kind)).or_default();
+        if !lengths.contains(&block.len) {
+            lengths.push(block.len);
+        }
+        self.blocks
+            .entry((dim, kind, block.len, block.value))
+            .or_default()
+            .push(rank);
+    }
+
+    /// Files a filter under its most selective condition.
+    fn add(&mut self, rank: u32, conditions: &Conditions) {
+        let addr = |set: &Option<AddrSet>| {
+            set.as_ref()
+                .filter(|s| !s.is_empty() && !s.v4.iter().chain(&s.v6).any(|b| b.len == 0))
+                .cloned()
+        };
+        let remote = addr(&conditions.remote_address).or_else(|| addr(&conditions.remote_identity));
+        let local = addr(&conditions.local_address).or_else(|| addr(&conditions.local_identity));
+        for (dim, set) in [(DIM_REMOTE_ADDR, remote), (DIM_LOCAL_ADDR, local)] {
+            if let Some(set) = set {
+                for b in &set.v4 {
+                    self.file(rank, dim, KIND_V4, *b);
+                }
+                for b in &set.v6 {
+                    self.file(rank, dim, KIND_V6, *b);
+                }
+                return;
+            }
+        }
+        for (dim, ports) in [
+            (DIM_REMOTE_PORT, &conditions.remote_port),
+            (DIM_LOCAL_PORT, &conditions.local_port),
+        ] {
+            if let Some(ports) = ports {
+                let blocks = ports.blocks();
+                if !blocks.is_empty() && blocks.iter().all(|b| b.len > 0) {
+                    for b in blocks {
+                        self.file(rank, dim, KIND_PORT, b);
+                    }
+                    return;
+                }
+            }
+        }
+        self.unindexed.push(rank);
+    }
+
+    /// The ranks of the filters that may match `r`, in evaluation order.
+    fn candidates(&self, r: &ClassifyRequest, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend_from_slice(&self.unindexed);
+        let kind = match r.version {
+            IpVersion::V4 => KIND_V4,
+            IpVersion::V6 => KIND_V6,
+        };
+        let mut probe = |dim: u8, kind: u8, value: u128| {
+            if let Some(lengths) = self.lengths.get(&(dim, kind)) {
+                for &len in lengths {
+                    let key = (dim, kind, len, value & Block::mask(len, width(kind)));
+                    if let Some(ranks) = self.blocks.get(&key) {
+                        out.extend_from_slice(ranks);
+                    }
+                }
+            }
+        };
+        probe(
+            DIM_REMOTE_ADDR,
+            kind,
+            addr_value(r.version, &r.remote_addr).0,
+        );
+        probe(DIM_LOCAL_ADDR, kind, addr_value(r.version, &r.local_addr).0);
+        if r.icmp.is_none() {
+            probe(DIM_REMOTE_PORT, KIND_PORT, u128::from(r.remote_port));
+            probe(DIM_LOCAL_PORT, KIND_PORT, u128::from(r.local_port));
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+/// The compiled policy.
+pub struct Policy {
+    generation: u64,
+    layer_generations: [u32; Layer::COUNT],
+    changed: Vec<Layer>,
+    defaults: DefaultPolicy,
+    sublayers: Vec<Sublayer>,
+    filters: Vec<Filter>,
+    summaries: Vec<String>,
+    callouts: Vec<(String, Arc<dyn Callout>)>,
+    layers: Vec<LayerIndex>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("generation", &self.generation)
+            .field("layer_generations", &self.layer_generations)
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
+
+/// Why a policy could not be compiled (only callout construction can fail
+/// once the configuration is validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileError {
+    /// The filter at fault.
+    pub filter: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "filter \"{}\": {}", self.filter, self.message)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+impl Policy {
+    /// Compiles `spec`. With `previous`, the generation of every layer whose
+    /// definition did not change is kept, so its flows are not reauthorized.
+    pub fn compile(
+        spec: &PolicySpec,
+        registry: &CalloutRegistry,
+        previous: Option<&Policy>,
+    ) -> Result<Policy, CompileError> {
+        let mut callouts = Vec::new();
+        let mut filters = Vec::with_capacity(spec.filters.len());
+        for (position, f) in spec.filters.iter().enumerate() {
+            let action = match &f.action {
+                SpecAction::Permit { hard } => FilterAction::Permit { hard: *hard },
+                SpecAction::Block { hard } => FilterAction::Block { hard: *hard },
+                SpecAction::Callout { name, params } => {
+                    let callout = registry
+                        .build(name, params)
+                        .ok_or_else(|| CompileError {
+                            filter: f.name.clone(),
+                            message: format!("unknown callout \"{name}\""),
+                        })?
+                        .map_err(|message| CompileError {
+                            filter: f.name.clone(),
+                            message,
+                        })?;
+                    callouts.push((name.clone(), callout));
+                    FilterAction::Callout(callouts.len() - 1)
+                }
+            };
+            filters.push(Filter {
+                name: Arc::from(f.name.as_str()),
+                layer: f.layer,
+                sublayer: f.sublayer,
+                weight: f.weight,
+                position,
+                action,
+                conditions: f.conditions.clone(),
+                options: f.options,
+            });
+        }
+
+        let mut layers: Vec<LayerIndex> =
+            (0..Layer::COUNT).map(|_| LayerIndex::default()).collect();
+        let mut order: Vec<usize> = (0..filters.len()).collect();
+        // Sublayers by weight (ties: definition order), filters by weight, then file order.
+        order.sort_by(|&a, &b| {
+            let (fa, fb) = (&filters[a], &filters[b]);
+            let (sa, sb) = (&spec.sublayers[fa.sublayer], &spec.sublayers[fb.sublayer]);
+            sb.weight
+                .cmp(&sa.weight)
+                .then(fa.sublayer.cmp(&fb.sublayer))
+                .then(fb.weight.cmp(&fa.weight))
+                .then(fa.position.cmp(&fb.position))
+        });
+        for index in order {
+            let f = &filters[index];
+            let layer = &mut layers[f.layer.index()];
+            let rank = layer.order.len() as u32;
+            layer.order.push(index);
+            layer.sublayer_of_rank.push(f.sublayer);
+            layer.add(rank, &f.conditions);
+            let spec_f = &spec.filters[index];
+            let sub = &spec.sublayers[f.sublayer];
+            let _ = writeln!(
+                layer.canonical,
+                "{}|{}:{}|{}|{:?}|{:?}|{:?}",
+                f.name, sub.name, sub.weight, f.weight, spec_f.action, f.conditions, f.options
+            );
+        }
+        for layer in Layer::ALL {
+            let _ = write!(
+                layers[layer.index()].canonical,
+                "default {:?}",
+                spec.defaults.action(layer)
+            );
+        }
+
+        let mut layer_generations = [1u32; Layer::COUNT];
+        let mut changed = Vec::new();
+        if let Some(prev) = previous {
+            for layer in Layer::ALL {
+                let i = layer.index();
+                layer_generations[i] = if prev.layers[i].canonical == layers[i].canonical {
+                    prev.layer_generations[i]
+                } else {
+                    changed.push(layer);
+                    prev.layer_generations[i].wrapping_add(1)
+                };
+            }
+        } else {
+            changed.extend(Layer::ALL);
+        }
+        Ok(Policy {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            layer_generations,
+            changed,
+            defaults: spec.defaults,
+            sublayers: spec.sublayers.clone(),
+            summaries: spec.filters.iter().map(|f| f.summary.clone()).collect(),
+            filters,
+            callouts,
+            layers,
+        })
+    }
+
+    /// The policy generation: 1 for the first policy, +1 per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The layers whose definition changed relative to the previous policy.
+    pub fn changed_layers(&self) -> &[Layer] {
+        &self.changed
+    }
+
+    /// The number of filters.
+    pub fn filter_count(&self) -> usize {
+        self.filters.len()
+    }
+
+    /// Classifies with arbitration over the candidates from the index.
+    fn arbitrate(
+        &self,
+        request: &ClassifyRequest,
+        ranks: impl Iterator<Item = u32>,
+        events: &mut Vec<Event>,
+    ) -> Decision {
+        let layer = &self.layers[request.layer.index()];
+        let mut arbiter = Arbiter::default();
+        let mut decided_sublayer = None;
+        for rank in ranks {
+            let rank = rank as usize;
+            let sublayer = layer.sublayer_of_rank[rank];
+            if decided_sublayer == Some(sublayer) {
+                continue;
+            }
+            let index = layer.order[rank];
+            let filter = &self.filters[index];
+            if !filter.conditions.matches(request) {
+                continue;
+            }
+            let result = match filter.action {
+                FilterAction::Permit { hard } => Some((Action::Permit, hard, false)),
+                FilterAction::Block { hard } => Some((Action::Block, hard, false)),
+                FilterAction::Callout(c) => {
+                    match self.callouts[c].1.classify(&filter.name, request, events) {
+                        CalloutResult::Permit => Some((Action::Permit, false, true)),
+                        CalloutResult::Block => Some((Action::Block, false, true)),
+                        CalloutResult::Continue => None,
+                    }
+                }
+            };
+            if let Some((action, hard, callout)) = result {
+                arbiter.merge(SublayerResult {
+                    action,
+                    hard,
+                    callout,
+                    filter: index,
+                });
+                decided_sublayer = Some(sublayer);
+            }
+        }
+        let Some(verdict) = arbiter.finish() else {
+            return Decision::default_action(self.defaults.action(request.layer));
+        };
+        let filter = &self.filters[verdict.filter];
+        if let Some(overridden) = verdict.vetoed {
+            events.push(Event {
+                at: request.now,
+                kind: EventKind::Veto {
+                    layer: request.layer,
+                    filter: Arc::clone(&filter.name),
+                    overridden_filter: Arc::clone(&self.filters[overridden].name),
+                },
+            });
+        }
+        let options = match (verdict.action, &filter.action) {
+            (Action::Permit, FilterAction::Permit { .. }) => filter.options,
+            _ => FlowOptions::default(),
+        };
+        Decision {
+            action: verdict.action,
+            filter: Some(Arc::clone(&filter.name)),
+            options,
+            vetoed: verdict.vetoed.is_some(),
+        }
+    }
+
+    /// The reference classification: every filter of the layer in order, no
+    /// index. The indexed path must always agree with it.
+    pub fn classify_unindexed(
+        &self,
+        request: &ClassifyRequest,
+        events: &mut Vec<Event>,
+    ) -> Decision {
+        let n = self.layers[request.layer.index()].order.len() as u32;
+        self.arbitrate(request, 0..n, events)
+    }
+
+    /// The compiled policy, readably: layers → sublayers → filters in
+    /// evaluation order.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "policy: {} filters, {} sublayers",
+            self.filters.len(),
+            self.sublayers.len()
+        );
+        for layer in Layer::ALL {
+            let index = &self.layers[layer.index()];
+            let default = match layer {
+                Layer::FlowEstablished | Layer::EndpointClosure => "callouts only".to_string(),
+                _ => format!("default {}", self.defaults.action(layer).as_str()),
+            };
+            let _ = writeln!(
+                out,
+                "\nlayer {} ({default}, generation {})",
+                layer.as_str(),
+                self.layer_generations[layer.index()]
+            );
+            if index.order.is_empty() {
+                let _ = writeln!(out, "  (no filters)");
+                continue;
+            }
+            let mut current = None;
+            for (rank, &f) in index.order.iter().enumerate() {
+                let filter = &self.filters[f];
+                if current != Some(filter.sublayer) {
+                    current = Some(filter.sublayer);
+                    let sub = &self.sublayers[filter.sublayer];
+                    let _ = writeln!(out, "  sublayer {} (weight {})", sub.name, sub.weight);
+                }
+                let action = match &filter.action {
+                    FilterAction::Permit { hard: true } => "permit (hard)".to_string(),
+                    FilterAction::Permit { hard: false } => "permit".to_string(),
+                    FilterAction::Block { hard: true } => "block".to_string(),
+                    FilterAction::Block { hard: false } => "block (soft)".to_string(),
+                    FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].0),
+                };
+                let summary = &self.summaries[f];
+                let _ = writeln!(
+                    out,
+                    "    {:>3}. {:<28} weight {:<6} {:<18} {}",
+                    rank + 1,
+                    filter.name,
+                    filter.weight,
+                    action,
+                    if summary.is_empty() {
+                        "(matches everything)"
+                    } else {
+                        summary
+                    }
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Authorizer for Policy {
+    fn generation(&self, layer: Layer) -> u32 {
+        self.layer_generations[layer.index()]
+    }
+
+    fn classify(&self, request: &ClassifyRequest, events: &mut Vec<Event>) -> Decision {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            return Decision::default_action(self.defaults.action(request.layer));
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        self.arbitrate(request, candidates.into_iter(), events)
+    }
+
+    fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, events: &mut Vec<Event>) {
+        let index = &self.layers[layer.index()];
+        if index.order.is_empty() {
+            return;
+        }
+        let mut request = ClassifyRequest::for_flow(layer, &flow.key, now);
+        request.arrival_port = Some(flow.arrival_port);
+        let mut candidates = Vec::new();
+        index.candidates(&request, &mut candidates);
+        for rank in candidates {
+            let filter = &self.filters[index.order[rank as usize]];
+            if let FilterAction::Callout(c) = filter.action
+                && filter.conditions.matches(&request)
+            {
+                self.callouts[c]
+                    .1
+                    .notify(&filter.name, layer, flow, now, events);
+            }
+        }
+    }
+}
