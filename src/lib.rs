@@ -21,9 +21,12 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod flow;
+pub mod io;
 pub mod packet;
 pub mod policy;
 pub mod reason;

@@ -19,8 +19,63 @@ struct Cli {
     command: Command,
 }
 
+/// Where the control socket is, for the client commands.
+#[derive(clap::Args)]
+struct SocketArg {
+    /// The control socket of the running gateway.
+    #[arg(short, long, default_value = tunwall::config::DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Starts the gateway in the foreground. SIGHUP reloads the file;
+    /// SIGINT/SIGTERM shut down cleanly. Logs go to stderr (RUST_LOG filters).
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Asks the running gateway to reload its file; prints the new policy
+    /// generation and the layers that changed. Exits 1 if the file is invalid
+    /// (the old policy stays in force).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Lists the flows, like `conntrack -L`.
+    Flows {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the counters.
+    Stats {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON object.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// The Prometheus text format.
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// Streams events as JSON lines until interrupted, like `conntrack -E`.
+    Events {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validates a configuration file and prints the compiled policy
     /// (layers → sublayers → filters in evaluation order). Exits 1 if invalid.
     Check {
@@ -42,6 +97,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Reload { socket } => reload(&socket.socket),
+        Command::Flows { socket, json } => client(&socket.socket, "flows", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::control::render_flows(v)
+            }
+        }),
+        Command::Stats {
+            socket,
+            json,
+            prometheus,
+        } => client(&socket.socket, "stats", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else if prometheus {
+                tunwall::control::render_prometheus(v)
+            } else {
+                tunwall::control::render_stats(v)
+            }
+        }),
+        Command::Events { socket } => {
+            match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunwall: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Simulate { json } => simulate::run(json),
     }
 }
@@ -122,4 +209,87 @@ fn check(path: &std::path::Path) -> ExitCode {
     );
     print!("\n{}", policy.describe());
     ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match tunwall::daemon::run(path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunwall: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reload(socket: &std::path::Path) -> ExitCode {
+    match tunwall::control::request(socket, "reload") {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            let changed: Vec<String> = v
+                .get("changed_layers")
+                .and_then(|l| l.as_array())
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "policy generation {}; changed layers: {}",
+                v.get("generation").cloned().unwrap_or_default(),
+                if changed.is_empty() {
+                    "none".to_string()
+                } else {
+                    changed.join(", ")
+                }
+            );
+            for w in v
+                .get("warnings")
+                .and_then(|w| w.as_array())
+                .into_iter()
+                .flatten()
+            {
+                eprintln!("tunwall: warning: {}", w.as_str().unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: reload failed, the running policy stays: {}",
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(
+    socket: &std::path::Path,
+    command: &str,
+    render: impl Fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    match tunwall::control::request(socket, command) {
+        Ok(v) => {
+            print!("{}", render(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

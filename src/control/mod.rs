@@ -1,0 +1,395 @@
+//! The control socket: a Unix socket speaking one JSON request per
+//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
+//! client side the CLI uses, with the human-readable renderings.
+
+pub mod hub;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// What the control server asks of the daemon.
+pub trait ControlHandler: Send + Sync + 'static {
+    /// `flows --json`: the JSON array of flows.
+    fn flows(&self) -> Value;
+    /// `stats --json`: the counters object.
+    fn stats(&self) -> Value;
+    /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
+    fn reload(&self) -> Value;
+    /// `events`: stream every later event to this connection.
+    fn subscribe(&self, stream: UnixStream);
+}
+
+/// The listening control socket.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (mode 0600, or 0660 with `group`) and serves `handler`.
+    pub fn start(
+        path: &Path,
+        group: Option<&str>,
+        handler: Arc<dyn ControlHandler>,
+    ) -> std::io::Result<ControlServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "control socket {} is in use: is another tunwall running?",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
+        })?;
+        let mode = match group {
+            Some(name) => {
+                let group = nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("control_socket_group: no group \"{name}\""))
+                    })?;
+                nix::unistd::chown(path, None, Some(group.gid)).map_err(std::io::Error::from)?;
+                0o660
+            }
+            None => 0o600,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("tunwall-control".into())
+            .spawn(move || serve(listener, handler, stop2))?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving and removes the socket file.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, &*handler) {
+                    debug!(error = %e, "control connection");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let command = request.get("command").and_then(Value::as_str).unwrap_or("");
+    let response = match command {
+        "flows" => handler.flows(),
+        "stats" => handler.stats(),
+        "reload" => handler.reload(),
+        "events" => {
+            handler.subscribe(stream);
+            return Ok(());
+        }
+        other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+    };
+    let mut stream = stream;
+    writeln!(stream, "{response}")
+}
+
+/// Sends `command` to the daemon at `socket` and returns its answer.
+pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    let mut stream = connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    writeln!(stream, "{}", json!({"command": command}))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    serde_json::from_str(&line)
+        .map_err(|e| std::io::Error::other(format!("bad answer from {}: {e}", socket.display())))
+}
+
+/// Connects to the control socket with a clear error.
+pub fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    UnixStream::connect(socket).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach tunwall at {}: {e} (is `tunwall run` running? -s selects the socket)",
+                socket.display()
+            ),
+        )
+    })
+}
+
+/// Streams events from the daemon to `out` until the connection ends.
+pub fn stream_events(socket: &Path, out: &mut impl Write) -> std::io::Result<()> {
+    let mut stream = connect(socket)?;
+    writeln!(stream, "{}", json!({"command": "events"}))?;
+    for line in BufReader::new(stream).lines() {
+        writeln!(out, "{}", line?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `tunwall flows` without `--json`: one line per flow, like `conntrack -L`.
+pub fn render_flows(flows: &Value) -> String {
+    let mut out = String::new();
+    let Some(list) = flows.as_array() else {
+        return out;
+    };
+    out.push_str(&format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
+        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
+    ));
+    for f in list {
+        let s = |k: &str| {
+            f.get(k)
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .unwrap_or_default()
+        };
+        let endpoint = |addr: &str, port: &str| {
+            let a = s(addr);
+            match f.get(port) {
+                Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
+                Some(Value::Number(p)) => format!("{a}:{p}"),
+                _ => a,
+            }
+        };
+        let mut remote = endpoint("remote_addr", "remote_port");
+        if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
+            remote.push_str(&format!(" type {t}"));
+            if let Some(id) = f.get("icmp_id").and_then(Value::as_u64) {
+                remote.push_str(&format!(" id {id}"));
+            }
+        }
+        let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
+        out.push_str(&format!(
+            "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
+            s("id"),
+            s("protocol"),
+            s("direction"),
+            endpoint("local_addr", "local_port"),
+            remote,
+            s("state"),
+            s("packets_out"),
+            s("packets_in"),
+            expires / 1000,
+            s("arrival_port"),
+        ));
+    }
+    out.push_str(&format!("{} flows\n", list.len()));
+    out
+}
+
+/// `tunwall stats` without flags.
+pub fn render_stats(stats: &Value) -> String {
+    let mut out = String::new();
+    let get = |k: &str| stats.get(k).cloned().unwrap_or(Value::Null);
+    out.push_str(&format!(
+        "flows: {} active, {} created; workers {}; policy generation {}; adaptive factor {}\n",
+        get("flows_active"),
+        get("flows_created"),
+        get("workers"),
+        get("policy_generation"),
+        get("adaptive_factor")
+    ));
+    out.push_str(&format!(
+        "reauthorizations {}, vetoes {}\n",
+        get("reauthorizations"),
+        get("vetoes")
+    ));
+    for (title, key) in [("closed flows", "flows_closed"), ("discards", "discards")] {
+        if let Some(map) = stats.get(key).and_then(Value::as_object)
+            && !map.is_empty()
+        {
+            out.push_str(&format!("{title}:\n"));
+            for (k, v) in map {
+                out.push_str(&format!("  {k:<28} {v}\n"));
+            }
+        }
+    }
+    if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
+        out.push_str("layers:\n");
+        for (layer, v) in layers {
+            out.push_str(&format!(
+                "  {layer:<28} permit {:<10} block {}\n",
+                v.get("permit").cloned().unwrap_or(Value::Null),
+                v.get("block").cloned().unwrap_or(Value::Null)
+            ));
+        }
+    }
+    if let Some(ports) = stats.get("ports").and_then(Value::as_object) {
+        out.push_str("ports:\n");
+        for (port, v) in ports {
+            let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            out.push_str(&format!(
+                "  {port:<10} rx {} packets / {} bytes, tx {} packets / {} bytes\n",
+                g("rx_packets"),
+                g("rx_bytes"),
+                g("tx_packets"),
+                g("tx_bytes")
+            ));
+        }
+    }
+    out
+}
+
+/// `tunwall stats --prometheus`: the Prometheus text exposition format.
+pub fn render_prometheus(stats: &Value) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, Value)>| {
+        out.push_str(&format!(
+            "# HELP tunwall_{name} {help}\n# TYPE tunwall_{name} {kind}\n"
+        ));
+        for (labels, v) in samples {
+            out.push_str(&format!(
+                "tunwall_{name}{labels} {}\n",
+                v.as_f64().unwrap_or(0.0)
+            ));
+        }
+    };
+    let plain = |k: &str| vec![(String::new(), stats.get(k).cloned().unwrap_or(json!(0)))];
+    let labelled = |k: &str, label: &str| -> Vec<(String, Value)> {
+        stats
+            .get(k)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, v)| (format!("{{{label}=\"{name}\"}}"), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    metric(
+        "flows_active",
+        "gauge",
+        "Flows in the table.",
+        plain("flows_active"),
+    );
+    metric(
+        "flows_created_total",
+        "counter",
+        "Flows created.",
+        plain("flows_created"),
+    );
+    metric(
+        "flows_closed_total",
+        "counter",
+        "Flows closed, by reason.",
+        labelled("flows_closed", "reason"),
+    );
+    metric(
+        "discards_total",
+        "counter",
+        "Packets dropped, by reason.",
+        labelled("discards", "reason"),
+    );
+    let mut decisions = Vec::new();
+    if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
+        for (layer, v) in layers {
+            for action in ["permit", "block"] {
+                decisions.push((
+                    format!("{{layer=\"{layer}\",action=\"{action}\"}}"),
+                    v.get(action).cloned().unwrap_or(json!(0)),
+                ));
+            }
+        }
+    }
+    metric(
+        "layer_decisions_total",
+        "counter",
+        "Classifications, by layer and action.",
+        decisions,
+    );
+    metric(
+        "reauthorizations_total",
+        "counter",
+        "Flows reauthorized.",
+        plain("reauthorizations"),
+    );
+    metric(
+        "vetoes_total",
+        "counter",
+        "Hard permits vetoed by a callout.",
+        plain("vetoes"),
+    );
+    metric(
+        "adaptive_factor",
+        "gauge",
+        "Scale of idle timeouts (1 when not shrinking).",
+        plain("adaptive_factor"),
+    );
+    metric(
+        "policy_generation",
+        "gauge",
+        "Policy generation.",
+        plain("policy_generation"),
+    );
+    metric("workers", "gauge", "Worker threads.", plain("workers"));
+    for (key, help) in [
+        ("rx_packets", "Packets read from the port."),
+        ("rx_bytes", "Bytes read from the port."),
+        ("tx_packets", "Packets written to the port."),
+        ("tx_bytes", "Bytes written to the port."),
+    ] {
+        let samples = stats
+            .get("ports")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(port, v)| {
+                        (
+                            format!("{{port=\"{port}\"}}"),
+                            v.get(key).cloned().unwrap_or(json!(0)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(&format!("port_{key}_total"), "counter", help, samples);
+    }
+    out
+}

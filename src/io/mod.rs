@@ -1,0 +1,173 @@
+//! The I/O shell: network namespaces, TUN ports and their queues.
+//!
+//! tun-rs has no namespace support, and a TUN device is created in the
+//! namespace of the thread that opens `/dev/net/tun`. So a port that lives in
+//! a namespace is opened on a short-lived thread that first calls `setns`;
+//! the file descriptors work from any thread afterwards. Addresses, MTU,
+//! txqueuelen and kernel routes are set with `ip -n NS`, which enters the
+//! namespace itself.
+
+pub mod worker;
+
+use crate::config::PortConfig;
+use ipnet::IpNet;
+use std::io;
+use std::process::Command;
+use tracing::{debug, info, warn};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// The txqueuelen tunwall sets on its devices: the default 500 overflows
+/// under a single TCP stream at TUN speed and costs retransmissions.
+pub const TX_QUEUE_LEN: u32 = 10_000;
+
+/// Runs `f` on a thread that has entered network namespace `netns`
+/// (`/run/netns/NAME`), or on a plain thread when `netns` is `None`.
+pub fn in_netns<T: Send + 'static>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let path = netns.map(|ns| format!("/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        if let Some(path) = path {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("network namespace {path}: {e}")))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::other(format!("entering network namespace {path}: {e}")))?;
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("network namespace thread panicked")))
+}
+
+/// Runs `ip [-n NETNS] ARGS…`, failing with its stderr.
+pub fn ip(netns: Option<&str>, args: &[&str]) -> io::Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(args);
+    debug!(?cmd, "ip");
+    let out = cmd
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// An open port: one TUN queue per worker.
+pub struct Port {
+    /// The port's configuration.
+    pub config: PortConfig,
+    /// Queue `i` belongs to worker `i`.
+    pub queues: Vec<SyncDevice>,
+    /// Whether tunwall created the device (it disappears when the last queue closes).
+    pub created: bool,
+    /// Addresses and routes tunwall added to a device it did not create,
+    /// removed again at shutdown.
+    added: Vec<Vec<String>>,
+}
+
+impl Port {
+    /// Opens (creating if absent) the port's device with `queues` queues
+    /// and configures it.
+    pub fn open(config: &PortConfig, queues: usize) -> io::Result<Port> {
+        let device = config.device.clone();
+        let netns = config.netns.clone();
+        let (devices, created) = in_netns(netns.as_deref(), move || {
+            let existed = nix::net::if_::if_nametoindex(device.as_str()).is_ok();
+            let first = DeviceBuilder::new()
+                .name(&device)
+                .multi_queue(true)
+                .packet_information(false)
+                .offload(false)
+                .inherit_enable_state()
+                .build_sync()
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}"))
+                })?;
+            let mut devices = Vec::with_capacity(queues);
+            for _ in 1..queues {
+                devices.push(first.try_clone().map_err(|e| {
+                    io::Error::new(e.kind(), format!("opening another queue of {device}: {e}"))
+                })?);
+            }
+            devices.insert(0, first);
+            for d in &devices {
+                d.set_nonblocking(true)?;
+            }
+            Ok((devices, !existed))
+        })?;
+        let mut port = Port {
+            config: config.clone(),
+            queues: devices,
+            created,
+            added: Vec::new(),
+        };
+        port.configure()?;
+        info!(
+            port = %config.name,
+            device = %config.device,
+            netns = config.netns.as_deref().unwrap_or("-"),
+            queues,
+            created,
+            "port open"
+        );
+        Ok(port)
+    }
+
+    fn configure(&mut self) -> io::Result<()> {
+        let ns = self.config.netns.clone();
+        let dev = self.config.device.clone();
+        let ns = ns.as_deref();
+        let qlen = TX_QUEUE_LEN.to_string();
+        let mut link = vec!["link", "set", "dev", &dev, "up", "txqueuelen", &qlen];
+        let mtu = self.config.mtu.map(|m| m.to_string());
+        if let Some(mtu) = &mtu {
+            link.extend(["mtu", mtu.as_str()]);
+        }
+        ip(ns, &link)?;
+        for addr in &self.config.addresses.clone() {
+            let a = addr.to_string();
+            let mut args = vec!["addr", "replace", a.as_str(), "dev", dev.as_str()];
+            if matches!(addr, IpNet::V6(_)) {
+                // A TUN device has no link layer to detect duplicates on.
+                args.push("nodad");
+            }
+            ip(ns, &args)?;
+            self.remember(&["addr", "del", &a, "dev", &dev]);
+        }
+        for route in &self.config.kernel_routes.clone() {
+            let r = route.to_string();
+            ip(ns, &["route", "replace", &r, "dev", &dev])?;
+            self.remember(&["route", "del", &r, "dev", &dev]);
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, undo: &[&str]) {
+        if !self.created {
+            self.added
+                .push(undo.iter().map(|s| s.to_string()).collect());
+        }
+    }
+
+    /// Closes the queues; removes what tunwall added to a device it did not
+    /// create (a device it created vanishes with its last queue).
+    pub fn close(mut self) {
+        self.queues.clear();
+        for undo in self.added.drain(..).rev() {
+            let args: Vec<&str> = undo.iter().map(String::as_str).collect();
+            if let Err(e) = ip(self.config.netns.as_deref(), &args) {
+                warn!(port = %self.config.name, error = %e, "cleanup");
+            }
+        }
+    }
+}

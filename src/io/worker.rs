@@ -1,0 +1,245 @@
+//! A worker: one thread owning queue *i* of every port and one engine.
+//!
+//! The kernel's TUN queue selection sends both directions of a flow to the
+//! same queue index almost always, so worker *i* sees both directions of its
+//! flows and the shard locks it takes are nearly never contended. Packets
+//! never cross a thread: a worker reads a packet, asks its engine, and writes
+//! it to its own queue of the egress port. Control messages (a new policy, a
+//! stats request, shutdown) arrive on a channel with a mio `Waker`.
+//!
+//! The loop reads in bounded batches per port (fairness between ports),
+//! reads the clock once per batch, and drives expiry from the same loop. The
+//! read and write calls are in [`Worker::pump`] only, so that offloaded
+//! batch I/O (virtio header, GSO/GRO) can replace them without touching the
+//! rest of the loop.
+
+use crate::engine::{Engine, Stats, Verdict};
+use crate::event::Event;
+use crate::policy::Authorizer;
+use crate::time::Instant;
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, warn};
+use tun_rs::SyncDevice;
+
+/// The token of the control waker.
+pub const WAKE: Token = Token(usize::MAX);
+/// Packets read from one port before the others get a turn.
+const BATCH: usize = 64;
+/// How often expiry runs.
+const TICK: Duration = Duration::from_millis(100);
+/// The largest packet a TUN queue delivers without offload.
+const MAX_PACKET: usize = 65_535;
+
+/// The process clock shared by workers and the control thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: std::time::Instant,
+    wall_start: std::time::SystemTime,
+}
+
+impl Clock {
+    /// Starts the clock now.
+    pub fn start() -> Clock {
+        Clock {
+            start: std::time::Instant::now(),
+            wall_start: std::time::SystemTime::now(),
+        }
+    }
+
+    /// Milliseconds since start, as the engine's time.
+    pub fn now(&self) -> Instant {
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    /// The wall-clock time of an engine instant.
+    pub fn wall(&self, at: Instant) -> std::time::SystemTime {
+        self.wall_start + Duration::from_millis(at.as_millis())
+    }
+}
+
+/// I/O counters of one worker, beside the engine's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Reads that failed with something other than "would block".
+    pub read_errors: u64,
+    /// Writes that failed (the packet is lost).
+    pub write_errors: u64,
+}
+
+/// What the control thread asks of a worker.
+pub enum Control {
+    /// Use this policy from the next batch on.
+    SetPolicy(Arc<dyn Authorizer>),
+    /// Send a copy of the counters.
+    Stats(Sender<(Stats, IoStats)>),
+    /// Close every flow of the owned shards (reason shutdown) and exit.
+    Shutdown,
+}
+
+/// One worker.
+pub struct Worker {
+    engine: Engine,
+    queues: Vec<SyncDevice>,
+    poll: Poll,
+    control: Receiver<Control>,
+    events: Sender<Vec<Event>>,
+    clock: Clock,
+    io: IoStats,
+}
+
+impl Worker {
+    /// A worker over `queues` (its queue of every port, by port index).
+    pub fn new(
+        engine: Engine,
+        queues: Vec<SyncDevice>,
+        poll: Poll,
+        control: Receiver<Control>,
+        events: Sender<Vec<Event>>,
+        clock: Clock,
+    ) -> Worker {
+        Worker {
+            engine,
+            queues,
+            poll,
+            control,
+            events,
+            clock,
+            io: IoStats::default(),
+        }
+    }
+
+    /// Creates the poll and its waker for a worker.
+    pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        Ok((poll, waker))
+    }
+
+    /// Runs until told to shut down.
+    pub fn run(mut self) -> io::Result<()> {
+        for (i, q) in self.queues.iter().enumerate() {
+            self.poll.registry().register(
+                &mut SourceFd(&q.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
+        }
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; MAX_PACKET];
+        // Edge-triggered readiness: a port stays pending until a read would block.
+        let mut pending = vec![true; self.queues.len()];
+        let mut next_tick = self.clock.now() + TICK;
+        loop {
+            let now = self.clock.now();
+            let timeout = if pending.iter().any(|p| *p) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(next_tick.as_millis().saturating_sub(now.as_millis()))
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                if event.token() == WAKE {
+                    if self.handle_control() {
+                        return Ok(());
+                    }
+                } else if let Some(p) = pending.get_mut(event.token().0) {
+                    *p = true;
+                }
+            }
+            let now = self.clock.now();
+            for port in 0..self.queues.len() {
+                if pending[port] {
+                    pending[port] = self.pump(now, port, &mut buf);
+                }
+            }
+            if now >= next_tick {
+                self.engine.handle_timeout(now);
+                next_tick = now + TICK;
+            }
+            self.flush_events();
+        }
+    }
+
+    /// Reads up to a batch from `port`, forwarding what the engine permits.
+    /// Returns whether the port may still have packets.
+    fn pump(&mut self, now: Instant, port: usize, buf: &mut [u8]) -> bool {
+        for _ in 0..BATCH {
+            let n = match self.queues[port].recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.io.read_errors += 1;
+                    debug!(port, error = %e, "read");
+                    return false;
+                }
+            };
+            let packet = &mut buf[..n];
+            if let Verdict::Forward(out) = self.engine.process(now, port as u8, packet)
+                && let Err(e) = self.queues[usize::from(out)].send(packet)
+            {
+                self.io.write_errors += 1;
+                debug!(port = out, error = %e, "write");
+            }
+        }
+        true
+    }
+
+    fn flush_events(&mut self) {
+        let batch: Vec<Event> = self.engine.drain_events().collect();
+        if !batch.is_empty() {
+            // The event thread outlives the workers; a send can only fail during teardown.
+            let _ = self.events.send(batch);
+        }
+    }
+
+    /// Handles queued control messages; returns true on shutdown.
+    fn handle_control(&mut self) -> bool {
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::SetPolicy(policy) => self.engine.set_policy(policy),
+                Control::Stats(reply) => {
+                    let _ = reply.send((self.engine.stats().clone(), self.io));
+                }
+                Control::Shutdown => {
+                    let now = self.clock.now();
+                    self.engine.close_all(now, false);
+                    self.flush_events();
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A worker thread as the control side holds it.
+pub struct WorkerHandle {
+    /// Control messages.
+    pub control: Sender<Control>,
+    /// Wakes the worker's poll.
+    pub waker: Arc<Waker>,
+    /// The thread.
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Sends a message and wakes the worker.
+    pub fn send(&self, message: Control) {
+        if self.control.send(message).is_ok()
+            && let Err(e) = self.waker.wake()
+        {
+            warn!(error = %e, "waking a worker");
+        }
+    }
+}
