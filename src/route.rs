@@ -67,7 +67,7 @@ impl RouteTable {
                 entries.push((net.prefix_len(), *net, i as u8));
             }
         }
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (len, net, port) in entries {
             let (version, raw) = raw_addr(net.network());
             let (bits, width) = match version {

@@ -157,9 +157,9 @@ impl Worker {
                 }
             }
             let now = self.clock.now();
-            for port in 0..self.queues.len() {
-                if pending[port] {
-                    pending[port] = self.pump(now, port, &mut buf);
+            for (port, pending) in pending.iter_mut().enumerate() {
+                if *pending {
+                    *pending = self.pump(now, port, &mut buf);
                 }
             }
             if now >= next_tick {

@@ -1,0 +1,336 @@
+//! A throwaway topology for end-to-end tests: a client namespace and a
+//! server namespace joined only through a `tunwall run` process (the real
+//! binary), in "bump in the wire" shape: the inside TUN lives in the client's
+//! namespace, the outside TUN in the server's.
+//!
+//! Names are unique per test run and everything is torn down on drop, also
+//! when the test fails: the gateway process, both namespaces (and with them
+//! any leftover device), and the temporary directory.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CLIENT4: &str = "198.18.1.10";
+pub const SERVER4: &str = "198.18.2.20";
+pub const CLIENT6: &str = "fd00:1::10";
+pub const SERVER6: &str = "fd00:2::20";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this machine can run the tests; prints why not.
+pub fn can_run() -> bool {
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIP: /dev/net/tun is missing");
+        return false;
+    }
+    // CAP_NET_ADMIN: creating a namespace needs it as much as a TUN does.
+    let probe = format!("twprobe{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    } else {
+        eprintln!("SKIP: cannot create network namespaces (CAP_NET_ADMIN missing?)");
+    }
+    ok
+}
+
+/// Skips the calling test (returns from it) when the machine cannot run it.
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if !$crate::netns::can_run() {
+            return;
+        }
+    };
+}
+
+pub struct Topology {
+    pub client: String,
+    pub server: String,
+    pub lan_dev: String,
+    pub wan_dev: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub events: PathBuf,
+    child: Option<Child>,
+    background: Vec<Child>,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+impl Topology {
+    /// Builds the namespaces and writes a config with `extra` appended
+    /// ([flows] settings, filters…). `flows` is the body of the [flows] table.
+    pub fn new(flows: &str, extra: &str) -> Topology {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut t = Topology {
+            client: format!("twc{tag}"),
+            server: format!("tws{tag}"),
+            lan_dev: format!("twl{tag}"),
+            wan_dev: format!("tww{tag}"),
+            config: dir.join("tunwall.toml"),
+            socket: dir.join("control.sock"),
+            events: dir.join("events.jsonl"),
+            dir,
+            child: None,
+            background: Vec::new(),
+        };
+        for ns in [&t.client, &t.server] {
+            let out = run(Command::new("ip").args(["netns", "add", ns]));
+            assert!(
+                out.status.success(),
+                "ip netns add {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+        }
+        let config = format!(
+            r#"
+[gateway]
+workers = 2
+control_socket = "{socket}"
+
+[[port]]
+name = "lan"
+device = "{lan}"
+zone = "inside"
+netns = "{client}"
+addresses = ["{CLIENT4}/24", "{CLIENT6}/64"]
+kernel_routes = ["198.18.2.0/24", "fd00:2::/64"]
+routes = ["198.18.1.0/24", "fd00:1::/64"]
+
+[[port]]
+name = "wan"
+device = "{wan}"
+zone = "outside"
+netns = "{server}"
+addresses = ["{SERVER4}/24", "{SERVER6}/64"]
+kernel_routes = ["198.18.1.0/24", "fd00:1::/64"]
+routes = ["198.18.2.0/24", "fd00:2::/64"]
+
+[flows]
+{flows}
+
+[events]
+file = "{events}"
+discard_rate = 1000
+
+{extra}
+"#,
+            socket = t.socket.display(),
+            lan = t.lan_dev,
+            wan = t.wan_dev,
+            client = t.client,
+            server = t.server,
+            events = t.events.display(),
+        );
+        std::fs::write(&t.config, config).expect("write config");
+        t.start();
+        t
+    }
+
+    /// Starts `tunwall run` and waits until it answers on its socket.
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("tunwall.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tunwall");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.socket.exists() && self.cli(&["stats", "--json"]).status.success() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("tunwall exited early ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tunwall did not come up:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tunwall.log")).unwrap_or_default()
+    }
+
+    /// Runs a tunwall client command against this gateway.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunwall"));
+        cmd.arg(args[0])
+            .arg("-s")
+            .arg(&self.socket)
+            .args(&args[1..]);
+        run(&mut cmd)
+    }
+
+    pub fn flows(&self) -> Vec<Value> {
+        let out = self.cli(&["flows", "--json"]);
+        assert!(
+            out.status.success(),
+            "flows: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("flows json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Value {
+        let out = self.cli(&["stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats json")
+    }
+
+    pub fn discards(&self, reason: &str) -> u64 {
+        self.stats()["discards"][reason].as_u64().unwrap_or(0)
+    }
+
+    /// The events written so far.
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until an event satisfying `pred` was written.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event; events:\n{:#?}\nlog:\n{}",
+                self.events(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    pub fn in_client(&self, args: &[&str]) -> Output {
+        self.exec(&self.client, args)
+    }
+
+    pub fn in_server(&self, args: &[&str]) -> Output {
+        self.exec(&self.server, args)
+    }
+
+    /// Starts a long-running program in a namespace; killed on drop.
+    pub fn spawn(&mut self, ns: &str, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        self.background.push(child);
+    }
+
+    /// Runs python code in a namespace.
+    pub fn python(&self, ns: &str, code: &str) -> Output {
+        self.exec(ns, &["python3", "-c", code])
+    }
+
+    /// Writes a new config (for reloads).
+    pub fn rewrite_config(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, f(text)).expect("write config");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tunwall did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether a device exists in a namespace.
+    pub fn device_exists(&self, ns: &str, dev: &str) -> bool {
+        run(Command::new("ip").args(["-n", ns, "link", "show", dev]))
+            .status
+            .success()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for mut c in self.background.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.client, &self.server] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if std::thread::panicking() {
+            eprintln!("tunwall log of the failed test:\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
