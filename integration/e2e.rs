@@ -83,7 +83,7 @@ fn wait_listening(t: &Topology, ns_is_server: bool, port: u16, udp: bool) {
 }
 
 fn ping_out_permitted_in_refused(v6: bool) {
-    let t = Topology::new(DEFAULT_FLOWS, "");
+    let t = Topology::with_offload(!v6, DEFAULT_FLOWS, "");
     let (server, client) = if v6 {
         (SERVER6, CLIENT6)
     } else {
@@ -118,8 +118,8 @@ fn ping_v6() {
     ping_out_permitted_in_refused(true);
 }
 
-fn tcp_out_permitted_in_refused(v6: bool) {
-    let mut t = Topology::new("tcp_time_wait = \"1s\"", "");
+fn tcp_out_permitted_in_refused(v6: bool, offload: bool) {
+    let mut t = Topology::with_offload(offload, "tcp_time_wait = \"1s\"", "");
     let (server, client) = if v6 {
         (SERVER6, CLIENT6)
     } else {
@@ -189,17 +189,30 @@ fn tcp_out_permitted_in_refused(v6: bool) {
 #[test]
 fn tcp_v4() {
     require_netns!();
-    tcp_out_permitted_in_refused(false);
+    tcp_out_permitted_in_refused(false, true);
 }
 
 #[test]
 fn tcp_v6() {
     require_netns!();
-    tcp_out_permitted_in_refused(true);
+    tcp_out_permitted_in_refused(true, true);
+}
+
+#[test]
+fn tcp_v4_without_offload() {
+    require_netns!();
+    tcp_out_permitted_in_refused(false, false);
+}
+
+#[test]
+fn tcp_v6_without_offload() {
+    require_netns!();
+    tcp_out_permitted_in_refused(true, false);
 }
 
 fn udp_out_permitted_in_refused(v6: bool) {
-    let mut t = Topology::new(DEFAULT_FLOWS, "");
+    // One family per I/O mode, so both modes carry UDP.
+    let mut t = Topology::with_offload(v6, DEFAULT_FLOWS, "");
     let (server, client) = if v6 {
         (SERVER6, CLIENT6)
     } else {
@@ -409,7 +422,17 @@ fn port_unreachable_for_a_udp_probe_reaches_the_client() {
 #[test]
 fn a_udp_datagram_larger_than_the_mtu_passes_fragmented() {
     require_netns!();
-    let mut t = Topology::new(DEFAULT_FLOWS, "");
+    fragmented_udp(true);
+}
+
+#[test]
+fn a_udp_datagram_larger_than_the_mtu_passes_fragmented_without_offload() {
+    require_netns!();
+    fragmented_udp(false);
+}
+
+fn fragmented_udp(offload: bool) {
+    let mut t = Topology::with_offload(offload, DEFAULT_FLOWS, "");
     let server_ns = t.server.clone();
     t.spawn(
         &server_ns,

@@ -197,6 +197,34 @@ pub fn stats_json(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, worker
     })
 }
 
+/// Opens every port; all with offload or, if any device refuses it, all without.
+fn open_ports(config: &Config, workers: usize) -> anyhow::Result<Vec<Port>> {
+    let open_all = |offload: bool| -> anyhow::Result<Vec<Port>> {
+        let mut ports: Vec<Port> = Vec::new();
+        for p in &config.ports {
+            match Port::open(p, workers, offload) {
+                Ok(port) => ports.push(port),
+                Err(e) => {
+                    for port in ports {
+                        port.close();
+                    }
+                    anyhow::bail!("port {}: {e}", p.name);
+                }
+            }
+        }
+        Ok(ports)
+    };
+    let ports = open_all(config.gateway.offload)?;
+    if ports.iter().all(|p| p.vnet_hdr == ports[0].vnet_hdr) {
+        return Ok(ports);
+    }
+    warn!("offload is available on some ports only; using one packet per read and write on all");
+    for port in ports {
+        port.close();
+    }
+    open_all(false)
+}
+
 /// Runs the gateway from `path` until SIGINT/SIGTERM. Errors before the
 /// gateway runs come back as `Err` with a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
@@ -215,24 +243,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Workers::Count(n) => n,
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if config.gateway.offload {
-        info!(
-            "offload = true: batched offload I/O is not implemented yet; using one packet per read and write"
-        );
-    }
-
-    let mut ports: Vec<Port> = Vec::new();
-    for p in &config.ports {
-        match Port::open(p, workers) {
-            Ok(port) => ports.push(port),
-            Err(e) => {
-                for port in ports {
-                    port.close();
-                }
-                anyhow::bail!("port {}: {e}", p.name);
-            }
-        }
-    }
+    let mut ports = open_ports(&config, workers)?;
+    let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
+    info!(offload = vnet_hdr, "I/O mode");
 
     let clock = Clock::start();
     let gateway = Gateway::new(config.gateway_config());
@@ -262,7 +275,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = gateway.engine(Arc::clone(&policy) as Arc<dyn Authorizer>, i, workers);
-        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock);
+        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
         let thread = std::thread::Builder::new()
             .name(format!("tunwall-worker-{i}"))
             .spawn(move || {

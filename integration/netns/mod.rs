@@ -75,6 +75,11 @@ impl Topology {
     /// Builds the namespaces and writes a config with `extra` appended
     /// ([flows] settings, filters…). `flows` is the body of the [flows] table.
     pub fn new(flows: &str, extra: &str) -> Topology {
+        Topology::with_offload(true, flows, extra)
+    }
+
+    /// As [`Topology::new`], choosing the I/O mode (`[gateway] offload`).
+    pub fn with_offload(offload: bool, flows: &str, extra: &str) -> Topology {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{}", std::process::id() % 100_000, n);
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
@@ -105,6 +110,7 @@ impl Topology {
             r#"
 [gateway]
 workers = 2
+offload = {offload}
 control_socket = "{socket}"
 
 [[port]]

@@ -70,6 +70,9 @@ pub struct Port {
     pub queues: Vec<SyncDevice>,
     /// Whether tunwall created the device (it disappears when the last queue closes).
     pub created: bool,
+    /// Whether the queues carry a virtio-net header (offload on): reads
+    /// return GSO superframes behind it, and writes must carry one.
+    pub vnet_hdr: bool,
     /// Addresses and routes tunwall added to a device it did not create,
     /// removed again at shutdown.
     added: Vec<Vec<String>>,
@@ -77,17 +80,19 @@ pub struct Port {
 
 impl Port {
     /// Opens (creating if absent) the port's device with `queues` queues
-    /// and configures it.
-    pub fn open(config: &PortConfig, queues: usize) -> io::Result<Port> {
+    /// and configures it. With `offload`, the device is asked for the virtio
+    /// header with TSO/USO and checksum offload; [`Port::vnet_hdr`] says
+    /// whether the kernel granted it.
+    pub fn open(config: &PortConfig, queues: usize, offload: bool) -> io::Result<Port> {
         let device = config.device.clone();
         let netns = config.netns.clone();
-        let (devices, created) = in_netns(netns.as_deref(), move || {
+        let (devices, created, vnet_hdr) = in_netns(netns.as_deref(), move || {
             let existed = nix::net::if_::if_nametoindex(device.as_str()).is_ok();
             let first = DeviceBuilder::new()
                 .name(&device)
                 .multi_queue(true)
                 .packet_information(false)
-                .offload(false)
+                .offload(offload)
                 .inherit_enable_state()
                 .build_sync()
                 .map_err(|e| {
@@ -103,12 +108,14 @@ impl Port {
             for d in &devices {
                 d.set_nonblocking(true)?;
             }
-            Ok((devices, !existed))
+            let vnet_hdr = offload && devices[0].tcp_gso();
+            Ok((devices, !existed, vnet_hdr))
         })?;
         let mut port = Port {
             config: config.clone(),
             queues: devices,
             created,
+            vnet_hdr,
             added: Vec::new(),
         };
         port.configure()?;
@@ -118,6 +125,7 @@ impl Port {
             netns = config.netns.as_deref().unwrap_or("-"),
             queues,
             created,
+            offload = vnet_hdr,
             "port open"
         );
         Ok(port)

@@ -33,8 +33,8 @@ pub const WAKE: Token = Token(usize::MAX);
 const BATCH: usize = 64;
 /// How often expiry runs.
 const TICK: Duration = Duration::from_millis(100);
-/// The largest packet a TUN queue delivers without offload.
-const MAX_PACKET: usize = 65_535;
+/// The largest read: a 64 KiB GSO superframe behind its virtio header.
+const MAX_READ: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
 
 /// The process clock shared by workers and the control thread.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +91,8 @@ pub struct Worker {
     events: Sender<Vec<Event>>,
     clock: Clock,
     io: IoStats,
+    /// Bytes of virtio-net header in front of every packet (0 without offload).
+    header: usize,
 }
 
 impl Worker {
@@ -102,6 +104,7 @@ impl Worker {
         control: Receiver<Control>,
         events: Sender<Vec<Event>>,
         clock: Clock,
+        vnet_hdr: bool,
     ) -> Worker {
         Worker {
             engine,
@@ -111,6 +114,11 @@ impl Worker {
             events,
             clock,
             io: IoStats::default(),
+            header: if vnet_hdr {
+                tun_rs::VIRTIO_NET_HDR_LEN
+            } else {
+                0
+            },
         }
     }
 
@@ -131,7 +139,7 @@ impl Worker {
             )?;
         }
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; MAX_PACKET];
+        let mut buf = vec![0u8; MAX_READ];
         // Edge-triggered readiness: a port stays pending until a read would block.
         let mut pending = vec![true; self.queues.len()];
         let mut next_tick = self.clock.now() + TICK;
@@ -172,6 +180,13 @@ impl Worker {
 
     /// Reads up to a batch from `port`, forwarding what the engine permits.
     /// Returns whether the port may still have packets.
+    ///
+    /// With offload, a read is a virtio header and a GSO superframe: up to
+    /// 64 KiB of one flow's data in one IP packet whose length fields cover
+    /// it all. The engine classifies and tracks it once, over its whole
+    /// sequence range, and the superframe leaves whole, header and all,
+    /// through the egress queue, which has the same offloads: nothing is
+    /// split and re-coalesced in between.
     fn pump(&mut self, now: Instant, port: usize, buf: &mut [u8]) -> bool {
         for _ in 0..BATCH {
             let n = match self.queues[port].recv(buf) {
@@ -184,9 +199,15 @@ impl Worker {
                     return false;
                 }
             };
-            let packet = &mut buf[..n];
-            if let Verdict::Forward(out) = self.engine.process(now, port as u8, packet)
-                && let Err(e) = self.queues[usize::from(out)].send(packet)
+            if n < self.header {
+                self.io.read_errors += 1;
+                continue;
+            }
+            let verdict = self
+                .engine
+                .process(now, port as u8, &mut buf[self.header..n]);
+            if let Verdict::Forward(out) = verdict
+                && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
                 self.io.write_errors += 1;
                 debug!(port = out, error = %e, "write");
