@@ -36,6 +36,51 @@ const TICK: Duration = Duration::from_millis(100);
 /// The largest read: a 64 KiB GSO superframe behind its virtio header.
 const MAX_READ: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
 
+/// What a worker runs each packet through: the engine, or (to measure the
+/// I/O path alone) a plain copy.
+pub trait Processor: Send {
+    /// The verdict for one packet that arrived on `port`.
+    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict;
+    /// Periodic work (expiry).
+    fn handle_timeout(&mut self, _now: Instant) {}
+    /// Moves the pending events to `out`.
+    fn drain_events(&mut self, _out: &mut Vec<Event>) {}
+    /// A new policy.
+    fn set_policy(&mut self, _policy: Arc<dyn Authorizer>) {}
+    /// The counters.
+    fn stats(&self) -> Stats {
+        Stats::new(0)
+    }
+    /// Shutdown: close what the processor owns.
+    fn close_all(&mut self, _now: Instant) {}
+}
+
+impl Processor for Engine {
+    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict {
+        Engine::process(self, now, port, packet)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Engine::handle_timeout(self, now);
+    }
+
+    fn drain_events(&mut self, out: &mut Vec<Event>) {
+        out.extend(Engine::drain_events(self));
+    }
+
+    fn set_policy(&mut self, policy: Arc<dyn Authorizer>) {
+        Engine::set_policy(self, policy);
+    }
+
+    fn stats(&self) -> Stats {
+        Engine::stats(self).clone()
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        Engine::close_all(self, now, false);
+    }
+}
+
 /// The process clock shared by workers and the control thread.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -83,8 +128,8 @@ pub enum Control {
 }
 
 /// One worker.
-pub struct Worker {
-    engine: Engine,
+pub struct Worker<P: Processor = Engine> {
+    engine: P,
     queues: Vec<SyncDevice>,
     poll: Poll,
     control: Receiver<Control>,
@@ -96,16 +141,25 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Creates the poll and its waker for a worker.
+    pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        Ok((poll, waker))
+    }
+}
+
+impl<P: Processor> Worker<P> {
     /// A worker over `queues` (its queue of every port, by port index).
     pub fn new(
-        engine: Engine,
+        engine: P,
         queues: Vec<SyncDevice>,
         poll: Poll,
         control: Receiver<Control>,
         events: Sender<Vec<Event>>,
         clock: Clock,
         vnet_hdr: bool,
-    ) -> Worker {
+    ) -> Worker<P> {
         Worker {
             engine,
             queues,
@@ -120,13 +174,6 @@ impl Worker {
                 0
             },
         }
-    }
-
-    /// Creates the poll and its waker for a worker.
-    pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        Ok((poll, waker))
     }
 
     /// Runs until told to shut down.
@@ -217,7 +264,8 @@ impl Worker {
     }
 
     fn flush_events(&mut self) {
-        let batch: Vec<Event> = self.engine.drain_events().collect();
+        let mut batch = Vec::new();
+        self.engine.drain_events(&mut batch);
         if !batch.is_empty() {
             // The event thread outlives the workers; a send can only fail during teardown.
             let _ = self.events.send(batch);
@@ -230,11 +278,11 @@ impl Worker {
             match message {
                 Control::SetPolicy(policy) => self.engine.set_policy(policy),
                 Control::Stats(reply) => {
-                    let _ = reply.send((self.engine.stats().clone(), self.io));
+                    let _ = reply.send((self.engine.stats(), self.io));
                 }
                 Control::Shutdown => {
                     let now = self.clock.now();
-                    self.engine.close_all(now, false);
+                    self.engine.close_all(now);
                     self.flush_events();
                     return true;
                 }

@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""End-to-end throughput: tunwall beside a plain TUN copy and the kernel.
+
+Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
+
+* tunwall   client ns --TUN--> tunwall (configs-like demo policy) --TUN--> server ns
+* copy      the same, through `tunwall-copy`: tunwall's I/O path with no engine
+* kernel    client ns --veth--> router ns (ip_forward, nftables conntrack:
+            ct state established,related accept; new from the client side
+            accept; policy drop) --veth--> server ns
+* tunwall-1w  tunwall with one worker (TCP 4 streams only: worker scaling)
+
+and measures, alternating the modes and repeating each at least 3 times:
+iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s. Before every
+measurement it waits for an idle machine; a measurement whose wait timed out
+is marked disturbed and left out of the medians. Prints medians, min-max and
+the ratios tunwall/copy and tunwall/kernel, and writes everything as JSON.
+
+Run as root: `python3 bench/throughput.py [--reps 3] [--seconds 5] [--json out.json]`
+(`make bench-e2e` builds the binaries first).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUNWALL = os.path.join(ROOT, "target", "release", "tunwall")
+COPY = os.path.join(ROOT, "target", "release", "tunwall-copy")
+CLIENT, SERVER = "198.18.1.10", "198.18.2.20"
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
+
+
+def cpu_idle_fraction(interval=0.5):
+    def read():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+
+    idle1, total1 = read()
+    time.sleep(interval)
+    idle2, total2 = read()
+    return (idle2 - idle1) / max(1, total2 - total1)
+
+
+def wait_for_idle(threshold=0.85, timeout=20.0):
+    """Waits until the machine is idle; False if it never became so."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cpu_idle_fraction() >= threshold:
+            return True
+    return False
+
+
+class Topology:
+    def __init__(self, mode, tag, offload=True, workers=2):
+        self.mode, self.offload, self.workers = mode, offload, workers
+        self.client, self.server = f"twb{tag}c", f"twb{tag}s"
+        self.router = f"twb{tag}r"
+        self.proc = None
+        self.dir = tempfile.mkdtemp(prefix=f"tunwall-bench-{mode}-")
+        self.log = None
+
+    def netns(self):
+        return [self.client, self.server] + ([self.router] if self.mode == "kernel" else [])
+
+    def up(self):
+        for ns in self.netns():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if self.mode == "kernel":
+            self._kernel()
+        else:
+            self._tun()
+
+    def _tun(self):
+        tag = self.client[3:-1]
+        config = os.path.join(self.dir, "bench.toml")
+        with open(config, "w") as f:
+            f.write(f"""
+[gateway]
+workers = {self.workers}
+offload = {str(self.offload).lower()}
+control_socket = "{self.dir}/control.sock"
+
+[[port]]
+name = "lan"
+device = "twbl{tag}"
+zone = "inside"
+netns = "{self.client}"
+addresses = ["{CLIENT}/24"]
+kernel_routes = ["198.18.2.0/24"]
+routes = ["198.18.1.0/24"]
+
+[[port]]
+name = "wan"
+device = "twbw{tag}"
+zone = "outside"
+netns = "{self.server}"
+addresses = ["{SERVER}/24"]
+kernel_routes = ["198.18.1.0/24"]
+routes = ["198.18.2.0/24"]
+
+[[filter]]
+name = "no-telnet"
+layer = "auth_connect"
+action = "block"
+protocol = "tcp"
+remote_port = [23, 2323]
+""")
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        cmd = [TUNWALL, "run", "-c", config] if self.mode.startswith("tunwall") else [COPY, config]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
+        for _ in range(200):
+            if sh("ip", "netns", "exec", self.client, "ping", "-c", "1", "-W", "1", SERVER, check=False).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.mode} exited: " + open(os.path.join(self.dir, "log")).read())
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.mode} did not come up")
+
+    def _kernel(self):
+        c, s, r = self.client, self.server, self.router
+        sh("ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "r0", "netns", r)
+        sh("ip", "link", "add", "s0", "netns", s, "type", "veth", "peer", "r1", "netns", r)
+        for ns, dev, addr in [(c, "c0", f"{CLIENT}/24"), (r, "r0", "198.18.1.1/24"), (r, "r1", "198.18.2.1/24"), (s, "s0", f"{SERVER}/24")]:
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", c, "route", "add", "198.18.2.0/24", "via", "198.18.1.1")
+        sh("ip", "-n", s, "route", "add", "198.18.1.0/24", "via", "198.18.2.1")
+        sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rules = """
+table inet tunwall_bench {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "r0" ct state new accept
+  }
+}
+"""
+        subprocess.run(["ip", "netns", "exec", r, "nft", "-f", "-"], input=rules, text=True, check=True)
+
+    def pid(self):
+        if self.mode == "kernel":
+            return None
+        return self.proc.pid
+
+    def down(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for ns in self.netns():
+            sh("ip", "netns", "del", ns, check=False)
+        if self.log:
+            self.log.close()
+
+
+def process_cpu_seconds(pid):
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def measure(topo, test, seconds):
+    server = subprocess.Popen(["ip", "netns", "exec", topo.server, "iperf3", "-s", "-1", "-B", SERVER],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    args = ["ip", "netns", "exec", topo.client, "iperf3", "-c", SERVER, "-t", str(seconds), "-J"]
+    if test == "tcp4":
+        args += ["-P", "4"]
+    if test == "udp64":
+        args += ["-u", "-l", "64", "-b", "0"]
+    cpu0 = process_cpu_seconds(topo.pid())
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
+    cpu1 = process_cpu_seconds(topo.pid())
+    server.wait(timeout=10)
+    report = json.loads(out.stdout)
+    if "error" in report:
+        raise RuntimeError(f"iperf3 {test} through {topo.mode}: {report['error']}")
+    end = report["end"]
+    if test == "udp64":
+        s = end["sum"]
+        received = s["packets"] - s["lost_packets"]
+        value = received / s["seconds"]
+        cpu_ns = (cpu1 - cpu0) * 1e9 / max(1, received) if topo.pid() else None
+        return {"value": value, "unit": "packets/s", "lost_percent": s["lost_percent"], "cpu_ns_per_packet": cpu_ns}
+    value = end["sum_received"]["bits_per_second"] / 1e9
+    return {"value": value, "unit": "Gbit/s", "retransmits": end["sum_sent"].get("retransmits"),
+            "cpu_seconds": cpu1 - cpu0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--offload", choices=["on", "off"], default="on")
+    ap.add_argument("--json", default=os.path.join(ROOT, "target", "throughput.json"))
+    ap.add_argument("--tests", default="tcp1,tcp4,udp64")
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("throughput.py: run as root (it creates network namespaces)")
+    for tool in ["iperf3", "nft", "ip"]:
+        if sh("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
+            sys.exit(f"throughput.py: {tool} is missing (make deps installs it)")
+    for binary in [TUNWALL, COPY]:
+        if not os.path.exists(binary):
+            sys.exit(f"throughput.py: {binary} is missing: cargo build --release")
+    offload = opts.offload == "on"
+    tests = opts.tests.split(",")
+    tag = os.getpid() % 100000
+    topos = {
+        "tunwall": Topology("tunwall", f"{tag}a", offload),
+        "copy": Topology("copy", f"{tag}b", offload),
+        "kernel": Topology("kernel", f"{tag}k"),
+        "tunwall-1w": Topology("tunwall-1w", f"{tag}w", offload, workers=1),
+    }
+    results = {m: {t: [] for t in tests} for m in topos}
+    cc = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
+    try:
+        for t in topos.values():
+            t.up()
+        for rep in range(opts.reps):
+            for test in tests:
+                modes = ["tunwall", "copy", "kernel"] + (["tunwall-1w"] if test == "tcp4" else [])
+                # Alternate the order so no mode always runs first.
+                modes = modes[rep % len(modes):] + modes[:rep % len(modes)]
+                for mode in modes:
+                    calm = wait_for_idle()
+                    r = measure(topos[mode], test, opts.seconds)
+                    r["disturbed"] = not calm
+                    results[mode][test].append(r)
+                    print(f"  rep {rep + 1} {test:<6} {mode:<11} {r['value']:>12.2f} {r['unit']}{'  (disturbed)' if not calm else ''}",
+                          flush=True)
+    finally:
+        for t in topos.values():
+            t.down()
+
+    def summary(samples):
+        values = [s["value"] for s in samples if not s["disturbed"]] or [s["value"] for s in samples]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None
+
+    table = {m: {t: summary(results[m][t]) for t in tests if results[m][t]} for m in results}
+    print(f"\ntunwall throughput (offload {opts.offload}, congestion control {cc}, {os.cpu_count()} CPUs, "
+          f"{opts.reps} reps x {opts.seconds} s)")
+    print(f"{'test':<7} {'mode':<11} {'median':>12} {'min':>12} {'max':>12}")
+    for test in tests:
+        for mode in table:
+            s = table[mode].get(test)
+            if s:
+                unit = "pps" if test == "udp64" else "Gbit/s"
+                print(f"{test:<7} {mode:<11} {s['median']:>12.2f} {s['min']:>12.2f} {s['max']:>12.2f} {unit}")
+    ratios = {}
+    for test in tests:
+        tw = table["tunwall"].get(test)
+        for other in ["copy", "kernel"]:
+            o = table[other].get(test)
+            if tw and o and o["median"]:
+                ratios[f"{test} tunwall/{other}"] = tw["median"] / o["median"]
+    if "tcp4" in tests and table["tunwall-1w"].get("tcp4") and table["tunwall"].get("tcp4"):
+        ratios["tcp4 workers 2/1"] = table["tunwall"]["tcp4"]["median"] / table["tunwall-1w"]["tcp4"]["median"]
+    udp_cpu = [s["cpu_ns_per_packet"] for s in results["tunwall"].get("udp64", []) if s.get("cpu_ns_per_packet")]
+    print("\nratios (medians):")
+    for k, v in ratios.items():
+        print(f"  {k:<24} {v:.3f}")
+    if udp_cpu:
+        print(f"  tunwall CPU per UDP packet: {statistics.median(udp_cpu):.0f} ns (process CPU time / packets received)")
+    doc = {"congestion_control": cc, "offload": opts.offload, "cpus": os.cpu_count(), "reps": opts.reps,
+           "seconds": opts.seconds, "samples": results, "summary": table, "ratios": ratios,
+           "tunwall_udp_cpu_ns_per_packet": statistics.median(udp_cpu) if udp_cpu else None,
+           "kernel": os.uname().release, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.makedirs(os.path.dirname(opts.json), exist_ok=True)
+    with open(opts.json, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"\nresults: {opts.json}")
+
+
+if __name__ == "__main__":
+    main()
