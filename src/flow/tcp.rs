@@ -299,10 +299,17 @@ impl TcpTracker {
         }
         let ackskew = i64::from(self.peers[di].seqlo.wrapping_sub(ack) as i32);
         let src = self.peers[si];
-        let in_window = seq_geq(src.seqhi, end)
+        let mut in_window = seq_geq(src.seqhi, end)
             && seq_geq(seq, src.seqlo.wrapping_sub(dst_max_win))
             && ackskew >= -MAX_ACK_WINDOW
             && ackskew <= MAX_ACK_WINDOW << sws;
+        if flags & RST != 0 {
+            // A RST carries no data, so the easing above would accept any
+            // sequence number: it must itself lie in the receive window
+            // (blind-reset protection, RFC 5961).
+            in_window &= seq_geq(seg.seq, src.seqlo.wrapping_sub(dst_max_win))
+                && seq_geq(src.seqhi, seg.seq);
+        }
 
         let win = if syn {
             u32::from(seg.window)
