@@ -1,1 +1,358 @@
-fn main() {}
+//! Engine micro-benchmarks (SPEC §8, issue figures in docs/benchmarks.md):
+//!
+//! * `parse/*` — `packet::parse` alone;
+//! * `established/*` — `Engine::process` of a packet of an existing flow:
+//!   parse, key, shard lock, lookup, TCP window tracking, counters;
+//! * `new_flow/udp` — creating flows;
+//! * `table_1m/lookup` — an established-flow packet with 1 000 000 flows in the
+//!   table, and (printed) the bytes each flow costs, table overhead included;
+//! * `scaling/threads_{1,2}` — packets per second of 1 and 2 workers sharing
+//!   one gateway.
+//!
+//! Run with `cargo bench --bench engine`.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::{PacketBuilder, TcpOptionElement};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tunwall::engine::{Engine, Gateway, GatewayConfig, HostModel, Verdict};
+use tunwall::flow::{FlowConfig, Zone};
+use tunwall::packet::parse;
+use tunwall::policy::{Authorizer, DefaultPolicy};
+use tunwall::route::PortSpec;
+use tunwall::time::Instant;
+
+/// Counts live heap bytes, to measure what the flow table really costs.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller upholds GlobalAlloc's contract, passed through.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const LAN: u8 = 0;
+
+fn gateway(max_flows: usize) -> Arc<Gateway> {
+    let mut flows = FlowConfig::with_max_flows(max_flows);
+    // Keep adaptive shrinking out of the way of a full benchmark table.
+    flows.adaptive_start = max_flows * 2;
+    flows.adaptive_end = max_flows * 3;
+    Gateway::new(GatewayConfig {
+        ports: vec![
+            PortSpec::new("lan", Zone::Inside, &["198.18.0.0/16", "fd00:1::/64"]),
+            PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
+        ],
+        flows,
+        host_model: HostModel::Weak,
+        shards: None,
+    })
+}
+
+fn policy() -> Arc<dyn Authorizer> {
+    Arc::new(DefaultPolicy::default())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tcp4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 65535);
+    if flags & 0x02 != 0 {
+        b = b
+            .syn()
+            .options(&[
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::WindowScale(7),
+            ])
+            .expect("options");
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(ack);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("write");
+    out
+}
+
+fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, &vec![0u8; len])
+        .expect("write");
+    out
+}
+
+fn parse_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    g.measurement_time(Duration::from_secs(2));
+    let syn = tcp4(
+        [198, 18, 1, 10],
+        [198, 19, 0, 1],
+        40000,
+        443,
+        0x02,
+        1,
+        0,
+        b"",
+    );
+    let mut v6 = Vec::new();
+    PacketBuilder::ipv6(
+        [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+        [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20],
+        64,
+    )
+    .tcp(40000, 443, 1, 65535)
+    .ack(5)
+    .write(&mut v6, &[0u8; 100])
+    .expect("write");
+    let big = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 1372);
+    for (name, p) in [
+        ("ipv4_tcp_syn", &syn),
+        ("ipv6_tcp", &v6),
+        ("ipv4_udp_1400B", &big),
+    ] {
+        g.bench_function(name, |b| b.iter(|| black_box(parse(black_box(p)))));
+    }
+    g.finish();
+}
+
+/// An engine with one established TCP flow; returns the segment buffer to
+/// replay and the offset of its sequence number.
+fn established_tcp() -> (Arc<Gateway>, Engine, Vec<u8>) {
+    let gw = gateway(1024);
+    let mut e = gw.engine(policy(), 0, 1);
+    let (c, s) = ([198, 18, 1, 10], [198, 19, 0, 1]);
+    let now = Instant::ZERO;
+    for (port, mut p) in [
+        (0, tcp4(c, s, 40000, 443, 0x02, 100, 0, b"")),
+        (1, tcp4(s, c, 443, 40000, 0x12, 5000, 101, b"")),
+        (0, tcp4(c, s, 40000, 443, 0x10, 101, 5001, b"")),
+        // The server's first scaled window: 65535 << 7 bytes of room.
+        (1, tcp4(s, c, 443, 40000, 0x10, 5001, 101, b"")),
+    ] {
+        assert!(matches!(e.process(now, port, &mut p), Verdict::Forward(_)));
+    }
+    let data = tcp4(c, s, 40000, 443, 0x10, 101, 5001, &[0u8; 64]);
+    (gw, e, data)
+}
+
+fn established_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("established");
+    g.measurement_time(Duration::from_secs(3));
+    // TCP: every iteration sends the next 64 bytes, so the segment is always in window
+    // (the server's window, scaled by 128, leaves room for ~8 MB before an ACK).
+    let (_gw, mut e, mut data) = established_tcp();
+    let mut seq = 101u32;
+    let mut sent = 0u64;
+    g.bench_function("ipv4_tcp_64B", |b| {
+        b.iter(|| {
+            data[24..28].copy_from_slice(&seq.to_be_bytes());
+            seq = seq.wrapping_add(64);
+            sent += 64;
+            if sent > 4_000_000 {
+                // Let the receiver acknowledge everything, outside the measured packet.
+                let mut ack = tcp4(
+                    [198, 19, 0, 1],
+                    [198, 18, 1, 10],
+                    443,
+                    40000,
+                    0x10,
+                    5001,
+                    seq,
+                    b"",
+                );
+                e.process(Instant::ZERO, 1, &mut ack);
+                sent = 0;
+            }
+            black_box(e.process(Instant::ZERO, LAN, black_box(&mut data)))
+        })
+    });
+    assert_eq!(
+        e.stats().discards_total(),
+        0,
+        "every benchmarked segment must pass"
+    );
+
+    let gw = gateway(1024);
+    let mut e = gw.engine(policy(), 0, 1);
+    let mut p = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 64);
+    assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
+    g.bench_function("ipv4_udp_64B", |b| {
+        b.iter(|| black_box(e.process(Instant::ZERO, LAN, black_box(&mut p))))
+    });
+    assert_eq!(e.stats().discards_total(), 0);
+    g.finish();
+}
+
+fn new_flow_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("new_flow");
+    g.measurement_time(Duration::from_secs(3));
+    const N: usize = 50_000;
+    let packets: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            udp4(
+                [198, 18, (i >> 8) as u8, i as u8],
+                [198, 19, 0, 1],
+                1000 + (i % 60000) as u16,
+                53,
+                32,
+            )
+        })
+        .collect();
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("udp_50k_flows", |b| {
+        b.iter_batched(
+            || (gateway(N), packets.clone()),
+            |(gw, mut packets)| {
+                let mut e = gw.engine(policy(), 0, 1);
+                for p in &mut packets {
+                    black_box(e.process(Instant::ZERO, LAN, p));
+                }
+                assert_eq!(gw.flows_active(), N);
+                e.drain_events().for_each(drop);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn million_flows(c: &mut Criterion) {
+    const FLOWS: usize = 1_000_000;
+    let packet_for = |i: usize| {
+        udp4(
+            [198, 18, (i >> 16) as u8, (i >> 8) as u8],
+            [198, 19, 0, 1],
+            1024 + (i & 0xff) as u16,
+            53,
+            16,
+        )
+    };
+    let before = LIVE.load(Ordering::Relaxed);
+    let gw = gateway(FLOWS);
+    let mut e = gw.engine(policy(), 0, 1);
+    let mut p = Vec::with_capacity(64);
+    for i in 0..FLOWS {
+        p.clear();
+        p.extend_from_slice(&packet_for(i));
+        assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
+        if i % 4096 == 0 {
+            e.drain_events().for_each(drop);
+        }
+    }
+    e.drain_events().for_each(drop);
+    let after = LIVE.load(Ordering::Relaxed);
+    assert_eq!(gw.flows_active(), FLOWS);
+    println!(
+        "memory/table_1m: {:.1} bytes per flow (allocator: gateway + table), {:.1} (table accounting), {} flows, {} bytes per entry",
+        (after - before) as f64 / FLOWS as f64,
+        gw.table().heap_bytes() as f64 / FLOWS as f64,
+        FLOWS,
+        std::mem::size_of::<tunwall::flow::FlowEntry>()
+    );
+    // Lookups of random existing flows.
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut sample: Vec<Vec<u8>> = (0..65_536)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            packet_for((state % FLOWS as u64) as usize)
+        })
+        .collect();
+    let mut i = 0;
+    let mut g = c.benchmark_group("table_1m");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("lookup_udp", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(e.process(Instant::ZERO, LAN, &mut sample[i]))
+        })
+    });
+    g.finish();
+    assert_eq!(e.stats().discards_total(), 0);
+    assert_eq!(gw.flows_active(), FLOWS);
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scaling");
+    g.measurement_time(Duration::from_secs(3));
+    const PER_THREAD: usize = 256;
+    for threads in [1usize, 2] {
+        let gw = gateway(4096);
+        let mut engines: Vec<(Engine, Vec<Vec<u8>>)> = (0..threads)
+            .map(|t| {
+                let mut e = gw.engine(policy(), t, threads);
+                let mut packets: Vec<Vec<u8>> = (0..PER_THREAD)
+                    .map(|i| udp4([198, 18, t as u8, i as u8], [198, 19, 0, 1], 7000, 53, 64))
+                    .collect();
+                for p in &mut packets {
+                    assert_eq!(e.process(Instant::ZERO, LAN, p), Verdict::Forward(1));
+                }
+                e.drain_events().for_each(drop);
+                (e, packets)
+            })
+            .collect();
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(format!("threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for (e, packets) in engines.iter_mut() {
+                        s.spawn(move || {
+                            for n in 0..iters as usize {
+                                let k = n % PER_THREAD;
+                                black_box(e.process(Instant::ZERO, LAN, &mut packets[k]));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_benches,
+    established_benches,
+    new_flow_benches,
+    million_flows,
+    scaling
+);
+criterion_main!(benches);
