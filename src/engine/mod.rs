@@ -600,17 +600,23 @@ impl Local {
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
     ) -> Result<u8, Dropped> {
-        let entry = *shard.entry(slot);
-        let flow_direction = entry.direction();
+        let entry = shard.entry(slot);
+        let (flow_direction, arrival_port, flow_generation, is_tcp, established) = (
+            entry.direction(),
+            entry.arrival_port(),
+            entry.generation(),
+            entry.is_tcp(),
+            entry.established(),
+        );
         let direction = a.direction();
         let layer = Layer::auth(flow_direction);
         let generation = self.policy.generation(layer);
         let with_flow = direction == flow_direction;
-        let port_changed = with_flow && a.port != entry.arrival_port();
+        let port_changed = with_flow && a.port != arrival_port;
         if port_changed && gw.config.host_model == HostModel::Strong {
             return Err(DropReason::WrongInterface.into());
         }
-        let trigger = if entry.generation() != generation {
+        let trigger = if flow_generation != generation {
             Some(ReauthTrigger::PolicyChange)
         } else if port_changed {
             Some(ReauthTrigger::ArrivalInterface)
@@ -621,13 +627,16 @@ impl Local {
             self.reauthorize(gw, a, shard, slot, trigger, generation)?;
         }
         if let Some(segment) = tcp_segment(a.packet)
-            && entry.is_tcp()
+            && is_tcp
         {
             shard
                 .entry_mut(slot)
                 .track_tcp(with_flow, segment, gw.config.flows.tcp_window_tracking)
                 .map_err(Dropped::from)?;
-            if shard.entry(slot).tcp().handshake_done() && shard.mark_established(slot) {
+            if !established
+                && shard.entry(slot).tcp().handshake_done()
+                && shard.mark_established(slot)
+            {
                 self.established(gw, a.now, shard, slot);
             }
         }

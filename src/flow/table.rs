@@ -37,7 +37,9 @@ use std::time::Duration;
 /// A slot number inside one shard.
 pub type SlotId = u32;
 
-const CHUNK: usize = 256;
+/// Slab chunk size: small enough that the unused tail of a shard's last
+/// chunk stays under a byte per flow in a full table.
+const CHUNK: usize = 64;
 
 const F_INBOUND: u8 = 0x01;
 const F_ESTABLISHED: u8 = 0x02;
@@ -668,10 +670,10 @@ impl ShardGuard<'_> {
 }
 
 impl FlowTable {
-    /// A table for `config.max_flows` flows in `shards` shards (rounded up to a power of two).
+    /// A table for `config.max_flows` flows in `shards` shards.
     pub fn new(config: FlowConfig, shards: usize) -> FlowTable {
         let hasher = ahash::RandomState::new();
-        let n = shards.clamp(1, 4096).next_power_of_two();
+        let n = shards.clamp(1, 4096);
         FlowTable {
             shards: (0..n)
                 .map(|_| CachePadded::new(Mutex::new(Shard::new(hasher.clone()))))
@@ -683,8 +685,19 @@ impl FlowTable {
     }
 
     /// A shard count suited to `max_flows`: one shard per 256 flows, at most 64.
+    ///
+    /// Small tables get one shard per 256 flows. Large ones get at least 64
+    /// shards, and a count chosen so that a full shard (with four standard
+    /// deviations of hash imbalance) still fits in 7/8 of a power-of-two
+    /// index, hashbrown's load limit: otherwise every shard's index would
+    /// double just before the table is full, costing 5 bytes per flow.
     pub fn default_shards(max_flows: usize) -> usize {
-        (max_flows / 256).clamp(1, 64)
+        if max_flows < 64 * 256 {
+            return (max_flows / 256).max(1);
+        }
+        let buckets = (max_flows / 64).next_power_of_two();
+        let usable = buckets as f64 * 7.0 / 8.0 - 4.0 * (buckets as f64).sqrt();
+        (max_flows as f64 / usable).ceil() as usize
     }
 
     /// The lifetime settings.
