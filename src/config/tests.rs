@@ -67,7 +67,7 @@ fn unknown_keys_everywhere() {
     );
     fails(
         &filter("name = \"f\"\nlayer = \"auth_connect\"\naction = \"block\"\nport = 22"),
-        17,
+        19,
         1,
         "unknown field `port`",
     );
