@@ -84,19 +84,19 @@ impl Daemon {
             ));
         }
         let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
-        info!(generation = policy.generation(), changed_layers = ?changed, "policy reloaded");
+        info!(generation = policy.policy_generation(), changed_layers = ?changed, "policy reloaded");
         for w in &warnings {
             warn!("{w}");
         }
         self.config.lock().unwrap_or_else(|p| p.into_inner()).policy = config.policy;
         self.hub.emit(json!({
             "event": "policy_reloaded",
-            "generation": policy.generation(),
+            "generation": policy.policy_generation(),
             "changed_layers": changed,
         }));
         json!({
             "ok": true,
-            "generation": policy.generation(),
+            "generation": policy.policy_generation(),
             "changed_layers": changed,
             "warnings": warnings,
         })
@@ -129,7 +129,7 @@ impl ControlHandler for Daemon {
             .policy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .generation();
+            .policy_generation();
         stats_json(&s, &io, &self.gateway, generation, self.workers.len())
     }
 

@@ -361,7 +361,7 @@ impl Policy {
     }
 
     /// The policy generation: 1 for the first policy, +1 per reload.
-    pub fn generation(&self) -> u64 {
+    pub fn policy_generation(&self) -> u64 {
         self.generation
     }
 
