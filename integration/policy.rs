@@ -49,15 +49,6 @@ fn compile(policy: &str, previous: Option<&Policy>) -> Policy {
     Policy::compile(&config.policy, &registry, previous).expect("compile")
 }
 
-fn harness(policy: &Policy, host_model: HostModel) -> Harness {
-    let _ = policy;
-    Harness::with(
-        FlowConfig::with_max_flows(256),
-        host_model,
-        Arc::new(DefaultPolicy),
-    )
-}
-
 /// A request at `layer` for the given endpoints.
 fn req(
     layer: Layer,
@@ -92,13 +83,6 @@ fn decide(p: &Policy, r: &ClassifyRequest) -> (Action, Option<String>) {
 fn blocked_by(p: &Policy, r: &ClassifyRequest, name: &str) -> bool {
     decide(p, r) == (Action::Block, Some(name.to_string()))
 }
-
-#[allow(non_upper_case_globals)]
-const DefaultPolicy: tunwall::policy::DefaultPolicy = tunwall::policy::DefaultPolicy {
-    auth_connect: Action::Permit,
-    auth_recv_accept: Action::Block,
-    icmp_error: Action::Block,
-};
 
 fn one(cond: &str) -> Policy {
     compile(
@@ -509,8 +493,11 @@ callout = "log"
 #[test]
 fn unrelated_icmp_errors_go_through_icmp_error() {
     let probe = udp(ep(C4, 5000), ep(S4, 9), b"x");
-    let mut h = harness(&compile("", None), HostModel::Weak);
-    h.engine.set_policy(Arc::new(compile("", None)));
+    let mut h = Harness::with(
+        FlowConfig::with_max_flows(64),
+        HostModel::Weak,
+        Arc::new(compile("", None)),
+    );
     assert_eq!(
         h.inb(icmp_error(S4, C4, 3, &probe)),
         Verdict::Drop(DropReason::IcmpErrorBlocked)
