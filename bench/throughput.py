@@ -148,6 +148,19 @@ table inet tunwall_bench {
 """
         subprocess.run(["ip", "netns", "exec", r, "nft", "-f", "-"], input=rules, text=True, check=True)
 
+    def tun_drops(self):
+        """Packets the kernel dropped because tunwall did not read them in time
+        (TX drops of the TUN devices, in both namespaces)."""
+        if self.mode == "kernel":
+            return None
+        total = 0
+        for ns in [self.client, self.server]:
+            out = sh("ip", "-n", ns, "-s", "-j", "link", "show", check=False).stdout
+            for link in json.loads(out or "[]"):
+                if link.get("ifname", "").startswith("twb"):
+                    total += link.get("stats64", {}).get("tx", {}).get("dropped", 0)
+        return total
+
     def pid(self):
         if self.mode == "kernel":
             return None
@@ -185,8 +198,10 @@ def measure(topo, test, seconds):
     if test == "udp64":
         args += ["-u", "-l", "64", "-b", "0"]
     cpu0 = process_cpu_seconds(topo.pid())
+    drops0 = topo.tun_drops()
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
     cpu1 = process_cpu_seconds(topo.pid())
+    drops = None if drops0 is None else topo.tun_drops() - drops0
     server.wait(timeout=10)
     report = json.loads(out.stdout)
     if "error" in report:
@@ -197,10 +212,11 @@ def measure(topo, test, seconds):
         received = s["packets"] - s["lost_packets"]
         value = received / s["seconds"]
         cpu_ns = (cpu1 - cpu0) * 1e9 / max(1, received) if topo.pid() else None
-        return {"value": value, "unit": "packets/s", "lost_percent": s["lost_percent"], "cpu_ns_per_packet": cpu_ns}
+        return {"value": value, "unit": "packets/s", "lost_percent": s["lost_percent"], "cpu_ns_per_packet": cpu_ns,
+                "tun_drops": drops}
     value = end["sum_received"]["bits_per_second"] / 1e9
     return {"value": value, "unit": "Gbit/s", "retransmits": end["sum_sent"].get("retransmits"),
-            "cpu_seconds": cpu1 - cpu0}
+            "cpu_seconds": cpu1 - cpu0, "tun_drops": drops}
 
 
 def main():
@@ -273,6 +289,9 @@ def main():
     if "tcp4" in tests and table["tunwall-1w"].get("tcp4") and table["tunwall"].get("tcp4"):
         ratios["tcp4 workers 2/1"] = table["tunwall"]["tcp4"]["median"] / table["tunwall-1w"]["tcp4"]["median"]
     udp_cpu = [s["cpu_ns_per_packet"] for s in results["tunwall"].get("udp64", []) if s.get("cpu_ns_per_packet")]
+    for mode in ["tunwall", "copy"]:
+        drops = {t: sum(s.get("tun_drops") or 0 for s in results[mode][t]) for t in tests}
+        print(f"TUN queue drops, {mode}: " + ", ".join(f"{t} {n}" for t, n in drops.items()))
     print("\nratios (medians):")
     for k, v in ratios.items():
         print(f"  {k:<24} {v:.3f}")
