@@ -58,19 +58,27 @@ static ALLOCATOR: Counting = Counting;
 const LAN: u8 = 0;
 
 fn gateway(max_flows: usize) -> Arc<Gateway> {
+    gateway_for(max_flows, 1)
+}
+
+/// A gateway whose flow table has one shard group per worker.
+fn gateway_for(max_flows: usize, workers: usize) -> Arc<Gateway> {
     let mut flows = FlowConfig::with_max_flows(max_flows);
     // Keep adaptive shrinking out of the way of a full benchmark table.
     flows.adaptive_start = max_flows * 2;
     flows.adaptive_end = max_flows * 3;
-    Gateway::new(GatewayConfig {
-        ports: vec![
-            PortSpec::new("lan", Zone::Inside, &["198.18.0.0/16", "fd00:1::/64"]),
-            PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
-        ],
-        flows,
-        host_model: HostModel::Weak,
-        shards: None,
-    })
+    Gateway::with_workers(
+        GatewayConfig {
+            ports: vec![
+                PortSpec::new("lan", Zone::Inside, &["198.18.0.0/16", "fd00:1::/64"]),
+                PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
+            ],
+            flows,
+            host_model: HostModel::Weak,
+            shards: None,
+        },
+        workers,
+    )
 }
 
 fn policy() -> Arc<dyn Authorizer> {
@@ -312,7 +320,7 @@ fn scaling(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     const PER_THREAD: usize = 256;
     for threads in [1usize, 2] {
-        let gw = gateway(4096);
+        let gw = gateway_for(4096, threads);
         let mut engines: Vec<(Engine, Vec<Vec<u8>>)> = (0..threads)
             .map(|t| {
                 let mut e = gw.engine(policy(), t, threads);

@@ -786,3 +786,42 @@ fn no_route_route_loops_and_malformed_packets_are_counted() {
     assert_eq!(engine.stats().discarded(DropReason::NoRoute), 1);
     assert_eq!(gw.flows_active(), 0);
 }
+
+#[test]
+fn a_flow_created_by_one_worker_is_ridden_by_the_other() {
+    let gw = tunwall::engine::Gateway::with_workers(
+        tunwall::engine::GatewayConfig {
+            ports: ports(),
+            flows: FlowConfig::with_max_flows(64),
+            host_model: HostModel::Weak,
+            shards: None,
+        },
+        2,
+    );
+    assert_eq!(gw.table().groups(), 2);
+    let mut w0 = gw.engine(Arc::new(DefaultPolicy::default()), 0, 2);
+    let mut w1 = gw.engine(Arc::new(DefaultPolicy::default()), 1, 2);
+    let now = tunwall::time::Instant::ZERO;
+    let query = udp(ep(C4, 5000), ep(S4, 53), b"q");
+    assert_eq!(
+        w0.process(now, LAN, &mut query.clone()),
+        Verdict::Forward(WAN)
+    );
+    // The reply reaches the other worker (another queue): it rides the same flow.
+    assert_eq!(
+        w1.process(now, WAN, &mut udp(ep(S4, 53), ep(C4, 5000), b"a")),
+        Verdict::Forward(LAN)
+    );
+    assert_eq!(gw.flows_active(), 1);
+    assert_eq!(gw.flows(now)[0].inbound.0, 1);
+    // Related ICMP errors are found in any worker's group.
+    assert_eq!(
+        w1.process(now, WAN, &mut icmp_error(S4, C4, 3, &query)),
+        Verdict::Forward(LAN)
+    );
+    // Each worker expires and closes only its own group; together they close everything.
+    w1.close_all(now, false);
+    assert_eq!(gw.flows_active(), 1);
+    w0.close_all(now, false);
+    assert_eq!(gw.flows_active(), 0);
+}

@@ -20,6 +20,10 @@ use tunwall::route::PortSpec;
 use tunwall::time::Instant;
 
 fn gateway(max_flows: usize, shards: usize) -> Arc<Gateway> {
+    gateway_for(max_flows, shards, 1)
+}
+
+fn gateway_for(max_flows: usize, shards: usize, workers: usize) -> Arc<Gateway> {
     let mut flows = FlowConfig::with_max_flows(max_flows);
     flows.udp_idle = Duration::from_secs(5);
     flows.icmp_idle = Duration::from_secs(3);
@@ -28,16 +32,19 @@ fn gateway(max_flows: usize, shards: usize) -> Arc<Gateway> {
     flows.tcp_time_wait = Duration::from_secs(2);
     flows.tcp_closed = Duration::from_secs(1);
     flows.fragment_timeout = Duration::from_secs(2);
-    Gateway::new(GatewayConfig {
-        ports: vec![
-            PortSpec::new("lan", Zone::Inside, &["198.18.1.0/24", "fd00:1::/64"]),
-            PortSpec::new("lan2", Zone::Inside, &["198.18.3.0/24"]),
-            PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
-        ],
-        flows,
-        host_model: HostModel::Weak,
-        shards: Some(shards),
-    })
+    Gateway::with_workers(
+        GatewayConfig {
+            ports: vec![
+                PortSpec::new("lan", Zone::Inside, &["198.18.1.0/24", "fd00:1::/64"]),
+                PortSpec::new("lan2", Zone::Inside, &["198.18.3.0/24"]),
+                PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
+            ],
+            flows,
+            host_model: HostModel::Weak,
+            shards: Some(shards),
+        },
+        workers,
+    )
 }
 
 /// One step of random traffic between a few inside and outside hosts.
@@ -52,6 +59,7 @@ enum Step {
         flags: u8,
         seq: u32,
         via_lan2: bool,
+        worker: bool,
     },
     Advance(u16),
     Tick,
@@ -61,9 +69,9 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (any::<bool>(), any::<bool>(), prop::sample::select(vec![6u8, 17, 1, 47]), 0u8..4, 1u16..4,
-              prop::sample::select(vec![0x02u8, 0x12, 0x10, 0x11, 0x04, 0x14, 0x18]), any::<u32>(), any::<bool>())
-            .prop_map(|(inbound, v6, protocol, host, port, flags, seq, via_lan2)| Step::Packet {
-                inbound, v6, protocol, host, port, flags, seq, via_lan2,
+              prop::sample::select(vec![0x02u8, 0x12, 0x10, 0x11, 0x04, 0x14, 0x18]), any::<u32>(), any::<bool>(), any::<bool>())
+            .prop_map(|(inbound, v6, protocol, host, port, flags, seq, via_lan2, worker)| Step::Packet {
+                inbound, v6, protocol, host, port, flags, seq, via_lan2, worker,
             }),
         2 => (0u16..3000).prop_map(Step::Advance),
         1 => Just(Step::Tick),
@@ -214,15 +222,18 @@ proptest! {
         max_flows in 1usize..12,
         shards in 1usize..4,
         permit_inbound in any::<bool>(),
+        workers in 1usize..3,
     ) {
-        let gw = gateway(max_flows, shards);
+        // With two workers every packet goes to a random one of them: flows
+        // created by one worker are found and closed by the other.
+        let gw = gateway_for(max_flows, shards, workers);
         let policy = |generation: u32, permit_inbound: bool| {
             Arc::new(FnPolicy::new(generation, move |req: &tunwall::policy::ClassifyRequest| {
                 let inbound = req.layer == tunwall::policy::Layer::AuthRecvAccept;
                 Decision::default_action(if inbound && !permit_inbound { Action::Block } else { Action::Permit })
             }))
         };
-        let mut engine = gw.engine(policy(0, permit_inbound), 0, 1);
+        let mut engines: Vec<_> = (0..workers).map(|w| gw.engine(policy(0, permit_inbound), w, workers)).collect();
         let mut now = 0u64;
         let mut generation = 0;
         let mut created: HashMap<u64, u32> = HashMap::new();
@@ -242,24 +253,35 @@ proptest! {
         };
         for step in steps {
             match step {
-                Step::Packet { inbound, v6, protocol, host, port, flags, seq, via_lan2 } => {
+                Step::Packet { inbound, v6, protocol, host, port, flags, seq, via_lan2, worker } => {
                     let mut packet = build(inbound, v6, protocol, host, port, flags, seq);
                     let arrival = if inbound { 2 } else if via_lan2 && !v6 { 1 } else { 0 };
+                    let engine = &mut engines[usize::from(worker) % workers];
                     let _ = engine.process(Instant::from_millis(now), arrival, &mut packet);
                 }
                 Step::Advance(ms) => now += u64::from(ms),
-                Step::Tick => engine.handle_timeout(Instant::from_millis(now)),
+                Step::Tick => {
+                    for engine in &mut engines {
+                        engine.handle_timeout(Instant::from_millis(now));
+                    }
+                }
                 Step::NewPolicy(permit) => {
                     generation += 1;
-                    engine.set_policy(policy(generation, permit));
+                    for engine in &mut engines {
+                        engine.set_policy(policy(generation, permit));
+                    }
                 }
             }
-            record(&mut engine)?;
+            for engine in &mut engines {
+                record(engine)?;
+            }
             prop_assert!(gw.flows_active() <= max_flows);
             prop_assert_eq!(gw.flows(Instant::from_millis(now)).len(), gw.flows_active());
         }
-        engine.close_all(Instant::from_millis(now), true);
-        record(&mut engine)?;
+        for engine in &mut engines {
+            engine.close_all(Instant::from_millis(now), false);
+            record(engine)?;
+        }
         prop_assert_eq!(gw.flows_active(), 0);
         for (id, n) in &created {
             prop_assert_eq!(*n, 1, "flow {} created {} times", id, n);

@@ -248,7 +248,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     info!(offload = vnet_hdr, "I/O mode");
 
     let clock = Clock::start();
-    let gateway = Gateway::new(config.gateway_config());
+    let gateway = Gateway::with_workers(config.gateway_config(), workers);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let hub_thread = hub::spawn(

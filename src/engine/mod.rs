@@ -98,9 +98,15 @@ const MAX_QUEUED_DISCARDS: usize = 4096;
 pub const DEFAULT_SWEEP_BUDGET: usize = 4096;
 
 impl Gateway {
-    /// Builds the shared state. Ports beyond 255 are a configuration error
-    /// caught by the config loader; here they are ignored.
-    pub fn new(mut config: GatewayConfig) -> Arc<Gateway> {
+    /// Builds the shared state for one worker. Ports beyond 255 are a
+    /// configuration error caught by the config loader; here they are ignored.
+    pub fn new(config: GatewayConfig) -> Arc<Gateway> {
+        Gateway::with_workers(config, 1)
+    }
+
+    /// Builds the shared state for `workers` workers: the flow table gets
+    /// one group of shards per worker.
+    pub fn with_workers(mut config: GatewayConfig, workers: usize) -> Arc<Gateway> {
         config.ports.truncate(255);
         let shards = config
             .shards
@@ -112,7 +118,7 @@ impl Gateway {
             .map(|a| raw_addr(*a).1)
             .collect();
         Arc::new(Gateway {
-            table: FlowTable::new(config.flows.clone(), shards),
+            table: FlowTable::new(config.flows.clone(), shards, workers),
             fragments: FragmentTable::new(
                 config.flows.max_fragments,
                 config.flows.fragment_timeout,
@@ -186,6 +192,7 @@ impl Gateway {
             gw: Arc::clone(self),
             local: Local {
                 policy,
+                group: worker % self.table.groups(),
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 queued_discards: 0,
@@ -218,6 +225,8 @@ pub struct Engine {
 /// mutable access to counters and events.
 struct Local {
     policy: Arc<dyn Authorizer>,
+    /// The flow-table shard group this worker creates its flows in.
+    group: usize,
     stats: Stats,
     events: Vec<Event>,
     queued_discards: usize,
@@ -319,12 +328,23 @@ impl Engine {
         }
     }
 
+    /// The shards this worker sweeps and closes at shutdown: its group, or,
+    /// when workers share one group, every `workers`-th shard of it.
+    fn owned_shards(&self) -> Vec<usize> {
+        let table = &self.gw.table;
+        let group = table.group_shards(self.local.group);
+        let sharing = self.workers.div_ceil(table.groups());
+        let rank = self.worker / table.groups();
+        group.skip(rank).step_by(sharing.max(1)).collect()
+    }
+
     /// Expires idle flows and fragments in the shards this worker owns.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let shards = self.owned_shards();
         let gw = &*self.gw;
         let local = &mut self.local;
         let factor = gw.table.adaptive_factor();
-        for idx in (self.worker..gw.table.shard_count()).step_by(self.workers) {
+        for idx in shards {
             let mut shard = gw.table.lock_shard(idx);
             shard.sweep(now, self.sweep_budget, |removed, reason| {
                 local.closed(gw, now, factor, &removed, reason);
@@ -336,12 +356,15 @@ impl Engine {
     /// Removes every flow of the shards this worker owns with reason
     /// `shutdown` (or all shards when `all`).
     pub fn close_all(&mut self, now: Instant, all: bool) {
+        let shards: Vec<usize> = if all {
+            (0..self.gw.table.shard_count()).collect()
+        } else {
+            self.owned_shards()
+        };
         let gw = &*self.gw;
         let local = &mut self.local;
         let factor = gw.table.adaptive_factor();
-        let step = if all { 1 } else { self.workers };
-        let first = if all { 0 } else { self.worker };
-        for idx in (first..gw.table.shard_count()).step_by(step) {
+        for idx in shards {
             let mut shard = gw.table.lock_shard(idx);
             let slots: Vec<SlotId> = shard.iter().map(|(slot, _)| slot).collect();
             for slot in slots {
@@ -510,12 +533,14 @@ impl Local {
             && let Some(key) = FlowKey::of_quoted(&quoted, a.zone)
         {
             let hash = gw.table.hash(&key);
-            let shard = gw.table.lock(hash);
-            if let Some(slot) = shard.find(hash, &key)
-                && !shard
-                    .entry(slot)
-                    .expired(a.now, &gw.config.flows, gw.table.adaptive_factor())
-            {
+            let factor = gw.table.adaptive_factor();
+            let related = (0..gw.table.groups()).any(|group| {
+                let shard = gw.table.lock(group, hash);
+                shard
+                    .find(hash, &key)
+                    .is_some_and(|slot| !shard.entry(slot).expired(a.now, &gw.config.flows, factor))
+            });
+            if related {
                 self.stats.related_icmp += 1;
                 return Ok(a.egress);
             }
@@ -571,25 +596,59 @@ impl Local {
     /// A packet that belongs to (or would create) a flow.
     fn flow_packet(&mut self, gw: &Gateway, a: &Arrival<'_>, key: FlowKey) -> Result<u8, Dropped> {
         let hash = gw.table.hash(&key);
-        let mut shard = gw.table.lock(hash);
-        if let Some(slot) = shard.find(hash, &key) {
-            let entry = shard.entry(slot);
-            let factor = gw.table.adaptive_factor();
-            let reopen = tcp_segment(a.packet).is_some_and(|s| s.flags & (SYN | ACK) == SYN)
-                && matches!(
-                    entry.state(),
-                    FlowState::Tcp(TcpState::TimeWait | TcpState::Closed)
-                );
-            if !reopen && !entry.expired(a.now, &gw.config.flows, factor) {
-                return self.ride(gw, a, &mut shard, slot);
+        let own = self.group;
+        let mut shard = gw.table.lock(own, hash);
+        if let Some(verdict) = self.find_and_ride(gw, a, &mut shard, hash, &key) {
+            return verdict;
+        }
+        if gw.table.groups() > 1 {
+            // Not in this worker's group: the flow may have been created by
+            // another worker (a packet steered to another queue). Look there,
+            // one lock at a time, before creating it here.
+            drop(shard);
+            for group in (0..gw.table.groups()).filter(|g| *g != own) {
+                let mut other = gw.table.lock(group, hash);
+                if let Some(verdict) = self.find_and_ride(gw, a, &mut other, hash, &key) {
+                    return verdict;
+                }
             }
-            // An expired flow found before the sweep got to it, or a new SYN
-            // on the tuple of a finished connection: the old flow ends here.
-            let reason = entry.expiry_reason();
-            let removed = shard.remove(slot);
-            self.closed(gw, a.now, factor, &removed, reason);
+            shard = gw.table.lock(own, hash);
+            // Only this worker creates flows in its group, but engines may
+            // outnumber groups: look once more under the lock that inserts.
+            if let Some(verdict) = self.find_and_ride(gw, a, &mut shard, hash, &key) {
+                return verdict;
+            }
         }
         self.new_flow(gw, a, shard, hash, key)
+    }
+
+    /// Rides the flow of `key` in `shard` if it is there and alive. A flow
+    /// found expired (before the sweep got to it), or a finished TCP
+    /// connection whose tuple a new SYN reuses, is closed here and `None`
+    /// returned, as for a flow that is not there.
+    fn find_and_ride(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        key: &FlowKey,
+    ) -> Option<Result<u8, Dropped>> {
+        let slot = shard.find(hash, key)?;
+        let entry = shard.entry(slot);
+        let factor = gw.table.adaptive_factor();
+        let reopen = tcp_segment(a.packet).is_some_and(|s| s.flags & (SYN | ACK) == SYN)
+            && matches!(
+                entry.state(),
+                FlowState::Tcp(TcpState::TimeWait | TcpState::Closed)
+            );
+        if !reopen && !entry.expired(a.now, &gw.config.flows, factor) {
+            return Some(self.ride(gw, a, shard, slot));
+        }
+        let reason = entry.expiry_reason();
+        let removed = shard.remove(slot);
+        self.closed(gw, a.now, factor, &removed, reason);
+        None
     }
 
     /// A packet of an existing flow.

@@ -574,6 +574,12 @@ pub struct Removed {
 /// The flow table shared by every worker.
 pub struct FlowTable {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
+    /// Shards come in one group per worker; a worker creates flows only in
+    /// its own group, so the shard locks it takes for its flows are touched
+    /// by no other core (the kernel steers both directions of a flow to the
+    /// same worker).
+    groups: usize,
+    per_group: usize,
     hasher: ahash::RandomState,
     count: CachePadded<AtomicUsize>,
     config: FlowConfig,
@@ -670,11 +676,16 @@ impl ShardGuard<'_> {
 }
 
 impl FlowTable {
-    /// A table for `config.max_flows` flows in `shards` shards.
-    pub fn new(config: FlowConfig, shards: usize) -> FlowTable {
+    /// A table for `config.max_flows` flows in about `shards` shards, split
+    /// into `groups` equal groups (one per worker).
+    pub fn new(config: FlowConfig, shards: usize, groups: usize) -> FlowTable {
         let hasher = ahash::RandomState::new();
-        let n = shards.clamp(1, 4096);
+        let groups = groups.clamp(1, 256);
+        let per_group = shards.clamp(1, 4096).div_ceil(groups);
+        let n = per_group * groups;
         FlowTable {
+            groups,
+            per_group,
             shards: (0..n)
                 .map(|_| CachePadded::new(Mutex::new(Shard::new(hasher.clone()))))
                 .collect(),
@@ -716,13 +727,24 @@ impl FlowTable {
         self.shards.len()
     }
 
-    /// Locks the shard that holds keys of `hash`.
+    /// The number of shard groups (workers).
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The shards of `group`.
+    pub fn group_shards(&self, group: usize) -> std::ops::Range<usize> {
+        let start = (group % self.groups) * self.per_group;
+        start..start + self.per_group
+    }
+
+    /// Locks the shard of `group` that holds keys of `hash`.
     #[inline]
-    pub fn lock(&self, hash: u64) -> ShardGuard<'_> {
+    pub fn lock(&self, group: usize, hash: u64) -> ShardGuard<'_> {
         // Bits 24..56: hashbrown uses the low bits for the bucket and the top
         // seven as the tag, so the shard choice stays independent of both.
-        let idx = ((hash >> 24) as u32 as u64 * self.shards.len() as u64) >> 32;
-        self.lock_shard(idx as usize)
+        let within = ((hash >> 24) as u32 as u64 * self.per_group as u64) >> 32;
+        self.lock_shard((group % self.groups) * self.per_group + within as usize)
     }
 
     /// Locks shard number `idx`.
