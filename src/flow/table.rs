@@ -14,6 +14,7 @@
 //! | data | guarded by |
 //! |---|---|
 //! | a shard's entries, index, free list, embryo queue, parents, sweep cursor | that shard's `Mutex` |
+//! | which flows a shard holds | flows are created only by the worker owning the shard's group; any worker may ride or remove them under the lock |
 //! | the flow count | `AtomicUsize`, changed only while holding the shard lock of the flow added or removed |
 //! | wildcard (multicast/broadcast and loose-source) state | its own `Mutex`, taken only while a shard lock may be held, never the other way round |
 //!
