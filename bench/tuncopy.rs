@@ -7,9 +7,8 @@
 //! runs until SIGINT or SIGTERM.
 
 use std::sync::Arc;
-use tunwall::config::{Config, Workers};
+use tunwall::config::Config;
 use tunwall::engine::Verdict;
-use tunwall::io::Port;
 use tunwall::io::worker::{Clock, Control, Processor, Worker, WorkerHandle};
 use tunwall::policy::CalloutRegistry;
 use tunwall::time::Instant;
@@ -32,29 +31,14 @@ fn main() -> anyhow::Result<()> {
         config.ports.len() == 2,
         "tunwall-copy needs exactly two ports"
     );
-    let workers = match config.gateway.workers {
-        Workers::Count(n) => n,
-        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let workers = config.gateway.workers.count();
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let mut ports = Vec::new();
-    for p in &config.ports {
-        ports.push(Port::open(p, workers, config.gateway.offload)?);
-    }
-    let vnet_hdr = ports.iter().all(|p| p.vnet_hdr);
-    anyhow::ensure!(
-        ports.iter().all(|p| p.vnet_hdr == vnet_hdr),
-        "offload is available on one port only"
-    );
-    let mut by_worker: Vec<Vec<tun_rs::SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
-    for port in &mut ports {
-        for (i, q) in std::mem::take(&mut port.queues).into_iter().enumerate() {
-            by_worker[i].push(q);
-        }
-    }
+    let mut ports = tunwall::io::open_ports(&config.ports, workers, config.gateway.offload)?;
+    let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
+    let by_worker = tunwall::io::queues_by_worker(&mut ports, workers);
     let clock = Clock::start();
     let (events, _events_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();

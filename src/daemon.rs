@@ -7,11 +7,10 @@
 //! reason `shutdown` — flushes the events, removes the socket and the
 //! devices tunwall created, and exits 0.
 
-use crate::config::{Config, Workers};
+use crate::config::Config;
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
 use crate::control::{ControlHandler, ControlServer};
 use crate::engine::{Gateway, Stats};
-use crate::io::Port;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
 use crate::policy::{Authorizer, CalloutRegistry, Layer, Policy};
 use crate::reason::{CloseReason, DropReason};
@@ -197,34 +196,6 @@ pub fn stats_json(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, worker
     })
 }
 
-/// Opens every port; all with offload or, if any device refuses it, all without.
-fn open_ports(config: &Config, workers: usize) -> anyhow::Result<Vec<Port>> {
-    let open_all = |offload: bool| -> anyhow::Result<Vec<Port>> {
-        let mut ports: Vec<Port> = Vec::new();
-        for p in &config.ports {
-            match Port::open(p, workers, offload) {
-                Ok(port) => ports.push(port),
-                Err(e) => {
-                    for port in ports {
-                        port.close();
-                    }
-                    anyhow::bail!("port {}: {e}", p.name);
-                }
-            }
-        }
-        Ok(ports)
-    };
-    let ports = open_all(config.gateway.offload)?;
-    if ports.iter().all(|p| p.vnet_hdr == ports[0].vnet_hdr) {
-        return Ok(ports);
-    }
-    warn!("offload is available on some ports only; using one packet per read and write on all");
-    for port in ports {
-        port.close();
-    }
-    open_all(false)
-}
-
 /// Runs the gateway from `path` until SIGINT/SIGTERM. Errors before the
 /// gateway runs come back as `Err` with a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
@@ -239,11 +210,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let workers = match config.gateway.workers {
-        Workers::Count(n) => n,
-        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    let mut ports = open_ports(&config, workers)?;
+    let workers = config.gateway.workers.count();
+    let mut ports = crate::io::open_ports(&config.ports, workers, config.gateway.offload)?;
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
 
@@ -263,13 +231,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
-    let mut queues_by_worker: Vec<Vec<tun_rs::SyncDevice>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for port in &mut ports {
-        for (i, q) in std::mem::take(&mut port.queues).into_iter().enumerate() {
-            queues_by_worker[i].push(q);
-        }
-    }
+    let queues_by_worker = crate::io::queues_by_worker(&mut ports, workers);
     let mut handles = Vec::new();
     for (i, queues) in queues_by_worker.into_iter().enumerate() {
         let (poll, waker) = Worker::poll_and_waker()?;

@@ -66,6 +66,16 @@ pub enum Workers {
     Count(usize),
 }
 
+impl Workers {
+    /// The number of worker threads on this machine.
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
 /// `[gateway]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewaySettings {

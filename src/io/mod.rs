@@ -179,3 +179,44 @@ impl Port {
         }
     }
 }
+
+/// Opens every port with `queues` queues: all with offload, or, if any device
+/// refuses it (or `offload` is false), all without.
+pub fn open_ports(ports: &[PortConfig], queues: usize, offload: bool) -> io::Result<Vec<Port>> {
+    let open_all = |offload: bool| -> io::Result<Vec<Port>> {
+        let mut open: Vec<Port> = Vec::new();
+        for p in ports {
+            match Port::open(p, queues, offload) {
+                Ok(port) => open.push(port),
+                Err(e) => {
+                    for port in open {
+                        port.close();
+                    }
+                    return Err(io::Error::new(e.kind(), format!("port {}: {e}", p.name)));
+                }
+            }
+        }
+        Ok(open)
+    };
+    let open = open_all(offload)?;
+    if open.iter().all(|p| p.vnet_hdr == open[0].vnet_hdr) {
+        return Ok(open);
+    }
+    warn!("offload is available on some ports only; using one packet per read and write on all");
+    for port in open {
+        port.close();
+    }
+    open_all(false)
+}
+
+/// Takes the queues out of `ports`: entry `i` holds worker `i`'s queue of
+/// every port, in port order.
+pub fn queues_by_worker(ports: &mut [Port], workers: usize) -> Vec<Vec<SyncDevice>> {
+    let mut by_worker: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
+    for port in ports {
+        for (i, q) in std::mem::take(&mut port.queues).into_iter().enumerate() {
+            by_worker[i].push(q);
+        }
+    }
+    by_worker
+}
