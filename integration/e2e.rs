@@ -484,3 +484,127 @@ fn sigterm_leaves_nothing_behind() {
         .count();
     assert_eq!(created, closed.len(), "every flow closed exactly once");
 }
+
+#[test]
+fn sighup_reloads_and_the_events_stream_and_prometheus_work() {
+    require_netns!();
+    let mut t = Topology::new(DEFAULT_FLOWS, "");
+    // `tunwall events` streams JSON lines to a subscriber.
+    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["events", "-s"])
+        .arg(&t.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tunwall events");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(ok(&out));
+    // SIGHUP reloads the file: a new filter blocks pings from now on.
+    t.rewrite_config(|c| c + "\n[[filter]]\nname = \"no-ping\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = \"icmp\"\n");
+    let pid = t.pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    let reloaded = t.wait_event("policy_reloaded", |e| e["event"] == "policy_reloaded");
+    assert_eq!(reloaded["generation"], 2);
+    assert_eq!(
+        reloaded["changed_layers"],
+        serde_json::json!(["auth_connect"])
+    );
+    let out = t.in_client(&["ping", "-c", "1", "-W", "1", SERVER4]);
+    assert!(
+        !ok(&out),
+        "the reloaded policy blocks the existing echo flow"
+    );
+    let _ = events.kill();
+    let streamed =
+        String::from_utf8_lossy(&events.wait_with_output().expect("events output").stdout)
+            .to_string();
+    let lines: Vec<Value> = streamed
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["event"] == "flow_created" && e["protocol"] == "icmp"),
+        "{streamed}"
+    );
+    assert!(
+        lines.iter().any(|e| e["event"] == "policy_reloaded"),
+        "{streamed}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|e| e["ts"].as_str().is_some_and(|ts| ts.ends_with('Z'))),
+        "{streamed}"
+    );
+    // Prometheus text format.
+    let prom = text(&t.cli(&["stats", "--prometheus"]));
+    assert!(prom.contains("# TYPE tunwall_flows_active gauge"), "{prom}");
+    assert!(
+        prom.contains("tunwall_layer_decisions_total{layer=\"auth_connect\",action=\"block\"}"),
+        "{prom}"
+    );
+    assert!(prom.contains("tunwall_policy_generation 2"), "{prom}");
+    // The human-readable tables.
+    assert!(text(&t.cli(&["flows"])).contains("icmp"));
+    assert!(text(&t.cli(&["stats"])).contains("policy generation 2"));
+    // The control socket is private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&t.socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(t.stop().success());
+}
+
+#[test]
+fn check_prints_the_policy_or_one_located_error() {
+    // No namespace needed: `tunwall check` touches no device.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/example.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["check", "-c", example])
+        .output()
+        .expect("check");
+    assert!(ok(&out), "{}", text(&out));
+    let printed = text(&out);
+    let order: Vec<usize> = [
+        "layer auth_connect",
+        "sublayer admin",
+        "ssh-from-admins",
+        "sublayer inspection",
+        "limit-new-ssh",
+    ]
+    .iter()
+    .map(|s| {
+        printed
+            .find(s)
+            .unwrap_or_else(|| panic!("{s} missing from:\n{printed}"))
+    })
+    .collect();
+    assert!(
+        order[1] < order[2] && order[2] < order[3] && order[3] < order[4],
+        "evaluation order:\n{printed}"
+    );
+    let dir = std::env::temp_dir().join(format!("tunwall-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[flows]\nudp_idle = 60\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("check");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("bad.toml:2:12:") && msg.contains("a bare number is not a duration"),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1, "one clear message: {msg}");
+}

@@ -181,6 +181,11 @@ discard_rate = 1000
         panic!("tunwall did not come up:\n{}", self.log());
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("tunwall.log")).unwrap_or_default()
     }
