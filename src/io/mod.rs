@@ -182,7 +182,21 @@ impl Port {
 
 /// Opens every port with `queues` queues: all with offload, or, if any device
 /// refuses it (or `offload` is false), all without.
+///
+/// Offload passes GSO superframes from port to port whole, never split, which
+/// is only right when no port has a smaller MTU than another: with differing
+/// MTUs the ports are opened without offload.
 pub fn open_ports(ports: &[PortConfig], queues: usize, offload: bool) -> io::Result<Vec<Port>> {
+    let offload = offload
+        && {
+            let equal = ports.windows(2).all(|w| w[0].mtu == w[1].mtu);
+            if !equal {
+                warn!(
+                    "offload needs the same MTU on every port (superframes pass unsplit); using one packet per read and write"
+                );
+            }
+            equal
+        };
     let open_all = |offload: bool| -> io::Result<Vec<Port>> {
         let mut open: Vec<Port> = Vec::new();
         for p in ports {
