@@ -384,7 +384,10 @@ type Result<T> = std::result::Result<T, ConfigError>;
 
 impl Loader<'_> {
     pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        let offset = span.start.min(self.text.len());
+        let mut offset = span.start.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -523,3 +523,16 @@ fn a_failed_parse_leaves_nothing_behind() {
         Duration::from_secs(1)
     );
 }
+
+#[test]
+fn arbitrary_text_never_panics() {
+    for text in [
+        "\u{feff}[flows]\nudp_idle = \"ü\"",
+        "[[filter]]\nname = \"é\"\nlayer = \"ä\"",
+        "\u{0}",
+        "[a.b.c]\nx = [1, \"two\", {}]",
+        "ää = ö",
+    ] {
+        let _ = parse(text);
+    }
+}
