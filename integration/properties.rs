@@ -200,6 +200,26 @@ proptest! {
     }
 
     #[test]
+    fn config_text_never_panics(
+        cuts in prop::collection::vec((0usize..6000, 0usize..40), 1..5),
+        noise in prop::collection::vec(any::<char>(), 0..40),
+    ) {
+        // The shipped example, cut and spliced with noise: every outcome is Ok or a located error.
+        let mut text = include_str!("../configs/example.toml").to_string();
+        for (at, len) in cuts {
+            let at = at.min(text.len());
+            let end = (at + len).min(text.len());
+            if text.is_char_boundary(at) && text.is_char_boundary(end) {
+                text.replace_range(at..end, &noise.iter().collect::<String>());
+            }
+        }
+        let registry = tunwall::policy::CalloutRegistry::default();
+        if let Err(e) = tunwall::config::Config::parse(std::path::Path::new("fuzz.toml"), &text, &registry) {
+            prop_assert!(e.line >= 1 && !e.message.is_empty(), "{e}");
+        }
+    }
+
+    #[test]
     fn flow_key_is_symmetric(
         v6 in any::<bool>(),
         protocol in prop::sample::select(vec![6u8, 17, 1, 47]),
