@@ -20,7 +20,12 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
-    /// A port with routes and no assigned addresses.
+    /// A port with routes and no assigned addresses, for ports built in code.
+    ///
+    /// # Panics
+    ///
+    /// On a route that is not a prefix: routes from a configuration file go
+    /// through the loader, which reports them with their line instead.
     pub fn new(name: impl Into<String>, zone: Zone, routes: &[&str]) -> PortSpec {
         PortSpec {
             name: name.into(),
