@@ -608,3 +608,37 @@ fn check_prints_the_policy_or_one_located_error() {
     );
     assert_eq!(msg.lines().count(), 1, "one clear message: {msg}");
 }
+
+#[test]
+fn an_existing_device_is_attached_and_left_as_it_was() {
+    require_netns!();
+    let mut t = Topology::with_existing_lan_device(DEFAULT_FLOWS, "");
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(
+        ok(&out),
+        "traffic through an attached device: {}",
+        text(&out)
+    );
+    assert!(t.stop().success());
+    // The device stays (tunwall did not create it), without what tunwall added.
+    assert!(
+        t.device_exists(&t.client, &t.lan_dev),
+        "the persistent device must stay"
+    );
+    let addrs = t.in_client(&["ip", "-o", "addr", "show", "dev", &t.lan_dev]);
+    assert!(
+        !text(&addrs).contains(CLIENT4),
+        "address left behind: {}",
+        text(&addrs)
+    );
+    let routes = t.in_client(&["ip", "route", "show", "198.18.2.0/24"]);
+    assert!(
+        text(&routes).trim().is_empty(),
+        "kernel route left behind: {}",
+        text(&routes)
+    );
+    assert!(
+        !t.device_exists(&t.server, &t.wan_dev),
+        "the created device must go"
+    );
+}

@@ -80,6 +80,16 @@ impl Topology {
 
     /// As [`Topology::new`], choosing the I/O mode (`[gateway] offload`).
     pub fn with_offload(offload: bool, flows: &str, extra: &str) -> Topology {
+        Topology::build(offload, false, flows, extra)
+    }
+
+    /// As [`Topology::new`], with the inside device created beforehand as a
+    /// persistent multi-queue TUN device, so tunwall attaches to it.
+    pub fn with_existing_lan_device(flows: &str, extra: &str) -> Topology {
+        Topology::build(true, true, flows, extra)
+    }
+
+    fn build(offload: bool, existing_lan: bool, flows: &str, extra: &str) -> Topology {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{}", std::process::id() % 100_000, n);
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
@@ -148,6 +158,24 @@ discard_rate = 1000
             events = t.events.display(),
         );
         std::fs::write(&t.config, config).expect("write config");
+        if existing_lan {
+            let out = run(Command::new("ip").args([
+                "-n",
+                &t.client,
+                "tuntap",
+                "add",
+                "dev",
+                &t.lan_dev,
+                "mode",
+                "tun",
+                "multi_queue",
+            ]));
+            assert!(
+                out.status.success(),
+                "ip tuntap add: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         t.start();
         t
     }
