@@ -67,7 +67,7 @@ fn gateway_for(max_flows: usize, workers: usize) -> Arc<Gateway> {
     // Keep adaptive shrinking out of the way of a full benchmark table.
     flows.adaptive_start = max_flows * 2;
     flows.adaptive_end = max_flows * 3;
-    Gateway::with_workers(
+    Gateway::new(
         GatewayConfig {
             ports: vec![
                 PortSpec::new("lan", Zone::Inside, &["198.18.0.0/16", "fd00:1::/64"]),
@@ -77,6 +77,7 @@ fn gateway_for(max_flows: usize, workers: usize) -> Arc<Gateway> {
             host_model: HostModel::Weak,
             shards: None,
         },
+        policy(),
         workers,
     )
 }
@@ -161,7 +162,7 @@ fn parse_benches(c: &mut Criterion) {
 /// replay and the offset of its sequence number.
 fn established_tcp() -> (Arc<Gateway>, Engine, Vec<u8>) {
     let gw = gateway(1024);
-    let mut e = gw.engine(policy(), 0, 1);
+    let mut e = gw.engine(0);
     let (c, s) = ([198, 18, 1, 10], [198, 19, 0, 1]);
     let now = Instant::ZERO;
     for (port, mut p) in [
@@ -215,7 +216,7 @@ fn established_benches(c: &mut Criterion) {
     );
 
     let gw = gateway(1024);
-    let mut e = gw.engine(policy(), 0, 1);
+    let mut e = gw.engine(0);
     let mut p = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 64);
     assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
     g.bench_function("ipv4_udp_64B", |b| {
@@ -245,7 +246,7 @@ fn new_flow_benches(c: &mut Criterion) {
         b.iter_batched(
             || (gateway(N), packets.clone()),
             |(gw, mut packets)| {
-                let mut e = gw.engine(policy(), 0, 1);
+                let mut e = gw.engine(0);
                 for p in &mut packets {
                     black_box(e.process(Instant::ZERO, LAN, p));
                 }
@@ -271,7 +272,7 @@ fn million_flows(c: &mut Criterion) {
     };
     let before = LIVE.load(Ordering::Relaxed);
     let gw = gateway(FLOWS);
-    let mut e = gw.engine(policy(), 0, 1);
+    let mut e = gw.engine(0);
     let mut p = Vec::with_capacity(64);
     for i in 0..FLOWS {
         p.clear();
@@ -323,7 +324,7 @@ fn scaling(c: &mut Criterion) {
         let gw = gateway_for(4096, threads);
         let mut engines: Vec<(Engine, Vec<Vec<u8>>)> = (0..threads)
             .map(|t| {
-                let mut e = gw.engine(policy(), t, threads);
+                let mut e = gw.engine(t);
                 let mut packets: Vec<Vec<u8>> = (0..PER_THREAD)
                     .map(|i| udp4([198, 18, t as u8, i as u8], [198, 19, 0, 1], 7000, 53, 64))
                     .collect();

@@ -142,9 +142,9 @@ fn established_flow(c: &mut Criterion) {
         .sample_size(30);
     for n in [10usize, 10_000] {
         let (config, policy) = compile(n);
-        let gw = Gateway::new(config.gateway_config());
         let policy: Arc<dyn Authorizer> = Arc::new(policy);
-        let mut engine = gw.engine(policy, 0, 1);
+        let gw = Gateway::new(config.gateway_config(), policy, 1);
+        let mut engine = gw.engine(0);
         let mut packets: Vec<Vec<u8>> = (0..256).map(|i| udp(30_000 + i)).collect();
         for p in &mut packets {
             let verdict = engine.process(Instant::ZERO, 0, p);

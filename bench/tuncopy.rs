@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     let by_worker = tunwall::io::queues_by_worker(&mut ports, workers);
     let clock = Clock::start();
-    let (events, _events_rx) = crossbeam_channel::unbounded();
+    let (events, _events_rx) = tunwall::control::queue::event_queue(1);
     let mut handles = Vec::new();
     for queues in by_worker {
         let (poll, waker) = Worker::poll_and_waker()?;

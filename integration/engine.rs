@@ -768,16 +768,28 @@ fn no_route_route_loops_and_malformed_packets_are_counted() {
     assert_eq!(h.discards(DropReason::RouteLoop), 1);
     assert_eq!(h.discards(DropReason::UnknownPort), 1);
     // Without a default route, an unrouted destination is no_route.
-    let gw = tunwall::engine::Gateway::new(tunwall::engine::GatewayConfig {
-        ports: vec![
-            tunwall::route::PortSpec::new("lan", tunwall::flow::Zone::Inside, &["198.18.1.0/24"]),
-            tunwall::route::PortSpec::new("wan", tunwall::flow::Zone::Outside, &["198.18.2.0/24"]),
-        ],
-        flows: FlowConfig::with_max_flows(8),
-        host_model: HostModel::Weak,
-        shards: None,
-    });
-    let mut engine = gw.engine(Arc::new(DefaultPolicy::default()), 0, 1);
+    let gw = tunwall::engine::Gateway::new(
+        tunwall::engine::GatewayConfig {
+            ports: vec![
+                tunwall::route::PortSpec::new(
+                    "lan",
+                    tunwall::flow::Zone::Inside,
+                    &["198.18.1.0/24"],
+                ),
+                tunwall::route::PortSpec::new(
+                    "wan",
+                    tunwall::flow::Zone::Outside,
+                    &["198.18.2.0/24"],
+                ),
+            ],
+            flows: FlowConfig::with_max_flows(8),
+            host_model: HostModel::Weak,
+            shards: None,
+        },
+        Arc::new(DefaultPolicy::default()),
+        1,
+    );
+    let mut engine = gw.engine(0);
     let mut p = udp(ep(C4, 1), ep("198.19.0.1", 2), b"x");
     assert_eq!(
         engine.process(tunwall::time::Instant::ZERO, LAN, &mut p),
@@ -789,18 +801,19 @@ fn no_route_route_loops_and_malformed_packets_are_counted() {
 
 #[test]
 fn a_flow_created_by_one_worker_is_ridden_by_the_other() {
-    let gw = tunwall::engine::Gateway::with_workers(
+    let gw = tunwall::engine::Gateway::new(
         tunwall::engine::GatewayConfig {
             ports: ports(),
             flows: FlowConfig::with_max_flows(64),
             host_model: HostModel::Weak,
             shards: None,
         },
+        Arc::new(DefaultPolicy::default()),
         2,
     );
     assert_eq!(gw.table().groups(), 2);
-    let mut w0 = gw.engine(Arc::new(DefaultPolicy::default()), 0, 2);
-    let mut w1 = gw.engine(Arc::new(DefaultPolicy::default()), 1, 2);
+    let mut w0 = gw.engine(0);
+    let mut w1 = gw.engine(1);
     let now = tunwall::time::Instant::ZERO;
     let query = udp(ep(C4, 5000), ep(S4, 53), b"q");
     assert_eq!(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunwall::engine::{Gateway, GatewayConfig, HostModel};
 use tunwall::event::EventKind;
+use tunwall::flow::key::Orientation;
 use tunwall::flow::{FlowConfig, FlowKey, Zone};
 use tunwall::packet::parse;
 use tunwall::policy::{Action, Decision, FnPolicy};
@@ -32,7 +33,7 @@ fn gateway_for(max_flows: usize, shards: usize, workers: usize) -> Arc<Gateway> 
     flows.tcp_time_wait = Duration::from_secs(2);
     flows.tcp_closed = Duration::from_secs(1);
     flows.fragment_timeout = Duration::from_secs(2);
-    Gateway::with_workers(
+    Gateway::new(
         GatewayConfig {
             ports: vec![
                 PortSpec::new("lan", Zone::Inside, &["198.18.1.0/24", "fd00:1::/64"]),
@@ -43,6 +44,7 @@ fn gateway_for(max_flows: usize, shards: usize, workers: usize) -> Arc<Gateway> 
             host_model: HostModel::Weak,
             shards: Some(shards),
         },
+        Arc::new(tunwall::policy::DefaultPolicy::default()),
         workers,
     )
 }
@@ -174,7 +176,7 @@ proptest! {
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), port in 0u8..4) {
         let _ = parse(&bytes);
         let gw = gateway(16, 1);
-        let mut engine = gw.engine(Arc::new(tunwall::policy::DefaultPolicy::default()), 0, 1);
+        let mut engine = gw.engine(0);
         let mut copy = bytes.clone();
         let _ = engine.process(Instant::ZERO, port, &mut copy);
         engine.handle_timeout(Instant::from_secs(1));
@@ -195,7 +197,7 @@ proptest! {
         }
         packet.truncate(packet.len().saturating_sub(cut));
         let gw = gateway(16, 1);
-        let mut engine = gw.engine(Arc::new(tunwall::policy::DefaultPolicy::default()), 0, 1);
+        let mut engine = gw.engine(0);
         let _ = engine.process(Instant::ZERO, 0, &mut packet);
     }
 
@@ -228,12 +230,20 @@ proptest! {
     ) {
         let out = parse(&build(false, v6, protocol, host, port, 0x02, 9)).unwrap();
         let back = parse(&build(true, v6, protocol, host, port, 0x12, 9)).unwrap();
-        let a = FlowKey::of_packet(&out, Zone::Inside).unwrap();
-        let b = FlowKey::of_packet(&back, Zone::Outside).unwrap();
-        prop_assert_eq!(a, b);
+        let a = FlowKey::of_packet(&out, Orientation::Outbound).unwrap();
+        let b = FlowKey::of_packet(&back, Orientation::Inbound).unwrap();
+        prop_assert_eq!(a.key, b.key);
+        prop_assert!(!a.swapped && b.swapped);
         // The same packet seen from the other zone is another flow.
-        let c = FlowKey::of_packet(&out, Zone::Outside).unwrap();
-        prop_assert_ne!(a, c);
+        let c = FlowKey::of_packet(&out, Orientation::Inbound).unwrap();
+        prop_assert_ne!(a.key, c.key);
+        // Between two ports of one zone both directions find one key too,
+        // lying on it the opposite ways, and it is not a between-zones key.
+        let d = FlowKey::of_packet(&out, Orientation::SameZone).unwrap();
+        let e = FlowKey::of_packet(&back, Orientation::SameZone).unwrap();
+        prop_assert_eq!(d.key, e.key);
+        prop_assert_ne!(d.swapped, e.swapped);
+        prop_assert_ne!(d.key, a.key);
     }
 
     #[test]
@@ -253,7 +263,8 @@ proptest! {
                 Decision::default_action(if inbound && !permit_inbound { Action::Block } else { Action::Permit })
             }))
         };
-        let mut engines: Vec<_> = (0..workers).map(|w| gw.engine(policy(0, permit_inbound), w, workers)).collect();
+        gw.set_policy(policy(0, permit_inbound));
+        let mut engines: Vec<_> = (0..workers).map(|w| gw.engine(w)).collect();
         let mut now = 0u64;
         let mut generation = 0;
         let mut created: HashMap<u64, u32> = HashMap::new();

@@ -9,7 +9,8 @@
 
 use crate::config::Config;
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
-use crate::control::{ControlHandler, ControlServer};
+use crate::control::queue::{self, EventCounters, event_queue};
+use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
 use crate::policy::{Authorizer, CalloutRegistry, Layer, Policy};
@@ -17,6 +18,7 @@ use crate::reason::{CloseReason, DropReason};
 use serde_json::{Map, Value, json};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -31,6 +33,7 @@ pub struct Daemon {
     workers: Vec<WorkerHandle>,
     clock: Clock,
     hub: Hub,
+    events: Arc<EventCounters>,
 }
 
 impl Daemon {
@@ -51,43 +54,33 @@ impl Daemon {
                 Err(_) => warn!("a worker did not answer a stats request"),
             }
         }
+        // Events lost after the engines: a full queue, a slow reader.
+        total.events_dropped += self.events.dropped();
         (total, io)
     }
 
-    /// Reloads the file: compile, swap, reauthorize through generations.
+    /// Reloads the file: compile, refuse what cannot change live, swap the
+    /// one policy of every worker, reauthorize through generations.
     pub fn reload(&self) -> Value {
         let config = match Config::load(&self.path, &self.registry) {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),
         };
+        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = running.reloadable_from(&config) {
+            return self.reload_failed(e);
+        }
         let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let policy = match Policy::compile(&config.policy, &self.registry, Some(&current)) {
             Ok(p) => Arc::new(p),
             Err(e) => return self.reload_failed(format!("{}: {e}", self.path.display())),
         };
-        let mut warnings = Vec::new();
-        {
-            let old = self.config.lock().unwrap_or_else(|p| p.into_inner());
-            if old.ports != config.ports
-                || old.flows != config.flows
-                || old.gateway != config.gateway
-                || old.events != config.events
-            {
-                warnings.push("changes to [gateway], [[port]], [flows] and [events] take effect at the next start; only the policy was reloaded".to_string());
-            }
-        }
         *current = Arc::clone(&policy);
-        for w in &self.workers {
-            w.send(Control::SetPolicy(
-                Arc::clone(&policy) as Arc<dyn Authorizer>
-            ));
-        }
+        self.gateway
+            .set_policy(Arc::clone(&policy) as Arc<dyn Authorizer>);
         let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
         info!(generation = policy.policy_generation(), changed_layers = ?changed, "policy reloaded");
-        for w in &warnings {
-            warn!("{w}");
-        }
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).policy = config.policy;
+        running.policy = config.policy;
         self.hub.emit(json!({
             "event": "policy_reloaded",
             "generation": policy.policy_generation(),
@@ -97,7 +90,6 @@ impl Daemon {
             "ok": true,
             "generation": policy.policy_generation(),
             "changed_layers": changed,
-            "warnings": warnings,
         })
     }
 
@@ -196,6 +188,25 @@ pub fn stats_json(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, worker
     })
 }
 
+/// Notices a worker thread that ends other than by shutdown (an error or a
+/// panic) and stops the whole gateway: a gateway missing a worker would
+/// silently drop the flows steered to its queues.
+struct WorkerWatch {
+    worker: usize,
+    failed: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Drop for WorkerWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            error!(worker = self.worker, "worker died; stopping the gateway");
+            self.failed.store(true, Ordering::Relaxed);
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        }
+    }
+}
+
 /// Runs the gateway from `path` until SIGINT/SIGTERM. Errors before the
 /// gateway runs come back as `Err` with a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
@@ -210,19 +221,44 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
+    // Everything that can fail without a device is checked before the
+    // first device is touched: the control socket and the event file.
+    let socket = config.gateway.control_socket.clone();
+    let bound = BoundSocket::bind(&socket, config.gateway.control_socket_group.as_deref())?;
+    let event_file = match &config.events.file {
+        Some(path) => match hub::open_event_file(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                bound.remove();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let workers = config.gateway.workers.count();
-    let mut ports = crate::io::open_ports(&config.ports, workers, config.gateway.offload)?;
+    let mut ports = match crate::io::open_ports(&config.ports, workers, config.gateway.offload) {
+        Ok(p) => p,
+        Err(e) => {
+            bound.remove();
+            return Err(e.into());
+        }
+    };
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
 
     let clock = Clock::start();
-    let gateway = Gateway::with_workers(config.gateway_config(), workers);
-    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let gateway = Gateway::new(
+        config.gateway_config(),
+        Arc::clone(&policy) as Arc<dyn Authorizer>,
+        workers,
+    );
+    let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
+    let event_counters = Arc::clone(events_tx.counters());
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let hub_thread = hub::spawn(
         HubConfig {
             ports: config.port_names(),
-            file: config.events.file.clone(),
+            file: event_file,
             discard_rate: config.events.discard_rate,
             clock,
         },
@@ -231,18 +267,26 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
+    let worker_failed = Arc::new(AtomicBool::new(false));
     let queues_by_worker = crate::io::queues_by_worker(&mut ports, workers);
     let mut handles = Vec::new();
     for (i, queues) in queues_by_worker.into_iter().enumerate() {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let engine = gateway.engine(Arc::clone(&policy) as Arc<dyn Authorizer>, i, workers);
+        let engine = gateway.engine(i);
         let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
+        let watch = WorkerWatch {
+            worker: i,
+            failed: Arc::clone(&worker_failed),
+            done: false,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("tunwall-worker-{i}"))
             .spawn(move || {
-                if let Err(e) = worker.run() {
-                    error!(worker = i, error = %e, "worker stopped");
+                let mut watch = watch;
+                match worker.run() {
+                    Ok(()) => watch.done = true,
+                    Err(e) => error!(worker = i, error = %e, "worker stopped"),
                 }
             })?;
         handles.push(WorkerHandle {
@@ -253,8 +297,6 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
-    let socket = config.gateway.control_socket.clone();
-    let group = config.gateway.control_socket_group.clone();
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
@@ -264,12 +306,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         workers: handles,
         clock,
         hub: hub.clone(),
+        events: event_counters,
     });
-    let server = match ControlServer::start(
-        &socket,
-        group.as_deref(),
-        Arc::clone(&daemon) as Arc<dyn ControlHandler>,
-    ) {
+    let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
         Ok(s) => Some(s),
         Err(e) => {
             error!(error = %e, "control socket");
@@ -291,6 +330,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if worker_failed.load(Ordering::Relaxed) {
+        error!("a worker stopped: the gateway stopped with it");
+        failed = true;
     }
 
     // Shutdown: the control thread goes first (it holds the daemon), then

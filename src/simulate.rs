@@ -132,10 +132,10 @@ pub fn run(json: bool) -> ExitCode {
         host_model: HostModel::Weak,
         shards: None,
     };
-    let gw = Gateway::new(config);
+    let gw = Gateway::new(config, Arc::new(DefaultPolicy::default()), 1);
     let ports = gw.port_names();
     let mut sim = Sim {
-        engine: gw.engine(Arc::new(DefaultPolicy::default()), 0, 1),
+        engine: gw.engine(0),
         now: Instant::ZERO,
         ports,
     };

@@ -250,13 +250,17 @@ impl Harness {
     }
 
     pub fn with(flows: FlowConfig, host_model: HostModel, policy: Arc<dyn Authorizer>) -> Harness {
-        let gw = Gateway::new(GatewayConfig {
-            ports: ports(),
-            flows,
-            host_model,
-            shards: Some(1),
-        });
-        let engine = gw.engine(policy, 0, 1);
+        let gw = Gateway::new(
+            GatewayConfig {
+                ports: ports(),
+                flows,
+                host_model,
+                shards: Some(1),
+            },
+            policy,
+            1,
+        );
+        let engine = gw.engine(0);
         Harness {
             gw,
             engine,

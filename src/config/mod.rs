@@ -8,6 +8,7 @@
 //! policy.
 
 mod conditions;
+mod live;
 
 use crate::engine::{GatewayConfig, HostModel};
 use crate::flow::{FlowConfig, MAX_TIMEOUT, Zone};

@@ -1,19 +1,22 @@
 //! The event hub: one thread that renders every event once and sends it to
 //! the log, the JSON-lines event file and every `tunwall events` subscriber.
+//! Nothing is rendered when nothing would take it, and a slow subscriber is
+//! cut off rather than allowed to stall the hub (SPEC §14).
 //!
 //! Discard events are rate-limited here (`[events] discard_rate` per second,
 //! the first of each reason always emitted); the counters in the engines are
 //! never limited.
 
+use super::queue::{EventCounters, EventReceiver};
 use crate::event::{Event, EventKind};
-use crate::io::worker::Clock;
+use crate::io::clock::Clock;
 use crate::reason::DropReason;
 use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Value, json};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -31,8 +34,8 @@ pub enum HubMessage {
 pub struct HubConfig {
     /// Port names by index.
     pub ports: Vec<String>,
-    /// The JSON-lines event file, if any.
-    pub file: Option<PathBuf>,
+    /// The JSON-lines event file, opened (see [`open_event_file`]), if any.
+    pub file: Option<File>,
     /// Discard events per second.
     pub discard_rate: u32,
     /// The process clock (for `ts`).
@@ -65,32 +68,140 @@ impl DiscardLimiter {
     }
 }
 
+/// Bytes a subscriber may have waiting before it is cut off.
+const SUBSCRIBER_BUFFER: usize = 1 << 20;
+/// How often the hub retries writing to subscribers that are behind.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// An `events` client. Writes never block the hub: what the socket does not
+/// take waits in a bounded buffer, and a reader that lets it overflow is
+/// cut off (its lost events are counted in `events_dropped`).
+struct Subscriber {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    pending_lines: u64,
+}
+
+impl Subscriber {
+    fn new(stream: UnixStream) -> std::io::Result<Subscriber> {
+        stream.set_nonblocking(true)?;
+        Ok(Subscriber {
+            stream,
+            pending: Vec::new(),
+            pending_lines: 0,
+        })
+    }
+
+    /// Writes what is waiting; false when the reader is gone.
+    fn flush(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            match self.stream.write(&self.pending) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let lines = self.pending[..n].iter().filter(|b| **b == b'\n').count();
+                    self.pending_lines -= lines as u64;
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Queues one line; false when the reader is gone or too far behind.
+    fn push(&mut self, line: &str) -> bool {
+        if self.pending.len() + line.len() + 1 > SUBSCRIBER_BUFFER {
+            return false;
+        }
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        self.pending_lines += 1;
+        self.flush()
+    }
+}
+
+/// Where events go.
+struct Sinks {
+    file: Option<BufWriter<File>>,
+    subscribers: Vec<Subscriber>,
+    counters: Arc<EventCounters>,
+}
+
+impl Sinks {
+    /// Whether anything would take an event of `kind`: the file, a
+    /// subscriber, or the log at the level the event is logged at.
+    fn wanted(&self, kind: &EventKind) -> bool {
+        self.file.is_some()
+            || !self.subscribers.is_empty()
+            || match kind {
+                EventKind::Veto { .. } => tracing::enabled!(tracing::Level::WARN),
+                _ => tracing::enabled!(tracing::Level::DEBUG),
+            }
+    }
+
+    fn emit(&mut self, line: &str) {
+        if let Some(f) = self.file.as_mut()
+            && let Err(e) = writeln!(f, "{line}")
+        {
+            warn!(error = %e, "writing the event file");
+        }
+        let counters = &self.counters;
+        self.subscribers.retain_mut(|s| {
+            let alive = s.push(line);
+            if !alive {
+                // The line that did not fit is lost too.
+                counters.count_dropped(s.pending_lines + 1);
+                info!("an events reader fell behind or left: disconnected");
+            }
+            alive
+        });
+    }
+
+    fn retry(&mut self) {
+        let counters = &self.counters;
+        self.subscribers.retain_mut(|s| {
+            let alive = s.flush();
+            if !alive {
+                counters.count_dropped(s.pending_lines);
+            }
+            alive
+        });
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.flush();
+        }
+    }
+
+    /// Renders and emits an engine event, if anything wants it.
+    fn event(&mut self, event: &Event, config: &HubConfig) {
+        if !self.wanted(&event.kind) {
+            return;
+        }
+        let mut value = event.to_json(&config.ports);
+        stamp(&mut value, config.clock.wall(event.at));
+        log(event, &value);
+        if self.file.is_some() || !self.subscribers.is_empty() {
+            self.emit(&value.to_string());
+        }
+    }
+}
+
 /// Starts the hub thread.
 pub fn spawn(
     config: HubConfig,
-    events: Receiver<Vec<Event>>,
+    events: EventReceiver,
     control: Receiver<HubMessage>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let mut file = match &config.file {
-        Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("event file {}: {e}", path.display()))
-                })?;
-            Some(BufWriter::new(f))
-        }
-        None => None,
+    let mut config = config;
+    let mut sinks = Sinks {
+        file: config.file.take().map(BufWriter::new),
+        subscribers: Vec::new(),
+        counters: Arc::clone(events.counters()),
     };
     std::thread::Builder::new()
         .name("tunwall-events".into())
         .spawn(move || {
-            let mut subscribers: Vec<UnixStream> = Vec::new();
             let mut limiter = DiscardLimiter {
                 rate: config.discard_rate,
                 second: 0,
@@ -98,63 +209,46 @@ pub fn spawn(
                 seen: [false; DropReason::COUNT],
                 suppressed: 0,
             };
-            let emit = |line: String,
-                        file: &mut Option<BufWriter<File>>,
-                        subscribers: &mut Vec<UnixStream>| {
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = writeln!(f, "{line}")
-                {
-                    warn!(error = %e, "writing the event file");
-                }
-                subscribers.retain_mut(|s| writeln!(s, "{line}").is_ok());
-            };
             loop {
                 select! {
-                    recv(events) -> batch => {
+                    recv(events.channel()) -> batch => {
                         let Ok(batch) = batch else { break };
-                        for event in batch {
+                        events.taken(&batch);
+                        for event in &batch {
                             if let EventKind::Discard { reason, .. } = event.kind
                                 && !limiter.allow(reason, event.at.as_millis())
                             {
                                 continue;
                             }
-                            let mut value = event.to_json(&config.ports);
-                            stamp(&mut value, config.clock.wall(event.at));
-                            log(&event, &value);
-                            emit(value.to_string(), &mut file, &mut subscribers);
+                            sinks.event(event, &config);
                         }
                     }
                     recv(control) -> message => match message {
                         Ok(HubMessage::Control(mut value)) => {
                             stamp(&mut value, std::time::SystemTime::now());
                             info!(event = %value, "control event");
-                            emit(value.to_string(), &mut file, &mut subscribers);
+                            sinks.emit(&value.to_string());
                         }
-                        Ok(HubMessage::Subscribe(stream)) => {
-                            // A stuck reader must not stall the hub: it is dropped instead.
-                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                            subscribers.push(stream);
-                        }
+                        Ok(HubMessage::Subscribe(stream)) => match Subscriber::new(stream) {
+                            Ok(s) => sinks.subscribers.push(s),
+                            Err(e) => warn!(error = %e, "events subscriber"),
+                        },
                         Ok(HubMessage::Stop) | Err(_) => {
                             // Workers have stopped: take what they left in the channel.
-                            while let Ok(batch) = events.try_recv() {
-                                for event in batch {
-                                    let mut value = event.to_json(&config.ports);
-                                    stamp(&mut value, config.clock.wall(event.at));
-                                    emit(value.to_string(), &mut file, &mut subscribers);
+                            while let Ok(batch) = events.channel().try_recv() {
+                                events.taken(&batch);
+                                for event in &batch {
+                                    sinks.event(event, &config);
                                 }
                             }
                             break;
                         }
                     },
+                    default(RETRY) => {}
                 }
-                if let Some(f) = file.as_mut() {
-                    let _ = f.flush();
-                }
+                sinks.retry();
             }
-            if let Some(f) = file.as_mut() {
-                let _ = f.flush();
-            }
+            sinks.retry();
             if limiter.suppressed > 0 {
                 info!(
                     suppressed = limiter.suppressed,
@@ -162,6 +256,31 @@ pub fn spawn(
                 );
             }
         })
+}
+
+/// Opens (creating it 0640, whatever the umask) the JSON-lines event file.
+pub fn open_event_file(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let existed = path.exists();
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("event file {}: {e}", path.display()))
+        })?;
+    // The umask narrows `mode`; a file tunwall creates is 0640 exactly,
+    // an existing one keeps what the operator gave it.
+    if !existed {
+        file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(file)
 }
 
 fn stamp(value: &mut Value, at: std::time::SystemTime) {

@@ -3,6 +3,7 @@
 //! client side the CLI uses, with the human-readable renderings.
 
 pub mod hub;
+pub mod queue;
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -33,17 +34,47 @@ pub struct ControlServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl ControlServer {
-    /// Binds `path` (mode 0600, or 0660 with `group`) and serves `handler`.
-    pub fn start(
-        path: &Path,
-        group: Option<&str>,
-        handler: Arc<dyn ControlHandler>,
-    ) -> std::io::Result<ControlServer> {
+/// The control socket, bound but not yet served: start-up binds it before
+/// it touches any device, so a socket problem stops it early.
+pub struct BoundSocket {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// The longest request line a client may send.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+impl BoundSocket {
+    /// Binds `path` with mode 0600 (0660 and group `group` when given).
+    /// A live socket there means another tunwall runs; a stale socket is
+    /// replaced; any other file there is refused and left in place.
+    pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<BoundSocket> {
+        use std::os::unix::fs::FileTypeExt;
+        let gid = match group {
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("control_socket_group: no group \"{name}\""))
+                    })?
+                    .gid,
+            ),
+            None => None,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "control socket {}: a file that is not a socket is in the way (left in place)",
+                        path.display()
+                    ),
+                ));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
@@ -55,34 +86,54 @@ impl ControlServer {
             }
             std::fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| {
+        // The socket must never exist with a wider mode, not even between
+        // bind and chmod: bind under a umask that leaves only the owner.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(|e| {
             std::io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
         })?;
-        let mode = match group {
-            Some(name) => {
-                let group = nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        std::io::Error::other(format!("control_socket_group: no group \"{name}\""))
-                    })?;
-                nix::unistd::chown(path, None, Some(group.gid)).map_err(std::io::Error::from)?;
-                0o660
-            }
-            None => 0o600,
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(gid)).map_err(std::io::Error::from)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        }
         listener.set_nonblocking(true)?;
+        Ok(BoundSocket {
+            path: path.to_path_buf(),
+            listener,
+        })
+    }
+
+    /// Serves `handler` on a thread of its own.
+    pub fn serve(self, handler: Arc<dyn ControlHandler>) -> std::io::Result<ControlServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        let listener = self.listener;
         let thread = std::thread::Builder::new()
             .name("tunwall-control".into())
             .spawn(move || serve(listener, handler, stop2))?;
         Ok(ControlServer {
-            path: path.to_path_buf(),
+            path: self.path,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Removes the socket without serving it (start-up failed later).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlServer {
+    /// Binds `path` (see [`BoundSocket::bind`]) and serves `handler`.
+    pub fn start(
+        path: &Path,
+        group: Option<&str>,
+        handler: Arc<dyn ControlHandler>,
+    ) -> std::io::Result<ControlServer> {
+        BoundSocket::bind(path, group)?.serve(handler)
     }
 
     /// Stops serving and removes the socket file.
@@ -118,7 +169,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line)?;
     let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
     let command = request.get("command").and_then(Value::as_str).unwrap_or("");
     let response = match command {

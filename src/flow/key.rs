@@ -1,10 +1,16 @@
 //! Flow identity: zones, directions and the symmetric flow key (SPEC §1–2).
 //!
-//! The key is oriented by the arrival port's zone, not by the packet's
-//! direction on the wire: a packet arriving on an inside port has the local
-//! address as its source, one arriving on an outside port as its destination.
-//! Both directions of a flow therefore build the same key without sorting
-//! endpoints.
+//! Between zones the key is oriented by the arrival port's zone, not by the
+//! packet's direction on the wire: a packet arriving on an inside port has
+//! the local address as its source, one arriving on an outside port as its
+//! destination, so both directions build the same key without sorting
+//! endpoints. Between two ports of one zone (two inside networks, two
+//! outside links) both directions arrive on the same zone, so the key orders
+//! the endpoints canonically instead (the lower address and port first) and
+//! is marked as a same-zone key. The flow entry remembers whether its
+//! creating packet was swapped, which defines local and remote for such
+//! flows: local is the creating packet's source when it arrived on an inside
+//! port, its destination when it arrived on an outside one, as in SPEC §1.
 
 use crate::packet::{IcmpClass, IpVersion, Packet, QuotedPacket, RawAddr, Transport, proto};
 use std::hash::{Hash, Hasher};
@@ -64,9 +70,53 @@ impl Direction {
 }
 
 const META_V6: u8 = 1;
-/// An ICMP query flow whose requests travel inbound: a request travelling the
-/// other way builds a different key and so does not ride the flow.
+/// An ICMP query flow whose requests are sent by the key's remote endpoint
+/// (between zones: requests travel inbound): a request travelling the other
+/// way builds a different key and so does not ride the flow.
 const META_INBOUND_QUERY: u8 = 2;
+/// Both endpoints lie behind ports of one zone; the endpoints are in canonical order.
+const META_SAME_ZONE: u8 = 4;
+
+/// How a packet's source and destination map to a key's local and remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Orientation {
+    /// Between zones, arriving on an inside port: local is the source.
+    Outbound,
+    /// Between zones, arriving on an outside port: local is the destination.
+    Inbound,
+    /// Both ports in one zone: the endpoints in canonical order.
+    SameZone,
+}
+
+impl Orientation {
+    /// The orientation of a packet that arrived on a port of `arrival` and
+    /// leaves through a port of `egress`.
+    pub fn of(arrival: Zone, egress: Zone) -> Orientation {
+        match (arrival, egress) {
+            (a, e) if a == e => Orientation::SameZone,
+            (Zone::Inside, _) => Orientation::Outbound,
+            (Zone::Outside, _) => Orientation::Inbound,
+        }
+    }
+
+    /// Whether the key's local endpoint is the packet's destination.
+    fn swaps<T: Ord>(self, src: (&RawAddr, T), dst: (&RawAddr, T)) -> bool {
+        match self {
+            Orientation::Outbound => false,
+            Orientation::Inbound => true,
+            Orientation::SameZone => src > dst,
+        }
+    }
+}
+
+/// A packet's key and how the packet lies on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketKey {
+    /// The flow key.
+    pub key: FlowKey,
+    /// The key's local endpoint is the packet's destination.
+    pub swapped: bool,
+}
 
 /// The identity of a flow. 38 bytes, compared and hashed as plain bytes.
 ///
@@ -146,52 +196,78 @@ impl FlowKey {
         }
     }
 
-    /// The key of the flow `packet` belongs to when it arrives on a port of
-    /// `zone`. `None` for ICMP errors, which never belong to a flow of their own.
-    pub fn of_packet(packet: &Packet, zone: Zone) -> Option<FlowKey> {
-        let direction = zone.direction();
-        let (local, remote) = orient(direction, packet.src, packet.dst);
-        let mut key = FlowKey::new(packet.version, packet.protocol, local, remote, 0, 0);
-        match packet.transport {
+    /// The key of the flow `packet` belongs to, oriented by `orientation`.
+    /// `None` for ICMP errors, which never belong to a flow of their own.
+    pub fn of_packet(packet: &Packet, orientation: Orientation) -> Option<PacketKey> {
+        let ports = match packet.transport {
             Transport::Tcp {
                 src_port, dst_port, ..
             }
-            | Transport::Ports { src_port, dst_port } => {
-                (key.local_port, key.remote_port) = orient(direction, src_port, dst_port);
-            }
-            Transport::Icmp {
-                icmp_type,
-                code,
-                id,
-                class,
-            } => key.set_icmp(direction, icmp_type, code, id, class)?,
-            Transport::None => {}
+            | Transport::Ports { src_port, dst_port } => (src_port, dst_port),
+            _ => (0, 0),
+        };
+        let swapped = orientation.swaps((&packet.src, ports.0), (&packet.dst, ports.1));
+        let mut key = FlowKey::endpoints(
+            packet.version,
+            packet.protocol,
+            (packet.src, ports.0),
+            (packet.dst, ports.1),
+            swapped,
+        );
+        if orientation == Orientation::SameZone {
+            key.meta |= META_SAME_ZONE;
+        }
+        if let Transport::Icmp {
+            icmp_type,
+            code,
+            id,
+            class,
+        } = packet.transport
+        {
+            key.set_icmp(swapped, icmp_type, code, id, class)?;
+        }
+        Some(PacketKey { key, swapped })
+    }
+
+    /// The key of the flow a quoted packet (inside an ICMP error) belongs
+    /// to. `orientation` is that of the quoted packet's own travel: the
+    /// error came back the other way.
+    pub fn of_quoted(quoted: &QuotedPacket, orientation: Orientation) -> Option<FlowKey> {
+        let ports = match quoted.icmp {
+            Some(_) => (0, 0),
+            None => (quoted.src_port, quoted.dst_port),
+        };
+        let swapped = orientation.swaps((&quoted.src, ports.0), (&quoted.dst, ports.1));
+        let mut key = FlowKey::endpoints(
+            quoted.version,
+            quoted.protocol,
+            (quoted.src, ports.0),
+            (quoted.dst, ports.1),
+            swapped,
+        );
+        if orientation == Orientation::SameZone {
+            key.meta |= META_SAME_ZONE;
+        }
+        if let Some((icmp_type, code, id, class)) = quoted.icmp {
+            key.set_icmp(swapped, icmp_type, code, id, class)?;
         }
         Some(key)
     }
 
-    /// The key of the flow a quoted packet (inside an ICMP error that arrived
-    /// on a port of `error_zone`) belongs to. The quoted packet travelled the
-    /// other way, so it is oriented by the opposite zone.
-    pub fn of_quoted(quoted: &QuotedPacket, error_zone: Zone) -> Option<FlowKey> {
-        let direction = error_zone.direction().reverse();
-        let (local, remote) = orient(direction, quoted.src, quoted.dst);
-        let mut key = FlowKey::new(quoted.version, quoted.protocol, local, remote, 0, 0);
-        match quoted.icmp {
-            Some((icmp_type, code, id, class)) => {
-                key.set_icmp(direction, icmp_type, code, id, class)?;
-            }
-            None => {
-                (key.local_port, key.remote_port) =
-                    orient(direction, quoted.src_port, quoted.dst_port);
-            }
-        }
-        Some(key)
+    fn endpoints(
+        version: IpVersion,
+        protocol: u8,
+        src: (RawAddr, u16),
+        dst: (RawAddr, u16),
+        swapped: bool,
+    ) -> FlowKey {
+        let (local, remote) = if swapped { (dst, src) } else { (src, dst) };
+        FlowKey::new(version, protocol, local.0, remote.0, local.1, remote.1)
     }
 
     fn set_icmp(
         &mut self,
-        direction: Direction,
+        swapped: bool,
         icmp_type: u8,
         code: u8,
         id: u16,
@@ -202,12 +278,10 @@ impl FlowKey {
                 request,
                 request_type,
             } => {
-                let request_direction = if request {
-                    direction
-                } else {
-                    direction.reverse()
-                };
-                if request_direction == Direction::Inbound {
+                // The request's sender is the packet's source for a request,
+                // its destination for a reply; it is the key's remote end
+                // exactly when that side was swapped into the remote place.
+                if request == swapped {
                     self.meta |= META_INBOUND_QUERY;
                 }
                 self.local_port = u16::from(request_type) << 8 | u16::from(code);
@@ -217,6 +291,26 @@ impl FlowKey {
             IcmpClass::Error => return None,
         }
         Some(())
+    }
+
+    /// The key with local and remote exchanged (ICMP type, code and id stay).
+    pub fn reversed(&self) -> FlowKey {
+        let mut key = FlowKey {
+            local: self.remote,
+            remote: self.local,
+            ..*self
+        };
+        if self.is_icmp() {
+            key.meta ^= META_INBOUND_QUERY;
+        } else {
+            (key.local_port, key.remote_port) = (self.remote_port, self.local_port);
+        }
+        key
+    }
+
+    /// Whether both endpoints lie behind ports of one zone.
+    pub fn same_zone(&self) -> bool {
+        self.meta & META_SAME_ZONE != 0
     }
 
     /// IPv4 or IPv6.
@@ -251,13 +345,5 @@ impl FlowKey {
             code: self.local_port as u8,
             id: query.then_some(self.remote_port),
         })
-    }
-}
-
-/// Orders a (source, destination) pair as (local, remote).
-fn orient<T>(direction: Direction, src: T, dst: T) -> (T, T) {
-    match direction {
-        Direction::Outbound => (src, dst),
-        Direction::Inbound => (dst, src),
     }
 }

@@ -48,6 +48,9 @@ const F_HAS_PARENT: u8 = 0x04;
 const F_MCAST_STATE: u8 = 0x08;
 const F_EMBRYONIC: u8 = 0x10;
 const F_WILDCARD_OWNER: u8 = 0x20;
+/// The flow's local host is the key's remote endpoint (same-zone keys are in
+/// canonical order, not the flow's).
+const F_REVERSED: u8 = 0x40;
 
 const STATE_ACTIVE: u8 = 0xff;
 
@@ -139,9 +142,38 @@ impl FlowEntry {
         self.id
     }
 
-    /// The key.
+    /// The key as the flow sees it: local is the flow's local host.
     pub fn key(&self) -> FlowKey {
+        if self.flags & F_REVERSED != 0 {
+            self.key.reversed()
+        } else {
+            self.key
+        }
+    }
+
+    /// The key the table indexes the flow by.
+    pub fn table_key(&self) -> FlowKey {
         self.key
+    }
+
+    /// Records how the creating packet lay on the key (`swapped`: its
+    /// destination is the key's local end) and whether it travelled with
+    /// the flow's direction, which fixes the flow's local host.
+    pub fn orient(&mut self, swapped: bool, with_flow: bool) {
+        let inbound = self.direction() == Direction::Inbound;
+        if swapped ^ inbound ^ !with_flow {
+            self.flags |= F_REVERSED;
+        } else {
+            self.flags &= !F_REVERSED;
+        }
+    }
+
+    /// Whether a packet lying on the key as `swapped` travels in the flow's
+    /// direction (from the initiator).
+    #[inline]
+    pub fn with_flow(&self, swapped: bool) -> bool {
+        let reversed = self.flags & F_REVERSED != 0;
+        swapped == (reversed ^ (self.flags & F_INBOUND != 0))
     }
 
     /// The direction of the packet that created the flow.

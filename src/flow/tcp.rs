@@ -149,6 +149,28 @@ impl TcpTracker {
         tracker
     }
 
+    /// The tracker of a flow `first` may open: a SYN opens one; with
+    /// `loose_pickup` (conntrack's loose mode) a mid-stream segment does
+    /// too; anything else matches no flow and opens none (`tcp_no_flow`).
+    pub fn open(first: &TcpSegment, loose_pickup: bool) -> Result<TcpTracker, DropReason> {
+        let flags = first.flags;
+        if flags & (SYN | ACK | RST | FIN) == SYN {
+            Ok(TcpTracker::from_syn(first))
+        } else if loose_pickup && flags & (SYN | RST) == 0 && flags & (ACK | FIN) != 0 {
+            Ok(TcpTracker::picked_up(first))
+        } else {
+            Err(DropReason::TcpNoFlow)
+        }
+    }
+
+    /// Whether `seg` is a new connection's SYN reusing the tuple of this
+    /// finished one (`time_wait` or `closed`): the old flow ends and the SYN
+    /// is authorized as a new flow (SPEC §2).
+    pub fn reopened_by(&self, seg: &TcpSegment) -> bool {
+        seg.flags & (SYN | ACK) == SYN
+            && matches!(self.state(), TcpState::TimeWait | TcpState::Closed)
+    }
+
     /// The flow-level state.
     pub fn state(&self) -> TcpState {
         let [a, b] = &self.peers;
@@ -224,7 +246,7 @@ impl TcpTracker {
             }
         }
 
-        let liberal = !enforce || self.liberal() || state == TcpState::Closed;
+        let liberal = !enforce || self.liberal();
         let mut next = *self;
         let ok = next.update(si, di, seg);
         if !ok && !liberal {
@@ -305,10 +327,11 @@ impl TcpTracker {
             && ackskew <= MAX_ACK_WINDOW << sws;
         if flags & RST != 0 {
             // A RST carries no data, so the easing above would accept any
-            // sequence number: it must itself lie in the receive window
-            // (blind-reset protection, RFC 5961).
-            in_window &= seq_geq(seg.seq, src.seqlo.wrapping_sub(dst_max_win))
-                && seq_geq(src.seqhi, seg.seq);
+            // sequence number. It must lie in the receive window: from the
+            // next sequence number the sender owes (its highest end sent) to
+            // the window's end; a RST in already-acknowledged space is what
+            // a blind attacker guesses (RFC 5961).
+            in_window &= seq_geq(seg.seq, src.seqlo) && seq_geq(src.seqhi, seg.seq);
         }
 
         let win = if syn {

@@ -10,6 +10,7 @@
 //! packets while any wildcard exists, and when a flow that owns one is
 //! refreshed or removed. It is always taken after a shard lock, never before.
 
+use super::Direction;
 use crate::packet::{IpVersion, RawAddr};
 use crate::time::Instant;
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct Wildcard {
     pub any_group: bool,
     /// The owning flow, the parent of the flows the wildcard admits.
     pub parent_id: u64,
+    /// The owner's direction, which the flows it admits take (and so its layer).
+    pub direction: Direction,
     /// The port the owner was authorized on.
     pub arrival_port: u8,
     /// Last refresh of the owner.

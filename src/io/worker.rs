@@ -13,9 +13,10 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
+pub use super::clock::Clock;
+use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
-use crate::policy::Authorizer;
 use crate::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
@@ -45,8 +46,8 @@ pub trait Processor: Send {
     fn handle_timeout(&mut self, _now: Instant) {}
     /// Moves the pending events to `out`.
     fn drain_events(&mut self, _out: &mut Vec<Event>) {}
-    /// A new policy.
-    fn set_policy(&mut self, _policy: Arc<dyn Authorizer>) {}
+    /// The start of a batch: pick up the gateway's policy.
+    fn begin_batch(&mut self) {}
     /// The counters.
     fn stats(&self) -> Stats {
         Stats::new(0)
@@ -68,8 +69,8 @@ impl Processor for Engine {
         out.extend(Engine::drain_events(self));
     }
 
-    fn set_policy(&mut self, policy: Arc<dyn Authorizer>) {
-        Engine::set_policy(self, policy);
+    fn begin_batch(&mut self) {
+        Engine::refresh_policy(self);
     }
 
     fn stats(&self) -> Stats {
@@ -78,33 +79,6 @@ impl Processor for Engine {
 
     fn close_all(&mut self, now: Instant) {
         Engine::close_all(self, now, false);
-    }
-}
-
-/// The process clock shared by workers and the control thread.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    start: std::time::Instant,
-    wall_start: std::time::SystemTime,
-}
-
-impl Clock {
-    /// Starts the clock now.
-    pub fn start() -> Clock {
-        Clock {
-            start: std::time::Instant::now(),
-            wall_start: std::time::SystemTime::now(),
-        }
-    }
-
-    /// Milliseconds since start, as the engine's time.
-    pub fn now(&self) -> Instant {
-        Instant::from_millis(self.start.elapsed().as_millis() as u64)
-    }
-
-    /// The wall-clock time of an engine instant.
-    pub fn wall(&self, at: Instant) -> std::time::SystemTime {
-        self.wall_start + Duration::from_millis(at.as_millis())
     }
 }
 
@@ -119,8 +93,6 @@ pub struct IoStats {
 
 /// What the control thread asks of a worker.
 pub enum Control {
-    /// Use this policy from the next batch on.
-    SetPolicy(Arc<dyn Authorizer>),
     /// Send a copy of the counters.
     Stats(Sender<(Stats, IoStats)>),
     /// Close every flow of the owned shards (reason shutdown) and exit.
@@ -133,7 +105,7 @@ pub struct Worker<P: Processor = Engine> {
     queues: Vec<SyncDevice>,
     poll: Poll,
     control: Receiver<Control>,
-    events: Sender<Vec<Event>>,
+    events: EventSender,
     clock: Clock,
     io: IoStats,
     /// Bytes of virtio-net header in front of every packet (0 without offload).
@@ -156,7 +128,7 @@ impl<P: Processor> Worker<P> {
         queues: Vec<SyncDevice>,
         poll: Poll,
         control: Receiver<Control>,
-        events: Sender<Vec<Event>>,
+        events: EventSender,
         clock: Clock,
         vnet_hdr: bool,
     ) -> Worker<P> {
@@ -212,6 +184,7 @@ impl<P: Processor> Worker<P> {
                 }
             }
             let now = self.clock.now();
+            self.engine.begin_batch();
             for (port, pending) in pending.iter_mut().enumerate() {
                 if *pending {
                     *pending = self.pump(now, port, &mut buf);
@@ -266,17 +239,14 @@ impl<P: Processor> Worker<P> {
     fn flush_events(&mut self) {
         let mut batch = Vec::new();
         self.engine.drain_events(&mut batch);
-        if !batch.is_empty() {
-            // The event thread outlives the workers; a send can only fail during teardown.
-            let _ = self.events.send(batch);
-        }
+        // A full queue drops the batch and counts it in the queue's counters.
+        self.events.send(batch);
     }
 
     /// Handles queued control messages; returns true on shutdown.
     fn handle_control(&mut self) -> bool {
         while let Ok(message) = self.control.try_recv() {
             match message {
-                Control::SetPolicy(policy) => self.engine.set_policy(policy),
                 Control::Stats(reply) => {
                     let _ = reply.send((self.engine.stats(), self.io));
                 }

@@ -228,14 +228,20 @@ fn rst_must_be_in_the_window() {
         t.track(false, &seg(RST, S + 1, 0, 0, None, 0), true),
         Ok(TcpState::Closed)
     );
-    // Stray segments after the RST still pass.
+    // Stray segments of the connection after the RST still pass, but the
+    // RST does not switch window tracking off (issue 8): a segment far out
+    // of the window is still dropped.
     assert!(
+        t.track(true, &seg(ACK, C + 1, S + 1, 502, None, 5), true)
+            .is_ok()
+    );
+    assert_eq!(
         t.track(
             true,
             &seg(ACK, C + 1 + 9_999_999, S + 1, 502, None, 5),
             true
-        )
-        .is_ok()
+        ),
+        Err(DropReason::TcpOutOfWindow)
     );
 }
 
@@ -322,4 +328,28 @@ fn sequence_numbers_wrap() {
     }
     assert!(seq < 10_000, "crossed the wrap");
     assert_eq!(t.state(), TcpState::Established);
+}
+
+#[test]
+fn rst_in_already_acknowledged_space_is_dropped_and_changes_nothing() {
+    let mut t = established();
+    // The responder has sent S+1..S+1001 and the initiator acknowledged it.
+    t.track(false, &seg(ACK, S + 1, C + 1, 509, None, 1000), true)
+        .expect("data");
+    t.track(true, &seg(ACK, C + 1, S + 1001, 502, None, 0), true)
+        .expect("ack");
+    let before = t;
+    // pf's loose window accepted this (a blind attacker's guess behind
+    // the next expected sequence number); RFC 5961 does not.
+    assert_eq!(
+        t.track(false, &seg(RST, S + 500, 0, 0, None, 0), true),
+        Err(DropReason::TcpRstOutOfWindow)
+    );
+    assert_eq!(t, before);
+    assert_eq!(t.state(), TcpState::Established);
+    // At the next expected sequence number it is accepted.
+    assert_eq!(
+        t.track(false, &seg(RST, S + 1001, 0, 0, None, 0), true),
+        Ok(TcpState::Closed)
+    );
 }

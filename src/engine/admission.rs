@@ -1,0 +1,216 @@
+//! Flow admission: the first packet of a would-be flow, and the flows
+//! admitted by multicast/broadcast or loose-source state.
+
+use super::pipeline::{Arrival, tcp_segment};
+use super::report::Dropped;
+use super::{Gateway, Local};
+use crate::event::{EventKind, FlowInfo};
+use crate::flow::key::PacketKey;
+use crate::flow::table::ShardGuard;
+use crate::flow::wildcard::{Wildcard, WildcardKey};
+use crate::flow::{Direction, FlowClass, FlowEntry, FlowKey, TcpTracker};
+use crate::packet::Transport;
+use crate::policy::{Action, ClassifyRequest, Layer};
+use crate::reason::DropReason;
+
+pub(super) fn wildcard_key(key: &FlowKey) -> WildcardKey {
+    WildcardKey {
+        version: key.version(),
+        protocol: key.protocol,
+        local_port: key.local_port,
+    }
+}
+
+impl Local {
+    /// The first packet of a would-be flow, with `shard` (the key's shard in
+    /// this worker's group) locked.
+    pub(super) fn new_flow(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        pk: PacketKey,
+    ) -> Result<u8, Dropped> {
+        let packet = a.packet;
+        let key = pk.key;
+        let direction = a.direction();
+        let config = &gw.config.flows;
+        let tcp = match tcp_segment(packet) {
+            Some(segment) => Some(TcpTracker::open(segment, config.tcp_loose_pickup)?),
+            None => None,
+        };
+        let group = packet.dst_is_multicast() || gw.is_broadcast(packet);
+
+        if direction == Direction::Inbound
+            && tcp.is_none()
+            && let Some(w) = self.wildcard_match(gw, a, &key, group)
+        {
+            return self.admit_child(gw, a, shard, hash, pk, w);
+        }
+
+        let layer = Layer::auth(direction);
+        // The request describes the packet: local is its source when it
+        // arrived on an inside port, its destination on an outside one.
+        let flow_key = if pk.swapped == (direction == Direction::Inbound) {
+            key
+        } else {
+            key.reversed()
+        };
+        let mut request = ClassifyRequest::for_flow(layer, &flow_key, a.now);
+        if let Transport::Icmp {
+            icmp_type, code, ..
+        } = packet.transport
+        {
+            request.icmp = Some((icmp_type, code));
+        }
+        request.arrival_port = Some(a.port);
+        request.flags = self.packet_flags(gw, packet);
+        let decision = self.classify(&request);
+        if decision.action == Action::Block {
+            return Err(Dropped::blocked(layer, decision));
+        }
+        let mcast_state = direction == Direction::Outbound && group;
+        let loose_source = !mcast_state
+            && decision.options.loose_source_mapping
+            && packet.protocol == crate::packet::proto::UDP;
+        if mcast_state && decision.options.deny_multicast_state {
+            return Ok(a.egress);
+        }
+        let (class, lifetime) = if mcast_state {
+            (
+                FlowClass::McastBcastState,
+                Some(
+                    decision
+                        .options
+                        .mcast_bcast_lifetime
+                        .unwrap_or(config.mcast_bcast_lifetime),
+                ),
+            )
+        } else if tcp.is_none() {
+            (FlowClass::Unicast, decision.options.unicast_lifetime)
+        } else {
+            (FlowClass::Unicast, None)
+        };
+        let id = self.next_id(gw);
+        let mut entry = FlowEntry::new(
+            id,
+            key,
+            direction,
+            class,
+            tcp,
+            a.now,
+            a.port,
+            self.policy.generation(layer),
+            lifetime,
+        );
+        entry.orient(pk.swapped, true);
+        entry.count(direction, packet.len);
+        if mcast_state || loose_source {
+            entry.set_wildcard_owner();
+        }
+        let egress = self.insert(gw, a, shard, hash, entry, None)?;
+        if mcast_state || loose_source {
+            let owner_key = entry.key();
+            gw.wildcards.add(
+                wildcard_key(&owner_key),
+                Wildcard {
+                    local: owner_key.local,
+                    any_group: mcast_state,
+                    parent_id: id,
+                    direction,
+                    arrival_port: a.port,
+                    refreshed: a.now,
+                    lifetime: entry.timeout(config, 1.0),
+                },
+            );
+        }
+        Ok(egress)
+    }
+
+    /// The multicast/broadcast or loose-source state that admits an inbound
+    /// packet without a flow, if any.
+    fn wildcard_match(
+        &self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        key: &FlowKey,
+        group: bool,
+    ) -> Option<Wildcard> {
+        if gw.wildcards.is_empty() || key.same_zone() {
+            return None;
+        }
+        let wild_key = WildcardKey {
+            version: a.packet.version,
+            protocol: a.packet.protocol,
+            local_port: key.local_port,
+        };
+        gw.wildcards.find(
+            &wild_key,
+            &a.packet.dst,
+            group,
+            a.now,
+            gw.table.adaptive_factor(),
+        )
+    }
+
+    /// A flow admitted by its owner's wildcard: it takes the owner's
+    /// direction, layer, policy generation and arrival port, and has the
+    /// owner as parent.
+    fn admit_child(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        pk: PacketKey,
+        w: Wildcard,
+    ) -> Result<u8, Dropped> {
+        let generation = self.policy.generation(Layer::auth(w.direction));
+        let id = self.next_id(gw);
+        let mut entry = FlowEntry::new(
+            id,
+            pk.key,
+            w.direction,
+            FlowClass::Unicast,
+            None,
+            a.now,
+            w.arrival_port,
+            generation,
+            None,
+        );
+        // The admitting packet arrived inbound: with an inbound owner it
+        // travels with the flow, with an outbound one it is a response.
+        let with_flow = w.direction == Direction::Inbound;
+        entry.orient(pk.swapped, with_flow);
+        entry.count(Direction::Inbound, a.packet.len);
+        self.insert(gw, a, shard, hash, entry, Some(w.parent_id))
+    }
+
+    /// Inserts a new flow and indicates it (created; established unless it
+    /// is a TCP flow still in its handshake).
+    fn insert(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        entry: FlowEntry,
+        parent: Option<u64>,
+    ) -> Result<u8, Dropped> {
+        let (slot, made_room) = shard
+            .insert(hash, entry, parent, a.now)
+            .ok_or(DropReason::FlowTableFull)?;
+        let factor = gw.table.adaptive_factor();
+        if let Some((removed, reason)) = made_room {
+            self.closed(gw, a.now, factor, &removed, reason);
+        }
+        self.stats.flows_created += 1;
+        let flow = FlowInfo::of(shard.entry(slot), parent, a.now, &gw.config.flows, factor);
+        self.emit(a.now, EventKind::FlowCreated(flow));
+        if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
+            self.established(gw, a.now, shard, slot);
+        }
+        Ok(a.egress)
+    }
+}

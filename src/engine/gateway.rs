@@ -1,0 +1,184 @@
+//! The state every worker shares: ports, routes, the flow table, the
+//! fragment table, wildcard state, flow ids and the policy in force.
+
+use super::{Engine, Local, Stats};
+use crate::event::FlowInfo;
+use crate::flow::fragment::FragmentTable;
+use crate::flow::wildcard::Wildcards;
+use crate::flow::{FlowConfig, FlowTable};
+use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
+use crate::policy::Authorizer;
+use crate::route::{PortSpec, RouteTable};
+use crate::time::Instant;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+/// `host_model` (SPEC §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostModel {
+    /// A packet of a flow arriving on another port of its direction is reauthorized.
+    #[default]
+    Weak,
+    /// Such a packet is dropped (`wrong_interface`).
+    Strong,
+}
+
+/// What the core needs to know about the gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Ports, indexed by position (at most 255).
+    pub ports: Vec<PortSpec>,
+    /// Flow limits and lifetimes.
+    pub flows: FlowConfig,
+    /// Weak or strong.
+    pub host_model: HostModel,
+    /// Flow-table shards; `None` picks [`FlowTable::default_shards`].
+    pub shards: Option<usize>,
+}
+
+/// State shared by every worker.
+///
+/// Lock legend, beside the flow table's ([`crate::flow::table`]): the policy
+/// is an `ArcSwap` (no lock: a reload stores a new value, each worker loads
+/// it once per batch); flow ids are an atomic counter handed out in blocks.
+pub struct Gateway {
+    pub(super) config: GatewayConfig,
+    pub(super) table: FlowTable,
+    pub(super) fragments: FragmentTable,
+    pub(super) routes: RouteTable,
+    pub(super) wildcards: Wildcards,
+    broadcast: Vec<RawAddr>,
+    pub(super) next_id: AtomicU64,
+    /// The one policy of every worker (SPEC §14: a reload is atomic across
+    /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
+    policy: ArcSwap<Arc<dyn Authorizer>>,
+    workers: usize,
+}
+
+impl Gateway {
+    /// Builds the shared state for `workers` workers deciding with `policy`:
+    /// the flow table gets one group of shards per worker. Ports beyond 255
+    /// are a configuration error caught by the config loader; here they are
+    /// ignored.
+    pub fn new(
+        mut config: GatewayConfig,
+        policy: Arc<dyn Authorizer>,
+        workers: usize,
+    ) -> Arc<Gateway> {
+        config.ports.truncate(255);
+        let workers = workers.max(1);
+        let shards = config
+            .shards
+            .unwrap_or_else(|| FlowTable::default_shards(config.flows.max_flows));
+        let broadcast = config
+            .ports
+            .iter()
+            .flat_map(|p| p.broadcast.iter())
+            .map(|a| raw_addr(*a).1)
+            .collect();
+        Arc::new(Gateway {
+            table: FlowTable::new(config.flows.clone(), shards, workers),
+            fragments: FragmentTable::new(
+                config.flows.max_fragments,
+                config.flows.fragment_timeout,
+            ),
+            routes: RouteTable::new(&config.ports),
+            wildcards: Wildcards::default(),
+            broadcast,
+            next_id: AtomicU64::new(1),
+            policy: ArcSwap::from_pointee(policy),
+            workers,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The number of workers the gateway was built for.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The port names, by index.
+    pub fn port_names(&self) -> Vec<String> {
+        self.config.ports.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The flow table.
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// The fragment table.
+    pub fn fragments(&self) -> &FragmentTable {
+        &self.fragments
+    }
+
+    /// Number of flows.
+    pub fn flows_active(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The current adaptive timeout factor.
+    pub fn adaptive_factor(&self) -> f64 {
+        self.table.adaptive_factor()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<dyn Authorizer> {
+        Arc::clone(&self.policy.load())
+    }
+
+    /// Puts `policy` in force for every worker at once: each picks it up at
+    /// the start of its next batch, and flows notice the change through the
+    /// layers' generations on their next packet.
+    pub fn set_policy(&self, policy: Arc<dyn Authorizer>) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Snapshots every flow (one shard lock at a time).
+    pub fn flows(&self, now: Instant) -> Vec<FlowInfo> {
+        let factor = self.table.adaptive_factor();
+        let mut out = Vec::with_capacity(self.table.len());
+        for i in 0..self.table.shard_count() {
+            let shard = self.table.lock_shard(i);
+            for (slot, entry) in shard.iter() {
+                out.push(FlowInfo::of(
+                    entry,
+                    shard.parent(slot),
+                    now,
+                    &self.config.flows,
+                    factor,
+                ));
+            }
+        }
+        out.sort_by_key(|f| f.id);
+        out
+    }
+
+    /// Creates the engine of worker `worker` (of [`Gateway::workers`]).
+    pub fn engine(self: &Arc<Self>, worker: usize) -> Engine {
+        Engine {
+            gw: Arc::clone(self),
+            local: Local {
+                policy: self.policy(),
+                group: worker % self.table.groups(),
+                stats: Stats::new(self.config.ports.len()),
+                events: Vec::new(),
+                queued_discards: 0,
+                ids: 0..0,
+            },
+            worker,
+            sweep_budget: super::DEFAULT_SWEEP_BUDGET,
+        }
+    }
+
+    pub(super) fn is_broadcast(&self, packet: &Packet) -> bool {
+        packet.dst_is_limited_broadcast()
+            || (packet.version == IpVersion::V4 && self.broadcast.contains(&packet.dst))
+    }
+}

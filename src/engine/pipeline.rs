@@ -1,0 +1,385 @@
+//! The packet pipeline: routing, fragments, ICMP errors, and the packets of
+//! existing flows (riding, TCP tracking, reauthorization).
+
+use super::report::Dropped;
+use super::{Gateway, HostModel, Local};
+use crate::event::{EventKind, FlowInfo, ReauthTrigger};
+use crate::flow::fragment::{FirstVerdict, FragmentKey};
+use crate::flow::key::{Orientation, PacketKey};
+use crate::flow::table::{ShardGuard, SlotId};
+use crate::flow::{Direction, FlowClass, FlowKey, Zone};
+use crate::packet::{Fragment, IcmpClass, Packet, TcpSegment, Transport, parse_quoted};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer};
+use crate::reason::{CloseReason, DropReason};
+use crate::time::Instant;
+
+/// Facts about the packet being processed, computed once.
+pub(super) struct Arrival<'p> {
+    pub now: Instant,
+    pub port: u8,
+    pub zone: Zone,
+    pub packet: &'p Packet,
+    pub egress: u8,
+    pub egress_zone: Zone,
+}
+
+impl Arrival<'_> {
+    /// The direction of a flow this packet would create.
+    pub fn direction(&self) -> Direction {
+        self.zone.direction()
+    }
+
+    pub fn orientation(&self) -> Orientation {
+        Orientation::of(self.zone, self.egress_zone)
+    }
+}
+
+pub(super) fn tcp_segment(packet: &Packet) -> Option<&TcpSegment> {
+    match &packet.transport {
+        Transport::Tcp { segment, .. } => Some(segment),
+        _ => None,
+    }
+}
+
+fn fragment_key(packet: &Packet, id: u32) -> FragmentKey {
+    FragmentKey {
+        version: packet.version,
+        src: packet.src,
+        dst: packet.dst,
+        protocol: packet.protocol,
+        id,
+    }
+}
+
+/// Whether `policy` is newer than `flow` (generations wrap).
+fn newer(policy: u32, flow: u32) -> bool {
+    (policy.wrapping_sub(flow) as i32) > 0
+}
+
+impl Local {
+    pub(super) fn route_and_process(
+        &mut self,
+        gw: &Gateway,
+        now: Instant,
+        port: u8,
+        zone: Zone,
+        packet: &Packet,
+        bytes: &[u8],
+    ) -> Result<u8, Dropped> {
+        let egress = gw
+            .routes
+            .lookup(packet.version, &packet.dst)
+            .ok_or(DropReason::NoRoute)?;
+        if egress == port {
+            return Err(DropReason::RouteLoop.into());
+        }
+        let arrival = Arrival {
+            now,
+            port,
+            zone,
+            packet,
+            egress,
+            egress_zone: gw.config.ports[usize::from(egress)].zone,
+        };
+        if let Fragment::Later { id } = packet.fragment {
+            return match gw.fragments.lookup(&fragment_key(packet, id), now) {
+                Some(FirstVerdict::Forwarded(_)) => Ok(egress),
+                Some(FirstVerdict::Dropped) => Err(DropReason::FragmentOfDropped.into()),
+                None => Err(DropReason::FragmentWithoutFirst.into()),
+            };
+        }
+        if let Transport::Icmp {
+            class: IcmpClass::Error,
+            ..
+        } = packet.transport
+        {
+            return self.icmp_error(gw, &arrival, bytes);
+        }
+        let key = FlowKey::of_packet(packet, arrival.orientation())
+            .ok_or(DropReason::MalformedTransport)?;
+        let result = self.flow_packet(gw, &arrival, key);
+        if let Fragment::First { id } = packet.fragment {
+            let verdict = match result {
+                Ok(port) => FirstVerdict::Forwarded(port),
+                Err(_) => FirstVerdict::Dropped,
+            };
+            if gw
+                .fragments
+                .record(fragment_key(packet, id), verdict, now)
+                .is_err()
+                && result.is_ok()
+            {
+                // Without a record its later fragments would all be dropped:
+                // better to drop the datagram now than to send a useless head.
+                return Err(DropReason::FragmentTableFull.into());
+            }
+        }
+        result
+    }
+
+    /// An ICMP error: related to a flow, or classified at `icmp_error`.
+    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>, bytes: &[u8]) -> Result<u8, Dropped> {
+        let packet = a.packet;
+        let quote = bytes
+            .get(usize::from(packet.l4_offset) + 8..)
+            .unwrap_or(&[]);
+        // The quoted packet travelled the other way: it arrived where the
+        // error leaves, and left where the error arrived.
+        if let Some(quoted) = parse_quoted(packet.version, quote)
+            // An error goes back to the sender of the packet it quotes.
+            && quoted.src == packet.dst
+            && let Some(key) = FlowKey::of_quoted(&quoted, Orientation::of(a.egress_zone, a.zone))
+        {
+            let hash = gw.table.hash(&key);
+            let factor = gw.table.adaptive_factor();
+            let related = (0..gw.table.groups()).any(|group| {
+                let shard = gw.table.lock(group, hash);
+                shard
+                    .find(hash, &key)
+                    .is_some_and(|slot| !shard.entry(slot).expired(a.now, &gw.config.flows, factor))
+            });
+            if related {
+                self.stats.related_icmp += 1;
+                return Ok(a.egress);
+            }
+        }
+        let Transport::Icmp {
+            icmp_type, code, ..
+        } = packet.transport
+        else {
+            return Err(DropReason::MalformedTransport.into());
+        };
+        let (local_addr, remote_addr) = match a.direction() {
+            Direction::Outbound => (packet.src, packet.dst),
+            Direction::Inbound => (packet.dst, packet.src),
+        };
+        let request = ClassifyRequest {
+            layer: Layer::IcmpError,
+            version: packet.version,
+            protocol: packet.protocol,
+            local_addr,
+            remote_addr,
+            local_port: 0,
+            remote_port: 0,
+            icmp: Some((icmp_type, code)),
+            arrival_port: Some(a.port),
+            flags: self.packet_flags(gw, packet),
+            now: a.now,
+        };
+        let decision = self.classify(&request);
+        match decision.action {
+            Action::Permit => Ok(a.egress),
+            Action::Block => Err(Dropped::blocked(Layer::IcmpError, decision)),
+        }
+    }
+
+    pub(super) fn packet_flags(&self, gw: &Gateway, packet: &Packet) -> ClassifyFlags {
+        let mut flags = ClassifyFlags::empty();
+        if matches!(packet.fragment, Fragment::First { .. }) {
+            flags.insert(ClassifyFlags::FRAGMENT);
+        }
+        if packet.dst_is_multicast() {
+            flags.insert(ClassifyFlags::MULTICAST);
+        }
+        if gw.is_broadcast(packet) {
+            flags.insert(ClassifyFlags::BROADCAST);
+        }
+        flags
+    }
+
+    /// A packet that belongs to (or would create) a flow.
+    ///
+    /// The established path takes one lock: the key's shard in this worker's
+    /// group, where the flows of the packets the kernel steers here live.
+    /// On a miss, the key's shard of every group is locked in group order
+    /// (the one order every creator uses, so creators never wait on each
+    /// other in a cycle; riders hold one lock at a time) and searched; with
+    /// all of them held nobody else can create the key, so a flow is created
+    /// once whichever worker sees its first packets (SPEC §14).
+    fn flow_packet(&mut self, gw: &Gateway, a: &Arrival<'_>, pk: PacketKey) -> Result<u8, Dropped> {
+        let hash = gw.table.hash(&pk.key);
+        let own = self.group;
+        let groups = gw.table.groups();
+        {
+            let mut shard = gw.table.lock(own, hash);
+            if let Some(verdict) = self.find_and_ride(gw, a, &mut shard, hash, pk) {
+                return verdict;
+            }
+            if groups == 1 {
+                return self.new_flow(gw, a, &mut shard, hash, pk);
+            }
+        }
+        let mut held = Vec::with_capacity(groups);
+        for group in 0..groups {
+            let mut shard = gw.table.lock(group, hash);
+            if let Some(verdict) = self.find_and_ride(gw, a, &mut shard, hash, pk) {
+                return verdict;
+            }
+            held.push(shard);
+        }
+        self.new_flow(gw, a, &mut held[own], hash, pk)
+    }
+
+    /// Rides the flow of `pk` in `shard` if it is there and alive. A flow
+    /// found expired (before the sweep got to it), or a finished TCP
+    /// connection whose tuple a new SYN reuses, is closed here and `None`
+    /// returned, as for a flow that is not there.
+    fn find_and_ride(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        pk: PacketKey,
+    ) -> Option<Result<u8, Dropped>> {
+        let slot = shard.find(hash, &pk.key)?;
+        let entry = shard.entry(slot);
+        let factor = gw.table.adaptive_factor();
+        let reopened = entry.is_tcp()
+            && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
+        if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
+            return Some(self.ride(gw, a, shard, slot, pk.swapped));
+        }
+        let reason = entry.expiry_reason();
+        let removed = shard.remove(slot);
+        self.closed(gw, a.now, factor, &removed, reason);
+        None
+    }
+
+    /// A packet of an existing flow; `swapped` says how it lies on the key.
+    fn ride(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        slot: SlotId,
+        swapped: bool,
+    ) -> Result<u8, Dropped> {
+        let entry = shard.entry(slot);
+        let flow_direction = entry.direction();
+        let with_flow = entry.with_flow(swapped);
+        let (arrival_port, flow_generation, is_tcp, established) = (
+            entry.arrival_port(),
+            entry.generation(),
+            entry.is_tcp(),
+            entry.established(),
+        );
+        let layer = Layer::auth(flow_direction);
+        let generation = self.policy.generation(layer);
+        let port_changed = with_flow && a.port != arrival_port;
+        if port_changed && gw.config.host_model == HostModel::Strong {
+            return Err(DropReason::WrongInterface.into());
+        }
+        // Monotonic: a worker still on an older policy (its batch began
+        // before a reload) never reauthorizes a flow stamped with a newer one.
+        let trigger = if newer(generation, flow_generation) {
+            Some(ReauthTrigger::PolicyChange)
+        } else if port_changed {
+            Some(ReauthTrigger::ArrivalInterface)
+        } else {
+            None
+        };
+        if let Some(trigger) = trigger {
+            self.reauthorize(gw, a, shard, slot, with_flow, trigger)?;
+        }
+        if let Some(segment) = tcp_segment(a.packet)
+            && is_tcp
+        {
+            shard
+                .entry_mut(slot)
+                .track_tcp(with_flow, segment, gw.config.flows.tcp_window_tracking)
+                .map_err(Dropped::from)?;
+            if !established
+                && shard.entry(slot).tcp().handshake_done()
+                && shard.mark_established(slot)
+            {
+                self.established(gw, a.now, shard, slot);
+            }
+        }
+        // The packet's direction as seen from the flow's local host.
+        let direction = if with_flow {
+            flow_direction
+        } else {
+            flow_direction.reverse()
+        };
+        let entry = shard.entry_mut(slot);
+        // Multicast/broadcast state is kept alive only by outbound traffic.
+        if entry.class() == FlowClass::Unicast || direction == Direction::Outbound {
+            entry.touch(a.now);
+            if entry.is_wildcard_owner() {
+                gw.wildcards.refresh(
+                    &super::admission::wildcard_key(&entry.key()),
+                    entry.id(),
+                    a.now,
+                );
+            }
+        }
+        entry.count(direction, a.packet.len);
+        Ok(a.egress)
+    }
+
+    /// SPEC §5: classify a live flow again at the layer that created it.
+    fn reauthorize(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        slot: SlotId,
+        with_flow: bool,
+        trigger: ReauthTrigger,
+    ) -> Result<(), Dropped> {
+        let entry = *shard.entry(slot);
+        let layer = Layer::auth(entry.direction());
+        let generation = self.policy.generation(layer);
+        let mut request = ClassifyRequest::for_flow(layer, &entry.key(), a.now);
+        // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
+        request.arrival_port = with_flow.then_some(a.port);
+        request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
+        let decision = self.classify(&request);
+        self.stats.reauthorizations += 1;
+        let factor = gw.table.adaptive_factor();
+        match decision.action {
+            Action::Permit => {
+                shard
+                    .entry_mut(slot)
+                    .authorize(generation, with_flow.then_some(a.port));
+                let flow = FlowInfo::of(
+                    shard.entry(slot),
+                    shard.parent(slot),
+                    a.now,
+                    &gw.config.flows,
+                    factor,
+                );
+                self.emit(
+                    a.now,
+                    EventKind::FlowReauthorized {
+                        flow,
+                        trigger,
+                        result: Action::Permit,
+                        filter: decision.filter,
+                    },
+                );
+                Ok(())
+            }
+            Action::Block => {
+                let removed = shard.remove(slot);
+                let flow = FlowInfo::of_removed(&removed, a.now, &gw.config.flows, factor);
+                self.emit(
+                    a.now,
+                    EventKind::FlowReauthorized {
+                        flow,
+                        trigger,
+                        result: Action::Block,
+                        filter: decision.filter.clone(),
+                    },
+                );
+                self.closed(gw, a.now, factor, &removed, CloseReason::ReauthBlocked);
+                let mut dropped = Dropped::blocked(layer, decision);
+                if dropped.reason != DropReason::Vetoed {
+                    dropped.reason = DropReason::ReauthBlocked;
+                }
+                Err(dropped)
+            }
+        }
+    }
+}
