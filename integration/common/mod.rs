@@ -20,6 +20,8 @@ use tunwall::time::Instant;
 pub const LAN: u8 = 0;
 pub const WAN: u8 = 1;
 pub const LAN2: u8 = 2;
+/// A second outside port (198.19.2.0/24, fd00:9::/64) for outside↔outside flows.
+pub const WAN2: u8 = 3;
 
 pub const C4: &str = "198.18.1.10";
 pub const S4: &str = "198.18.2.20";
@@ -237,6 +239,7 @@ pub fn ports() -> Vec<PortSpec> {
         PortSpec::new("lan", Zone::Inside, &["198.18.1.0/24", "fd00:1::/64"]),
         PortSpec::new("wan", Zone::Outside, &["0.0.0.0/0", "::/0"]),
         PortSpec::new("lan2", Zone::Inside, &["198.18.3.0/24"]),
+        PortSpec::new("wan2", Zone::Outside, &["198.19.2.0/24", "fd00:9::/64"]),
     ]
 }
 
