@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `tunwall` binary between a client and a
 //! server namespace, with real clients (ping, iperf3, python sockets).
-//! They skip with a message when /dev/net/tun or CAP_NET_ADMIN is missing.
+//! They fail, naming the reason, when /dev/net/tun or CAP_NET_ADMIN is missing.
 
 mod netns;
 

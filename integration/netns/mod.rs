@@ -22,33 +22,38 @@ pub const SERVER6: &str = "fd00:2::20";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether this machine can run the tests; prints why not.
-pub fn can_run() -> bool {
+/// Why this machine cannot run the end-to-end tests, if it cannot.
+pub fn cannot_run() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIP: /dev/net/tun is missing");
-        return false;
+        return Some("/dev/net/tun is missing".into());
     }
     // CAP_NET_ADMIN: creating a namespace needs it as much as a TUN does.
-    let probe = format!("twprobe{}", std::process::id());
+    let probe = format!(
+        "twprobe{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let ok = Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    } else {
-        eprintln!("SKIP: cannot create network namespaces (CAP_NET_ADMIN missing?)");
+    if !ok {
+        return Some(
+            "cannot create network namespaces (not root, or CAP_NET_ADMIN missing)".into(),
+        );
     }
-    ok
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    None
 }
 
-/// Skips the calling test (returns from it) when the machine cannot run it.
+/// Fails the calling test when the machine cannot run it: a green run must
+/// mean the end-to-end tests ran (run `make test` as root).
 #[macro_export]
 macro_rules! require_netns {
     () => {
-        if !$crate::netns::can_run() {
-            return;
+        if let Some(why) = $crate::netns::cannot_run() {
+            panic!("end-to-end test cannot run: {why}");
         }
     };
 }
@@ -183,8 +188,11 @@ discard_rate = 1000
     /// Starts `tunwall run` and waits until it answers on its socket.
     pub fn start(&mut self) {
         let log = std::fs::File::create(self.dir.join("tunwall.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tunwall"))
-            .args(["run", "-c"])
+        // The widest umask: the modes of what tunwall creates (socket 0600,
+        // event file 0640) must not depend on the caller's.
+        let child = Command::new("sh")
+            .args(["-c", "umask 000; exec \"$0\" run -c \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_tunwall"))
             .arg(&self.config)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())

@@ -5,7 +5,7 @@
 //! * Each shard stores its entries in a slab of fixed-size chunks (no
 //!   reallocation and copy under the lock as it grows, no `Box` per flow) and
 //!   indexes them with a `hashbrown::HashTable<u32>` of slot numbers.
-//! * A [`FlowEntry`] is 116 bytes: times are 32-bit millisecond counters
+//! * A [`FlowEntry`] is 124 bytes: times are 32-bit millisecond counters
 //!   (last-seen) and a 48-bit creation time, counters are packed 40-bit
 //!   packets / 56-bit bytes, and the rare parent id lives in a side map.
 //!
@@ -57,7 +57,7 @@ const STATE_ACTIVE: u8 = 0xff;
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
 
-/// One flow. 116 bytes, packed to 4-byte alignment so no padding is wasted.
+/// One flow. 124 bytes, packed to 4-byte alignment so no padding is wasted.
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
 pub struct FlowEntry {
@@ -78,7 +78,7 @@ pub struct FlowEntry {
     _reserved: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<FlowEntry>() == 116);
+const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
 
 impl FlowEntry {
     const VACANT: FlowEntry = FlowEntry {

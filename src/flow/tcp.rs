@@ -34,7 +34,7 @@ const HAS_WSCALE: u8 = 0x40;
 /// Set on the initiator: windows are not enforced for this flow (picked up mid-stream).
 const LIBERAL: u8 = 0x80;
 
-/// One direction's sequence-space bookkeeping. 12 bytes.
+/// One direction's sequence-space bookkeeping. 16 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct TcpPeer {
@@ -42,6 +42,10 @@ pub struct TcpPeer {
     pub seqlo: u32,
     /// Highest sequence end this peer may send (other's ack + window).
     pub seqhi: u32,
+    /// Highest acknowledgment this peer has sent: the next sequence number
+    /// it expects from the other side, where a RST to it must start (0
+    /// until it sent one).
+    pub acked: u32,
     /// Largest window this peer advertised, unscaled.
     pub max_win: u16,
     /// Window-scale shift from this peer's SYN.
@@ -53,6 +57,7 @@ impl TcpPeer {
     const UNSEEN: TcpPeer = TcpPeer {
         seqlo: 0,
         seqhi: 1,
+        acked: 0,
         max_win: 1,
         wscale: 0,
         flags: 0,
@@ -119,6 +124,7 @@ impl TcpTracker {
             peers: [TcpPeer {
                 seqlo: 0,
                 seqhi: 0,
+                acked: 0,
                 max_win: 0,
                 wscale: 0,
                 flags: 0,
@@ -327,11 +333,18 @@ impl TcpTracker {
             && ackskew <= MAX_ACK_WINDOW << sws;
         if flags & RST != 0 {
             // A RST carries no data, so the easing above would accept any
-            // sequence number. It must lie in the receive window: from the
-            // next sequence number the sender owes (its highest end sent) to
-            // the window's end; a RST in already-acknowledged space is what
-            // a blind attacker guesses (RFC 5961).
-            in_window &= seq_geq(seg.seq, src.seqlo) && seq_geq(src.seqhi, seg.seq);
+            // sequence number. It must lie in the receive window (RFC 5961):
+            // from the next sequence number the receiver expects (its
+            // highest ACK; before it sent one, the sender's highest end) to
+            // the window's end. pf's looser check also took RSTs up to a
+            // window behind, where a blind attacker's guesses land.
+            let receiver = self.peers[di];
+            let floor = if receiver.acked != 0 {
+                receiver.acked
+            } else {
+                src.seqlo
+            };
+            in_window &= seq_geq(seg.seq, floor) && seq_geq(src.seqhi, seg.seq);
         }
 
         let win = if syn {
@@ -356,6 +369,9 @@ impl TcpTracker {
             src.flags |= RST_SEEN;
         }
         if flags & ACK != 0 {
+            if src.acked == 0 || seq_gt(ack, src.acked) {
+                src.acked = ack;
+            }
             let dst = &mut self.peers[di];
             if seq_geq(ack.wrapping_add(win), dst.seqhi) {
                 dst.seqhi = ack.wrapping_add(win.max(1));
