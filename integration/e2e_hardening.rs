@@ -5,7 +5,7 @@
 
 mod netns;
 
-use netns::{CLIENT4, SERVER4, Topology};
+use netns::{SERVER4, Topology};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;

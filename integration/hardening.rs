@@ -324,3 +324,71 @@ fn loose_source_children_take_the_owners_direction_layer_and_port() {
     assert_eq!(child.key.local_port, 5353);
     assert_eq!((child.out.0, child.inbound.0), (0, 1));
 }
+
+fn rate_limited_policy(
+    rate: u32,
+    extra: &str,
+    previous: Option<&tunwall::policy::Policy>,
+) -> tunwall::policy::Policy {
+    let registry = tunwall::policy::CalloutRegistry::default();
+    let text = format!(
+        r#"
+[[port]]
+name = "lan"
+device = "tw-lan"
+zone = "inside"
+routes = ["198.18.1.0/24"]
+
+[[port]]
+name = "wan"
+device = "tw-wan"
+zone = "outside"
+routes = ["0.0.0.0/0"]
+
+[[filter]]
+name = "limit"
+layer = "auth_connect"
+action = "callout"
+callout = "rate_limit"
+rate = "{rate}/s"
+{extra}
+"#
+    );
+    let config =
+        tunwall::config::Config::parse(std::path::Path::new("rate.toml"), &text, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+    tunwall::policy::Policy::compile(&config.policy, &registry, previous).expect("compile")
+}
+
+#[test]
+fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit_filter() {
+    use tunwall::policy::Authorizer;
+    let decide = |p: &tunwall::policy::Policy, port: u16| {
+        let key = tunwall::flow::FlowKey::new(
+            tunwall::packet::IpVersion::V4,
+            17,
+            tunwall::packet::raw_addr(C4.parse().unwrap()).1,
+            tunwall::packet::raw_addr(S4.parse().unwrap()).1,
+            port,
+            53,
+        );
+        let request =
+            tunwall::policy::ClassifyRequest::for_flow(Layer::AuthConnect, &key, Instant::ZERO);
+        p.classify(&request, &mut Vec::new()).action
+    };
+    let v1 = rate_limited_policy(2, "", None);
+    assert_eq!(decide(&v1, 1), Action::Permit);
+    assert_eq!(decide(&v1, 2), Action::Permit);
+    assert_eq!(decide(&v1, 3), Action::Block, "the burst of 2 is spent");
+    // Another filter changes, the limit does not: its buckets stay spent.
+    let other = "\n[[filter]]\nname = \"other\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = \"tcp\"\nremote_port = 23\n";
+    let v2 = rate_limited_policy(2, other, Some(&v1));
+    assert_eq!(
+        decide(&v2, 4),
+        Action::Block,
+        "a reload is no way around the limit"
+    );
+    // A changed rate is a new limit, with new buckets.
+    let v3 = rate_limited_policy(3, other, Some(&v2));
+    assert_eq!(decide(&v3, 5), Action::Permit);
+}

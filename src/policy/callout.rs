@@ -6,13 +6,12 @@
 //! the flow. Built in: `log` and `rate_limit`; an embedder registers its own
 //! in a [`CalloutRegistry`] before compiling the policy.
 
+use super::rate_limit::RateLimit;
 use super::{ClassifyRequest, Layer};
 use crate::event::{Event, EventKind, FlowInfo};
-use crate::packet::{IpVersion, RawAddr};
 use crate::time::Instant;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a callout decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,103 +148,5 @@ impl Callout for LogCallout {
                 request: None,
             },
         });
-    }
-}
-
-/// Most remote addresses a `rate_limit` callout tracks at once.
-const RATE_LIMIT_TRACKED: usize = 65_536;
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
-/// `rate_limit`: a token bucket per remote address, refilled at `rate` per
-/// second with a burst of `rate`; blocks when empty, continues otherwise.
-pub struct RateLimit {
-    rate: f64,
-    buckets: Mutex<HashMap<(IpVersion, RawAddr), Bucket, ahash::RandomState>>,
-}
-
-impl RateLimit {
-    /// A limiter of `rate` new flows per second per remote address.
-    pub fn new(rate: u32) -> RateLimit {
-        RateLimit {
-            rate: f64::from(rate),
-            buckets: Mutex::new(HashMap::with_hasher(ahash::RandomState::new())),
-        }
-    }
-
-    /// Takes a token for `remote` at `now`; false when the bucket is empty.
-    pub fn take(&self, version: IpVersion, remote: RawAddr, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= RATE_LIMIT_TRACKED && !buckets.contains_key(&(version, remote)) {
-            // A bucket idle for a second is full again: forgetting it changes nothing.
-            buckets.retain(|_, b| now.saturating_since(b.refilled) < Duration::from_secs(1));
-            if buckets.len() >= RATE_LIMIT_TRACKED {
-                // Too many distinct sources at once to track fairly: refuse
-                // newcomers rather than let a spoofed flood bypass the limit.
-                return false;
-            }
-        }
-        let rate = self.rate;
-        let bucket = buckets.entry((version, remote)).or_insert(Bucket {
-            tokens: rate,
-            refilled: now,
-        });
-        let elapsed = now.saturating_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl Callout for RateLimit {
-    fn classify(
-        &self,
-        _filter: &Arc<str>,
-        request: &ClassifyRequest,
-        _events: &mut Vec<Event>,
-    ) -> CalloutResult {
-        if self.take(request.version, request.remote_addr, request.now) {
-            CalloutResult::Continue
-        } else {
-            CalloutResult::Block
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_refills_per_second() {
-        let limit = RateLimit::new(3);
-        let a = crate::packet::raw_addr("198.18.2.1".parse().unwrap()).1;
-        let b = crate::packet::raw_addr("198.18.2.2".parse().unwrap()).1;
-        let t0 = Instant::ZERO;
-        assert!(limit.take(IpVersion::V4, a, t0));
-        assert!(limit.take(IpVersion::V4, a, t0));
-        assert!(limit.take(IpVersion::V4, a, t0));
-        assert!(!limit.take(IpVersion::V4, a, t0));
-        // Buckets are per remote address.
-        assert!(limit.take(IpVersion::V4, b, t0));
-        // A third of a second refills one token at 3/s.
-        assert!(!limit.take(IpVersion::V4, a, Instant::from_millis(300)));
-        assert!(limit.take(IpVersion::V4, a, Instant::from_millis(340)));
-        assert!(!limit.take(IpVersion::V4, a, Instant::from_millis(340)));
-        // The burst never exceeds the rate.
-        let later = Instant::from_secs(100);
-        for _ in 0..3 {
-            assert!(limit.take(IpVersion::V4, a, later));
-        }
-        assert!(!limit.take(IpVersion::V4, a, later));
     }
 }

@@ -223,8 +223,18 @@ pub struct Policy {
     sublayers: Vec<Sublayer>,
     filters: Vec<Filter>,
     summaries: Vec<String>,
-    callouts: Vec<(String, Arc<dyn Callout>)>,
+    callouts: Vec<CompiledCallout>,
     layers: Vec<LayerIndex>,
+}
+
+/// A callout instance and what it was built for: a reload reuses the
+/// instance of a filter whose name, callout and parameters are unchanged,
+/// so its state (a rate limit's buckets) carries over.
+struct CompiledCallout {
+    filter: String,
+    name: String,
+    params: CalloutParams,
+    callout: Arc<dyn Callout>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -270,17 +280,31 @@ impl Policy {
                 SpecAction::Permit { hard } => FilterAction::Permit { hard: *hard },
                 SpecAction::Block { hard } => FilterAction::Block { hard: *hard },
                 SpecAction::Callout { name, params } => {
-                    let callout = registry
-                        .build(name, params)
-                        .ok_or_else(|| CompileError {
-                            filter: f.name.clone(),
-                            message: format!("unknown callout \"{name}\""),
-                        })?
-                        .map_err(|message| CompileError {
-                            filter: f.name.clone(),
-                            message,
-                        })?;
-                    callouts.push((name.clone(), callout));
+                    let kept = previous.and_then(|p| {
+                        p.callouts
+                            .iter()
+                            .find(|c| c.filter == f.name && c.name == *name && c.params == *params)
+                            .map(|c| Arc::clone(&c.callout))
+                    });
+                    let callout = match kept {
+                        Some(callout) => callout,
+                        None => registry
+                            .build(name, params)
+                            .ok_or_else(|| CompileError {
+                                filter: f.name.clone(),
+                                message: format!("unknown callout \"{name}\""),
+                            })?
+                            .map_err(|message| CompileError {
+                                filter: f.name.clone(),
+                                message,
+                            })?,
+                    };
+                    callouts.push(CompiledCallout {
+                        filter: f.name.clone(),
+                        name: name.clone(),
+                        params: params.clone(),
+                        callout,
+                    });
                     FilterAction::Callout(callouts.len() - 1)
                 }
             };
@@ -400,7 +424,10 @@ impl Policy {
                 FilterAction::Permit { hard } => Some((Action::Permit, hard, false)),
                 FilterAction::Block { hard } => Some((Action::Block, hard, false)),
                 FilterAction::Callout(c) => {
-                    match self.callouts[c].1.classify(&filter.name, request, events) {
+                    match self.callouts[c]
+                        .callout
+                        .classify(&filter.name, request, events)
+                    {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
                         CalloutResult::Continue => None,
@@ -493,7 +520,7 @@ impl Policy {
                     FilterAction::Permit { hard: false } => "permit".to_string(),
                     FilterAction::Block { hard: true } => "block".to_string(),
                     FilterAction::Block { hard: false } => "block (soft)".to_string(),
-                    FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].0),
+                    FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].name),
                 };
                 let summary = &self.summaries[f];
                 let _ = writeln!(
@@ -545,7 +572,7 @@ impl Authorizer for Policy {
                 && filter.conditions.matches(&request)
             {
                 self.callouts[c]
-                    .1
+                    .callout
                     .notify(&filter.name, layer, flow, now, events);
             }
         }

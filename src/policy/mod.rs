@@ -12,6 +12,7 @@ pub mod arbitration;
 pub mod callout;
 pub mod compiled;
 pub mod filter;
+pub mod rate_limit;
 
 pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
