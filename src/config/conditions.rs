@@ -204,7 +204,23 @@ pub(super) fn parse(
     }
     let icmp_only = c.protocol.as_ref().is_some_and(|p| {
         !p.ranges.is_empty() && p.ranges.iter().all(|&(lo, _)| lo == 1 || lo == 58)
-    });
+    }) || *f.layer.get_ref() == super::LayerName::IcmpError;
+    // ICMP has no ports: such a condition would silently never match.
+    for (key, value) in [
+        ("local_port", &f.local_port),
+        ("remote_port", &f.remote_port),
+    ] {
+        if let Some(v) = value
+            && icmp_only
+        {
+            return Err(err(
+                v,
+                key,
+                "this filter can only match ICMP, which has no ports (use icmp_type / icmp_code)"
+                    .into(),
+            ));
+        }
+    }
     for (key, value, slot) in [
         ("icmp_type", &f.icmp_type, &mut c.icmp_type),
         ("icmp_code", &f.icmp_code, &mut c.icmp_code),

@@ -742,6 +742,12 @@ impl Loader<'_> {
             if name.is_empty() {
                 return Err(self.error(f.name.span(), "filter name must not be empty"));
             }
+            if name == "." || name == ".." {
+                return Err(self.error(
+                    f.name.span(),
+                    format!("filter name \"{name}\" is a path component, not a name"),
+                ));
+            }
             if names.insert(name, ()).is_some() {
                 return Err(self.error(f.name.span(), format!("duplicate filter name \"{name}\"")));
             }
@@ -939,7 +945,11 @@ impl Loader<'_> {
 }
 
 fn valid_name(s: &str) -> bool {
+    // `.` and `..` are path components, not names (port names reach file
+    // systems and output that operators read).
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')

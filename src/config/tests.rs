@@ -536,3 +536,42 @@ fn arbitrary_text_never_panics() {
         let _ = parse(text);
     }
 }
+
+#[test]
+fn dot_names_and_ports_on_icmp_only_filters_are_refused() {
+    let port = |name: &str| {
+        format!("[[port]]\nname = \"{name}\"\ndevice = \"a\"\nzone = \"inside\"\nroutes = []\n")
+    };
+    fails(&port("."), 2, 8, "");
+    fails(&port(".."), 2, 8, "");
+    fails(
+        &filter("name = \"..\"\nlayer = \"auth_connect\"\naction = \"block\""),
+        16,
+        8,
+        "",
+    );
+    fails(
+        &filter(
+            "name = \"x\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = \"icmp\"\nlocal_port = 22",
+        ),
+        20,
+        14,
+        "can only match ICMP",
+    );
+    fails(
+        &filter(
+            "name = \"x\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = [\"icmp\", \"icmpv6\"]\nremote_port = 22",
+        ),
+        20,
+        15,
+        "no ports",
+    );
+    fails(
+        &filter("name = \"x\"\nlayer = \"icmp_error\"\naction = \"block\"\nremote_port = 22"),
+        19,
+        15,
+        "can only match ICMP",
+    );
+    // With another protocol in the list, ports can match.
+    assert!(parse(&filter("name = \"x\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = [\"icmp\", \"udp\"]\nremote_port = 22")).is_ok());
+}

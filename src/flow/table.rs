@@ -16,10 +16,15 @@
 //! | a shard's entries, index, free list, embryo queue, parents, sweep cursor | that shard's `Mutex` |
 //! | which flows a shard holds | flows are created only by the worker owning the shard's group; any worker may ride or remove them under the lock |
 //! | the flow count | `AtomicUsize`, changed only while holding the shard lock of the flow added or removed |
-//! | wildcard (multicast/broadcast and loose-source) state | its own `Mutex`, taken only while a shard lock may be held, never the other way round |
+//! | wildcard (multicast/broadcast and loose-source) state | a `Mutex` per wildcard shard, taken only while a table shard lock may be held, never the other way round |
+//! | a `rate_limit` filter's sources | a `Mutex` per source shard, taken while classifying (under table shard locks) and never held while taking another lock |
+//! | the policy in force | an `ArcSwap` in the gateway, loaded once per batch: no lock |
 //!
-//! A packet takes at most one shard lock on its path; only the rare wildcard
-//! path adds the wildcard lock after it. No global lock sits on the
+//! A packet of an existing flow takes one shard lock. A first packet that
+//! misses in its worker's group takes the key's shard in every group, in
+//! group order (the one order all creators use, so none waits on another in
+//! a cycle; riders hold one lock at a time), and may add a wildcard shard
+//! lock and a rate-limit shard lock after them. No global lock sits on the
 //! established-flow path. The hasher is aHash with random keys: flow keys are
 //! chosen by attackers.
 

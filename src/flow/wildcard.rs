@@ -6,13 +6,16 @@
 //! does the same for unicast UDP. Such state cannot be found by the exact
 //! flow key, so it is indexed here by (IP version, protocol, local port).
 //!
-//! The map has its own lock, taken only on the new-flow path of inbound
-//! packets while any wildcard exists, and when a flow that owns one is
-//! refreshed or removed. It is always taken after a shard lock, never before.
+//! The map is split into shards by key, each with its own lock, so no lock
+//! is shared by every packet: a shard lock is taken on the new-flow path of
+//! inbound packets while any wildcard exists (one look-up), and when a flow
+//! that owns a wildcard is refreshed or removed. It is always taken after a
+//! flow-table shard lock, never before.
 
 use super::Direction;
 use crate::packet::{IpVersion, RawAddr};
 use crate::time::Instant;
+use crossbeam_utils::CachePadded;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,16 +51,35 @@ pub struct Wildcard {
     pub lifetime: Duration,
 }
 
+/// Shards of the wildcard index.
+const SHARDS: usize = 64;
+
+type Shard = HashMap<WildcardKey, Vec<Wildcard>, ahash::RandomState>;
+
 /// The wildcard index.
-#[derive(Default)]
 pub struct Wildcards {
-    map: Mutex<HashMap<WildcardKey, Vec<Wildcard>>>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hasher: ahash::RandomState,
     count: AtomicUsize,
 }
 
+impl Default for Wildcards {
+    fn default() -> Self {
+        let hasher = ahash::RandomState::new();
+        Wildcards {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(HashMap::with_hasher(hasher.clone()))))
+                .collect(),
+            hasher,
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl Wildcards {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<WildcardKey, Vec<Wildcard>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn map(&self, key: &WildcardKey) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) >> 32) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether any wildcard exists (checked before taking the lock).
@@ -67,13 +89,13 @@ impl Wildcards {
 
     /// Adds the wildcard of a new owner flow.
     pub fn add(&self, key: WildcardKey, wildcard: Wildcard) {
-        self.map().entry(key).or_default().push(wildcard);
+        self.map(&key).entry(key).or_default().push(wildcard);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The owner `parent_id` was refreshed at `now`.
     pub fn refresh(&self, key: &WildcardKey, parent_id: u64, now: Instant) {
-        if let Some(list) = self.map().get_mut(key) {
+        if let Some(list) = self.map(key).get_mut(key) {
             for w in list.iter_mut().filter(|w| w.parent_id == parent_id) {
                 w.refreshed = now;
             }
@@ -82,7 +104,7 @@ impl Wildcards {
 
     /// The owner `parent_id` was removed.
     pub fn remove(&self, key: &WildcardKey, parent_id: u64) {
-        let mut map = self.map();
+        let mut map = self.map(key);
         if let Some(list) = map.get_mut(key) {
             let before = list.len();
             list.retain(|w| w.parent_id != parent_id);
@@ -103,7 +125,7 @@ impl Wildcards {
         now: Instant,
         factor: f64,
     ) -> Option<Wildcard> {
-        let map = self.map();
+        let map = self.map(key);
         map.get(key)?
             .iter()
             .find(|w| {
