@@ -313,3 +313,50 @@ impl Hub {
         let _ = self.control.send(HubMessage::Control(value));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_never_reads_is_cut_off_without_stalling_the_hub() {
+        let (writer, _reader) = UnixStream::pair().expect("pair");
+        let counters = Arc::new(EventCounters::default());
+        let mut sinks = Sinks {
+            file: None,
+            subscribers: vec![Subscriber::new(writer).expect("subscriber")],
+            counters: Arc::clone(&counters),
+        };
+        let line = "x".repeat(500);
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while !sinks.subscribers.is_empty() {
+            sinks.emit(&line);
+            sent += 1;
+            assert!(sent < 100_000, "the slow reader was never cut off");
+        }
+        // Nothing blocked: the socket buffer and the bounded pending buffer
+        // filled, then the reader was dropped and its backlog counted.
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let dropped = counters.dropped();
+        assert!(dropped > 0 && dropped <= sent, "{dropped} of {sent}");
+        assert!(dropped as usize * line.len() <= SUBSCRIBER_BUFFER + line.len() + 1);
+    }
+
+    #[test]
+    fn nothing_is_rendered_without_a_sink() {
+        let sinks = Sinks {
+            file: None,
+            subscribers: Vec::new(),
+            counters: Arc::new(EventCounters::default()),
+        };
+        // No file, no subscriber, and no subscriber to tracing in this test.
+        assert!(!sinks.wanted(&EventKind::Discard {
+            layer: None,
+            reason: DropReason::Truncated,
+            filter: None,
+            port: 0,
+            packet: None,
+        }));
+    }
+}
