@@ -392,3 +392,30 @@ fn a_reload_keeps_the_buckets_of_an_unchanged_rate_limit_filter() {
     let v3 = rate_limited_policy(3, other, Some(&v2));
     assert_eq!(decide(&v3, 5), Action::Permit);
 }
+
+#[test]
+fn memory_returns_toward_the_live_flow_count_after_a_flood() {
+    let mut h = Harness::new(FlowConfig::with_max_flows(100_000));
+    let empty = h.gw.table().heap_bytes();
+    for i in 0..30_000u32 {
+        let src = format!("198.18.1.{}", 10 + i % 200);
+        h.out(udp(ep(&src, 1024 + (i / 200) as u16), ep(S4, 53), b"q"));
+    }
+    assert_eq!(h.flows().len(), 30_000);
+    let flooded = h.gw.table().heap_bytes();
+    // The flood idles out; a few flows stay.
+    h.advance(std::time::Duration::from_secs(61));
+    for _ in 0..20 {
+        h.advance_ms(100);
+    }
+    assert!(h.flows().is_empty());
+    for i in 0..10u16 {
+        h.out(udp(ep(C4, 40_000 + i), ep(S4, 53), b"q"));
+    }
+    h.advance_ms(100);
+    let after = h.gw.table().heap_bytes();
+    assert!(
+        after < empty + (flooded - empty) / 10,
+        "empty {empty}, flooded {flooded}, after {after}"
+    );
+}

@@ -732,6 +732,15 @@ fn filter_text() -> impl Strategy<Value = String> {
                 .collect::<Vec<_>>()
         });
     (layer, action, sublayer, 0u8..3, cond).prop_map(|(layer, action, sublayer, weight, cond)| {
+        // icmp_error sees only ICMP, which has no ports: such conditions are
+        // a configuration error (SPEC §14).
+        let cond: Vec<_> = cond
+            .into_iter()
+            .filter(|c| {
+                layer != "icmp_error"
+                    || !(c.starts_with("remote_port") || c.starts_with("local_port"))
+            })
+            .collect();
         format!(
             "layer = \"{layer}\"\nsublayer = \"{sublayer}\"\nweight = {weight}\n{action}\n{}\n",
             cond.join("\n")

@@ -1,6 +1,7 @@
 //! Filter conditions as written in TOML → [`Conditions`].
 
-use super::{ConfigError, Loader, RawFilter, parse_prefix};
+use super::schema::{LayerName, RawFilter};
+use super::{ConfigError, Loader, parse_prefix};
 use crate::packet::IpVersion;
 use crate::policy::{AddrSet, ArrivalPort, ClassifyFlags, Conditions, ValueSet};
 use std::collections::HashMap;
@@ -204,7 +205,7 @@ pub(super) fn parse(
     }
     let icmp_only = c.protocol.as_ref().is_some_and(|p| {
         !p.ranges.is_empty() && p.ranges.iter().all(|&(lo, _)| lo == 1 || lo == 58)
-    }) || *f.layer.get_ref() == super::LayerName::IcmpError;
+    }) || *f.layer.get_ref() == LayerName::IcmpError;
     // ICMP has no ports: such a condition would silently never match.
     for (key, value) in [
         ("local_port", &f.local_port),

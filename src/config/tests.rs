@@ -1,7 +1,9 @@
 //! One test per validation rule of SPEC §6, asserting where and what.
 
 use super::*;
+use crate::policy::DefaultPolicy;
 use std::path::Path;
+use std::time::Duration;
 
 const PORTS: &str = r#"
 [[port]]

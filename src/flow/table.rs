@@ -5,9 +5,8 @@
 //! * Each shard stores its entries in a slab of fixed-size chunks (no
 //!   reallocation and copy under the lock as it grows, no `Box` per flow) and
 //!   indexes them with a `hashbrown::HashTable<u32>` of slot numbers.
-//! * A [`FlowEntry`] is 124 bytes: times are 32-bit millisecond counters
-//!   (last-seen) and a 48-bit creation time, counters are packed 40-bit
-//!   packets / 56-bit bytes, and the rare parent id lives in a side map.
+//! * A [`FlowEntry`] ([`super::entry`]) is 124 bytes, and the rare parent id
+//!   lives in a side map of its shard.
 //!
 //! Concurrency ("lock legend"):
 //!
@@ -28,17 +27,17 @@
 //! established-flow path. The hasher is aHash with random keys: flow keys are
 //! chosen by attackers.
 
-use super::key::{Direction, FlowKey};
-use super::tcp::{TcpState, TcpTracker};
-use super::{FlowClass, FlowConfig, FlowState};
+use super::FlowConfig;
+use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, FlowEntry};
+use super::key::FlowKey;
 use crate::reason::CloseReason;
-use crate::time::{Instant, millis};
+use crate::time::Instant;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 /// A slot number inside one shard.
 pub type SlotId = u32;
@@ -47,352 +46,16 @@ pub type SlotId = u32;
 /// chunk stays under a byte per flow in a full table.
 const CHUNK: usize = 64;
 
-const F_INBOUND: u8 = 0x01;
-const F_ESTABLISHED: u8 = 0x02;
-const F_HAS_PARENT: u8 = 0x04;
-const F_MCAST_STATE: u8 = 0x08;
-const F_EMBRYONIC: u8 = 0x10;
-const F_WILDCARD_OWNER: u8 = 0x20;
-/// The flow's local host is the key's remote endpoint (same-zone keys are in
-/// canonical order, not the flow's).
-const F_REVERSED: u8 = 0x40;
-
-const STATE_ACTIVE: u8 = 0xff;
-
-const MASK40: u64 = (1 << 40) - 1;
-const MASK56: u64 = (1 << 56) - 1;
-
-/// One flow. 124 bytes, packed to 4-byte alignment so no padding is wasted.
-#[derive(Clone, Copy)]
-#[repr(C, packed(4))]
-pub struct FlowEntry {
-    id: u64,
-    /// Per direction (out, in) three words: packets in the low 40 bits of the
-    /// 96-bit value, bytes in the high 56.
-    counters: [u32; 6],
-    tcp: TcpTracker,
-    last_seen: u32,
-    /// Idle-timeout override in ms (classify options); 0 = the protocol default.
-    lifetime_ms: u32,
-    generation: u32,
-    created: [u16; 3],
-    key: FlowKey,
-    state: u8,
-    flags: u8,
-    arrival_port: u8,
-    _reserved: u8,
-}
-
-const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
-
-impl FlowEntry {
-    const VACANT: FlowEntry = FlowEntry {
-        id: 0,
-        counters: [0; 6],
-        tcp: TcpTracker::EMPTY,
-        last_seen: 0,
-        lifetime_ms: 0,
-        generation: 0,
-        created: [0; 3],
-        key: FlowKey::ZERO,
-        state: 0,
-        flags: 0,
-        arrival_port: 0,
-        _reserved: 0,
-    };
-
-    /// A new flow. `tcp` is `Some` for TCP flows.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: u64,
-        key: FlowKey,
-        direction: Direction,
-        class: FlowClass,
-        tcp: Option<TcpTracker>,
-        now: Instant,
-        arrival_port: u8,
-        generation: u32,
-        lifetime: Option<Duration>,
-    ) -> FlowEntry {
-        let ms = now.as_millis();
-        let mut flags = 0;
-        if direction == Direction::Inbound {
-            flags |= F_INBOUND;
-        }
-        if class == FlowClass::McastBcastState {
-            flags |= F_MCAST_STATE;
-        }
-        let (state, tracker) = match tcp {
-            Some(t) => (t.state() as u8, t),
-            None => (STATE_ACTIVE, TcpTracker::EMPTY),
-        };
-        FlowEntry {
-            id,
-            counters: [0; 6],
-            tcp: tracker,
-            last_seen: ms as u32,
-            lifetime_ms: lifetime.map_or(0, |d| millis(d).clamp(1, u64::from(u32::MAX)) as u32),
-            generation,
-            created: [ms as u16, (ms >> 16) as u16, (ms >> 32) as u16],
-            key,
-            state,
-            flags,
-            arrival_port,
-            _reserved: 0,
-        }
-    }
-
-    /// The unique id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The key as the flow sees it: local is the flow's local host.
-    pub fn key(&self) -> FlowKey {
-        if self.flags & F_REVERSED != 0 {
-            self.key.reversed()
-        } else {
-            self.key
-        }
-    }
-
-    /// The key the table indexes the flow by.
-    pub fn table_key(&self) -> FlowKey {
-        self.key
-    }
-
-    /// Records how the creating packet lay on the key (`swapped`: its
-    /// destination is the key's local end) and whether it travelled with
-    /// the flow's direction, which fixes the flow's local host.
-    pub fn orient(&mut self, swapped: bool, with_flow: bool) {
-        let inbound = self.direction() == Direction::Inbound;
-        if swapped ^ inbound ^ !with_flow {
-            self.flags |= F_REVERSED;
-        } else {
-            self.flags &= !F_REVERSED;
-        }
-    }
-
-    /// Whether a packet lying on the key as `swapped` travels in the flow's
-    /// direction (from the initiator).
-    #[inline]
-    pub fn with_flow(&self, swapped: bool) -> bool {
-        let reversed = self.flags & F_REVERSED != 0;
-        swapped == (reversed ^ (self.flags & F_INBOUND != 0))
-    }
-
-    /// The direction of the packet that created the flow.
-    pub fn direction(&self) -> Direction {
-        if self.flags & F_INBOUND != 0 {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        }
-    }
-
-    /// Ordinary flow or multicast/broadcast state.
-    pub fn class(&self) -> FlowClass {
-        if self.flags & F_MCAST_STATE != 0 {
-            FlowClass::McastBcastState
-        } else {
-            FlowClass::Unicast
-        }
-    }
-
-    /// Whether the flow was indicated at `flow_established`.
-    pub fn established(&self) -> bool {
-        self.flags & F_ESTABLISHED != 0
-    }
-
-    /// Marks the flow as owning wildcard state (multicast/broadcast state or
-    /// loose source mapping) that must follow its refreshes and removal.
-    pub fn set_wildcard_owner(&mut self) {
-        self.flags |= F_WILDCARD_OWNER;
-    }
-
-    /// Whether the flow owns wildcard state.
-    pub fn is_wildcard_owner(&self) -> bool {
-        self.flags & F_WILDCARD_OWNER != 0
-    }
-
-    /// Whether the flow has a parent (see [`Shard::parent`]).
-    pub fn has_parent(&self) -> bool {
-        self.flags & F_HAS_PARENT != 0
-    }
-
-    /// The TCP state, or `Active`.
-    pub fn state(&self) -> FlowState {
-        match self.state {
-            STATE_ACTIVE => FlowState::Active,
-            _ => FlowState::Tcp(self.tcp.state()),
-        }
-    }
-
-    /// The TCP tracker (meaningless for other protocols).
-    pub fn tcp(&self) -> TcpTracker {
-        self.tcp
-    }
-
-    /// Whether this is a TCP flow.
-    pub fn is_tcp(&self) -> bool {
-        self.state != STATE_ACTIVE
-    }
-
-    /// The port the flow was (last) authorized on.
-    pub fn arrival_port(&self) -> u8 {
-        self.arrival_port
-    }
-
-    /// The policy generation of the flow's layer when it was (last) authorized.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
-    /// When the flow was created.
-    pub fn created(&self) -> Instant {
-        let c = self.created;
-        Instant::from_millis(u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32)
-    }
-
-    /// When the last packet refreshed the flow, given the current time.
-    pub fn last_seen(&self, now: Instant) -> Instant {
-        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
-        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
-    }
-
-    /// The idle-timeout override set by classify options.
-    pub fn lifetime(&self) -> Option<Duration> {
-        (self.lifetime_ms != 0).then(|| Duration::from_millis(u64::from(self.lifetime_ms)))
-    }
-
-    /// (packets, bytes) sent by the local host (`Outbound`) or received (`Inbound`).
-    pub fn counters(&self, direction: Direction) -> (u64, u64) {
-        let i = match direction {
-            Direction::Outbound => 0,
-            Direction::Inbound => 3,
-        };
-        let c = self.counters;
-        let v = u128::from(c[i]) | u128::from(c[i + 1]) << 32 | u128::from(c[i + 2]) << 64;
-        ((v as u64) & MASK40, (v >> 40) as u64 & MASK56)
-    }
-
-    /// Counts one packet of `len` bytes travelling in `direction`.
-    pub fn count(&mut self, direction: Direction, len: u32) {
-        let (packets, bytes) = self.counters(direction);
-        let packets = (packets + 1) & MASK40;
-        let bytes = (bytes + u64::from(len)) & MASK56;
-        let v = u128::from(packets) | u128::from(bytes) << 40;
-        let i = match direction {
-            Direction::Outbound => 0,
-            Direction::Inbound => 3,
-        };
-        let mut c = self.counters;
-        c[i] = v as u32;
-        c[i + 1] = (v >> 32) as u32;
-        c[i + 2] = (v >> 64) as u32;
-        self.counters = c;
-    }
-
-    /// Marks the flow as refreshed by a packet at `now`.
-    pub fn touch(&mut self, now: Instant) {
-        self.last_seen = now.as_millis() as u32;
-    }
-
-    /// Records the outcome of a (re)authorization.
-    pub fn authorize(&mut self, generation: u32, arrival_port: Option<u8>) {
-        self.generation = generation;
-        if let Some(port) = arrival_port {
-            self.arrival_port = port;
-        }
-    }
-
-    /// Tracks a TCP segment (see [`TcpTracker::track`]) and keeps the cached state.
-    pub fn track_tcp(
-        &mut self,
-        from_initiator: bool,
-        seg: &crate::packet::TcpSegment,
-        enforce: bool,
-    ) -> Result<TcpState, crate::reason::DropReason> {
-        let mut tracker = self.tcp;
-        let result = tracker.track(from_initiator, seg, enforce);
-        self.tcp = tracker;
-        if let Ok(state) = result {
-            self.state = state as u8;
-        }
-        result
-    }
-
-    /// The idle timeout before adaptive scaling, and whether scaling applies.
-    fn base_timeout(&self, config: &FlowConfig) -> (Duration, bool) {
-        if self.flags & F_MCAST_STATE != 0 {
-            return (self.lifetime().unwrap_or(config.mcast_bcast_lifetime), true);
-        }
-        match self.state() {
-            FlowState::Tcp(state) => match state {
-                TcpState::SynSent | TcpState::SynReceived => (config.tcp_opening, true),
-                TcpState::Established => (config.tcp_established, false),
-                TcpState::FinWait | TcpState::Closing => (config.tcp_closing, true),
-                TcpState::TimeWait => (config.tcp_time_wait, true),
-                TcpState::Closed => (config.tcp_closed, true),
-            },
-            FlowState::Active => {
-                let default = if self.key.is_icmp() {
-                    config.icmp_idle
-                } else if self.key.protocol == crate::packet::proto::UDP {
-                    config.udp_idle
-                } else {
-                    config.other_idle
-                };
-                (self.lifetime().unwrap_or(default), true)
-            }
-        }
-    }
-
-    /// The idle timeout in force at adaptive `factor`.
-    pub fn timeout(&self, config: &FlowConfig, factor: f64) -> Duration {
-        let (base, scaled) = self.base_timeout(config);
-        if scaled && factor < 1.0 {
-            base.mul_f64(factor.max(0.0))
-        } else {
-            base
-        }
-    }
-
-    /// How long the flow has been idle at `now`.
-    pub fn idle(&self, now: Instant) -> Duration {
-        Duration::from_millis(u64::from(
-            (now.as_millis() as u32).wrapping_sub(self.last_seen),
-        ))
-    }
-
-    /// Whether the flow's idle timeout has passed at `now`.
-    pub fn expired(&self, now: Instant, config: &FlowConfig, factor: f64) -> bool {
-        self.idle(now) >= self.timeout(config, factor)
-    }
-
-    /// The closure reason if the flow is removed because its timer ran out.
-    pub fn expiry_reason(&self) -> CloseReason {
-        match self.state() {
-            FlowState::Tcp(TcpState::TimeWait) => CloseReason::TcpFin,
-            FlowState::Tcp(TcpState::Closed) => CloseReason::TcpRst,
-            _ => CloseReason::IdleTimeout,
-        }
-    }
-
-    fn is_vacant(&self) -> bool {
-        self.id == 0
-    }
-}
-
-impl TcpTracker {
-    const EMPTY: TcpTracker = TcpTracker::zeroed();
-}
-
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
     index: HashTable<SlotId>,
     chunks: Vec<Box<[FlowEntry]>>,
-    free: Vec<SlotId>,
+    /// Free slots below `high_water`, lowest first: new flows fill the
+    /// slab from the bottom, so after a flood the top chunks empty out and
+    /// can be given back.
+    free: BinaryHeap<Reverse<SlotId>>,
+    /// Live entries per chunk.
+    live: Vec<u8>,
     /// Slots handed out so far; slots at or above it were never used.
     high_water: u32,
     len: usize,
@@ -410,7 +73,8 @@ impl Shard {
         Shard {
             index: HashTable::new(),
             chunks: Vec::new(),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
+            live: Vec::new(),
             high_water: 0,
             len: 0,
             embryos: VecDeque::new(),
@@ -470,11 +134,12 @@ impl Shard {
 
     fn insert(&mut self, hash: u64, mut entry: FlowEntry, parent: Option<u64>) -> SlotId {
         let slot = match self.free.pop() {
-            Some(slot) => slot,
+            Some(Reverse(slot)) => slot,
             None => {
                 if self.high_water as usize == self.chunks.len() * CHUNK {
                     self.chunks
                         .push(vec![FlowEntry::VACANT; CHUNK].into_boxed_slice());
+                    self.live.push(0);
                 }
                 self.high_water += 1;
                 self.high_water - 1
@@ -491,6 +156,7 @@ impl Shard {
             self.compact_embryos();
         }
         *self.entry_mut(slot) = entry;
+        self.live[slot as usize / CHUNK] += 1;
         let (chunks, hasher) = (&self.chunks, &self.hasher);
         self.index
             .insert_unique(hash, slot, |&s| hasher.hash_one(Self::at(chunks, s).key));
@@ -513,7 +179,8 @@ impl Shard {
             None
         };
         *self.entry_mut(slot) = FlowEntry::VACANT;
-        self.free.push(slot);
+        self.free.push(Reverse(slot));
+        self.live[slot as usize / CHUNK] -= 1;
         self.len -= 1;
         (entry, parent)
     }
@@ -531,6 +198,37 @@ impl Shard {
             self.embryo_count -= 1;
         }
         true
+    }
+
+    /// Gives back the empty chunks at the top of the slab once the shard
+    /// holds less than half of what it once did (after a flood), with the
+    /// spare capacity of the index and the bookkeeping: memory returns
+    /// toward the live flow count.
+    fn shrink(&mut self) {
+        let used = self.high_water as usize;
+        if used <= 4 * CHUNK || self.len * 2 >= used {
+            return;
+        }
+        while self.chunks.len() > 1 && self.live.last() == Some(&0) {
+            self.chunks.pop();
+            self.live.pop();
+        }
+        let top = (self.chunks.len() * CHUNK).min(used) as u32;
+        if top as usize == used {
+            return;
+        }
+        self.high_water = top;
+        self.free.retain(|Reverse(slot)| *slot < top);
+        self.free.shrink_to_fit();
+        self.chunks.shrink_to_fit();
+        self.live.shrink_to_fit();
+        // Records of the chunks given back are stale (those chunks were empty).
+        self.embryos.retain(|&(slot, _)| slot < top);
+        self.embryos.shrink_to_fit();
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.index
+            .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
+        self.parents.shrink_to_fit();
     }
 
     fn compact_embryos(&mut self) {
@@ -710,6 +408,7 @@ impl ShardGuard<'_> {
                 closed(removed, reason);
             }
         }
+        self.shard.shrink();
     }
 }
 

@@ -1,0 +1,296 @@
+//! The packed flow entry: one flow in 124 bytes.
+//!
+//! Times are 32-bit millisecond counters (last-seen) and a 48-bit creation
+//! time, counters are packed 40-bit packets / 56-bit bytes, and the rare
+//! parent id lives in the shard's side map. Which timeout applies to an
+//! entry is decided in [`super::lifetime`].
+
+use super::key::{Direction, FlowKey};
+use super::tcp::{TcpState, TcpTracker};
+use super::{FlowClass, FlowState};
+use crate::time::{Instant, millis};
+use std::time::Duration;
+
+pub(super) const F_INBOUND: u8 = 0x01;
+pub(super) const F_ESTABLISHED: u8 = 0x02;
+pub(super) const F_HAS_PARENT: u8 = 0x04;
+pub(super) const F_MCAST_STATE: u8 = 0x08;
+pub(super) const F_EMBRYONIC: u8 = 0x10;
+pub(super) const F_WILDCARD_OWNER: u8 = 0x20;
+/// The flow's local host is the key's remote endpoint (same-zone keys are in
+/// canonical order, not the flow's).
+pub(super) const F_REVERSED: u8 = 0x40;
+
+const STATE_ACTIVE: u8 = 0xff;
+
+const MASK40: u64 = (1 << 40) - 1;
+const MASK56: u64 = (1 << 56) - 1;
+
+/// One flow. 124 bytes, packed to 4-byte alignment so no padding is wasted.
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
+pub struct FlowEntry {
+    pub(super) id: u64,
+    /// Per direction (out, in) three words: packets in the low 40 bits of the
+    /// 96-bit value, bytes in the high 56.
+    counters: [u32; 6],
+    pub(super) tcp: TcpTracker,
+    pub(super) last_seen: u32,
+    /// Idle-timeout override in ms (classify options); 0 = the protocol default.
+    lifetime_ms: u32,
+    generation: u32,
+    created: [u16; 3],
+    pub(super) key: FlowKey,
+    pub(super) state: u8,
+    pub(super) flags: u8,
+    arrival_port: u8,
+    _reserved: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
+
+impl FlowEntry {
+    pub(super) const VACANT: FlowEntry = FlowEntry {
+        id: 0,
+        counters: [0; 6],
+        tcp: TcpTracker::EMPTY,
+        last_seen: 0,
+        lifetime_ms: 0,
+        generation: 0,
+        created: [0; 3],
+        key: FlowKey::ZERO,
+        state: 0,
+        flags: 0,
+        arrival_port: 0,
+        _reserved: 0,
+    };
+
+    /// A new flow. `tcp` is `Some` for TCP flows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        key: FlowKey,
+        direction: Direction,
+        class: FlowClass,
+        tcp: Option<TcpTracker>,
+        now: Instant,
+        arrival_port: u8,
+        generation: u32,
+        lifetime: Option<Duration>,
+    ) -> FlowEntry {
+        let ms = now.as_millis();
+        let mut flags = 0;
+        if direction == Direction::Inbound {
+            flags |= F_INBOUND;
+        }
+        if class == FlowClass::McastBcastState {
+            flags |= F_MCAST_STATE;
+        }
+        let (state, tracker) = match tcp {
+            Some(t) => (t.state() as u8, t),
+            None => (STATE_ACTIVE, TcpTracker::EMPTY),
+        };
+        FlowEntry {
+            id,
+            counters: [0; 6],
+            tcp: tracker,
+            last_seen: ms as u32,
+            lifetime_ms: lifetime.map_or(0, |d| millis(d).clamp(1, u64::from(u32::MAX)) as u32),
+            generation,
+            created: [ms as u16, (ms >> 16) as u16, (ms >> 32) as u16],
+            key,
+            state,
+            flags,
+            arrival_port,
+            _reserved: 0,
+        }
+    }
+
+    /// The unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The key as the flow sees it: local is the flow's local host.
+    pub fn key(&self) -> FlowKey {
+        if self.flags & F_REVERSED != 0 {
+            self.key.reversed()
+        } else {
+            self.key
+        }
+    }
+
+    /// The key the table indexes the flow by.
+    pub fn table_key(&self) -> FlowKey {
+        self.key
+    }
+
+    /// Records how the creating packet lay on the key (`swapped`: its
+    /// destination is the key's local end) and whether it travelled with
+    /// the flow's direction, which fixes the flow's local host.
+    pub fn orient(&mut self, swapped: bool, with_flow: bool) {
+        let inbound = self.direction() == Direction::Inbound;
+        if swapped ^ inbound ^ !with_flow {
+            self.flags |= F_REVERSED;
+        } else {
+            self.flags &= !F_REVERSED;
+        }
+    }
+
+    /// Whether a packet lying on the key as `swapped` travels in the flow's
+    /// direction (from the initiator).
+    #[inline]
+    pub fn with_flow(&self, swapped: bool) -> bool {
+        let reversed = self.flags & F_REVERSED != 0;
+        swapped == (reversed ^ (self.flags & F_INBOUND != 0))
+    }
+
+    /// The direction of the packet that created the flow.
+    pub fn direction(&self) -> Direction {
+        if self.flags & F_INBOUND != 0 {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+
+    /// Ordinary flow or multicast/broadcast state.
+    pub fn class(&self) -> FlowClass {
+        if self.flags & F_MCAST_STATE != 0 {
+            FlowClass::McastBcastState
+        } else {
+            FlowClass::Unicast
+        }
+    }
+
+    /// Whether the flow was indicated at `flow_established`.
+    pub fn established(&self) -> bool {
+        self.flags & F_ESTABLISHED != 0
+    }
+
+    /// Marks the flow as owning wildcard state (multicast/broadcast state or
+    /// loose source mapping) that must follow its refreshes and removal.
+    pub fn set_wildcard_owner(&mut self) {
+        self.flags |= F_WILDCARD_OWNER;
+    }
+
+    /// Whether the flow owns wildcard state.
+    pub fn is_wildcard_owner(&self) -> bool {
+        self.flags & F_WILDCARD_OWNER != 0
+    }
+
+    /// Whether the flow has a parent (see [`Shard::parent`]).
+    pub fn has_parent(&self) -> bool {
+        self.flags & F_HAS_PARENT != 0
+    }
+
+    /// The TCP state, or `Active`.
+    pub fn state(&self) -> FlowState {
+        match self.state {
+            STATE_ACTIVE => FlowState::Active,
+            _ => FlowState::Tcp(self.tcp.state()),
+        }
+    }
+
+    /// The TCP tracker (meaningless for other protocols).
+    pub fn tcp(&self) -> TcpTracker {
+        self.tcp
+    }
+
+    /// Whether this is a TCP flow.
+    pub fn is_tcp(&self) -> bool {
+        self.state != STATE_ACTIVE
+    }
+
+    /// The port the flow was (last) authorized on.
+    pub fn arrival_port(&self) -> u8 {
+        self.arrival_port
+    }
+
+    /// The policy generation of the flow's layer when it was (last) authorized.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// When the flow was created.
+    pub fn created(&self) -> Instant {
+        let c = self.created;
+        Instant::from_millis(u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32)
+    }
+
+    /// When the last packet refreshed the flow, given the current time.
+    pub fn last_seen(&self, now: Instant) -> Instant {
+        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
+        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
+    }
+
+    /// The idle-timeout override set by classify options.
+    pub fn lifetime(&self) -> Option<Duration> {
+        (self.lifetime_ms != 0).then(|| Duration::from_millis(u64::from(self.lifetime_ms)))
+    }
+
+    /// (packets, bytes) sent by the local host (`Outbound`) or received (`Inbound`).
+    pub fn counters(&self, direction: Direction) -> (u64, u64) {
+        let i = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 3,
+        };
+        let c = self.counters;
+        let v = u128::from(c[i]) | u128::from(c[i + 1]) << 32 | u128::from(c[i + 2]) << 64;
+        ((v as u64) & MASK40, (v >> 40) as u64 & MASK56)
+    }
+
+    /// Counts one packet of `len` bytes travelling in `direction`.
+    pub fn count(&mut self, direction: Direction, len: u32) {
+        let (packets, bytes) = self.counters(direction);
+        let packets = (packets + 1) & MASK40;
+        let bytes = (bytes + u64::from(len)) & MASK56;
+        let v = u128::from(packets) | u128::from(bytes) << 40;
+        let i = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 3,
+        };
+        let mut c = self.counters;
+        c[i] = v as u32;
+        c[i + 1] = (v >> 32) as u32;
+        c[i + 2] = (v >> 64) as u32;
+        self.counters = c;
+    }
+
+    /// Marks the flow as refreshed by a packet at `now`.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_seen = now.as_millis() as u32;
+    }
+
+    /// Records the outcome of a (re)authorization.
+    pub fn authorize(&mut self, generation: u32, arrival_port: Option<u8>) {
+        self.generation = generation;
+        if let Some(port) = arrival_port {
+            self.arrival_port = port;
+        }
+    }
+
+    /// Tracks a TCP segment (see [`TcpTracker::track`]) and keeps the cached state.
+    pub fn track_tcp(
+        &mut self,
+        from_initiator: bool,
+        seg: &crate::packet::TcpSegment,
+        enforce: bool,
+    ) -> Result<TcpState, crate::reason::DropReason> {
+        let mut tracker = self.tcp;
+        let result = tracker.track(from_initiator, seg, enforce);
+        self.tcp = tracker;
+        if let Ok(state) = result {
+            self.state = state as u8;
+        }
+        result
+    }
+
+    pub(super) fn is_vacant(&self) -> bool {
+        self.id == 0
+    }
+}
+
+impl TcpTracker {
+    pub(super) const EMPTY: TcpTracker = TcpTracker::zeroed();
+}
