@@ -77,7 +77,7 @@ fn tcp_between_two_inside_ports_is_one_flow_in_both_address_orders() {
     assert_eq!(flow.arrival_port, LAN2);
     assert_eq!(flow.key.local_port, 40000);
     assert_eq!(flow.key.remote_port, 80);
-    let json = flow.to_json(&["lan", "wan", "lan2", "wan2"], h.now);
+    let json = tunwall::render::json::flow(&flow, &["lan", "wan", "lan2", "wan2"], h.now);
     assert_eq!(json["local_addr"], LAN2_HOST);
     assert_eq!(json["remote_addr"], C4);
     assert_eq!(json["arrival_port"], "lan2");

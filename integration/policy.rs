@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunwall::config::Config;
 use tunwall::engine::{HostModel, Verdict};
-use tunwall::event::{Event, EventKind};
+use tunwall::event::EventKind;
 use tunwall::flow::FlowConfig;
 use tunwall::packet::{IpVersion, raw_addr};
 use tunwall::policy::{
-    Action, Authorizer, CalloutRegistry, ClassifyFlags, ClassifyRequest, Layer, Policy,
+    Action, Authorizer, CalloutRegistry, ClassifyFlags, ClassifyRequest, Layer, Policy, PolicyNote,
 };
 use tunwall::reason::{CloseReason, DropReason};
 use tunwall::time::Instant;
@@ -798,8 +798,8 @@ proptest! {
         }
         let policy = compile(&text, None);
         for r in &requests {
-            let mut e1: Vec<Event> = Vec::new();
-            let mut e2: Vec<Event> = Vec::new();
+            let mut e1: Vec<PolicyNote> = Vec::new();
+            let mut e2: Vec<PolicyNote> = Vec::new();
             let indexed = policy.classify(r, &mut e1);
             let naive = policy.classify_unindexed(r, &mut e2);
             prop_assert_eq!((indexed.action, indexed.filter, indexed.vetoed), (naive.action, naive.filter, naive.vetoed), "request {:?}", r);

@@ -13,9 +13,9 @@ use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, Layer, Policy};
-use crate::reason::{CloseReason, DropReason};
-use serde_json::{Map, Value, json};
+use crate::policy::{Authorizer, CalloutRegistry, Policy};
+use crate::render;
+use serde_json::{Value, json};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,7 +109,7 @@ impl ControlHandler for Daemon {
             self.gateway
                 .flows(now)
                 .iter()
-                .map(|f| f.to_json(&ports, now))
+                .map(|f| render::json::flow(f, &ports, now))
                 .collect(),
         )
     }
@@ -121,7 +121,7 @@ impl ControlHandler for Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .policy_generation();
-        stats_json(&s, &io, &self.gateway, generation, self.workers.len())
+        render::json::stats(&s, &io, &self.gateway, generation, self.workers.len())
     }
 
     fn reload(&self) -> Value {
@@ -131,61 +131,6 @@ impl ControlHandler for Daemon {
     fn subscribe(&self, stream: UnixStream) {
         let _ = self.hub.control.send(HubMessage::Subscribe(stream));
     }
-}
-
-/// The `stats --json` object of SPEC §7.
-pub fn stats_json(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: usize) -> Value {
-    let by_reason =
-        |counts: &[u64], names: &mut dyn Iterator<Item = &'static str>| -> Map<String, Value> {
-            names
-                .zip(counts)
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| (k.to_string(), json!(n)))
-                .collect()
-        };
-    let closed = by_reason(
-        &s.flows_closed,
-        &mut CloseReason::ALL.iter().map(|r| r.as_str()),
-    );
-    let discards = by_reason(&s.discards, &mut DropReason::ALL.iter().map(|r| r.as_str()));
-    let layers: Map<String, Value> = [Layer::AuthConnect, Layer::AuthRecvAccept, Layer::IcmpError]
-        .iter()
-        .map(|l| {
-            (
-                l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
-            )
-        })
-        .collect();
-    let ports: Map<String, Value> = gw
-        .port_names()
-        .into_iter()
-        .zip(&s.ports)
-        .map(|(name, p)| {
-            (
-                name,
-                json!({"rx_packets": p.rx_packets, "tx_packets": p.tx_packets, "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}),
-            )
-        })
-        .collect();
-    json!({
-        "flows_active": gw.flows_active(),
-        "flows_created": s.flows_created,
-        "flows_closed": closed,
-        "discards": discards,
-        "layers": layers,
-        "reauthorizations": s.reauthorizations,
-        "vetoes": s.vetoes,
-        "related_icmp": s.related_icmp,
-        "adaptive_factor": gw.adaptive_factor(),
-        "policy_generation": generation,
-        "ports": ports,
-        "workers": workers,
-        "fragments_tracked": gw.fragments().len(),
-        "events_dropped": s.events_dropped,
-        "read_errors": io.read_errors,
-        "write_errors": io.write_errors,
-    })
 }
 
 /// Notices a worker thread that ends other than by shutdown (an error or a

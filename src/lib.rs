@@ -30,5 +30,6 @@ pub mod io;
 pub mod packet;
 pub mod policy;
 pub mod reason;
+pub mod render;
 pub mod route;
 pub mod time;

@@ -5,7 +5,7 @@ mod simulate;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tunwall::config::{Config, Workers};
+use tunwall::config::Config;
 use tunwall::policy::{CalloutRegistry, Policy};
 
 #[derive(Parser)]
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             if json {
                 v.to_string() + "\n"
             } else {
-                tunwall::control::render_flows(v)
+                tunwall::render::text::flows(v)
             }
         }),
         Command::Stats {
@@ -114,9 +114,9 @@ fn main() -> ExitCode {
             if json {
                 v.to_string() + "\n"
             } else if prometheus {
-                tunwall::control::render_prometheus(v)
+                tunwall::render::prometheus::prometheus(v)
             } else {
-                tunwall::control::render_stats(v)
+                tunwall::render::text::stats(v)
             }
         }),
         Command::Events { socket } => {
@@ -149,65 +149,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}: valid", path.display());
-    let workers = match config.gateway.workers {
-        Workers::Auto => "auto (one per CPU)".to_string(),
-        Workers::Count(n) => n.to_string(),
-    };
-    println!(
-        "gateway: {} workers, host_model {:?}, offload {}, control socket {}",
-        workers,
-        config.gateway.host_model,
-        config.gateway.offload,
-        config.gateway.control_socket.display()
-    );
-    for p in &config.ports {
-        let list = |nets: &[ipnet::IpNet]| {
-            nets.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "port {} ({}): device {}{}, routes [{}]{}{}",
-            p.name,
-            p.zone.as_str(),
-            p.device,
-            p.netns
-                .as_ref()
-                .map(|n| format!(" in netns {n}"))
-                .unwrap_or_default(),
-            list(&p.routes),
-            if p.addresses.is_empty() {
-                String::new()
-            } else {
-                format!(", addresses [{}]", list(&p.addresses))
-            },
-            if p.kernel_routes.is_empty() {
-                String::new()
-            } else {
-                format!(", kernel_routes [{}]", list(&p.kernel_routes))
-            },
-        );
-    }
-    let f = &config.flows;
-    println!(
-        "flows: max {} (adaptive {}..{}), udp {}, icmp {}, other {}, tcp opening {} / established {} / closing {} / time_wait {} / closed {}, window tracking {}, loose pickup {}",
-        f.max_flows,
-        f.adaptive_start,
-        f.adaptive_end,
-        humantime::format_duration(f.udp_idle),
-        humantime::format_duration(f.icmp_idle),
-        humantime::format_duration(f.other_idle),
-        humantime::format_duration(f.tcp_opening),
-        humantime::format_duration(f.tcp_established),
-        humantime::format_duration(f.tcp_closing),
-        humantime::format_duration(f.tcp_time_wait),
-        humantime::format_duration(f.tcp_closed),
-        f.tcp_window_tracking,
-        f.tcp_loose_pickup
-    );
-    print!("\n{}", policy.describe());
+    print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
 }
 

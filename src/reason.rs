@@ -4,8 +4,6 @@
 //! analogue) and every closed flow exactly one [`CloseReason`]. Both are
 //! dense enums so counters can be plain arrays indexed by the discriminant.
 
-use std::fmt;
-
 macro_rules! named_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
         $(#[$meta])*
@@ -27,11 +25,14 @@ macro_rules! named_enum {
             pub const fn index(self) -> usize { self as usize }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
     };
 }
+pub(crate) use named_enum;
 
 named_enum! {
     /// Why a packet was not forwarded.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use tunwall::engine::{Gateway, GatewayConfig, HostModel, Stats, Verdict};
 use tunwall::event::EventKind;
 use tunwall::flow::{FlowConfig, Zone};
-use tunwall::policy::{DefaultPolicy, Layer};
-use tunwall::reason::{CloseReason, DropReason};
+use tunwall::io::worker::IoStats;
+use tunwall::policy::DefaultPolicy;
+use tunwall::render;
 use tunwall::route::PortSpec;
 use tunwall::time::Instant;
 
@@ -266,82 +267,24 @@ pub fn run(json: bool) -> ExitCode {
 }
 
 fn print_flows(gw: &Gateway, now: Instant, ports: &[String], json: bool) {
-    let flows = gw.flows(now);
-    if json {
-        let list: Vec<_> = flows.iter().map(|f| f.to_json(ports, now)).collect();
-        println!("{}", serde_json::Value::Array(list));
-        return;
-    }
-    println!("\nflows ({}):", flows.len());
-    println!(
-        "  {:>4} {:<6} {:<9} {:<22} {:<22} {:<12} {:>7} {:>7} {:>9}",
-        "id", "proto", "direction", "local", "remote", "state", "pkts↑", "pkts↓", "expires"
+    let flows = serde_json::Value::Array(
+        gw.flows(now)
+            .iter()
+            .map(|f| render::json::flow(f, ports, now))
+            .collect(),
     );
-    for f in &flows {
-        let v = f.key.version();
-        let local = tunwall::packet::to_ip_addr(v, &f.key.local);
-        let remote = tunwall::packet::to_ip_addr(v, &f.key.remote);
-        let (local, remote) = match f.key.icmp() {
-            Some(i) => (
-                format!("{local}"),
-                format!("{remote} type {} id {}", i.icmp_type, i.id.unwrap_or(0)),
-            ),
-            None => (
-                format!("{local}:{}", f.key.local_port),
-                format!("{remote}:{}", f.key.remote_port),
-            ),
-        };
-        let idle = now.saturating_since(f.last_seen);
-        println!(
-            "  {:>4} {:<6} {:<9} {:<22} {:<22} {:<12} {:>7} {:>7} {:>8}s",
-            f.id,
-            tunwall::packet::protocol_name(f.key.protocol).unwrap_or("?"),
-            f.direction.as_str(),
-            local,
-            remote,
-            f.state.as_str(),
-            f.out.0,
-            f.inbound.0,
-            f.timeout.saturating_sub(idle).as_secs()
-        );
+    if json {
+        println!("{flows}");
+    } else {
+        print!("\n{}", render::text::flows(&flows));
     }
 }
 
 fn print_stats(stats: &Stats, gw: &Gateway, json: bool) {
-    let discards: serde_json::Map<_, _> = DropReason::ALL
-        .iter()
-        .filter(|r| stats.discarded(**r) > 0)
-        .map(|r| (r.as_str().to_string(), stats.discarded(*r).into()))
-        .collect();
-    let closed: serde_json::Map<_, _> = CloseReason::ALL
-        .iter()
-        .filter(|r| stats.closed(**r) > 0)
-        .map(|r| (r.as_str().to_string(), stats.closed(*r).into()))
-        .collect();
-    let layers: serde_json::Map<_, _> = [Layer::AuthConnect, Layer::AuthRecvAccept, Layer::IcmpError]
-        .iter()
-        .map(|l| {
-            (
-                l.as_str().to_string(),
-                serde_json::json!({"permit": stats.layer_permit[l.index()], "block": stats.layer_block[l.index()]}),
-            )
-        })
-        .collect();
-    let value = serde_json::json!({
-        "flows_active": gw.flows_active(),
-        "flows_created": stats.flows_created,
-        "flows_closed": closed,
-        "discards": discards,
-        "layers": layers,
-        "related_icmp": stats.related_icmp,
-        "adaptive_factor": gw.adaptive_factor(),
-    });
+    let value = render::json::stats(stats, &IoStats::default(), gw, 1, 1);
     if json {
         println!("{value}");
     } else {
-        println!(
-            "\nstats:\n{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        print!("\n{}", render::text::stats(&value));
     }
 }

@@ -178,7 +178,7 @@ impl Sinks {
         if !self.wanted(&event.kind) {
             return;
         }
-        let mut value = event.to_json(&config.ports);
+        let mut value = crate::render::json::event(event, &config.ports);
         stamp(&mut value, config.clock.wall(event.at));
         log(event, &value);
         if self.file.is_some() || !self.subscribers.is_empty() {

@@ -169,6 +169,7 @@ impl Gateway {
                 group: worker % self.table.groups(),
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
+                notes: Vec::new(),
                 queued_discards: 0,
                 ids: 0..0,
             },

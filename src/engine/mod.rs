@@ -79,6 +79,8 @@ struct Local {
     group: usize,
     stats: Stats,
     events: Vec<Event>,
+    /// Scratch space for the policy's notes, turned into events at once.
+    notes: Vec<crate::policy::PolicyNote>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
 }

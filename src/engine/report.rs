@@ -52,6 +52,11 @@ impl Local {
         self.events.push(Event { at, kind });
     }
 
+    /// Turns what the policy noted (vetoes, callout logs) into events.
+    fn take_notes(&mut self) {
+        self.events.extend(self.notes.drain(..).map(Event::from));
+    }
+
     pub(super) fn discard(
         &mut self,
         now: Instant,
@@ -89,7 +94,8 @@ impl Local {
 
     /// Classifies and counts the layer's verdict.
     pub(super) fn classify(&mut self, request: &ClassifyRequest) -> Decision {
-        let decision = self.policy.classify(request, &mut self.events);
+        let decision = self.policy.classify(request, &mut self.notes);
+        self.take_notes();
         let layer = request.layer.index();
         match decision.action {
             Action::Permit => self.stats.layer_permit[layer] += 1,
@@ -118,7 +124,8 @@ impl Local {
         }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
         self.policy
-            .indicate(Layer::EndpointClosure, &flow, now, &mut self.events);
+            .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
+        self.take_notes();
         self.emit(now, EventKind::FlowClosed { flow, reason });
     }
 
@@ -138,7 +145,8 @@ impl Local {
             gw.table.adaptive_factor(),
         );
         self.policy
-            .indicate(Layer::FlowEstablished, &flow, now, &mut self.events);
+            .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
+        self.take_notes();
         self.emit(now, EventKind::FlowEstablished(flow));
     }
 }

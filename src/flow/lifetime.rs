@@ -79,6 +79,30 @@ impl FlowConfig {
         }
     }
 
+    /// Every setting under its `[flows]` key, as `tunwall check` shows it.
+    /// A new setting is listed here, beside its field and default.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        vec![
+            ("max_flows", self.max_flows.to_string()),
+            ("adaptive_start", self.adaptive_start.to_string()),
+            ("adaptive_end", self.adaptive_end.to_string()),
+            ("udp_idle", d(self.udp_idle)),
+            ("icmp_idle", d(self.icmp_idle)),
+            ("other_idle", d(self.other_idle)),
+            ("mcast_bcast_lifetime", d(self.mcast_bcast_lifetime)),
+            ("tcp_opening", d(self.tcp_opening)),
+            ("tcp_established", d(self.tcp_established)),
+            ("tcp_closing", d(self.tcp_closing)),
+            ("tcp_time_wait", d(self.tcp_time_wait)),
+            ("tcp_closed", d(self.tcp_closed)),
+            ("tcp_window_tracking", self.tcp_window_tracking.to_string()),
+            ("tcp_loose_pickup", self.tcp_loose_pickup.to_string()),
+            ("max_fragments", self.max_fragments.to_string()),
+            ("fragment_timeout", d(self.fragment_timeout)),
+        ]
+    }
+
     /// pf's adaptive factor for `flows` flows: 1.0 up to `adaptive_start`,
     /// falling linearly to 0.0 at `adaptive_end`.
     pub fn adaptive_factor(&self, flows: usize) -> f64 {

@@ -3,6 +3,7 @@
 
 pub mod entry;
 pub mod fragment;
+pub mod info;
 pub mod key;
 pub mod lifetime;
 pub mod table;
@@ -10,6 +11,7 @@ pub mod tcp;
 pub mod wildcard;
 
 pub use entry::FlowEntry;
+pub use info::FlowInfo;
 pub use key::{Direction, FlowKey, IcmpIdentity, Zone};
 pub use lifetime::{FlowConfig, MAX_TIMEOUT};
 pub use table::{FlowTable, Shard, SlotId};

@@ -19,7 +19,7 @@
 
 use crate::packet::TcpSegment;
 use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
-use crate::reason::DropReason;
+use crate::reason::{DropReason, named_enum};
 
 /// Slack on the ACK check: one maximum window plus one segment (pf's MAXACKWINDOW).
 const MAX_ACK_WINDOW: i64 = 0xffff + 1500;
@@ -68,37 +68,23 @@ impl TcpPeer {
     }
 }
 
-/// The states of SPEC §2, derived from both peers' flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TcpState {
-    /// The initiator's SYN was seen.
-    SynSent,
-    /// The responder's SYN (-ACK) was seen.
-    SynReceived,
-    /// Both SYNs were acknowledged.
-    Established,
-    /// One side sent FIN.
-    FinWait,
-    /// Both sides sent FIN.
-    Closing,
-    /// Both FINs were acknowledged.
-    TimeWait,
-    /// An in-window RST was seen.
-    Closed,
-}
-
-impl TcpState {
-    /// The name used in `flows` output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TcpState::SynSent => "syn_sent",
-            TcpState::SynReceived => "syn_received",
-            TcpState::Established => "established",
-            TcpState::FinWait => "fin_wait",
-            TcpState::Closing => "closing",
-            TcpState::TimeWait => "time_wait",
-            TcpState::Closed => "closed",
-        }
+named_enum! {
+    /// The states of SPEC §2, derived from both peers' flags.
+    pub enum TcpState {
+        /// The initiator's SYN was seen.
+        SynSent => "syn_sent",
+        /// The responder's SYN (-ACK) was seen.
+        SynReceived => "syn_received",
+        /// Both SYNs were acknowledged.
+        Established => "established",
+        /// One side sent FIN.
+        FinWait => "fin_wait",
+        /// Both sides sent FIN.
+        Closing => "closing",
+        /// Both FINs were acknowledged.
+        TimeWait => "time_wait",
+        /// An in-window RST was seen.
+        Closed => "closed",
     }
 }
 

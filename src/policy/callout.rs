@@ -6,9 +6,10 @@
 //! the flow. Built in: `log` and `rate_limit`; an embedder registers its own
 //! in a [`CalloutRegistry`] before compiling the policy.
 
+use super::PolicyNote;
 use super::rate_limit::RateLimit;
 use super::{ClassifyRequest, Layer};
-use crate::event::{Event, EventKind, FlowInfo};
+use crate::flow::FlowInfo;
 use crate::time::Instant;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub trait Callout: Send + Sync {
         &self,
         filter: &Arc<str>,
         request: &ClassifyRequest,
-        events: &mut Vec<Event>,
+        notes: &mut Vec<PolicyNote>,
     ) -> CalloutResult;
 
     /// Notified at `flow_established` or `endpoint_closure`.
@@ -42,7 +43,7 @@ pub trait Callout: Send + Sync {
         _layer: Layer,
         _flow: &FlowInfo,
         _now: Instant,
-        _events: &mut Vec<Event>,
+        _notes: &mut Vec<PolicyNote>,
     ) {
     }
 }
@@ -117,16 +118,14 @@ impl Callout for LogCallout {
         &self,
         filter: &Arc<str>,
         request: &ClassifyRequest,
-        events: &mut Vec<Event>,
+        notes: &mut Vec<PolicyNote>,
     ) -> CalloutResult {
-        events.push(Event {
+        notes.push(PolicyNote::CalloutLog {
             at: request.now,
-            kind: EventKind::CalloutLog {
-                layer: request.layer,
-                filter: Arc::clone(filter),
-                flow: None,
-                request: Some(*request),
-            },
+            layer: request.layer,
+            filter: Arc::clone(filter),
+            flow: None,
+            request: Some(*request),
         });
         CalloutResult::Continue
     }
@@ -137,16 +136,14 @@ impl Callout for LogCallout {
         layer: Layer,
         flow: &FlowInfo,
         now: Instant,
-        events: &mut Vec<Event>,
+        notes: &mut Vec<PolicyNote>,
     ) {
-        events.push(Event {
+        notes.push(PolicyNote::CalloutLog {
             at: now,
-            kind: EventKind::CalloutLog {
-                layer,
-                filter: Arc::clone(filter),
-                flow: Some(flow.clone()),
-                request: None,
-            },
+            layer,
+            filter: Arc::clone(filter),
+            flow: Some(flow.clone()),
+            request: None,
         });
     }
 }

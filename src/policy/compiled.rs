@@ -10,11 +10,12 @@
 //! then evaluated in order with WFP arbitration, which gives exactly the
 //! result of evaluating every filter in order (a property test checks this).
 
+use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
 use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
-use crate::event::{Event, EventKind, FlowInfo};
+use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
 use crate::time::Instant;
 use std::collections::HashMap;
@@ -348,7 +349,7 @@ impl Policy {
                 f.name, sub.name, sub.weight, f.weight, spec_f.action, f.conditions, f.options
             );
         }
-        for layer in Layer::ALL {
+        for &layer in Layer::ALL {
             let _ = write!(
                 layers[layer.index()].canonical,
                 "default {:?}",
@@ -359,7 +360,7 @@ impl Policy {
         let mut layer_generations = [1u32; Layer::COUNT];
         let mut changed = Vec::new();
         if let Some(prev) = previous {
-            for layer in Layer::ALL {
+            for &layer in Layer::ALL {
                 let i = layer.index();
                 layer_generations[i] = if prev.layers[i].canonical == layers[i].canonical {
                     prev.layer_generations[i]
@@ -404,7 +405,7 @@ impl Policy {
         &self,
         request: &ClassifyRequest,
         ranks: impl Iterator<Item = u32>,
-        events: &mut Vec<Event>,
+        notes: &mut Vec<PolicyNote>,
     ) -> Decision {
         let layer = &self.layers[request.layer.index()];
         let mut arbiter = Arbiter::default();
@@ -426,7 +427,7 @@ impl Policy {
                 FilterAction::Callout(c) => {
                     match self.callouts[c]
                         .callout
-                        .classify(&filter.name, request, events)
+                        .classify(&filter.name, request, notes)
                     {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
@@ -449,13 +450,11 @@ impl Policy {
         };
         let filter = &self.filters[verdict.filter];
         if let Some(overridden) = verdict.vetoed {
-            events.push(Event {
+            notes.push(PolicyNote::Veto {
                 at: request.now,
-                kind: EventKind::Veto {
-                    layer: request.layer,
-                    filter: Arc::clone(&filter.name),
-                    overridden_filter: Arc::clone(&self.filters[overridden].name),
-                },
+                layer: request.layer,
+                filter: Arc::clone(&filter.name),
+                overridden_filter: Arc::clone(&self.filters[overridden].name),
             });
         }
         let options = match (verdict.action, &filter.action) {
@@ -475,10 +474,10 @@ impl Policy {
     pub fn classify_unindexed(
         &self,
         request: &ClassifyRequest,
-        events: &mut Vec<Event>,
+        notes: &mut Vec<PolicyNote>,
     ) -> Decision {
         let n = self.layers[request.layer.index()].order.len() as u32;
-        self.arbitrate(request, 0..n, events)
+        self.arbitrate(request, 0..n, notes)
     }
 
     /// The compiled policy, readably: layers → sublayers → filters in
@@ -491,7 +490,7 @@ impl Policy {
             self.filters.len(),
             self.sublayers.len()
         );
-        for layer in Layer::ALL {
+        for &layer in Layer::ALL {
             let index = &self.layers[layer.index()];
             let default = match layer {
                 Layer::FlowEstablished | Layer::EndpointClosure => "callouts only".to_string(),
@@ -547,17 +546,17 @@ impl Authorizer for Policy {
         self.layer_generations[layer.index()]
     }
 
-    fn classify(&self, request: &ClassifyRequest, events: &mut Vec<Event>) -> Decision {
+    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
         let layer = &self.layers[request.layer.index()];
         if layer.order.is_empty() {
             return Decision::default_action(self.defaults.action(request.layer));
         }
         let mut candidates = Vec::with_capacity(16);
         layer.candidates(request, &mut candidates);
-        self.arbitrate(request, candidates.into_iter(), events)
+        self.arbitrate(request, candidates.into_iter(), notes)
     }
 
-    fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, events: &mut Vec<Event>) {
+    fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
         let index = &self.layers[layer.index()];
         if index.order.is_empty() {
             return;
@@ -573,7 +572,7 @@ impl Authorizer for Policy {
             {
                 self.callouts[c]
                     .callout
-                    .notify(&filter.name, layer, flow, now, events);
+                    .notify(&filter.name, layer, flow, now, notes);
             }
         }
     }

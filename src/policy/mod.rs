@@ -18,62 +18,74 @@ pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
 
-use crate::event::{Event, FlowInfo};
+use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
 use crate::packet::{IpVersion, RawAddr};
+use crate::reason::named_enum;
 use crate::time::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The layers of SPEC §3.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Layer {
-    /// First packet of an outbound flow; reauthorization of outbound flows.
-    AuthConnect,
-    /// First packet of an inbound flow; reauthorization of inbound flows.
-    AuthRecvAccept,
-    /// A flow's handshake completed (TCP) or it was permitted (others).
-    FlowEstablished,
-    /// A flow was removed.
-    EndpointClosure,
-    /// An ICMP error that matches no flow.
-    IcmpError,
+named_enum! {
+    /// The layers of SPEC §3.
+    pub enum Layer {
+        /// First packet of an outbound flow; reauthorization of outbound flows.
+        AuthConnect => "auth_connect",
+        /// First packet of an inbound flow; reauthorization of inbound flows.
+        AuthRecvAccept => "auth_recv_accept",
+        /// A flow's handshake completed (TCP) or it was permitted (others).
+        FlowEstablished => "flow_established",
+        /// A flow was removed.
+        EndpointClosure => "endpoint_closure",
+        /// An ICMP error that matches no flow.
+        IcmpError => "icmp_error",
+    }
+}
+
+impl FlowInfo {
+    /// The layer that authorized the flow.
+    pub fn layer(&self) -> Layer {
+        Layer::auth(self.direction)
+    }
+}
+
+/// What the policy reports besides its decisions; the engine turns each
+/// note into an event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyNote {
+    /// A callout blocked against a hard permit.
+    Veto {
+        /// When.
+        at: Instant,
+        /// The layer.
+        layer: Layer,
+        /// The vetoing callout filter.
+        filter: Arc<str>,
+        /// The hard permit it overrode.
+        overridden_filter: Arc<str>,
+    },
+    /// The `log` callout ran.
+    CalloutLog {
+        /// When.
+        at: Instant,
+        /// The layer.
+        layer: Layer,
+        /// The callout filter.
+        filter: Arc<str>,
+        /// The flow, at `flow_established` and `endpoint_closure`.
+        flow: Option<FlowInfo>,
+        /// What was classified, at the auth and `icmp_error` layers.
+        request: Option<ClassifyRequest>,
+    },
 }
 
 impl Layer {
-    /// Every layer.
-    pub const ALL: [Layer; 5] = [
-        Layer::AuthConnect,
-        Layer::AuthRecvAccept,
-        Layer::FlowEstablished,
-        Layer::EndpointClosure,
-        Layer::IcmpError,
-    ];
-    /// The number of layers.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// The configuration name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Layer::AuthConnect => "auth_connect",
-            Layer::AuthRecvAccept => "auth_recv_accept",
-            Layer::FlowEstablished => "flow_established",
-            Layer::EndpointClosure => "endpoint_closure",
-            Layer::IcmpError => "icmp_error",
-        }
-    }
-
     /// The auth layer that authorizes flows of `direction`.
     pub fn auth(direction: crate::flow::Direction) -> Layer {
         match direction {
             crate::flow::Direction::Outbound => Layer::AuthConnect,
             crate::flow::Direction::Inbound => Layer::AuthRecvAccept,
         }
-    }
-
-    /// Index into per-layer arrays.
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -226,8 +238,8 @@ impl Decision {
 
 /// Whoever decides: the compiled policy, or a test's closure.
 ///
-/// `classify` and `indicate` may push events (callout logs, vetoes) to
-/// `events`; they must not block for long: the engine holds the flow's shard
+/// `classify` and `indicate` may report notes (callout logs, vetoes) in
+/// `notes`; they must not block for long: the engine holds the flow's shard
 /// lock while it classifies.
 pub trait Authorizer: Send + Sync {
     /// The policy generation of `layer`. A flow authorized under another
@@ -235,10 +247,17 @@ pub trait Authorizer: Send + Sync {
     fn generation(&self, layer: Layer) -> u32;
 
     /// Classifies at `request.layer`.
-    fn classify(&self, request: &ClassifyRequest, events: &mut Vec<Event>) -> Decision;
+    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;
 
     /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow` at `now`.
-    fn indicate(&self, _layer: Layer, _flow: &FlowInfo, _now: Instant, _events: &mut Vec<Event>) {}
+    fn indicate(
+        &self,
+        _layer: Layer,
+        _flow: &FlowInfo,
+        _now: Instant,
+        _notes: &mut Vec<PolicyNote>,
+    ) {
+    }
 }
 
 /// The `[defaults]` actions and nothing else.
@@ -280,7 +299,7 @@ impl Authorizer for DefaultPolicy {
         0
     }
 
-    fn classify(&self, request: &ClassifyRequest, _events: &mut Vec<Event>) -> Decision {
+    fn classify(&self, request: &ClassifyRequest, _notes: &mut Vec<PolicyNote>) -> Decision {
         Decision::default_action(self.action(request.layer))
     }
 }
@@ -318,7 +337,7 @@ where
         self.generations[layer.index()]
     }
 
-    fn classify(&self, request: &ClassifyRequest, _events: &mut Vec<Event>) -> Decision {
+    fn classify(&self, request: &ClassifyRequest, _notes: &mut Vec<PolicyNote>) -> Decision {
         (self.classify)(request)
     }
 }

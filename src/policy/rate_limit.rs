@@ -8,8 +8,7 @@
 //! bucket, as one idle for a second would.
 
 use super::callout::{Callout, CalloutResult};
-use super::{ClassifyFlags, ClassifyRequest};
-use crate::event::Event;
+use super::{ClassifyFlags, ClassifyRequest, PolicyNote};
 use crate::packet::{IpVersion, RawAddr};
 use crate::time::Instant;
 use hashbrown::HashMap;
@@ -196,7 +195,7 @@ impl Callout for RateLimit {
         &self,
         _filter: &Arc<str>,
         request: &ClassifyRequest,
-        _events: &mut Vec<Event>,
+        _notes: &mut Vec<PolicyNote>,
     ) -> CalloutResult {
         if request.flags.contains(ClassifyFlags::REAUTHORIZE)
             || self.take(request.version, request.remote_addr, request.now)

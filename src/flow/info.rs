@@ -1,0 +1,77 @@
+//! A snapshot of one flow: what events, `flows` and callouts see of it.
+
+use super::table::Removed;
+use super::{Direction, FlowClass, FlowConfig, FlowEntry, FlowKey, FlowState};
+use crate::time::Instant;
+use std::time::Duration;
+
+/// A snapshot of one flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowInfo {
+    /// Unique id.
+    pub id: u64,
+    /// The flow that caused this one (multicast state, loose source mapping).
+    pub parent_id: Option<u64>,
+    /// Identity.
+    pub key: FlowKey,
+    /// Direction of the creating packet.
+    pub direction: Direction,
+    /// Ordinary flow or multicast/broadcast state.
+    pub class: FlowClass,
+    /// TCP state or `Active`.
+    pub state: FlowState,
+    /// Indicated at `flow_established`.
+    pub established: bool,
+    /// The port the flow was (last) authorized on.
+    pub arrival_port: u8,
+    /// Creation time.
+    pub created: Instant,
+    /// Last refresh.
+    pub last_seen: Instant,
+    /// The idle timeout in force when the snapshot was taken.
+    pub timeout: Duration,
+    /// (packets, bytes) from the local host.
+    pub out: (u64, u64),
+    /// (packets, bytes) to the local host.
+    pub inbound: (u64, u64),
+    /// Policy generation of the flow's layer at its last authorization.
+    pub policy_generation: u32,
+}
+
+impl FlowInfo {
+    /// Snapshots `entry` at `now` with adaptive `factor`.
+    pub fn of(
+        entry: &FlowEntry,
+        parent_id: Option<u64>,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+    ) -> FlowInfo {
+        FlowInfo {
+            id: entry.id(),
+            parent_id,
+            key: entry.key(),
+            direction: entry.direction(),
+            class: entry.class(),
+            state: entry.state(),
+            established: entry.established(),
+            arrival_port: entry.arrival_port(),
+            created: entry.created(),
+            last_seen: entry.last_seen(now),
+            timeout: entry.timeout(config, factor),
+            out: entry.counters(Direction::Outbound),
+            inbound: entry.counters(Direction::Inbound),
+            policy_generation: entry.generation(),
+        }
+    }
+
+    /// Snapshots a removed flow.
+    pub fn of_removed(
+        removed: &Removed,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+    ) -> FlowInfo {
+        FlowInfo::of(&removed.entry, removed.parent, now, config, factor)
+    }
+}

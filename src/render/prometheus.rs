@@ -1,0 +1,121 @@
+//! `tunwall stats --prometheus`: the Prometheus text exposition format,
+//! read from the `stats --json` object.
+
+use serde_json::{Value, json};
+
+/// `tunwall stats --prometheus`: the Prometheus text exposition format.
+pub fn prometheus(stats: &Value) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, Value)>| {
+        out.push_str(&format!(
+            "# HELP tunwall_{name} {help}\n# TYPE tunwall_{name} {kind}\n"
+        ));
+        for (labels, v) in samples {
+            out.push_str(&format!(
+                "tunwall_{name}{labels} {}\n",
+                v.as_f64().unwrap_or(0.0)
+            ));
+        }
+    };
+    let plain = |k: &str| vec![(String::new(), stats.get(k).cloned().unwrap_or(json!(0)))];
+    let labelled = |k: &str, label: &str| -> Vec<(String, Value)> {
+        stats
+            .get(k)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, v)| (format!("{{{label}=\"{name}\"}}"), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    metric(
+        "flows_active",
+        "gauge",
+        "Flows in the table.",
+        plain("flows_active"),
+    );
+    metric(
+        "flows_created_total",
+        "counter",
+        "Flows created.",
+        plain("flows_created"),
+    );
+    metric(
+        "flows_closed_total",
+        "counter",
+        "Flows closed, by reason.",
+        labelled("flows_closed", "reason"),
+    );
+    metric(
+        "discards_total",
+        "counter",
+        "Packets dropped, by reason.",
+        labelled("discards", "reason"),
+    );
+    let mut decisions = Vec::new();
+    if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
+        for (layer, v) in layers {
+            for action in ["permit", "block"] {
+                decisions.push((
+                    format!("{{layer=\"{layer}\",action=\"{action}\"}}"),
+                    v.get(action).cloned().unwrap_or(json!(0)),
+                ));
+            }
+        }
+    }
+    metric(
+        "layer_decisions_total",
+        "counter",
+        "Classifications, by layer and action.",
+        decisions,
+    );
+    metric(
+        "reauthorizations_total",
+        "counter",
+        "Flows reauthorized.",
+        plain("reauthorizations"),
+    );
+    metric(
+        "vetoes_total",
+        "counter",
+        "Hard permits vetoed by a callout.",
+        plain("vetoes"),
+    );
+    metric(
+        "adaptive_factor",
+        "gauge",
+        "Scale of idle timeouts (1 when not shrinking).",
+        plain("adaptive_factor"),
+    );
+    metric(
+        "policy_generation",
+        "gauge",
+        "Policy generation.",
+        plain("policy_generation"),
+    );
+    metric("workers", "gauge", "Worker threads.", plain("workers"));
+    for (key, help) in [
+        ("rx_packets", "Packets read from the port."),
+        ("rx_bytes", "Bytes read from the port."),
+        ("tx_packets", "Packets written to the port."),
+        ("tx_bytes", "Bytes written to the port."),
+    ] {
+        let samples = stats
+            .get("ports")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(port, v)| {
+                        (
+                            format!("{{port=\"{port}\"}}"),
+                            v.get(key).cloned().unwrap_or(json!(0)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(&format!("port_{key}_total"), "counter", help, samples);
+    }
+    out
+}
