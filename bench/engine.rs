@@ -12,7 +12,6 @@
 //! Run with `cargo bench --bench engine`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::{PacketBuilder, TcpOptionElement};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tunwall::flow::{FlowConfig, Zone};
 use tunwall::packet::parse;
 use tunwall::policy::{Authorizer, DefaultPolicy};
 use tunwall::route::PortSpec;
+use tunwall::testkit::{self, Ep};
 use tunwall::time::Instant;
 
 /// Counts live heap bytes, to measure what the flow table really costs.
@@ -86,6 +86,7 @@ fn policy() -> Arc<dyn Authorizer> {
     Arc::new(DefaultPolicy::default())
 }
 
+/// A TCP segment from the test kit's builder (SYNs carry MSS and window scale 7).
 #[allow(clippy::too_many_arguments)]
 fn tcp4(
     src: [u8; 4],
@@ -97,31 +98,25 @@ fn tcp4(
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 65535);
-    if flags & 0x02 != 0 {
-        b = b
-            .syn()
-            .options(&[
-                TcpOptionElement::MaximumSegmentSize(1460),
-                TcpOptionElement::WindowScale(7),
-            ])
-            .expect("options");
-    }
-    if flags & 0x10 != 0 {
-        b = b.ack(ack);
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("write");
-    out
+    let wscale = (flags & testkit::SYN != 0).then_some(7);
+    testkit::tcp(
+        Ep(src.into(), sport),
+        Ep(dst.into(), dport),
+        flags,
+        seq,
+        ack,
+        65535,
+        wscale,
+        payload,
+    )
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut out, &vec![0u8; len])
-        .expect("write");
-    out
+    testkit::udp(
+        Ep(src.into(), sport),
+        Ep(dst.into(), dport),
+        &vec![0u8; len],
+    )
 }
 
 fn parse_benches(c: &mut Criterion) {
@@ -137,16 +132,16 @@ fn parse_benches(c: &mut Criterion) {
         0,
         b"",
     );
-    let mut v6 = Vec::new();
-    PacketBuilder::ipv6(
-        [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
-        [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20],
-        64,
-    )
-    .tcp(40000, 443, 1, 65535)
-    .ack(5)
-    .write(&mut v6, &[0u8; 100])
-    .expect("write");
+    let v6 = testkit::tcp(
+        testkit::ep("fd00:1::10", 40000),
+        testkit::ep("fd00:2::20", 443),
+        testkit::ACK,
+        1,
+        5,
+        65535,
+        None,
+        &[0u8; 100],
+    );
     let big = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 1372);
     for (name, p) in [
         ("ipv4_tcp_syn", &syn),

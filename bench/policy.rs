@@ -5,7 +5,6 @@
 //! Run with `cargo bench --bench policy`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use tunwall::config::Config;
 use tunwall::engine::{Gateway, Verdict};
 use tunwall::packet::{IpVersion, raw_addr};
 use tunwall::policy::{Authorizer, CalloutRegistry, ClassifyFlags, ClassifyRequest, Layer, Policy};
+use tunwall::testkit::{self, ep};
 use tunwall::time::Instant;
 
 /// A policy of `n` filters of the kinds operators write: per-host blocks and
@@ -129,10 +129,7 @@ fn new_flow_authorization(c: &mut Criterion) {
 }
 
 fn udp(sport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ipv4([198, 18, 1, 10], [198, 19, 77, 7], 64).udp(sport, 443);
-    let mut out = Vec::new();
-    b.write(&mut out, &[0u8; 64]).expect("write to Vec");
-    out
+    testkit::udp(ep("198.18.1.10", sport), ep("198.19.77.7", 443), &[0u8; 64])
 }
 
 fn established_flow(c: &mut Criterion) {

@@ -6,7 +6,6 @@
 //!   traffic, timing and table pressure;
 //! * the table never holds more than `max_flows` flows.
 
-use etherparse::PacketBuilder;
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use tunwall::flow::{FlowConfig, FlowKey, Zone};
 use tunwall::packet::parse;
 use tunwall::policy::{Action, Decision, FnPolicy};
 use tunwall::route::PortSpec;
+use tunwall::testkit::{self, ep};
 use tunwall::time::Instant;
 
 fn gateway(max_flows: usize, shards: usize) -> Arc<Gateway> {
@@ -90,83 +90,37 @@ fn build(
     flags: u8,
     seq: u32,
 ) -> Vec<u8> {
-    let inside: ([u8; 4], [u8; 16]) = (
-        [198, 18, 1, 10 + host],
-        [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10 + host],
-    );
-    let outside: ([u8; 4], [u8; 16]) = (
-        [198, 18, 2, 20],
-        [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20],
-    );
-    let (src, dst) = if inbound {
-        (outside, inside)
+    let inside = if v6 {
+        format!("fd00:1::{:x}", 10 + host)
     } else {
-        (inside, outside)
+        format!("198.18.1.{}", 10 + host)
+    };
+    let outside = if v6 { "fd00:2::14" } else { "198.18.2.20" };
+    let (src, dst) = if inbound {
+        (outside, inside.as_str())
+    } else {
+        (inside.as_str(), outside)
     };
     let (sport, dport) = if inbound {
         (80 + port, 40000 + port)
     } else {
         (40000 + port, 80 + port)
     };
-    let ip = if v6 {
-        PacketBuilder::ipv6(src.1, dst.1, 64)
-    } else {
-        PacketBuilder::ipv4(src.0, dst.0, 64)
-    };
-    let mut out = Vec::new();
-    let result = match protocol {
-        6 => {
-            let mut b = ip.tcp(sport, dport, seq, 65535);
-            if flags & 0x02 != 0 {
-                b = b.syn();
-            }
-            if flags & 0x10 != 0 {
-                b = b.ack(seq.rotate_left(7));
-            }
-            if flags & 0x01 != 0 {
-                b = b.fin();
-            }
-            if flags & 0x04 != 0 {
-                b = b.rst();
-            }
-            b.write(&mut out, b"data")
-        }
-        17 => ip.udp(sport, dport).write(&mut out, b"data"),
-        1 => match (v6, inbound) {
-            (false, false) => ip.icmpv4_echo_request(port, 1).write(&mut out, b"ping"),
-            (false, true) => ip.icmpv4_echo_reply(port, 1).write(&mut out, b"ping"),
-            (true, false) => ip.icmpv6_echo_request(port, 1).write(&mut out, b"ping"),
-            (true, true) => ip.icmpv6_echo_reply(port, 1).write(&mut out, b"ping"),
-        },
-        _ => {
-            let payload = b"gre!";
-            if v6 {
-                let h = etherparse::Ipv6Header {
-                    payload_length: payload.len() as u16,
-                    next_header: etherparse::IpNumber(protocol),
-                    hop_limit: 64,
-                    source: src.1,
-                    destination: dst.1,
-                    ..Default::default()
-                };
-                h.write(&mut out).expect("write to Vec");
-            } else {
-                let h = etherparse::Ipv4Header::new(
-                    payload.len() as u16,
-                    64,
-                    etherparse::IpNumber(protocol),
-                    src.0,
-                    dst.0,
-                )
-                .expect("valid header");
-                h.write(&mut out).expect("write to Vec");
-            }
-            out.extend_from_slice(payload);
-            Ok(())
-        }
-    };
-    result.expect("building a packet into a Vec");
-    out
+    match protocol {
+        6 => testkit::tcp(
+            ep(src, sport),
+            ep(dst, dport),
+            flags,
+            seq,
+            seq.rotate_left(7),
+            65535,
+            None,
+            b"data",
+        ),
+        17 => testkit::udp(ep(src, sport), ep(dst, dport), b"data"),
+        1 => testkit::echo(src, dst, !inbound, port, 1),
+        _ => testkit::raw(src, dst, protocol),
+    }
 }
 
 proptest! {

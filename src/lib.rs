@@ -32,4 +32,5 @@ pub mod policy;
 pub mod reason;
 pub mod render;
 pub mod route;
+pub mod testkit;
 pub mod time;

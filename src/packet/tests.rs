@@ -1,6 +1,7 @@
 //! Byte fixtures per header.
 
 use super::*;
+use crate::testkit::{ep, udp};
 use etherparse::PacketBuilder;
 
 /// An IPv4 TCP SYN from 198.18.1.10:40000 to 198.18.2.20:80, written out
@@ -24,12 +25,6 @@ const SYN_V4: [u8; 60] = [
 
 fn raw(s: &str) -> RawAddr {
     raw_addr(s.parse().unwrap()).1
-}
-
-fn build(b: etherparse::PacketBuilderStep<etherparse::UdpHeader>, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
 }
 
 #[test]
@@ -91,10 +86,7 @@ fn tcp_payload_length_excludes_headers() {
 
 #[test]
 fn ipv4_options_are_skipped() {
-    let mut out = build(
-        PacketBuilder::ipv4([198, 18, 1, 10], [198, 18, 2, 20], 64).udp(5, 6),
-        b"hi",
-    );
+    let mut out = udp(ep("198.18.1.10", 5), ep("198.18.2.20", 6), b"hi");
     // Rebuild with a 4-byte option (NOP NOP NOP EOL): ihl 6.
     let mut with_opt = out[..20].to_vec();
     with_opt[0] = 0x46;
@@ -110,10 +102,7 @@ fn ipv4_options_are_skipped() {
 
 #[test]
 fn udp_and_its_bad_lengths() {
-    let good = build(
-        PacketBuilder::ipv4([198, 18, 1, 10], [198, 18, 2, 20], 64).udp(5353, 53),
-        b"query",
-    );
+    let good = udp(ep("198.18.1.10", 5353), ep("198.18.2.20", 53), b"query");
     let p = parse(&good).unwrap();
     assert_eq!(
         p.transport,
@@ -366,10 +355,7 @@ fn malformed_and_truncated_input() {
 
 #[test]
 fn quoted_packets_of_icmp_errors() {
-    let udp = build(
-        PacketBuilder::ipv4([198, 18, 1, 10], [198, 18, 2, 20], 64).udp(5000, 9),
-        b"probe",
-    );
+    let udp = udp(ep("198.18.1.10", 5000), ep("198.18.2.20", 9), b"probe");
     // Routers quote the IP header and 8 bytes of transport.
     let q = parse_quoted(IpVersion::V4, &udp[..28]).unwrap();
     assert_eq!((q.src, q.dst), (raw("198.18.1.10"), raw("198.18.2.20")));

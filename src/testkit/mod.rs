@@ -1,0 +1,11 @@
+//! The one test kit: packet builders and a virtual-clock harness shared by
+//! the unit and integration tests, the benchmarks and `tunwall simulate`.
+//! It is test scaffolding in the library (so the simulator and benches can
+//! use it); its items are documented by their module, not one by one.
+#![allow(missing_docs)]
+
+pub mod harness;
+pub mod packets;
+
+pub use harness::*;
+pub use packets::*;

@@ -1,0 +1,204 @@
+//! Packet builders: TCP, UDP, ICMP echo and errors, other protocols and
+//! fragments, as raw IP bytes. They panic on impossible requests (mixed
+//! address families): they build test input, never parse it.
+
+use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, TcpOptionElement};
+use std::net::IpAddr;
+
+/// An endpoint: address and port.
+#[derive(Clone, Copy, Debug)]
+pub struct Ep(pub IpAddr, pub u16);
+
+pub fn ep(addr: &str, port: u16) -> Ep {
+    Ep(addr.parse().expect("address"), port)
+}
+
+fn ip(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families"),
+    }
+}
+
+/// TCP flag bits.
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+/// A TCP segment with the given flags; `wscale` adds MSS + window-scale options.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp(
+    from: Ep,
+    to: Ep,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    wscale: Option<u8>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip(from.0, to.0).tcp(from.1, to.1, seq, window);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if let Some(s) = wscale {
+        b = b
+            .options(&[
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::WindowScale(s),
+            ])
+            .expect("options fit");
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("write");
+    out
+}
+
+pub fn udp(from: Ep, to: Ep, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip(from.0, to.0)
+        .udp(from.1, to.1)
+        .write(&mut out, payload)
+        .expect("write");
+    out
+}
+
+/// An ICMP(v6) echo request or reply.
+pub fn echo(from: &str, to: &str, request: bool, id: u16, seq: u16) -> Vec<u8> {
+    let (src, dst): (IpAddr, IpAddr) = (from.parse().unwrap(), to.parse().unwrap());
+    let b = ip(src, dst);
+    let mut out = Vec::new();
+    match (src.is_ipv4(), request) {
+        (true, true) => b.icmpv4_echo_request(id, seq).write(&mut out, b"ping"),
+        (true, false) => b.icmpv4_echo_reply(id, seq).write(&mut out, b"ping"),
+        (false, true) => b.icmpv6_echo_request(id, seq).write(&mut out, b"ping"),
+        (false, false) => b.icmpv6_echo_reply(id, seq).write(&mut out, b"ping"),
+    }
+    .expect("write");
+    out
+}
+
+/// An ICMP error from `from` to `to` quoting the first bytes of `quoted`.
+/// IPv4: destination unreachable with `code` (3 = port unreachable);
+/// IPv6: `code` 255 means packet too big (MTU 1280), else destination unreachable.
+pub fn icmp_error(from: &str, to: &str, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (src, dst): (IpAddr, IpAddr) = (from.parse().unwrap(), to.parse().unwrap());
+    let b = ip(src, dst);
+    let quote = &quoted[..quoted.len().min(if src.is_ipv4() { 28 } else { 48 })];
+    let mut out = Vec::new();
+    if src.is_ipv4() {
+        let ty = Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::from_values(code, 0).expect("code"),
+        );
+        b.icmpv4(ty).write(&mut out, quote).expect("write");
+    } else {
+        let ty = if code == 255 {
+            Icmpv6Type::PacketTooBig { mtu: 1280 }
+        } else {
+            Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::from_u8(code).expect("code"),
+            )
+        };
+        b.icmpv6(ty).write(&mut out, quote).expect("write");
+    }
+    out
+}
+
+/// A packet of another protocol (no ports), e.g. GRE = 47.
+pub fn raw(from: &str, to: &str, protocol: u8) -> Vec<u8> {
+    let (src, dst): (IpAddr, IpAddr) = (from.parse().unwrap(), to.parse().unwrap());
+    let payload = b"raw!";
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            etherparse::Ipv4Header::new(
+                payload.len() as u16,
+                64,
+                etherparse::IpNumber(protocol),
+                s.octets(),
+                d.octets(),
+            )
+            .expect("header")
+            .write(&mut out)
+            .expect("write");
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            etherparse::Ipv6Header {
+                payload_length: payload.len() as u16,
+                next_header: etherparse::IpNumber(protocol),
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+                ..Default::default()
+            }
+            .write(&mut out)
+            .expect("write");
+        }
+        _ => panic!("mixed families"),
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits a full IP packet into fragments carrying `chunk` bytes of IP
+/// payload each (a multiple of 8), with fragment identification `id`.
+pub fn fragments(packet: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let v4 = packet[0] >> 4 == 4;
+    let header_len = if v4 {
+        usize::from(packet[0] & 0x0f) * 4
+    } else {
+        40
+    };
+    let payload = &packet[header_len..];
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < payload.len() {
+        let end = (offset + chunk).min(payload.len());
+        let more = end < payload.len();
+        let data = &payload[offset..end];
+        let mut f = Vec::new();
+        if v4 {
+            let mut h = etherparse::Ipv4HeaderSlice::from_slice(packet)
+                .expect("v4")
+                .to_header();
+            h.identification = id as u16;
+            h.more_fragments = more;
+            h.fragment_offset =
+                etherparse::IpFragOffset::try_new((offset / 8) as u16).expect("offset");
+            h.set_payload_len(data.len()).expect("len");
+            h.header_checksum = h.calc_header_checksum();
+            h.write(&mut f).expect("write");
+        } else {
+            let mut h = etherparse::Ipv6HeaderSlice::from_slice(packet)
+                .expect("v6")
+                .to_header();
+            let next = h.next_header;
+            h.next_header = etherparse::IpNumber::IPV6_FRAGMENTATION_HEADER;
+            h.payload_length = (data.len() + 8) as u16;
+            h.write(&mut f).expect("write");
+            let frag = etherparse::Ipv6FragmentHeader::new(
+                next,
+                etherparse::IpFragOffset::try_new((offset / 8) as u16).expect("offset"),
+                more,
+                id,
+            );
+            f.extend_from_slice(&frag.to_bytes());
+        }
+        f.extend_from_slice(data);
+        out.push(f);
+        offset = end;
+    }
+    out
+}
