@@ -18,6 +18,20 @@ fn permit_all(generation: u32) -> Arc<dyn tunwall::policy::Authorizer> {
     }))
 }
 
+/// A gateway of two workers permitting everything.
+fn two_workers(max_flows: usize) -> Arc<Gateway> {
+    Gateway::new(
+        GatewayConfig {
+            ports: ports(),
+            flows: FlowConfig::with_max_flows(max_flows),
+            host_model: HostModel::Weak,
+            shards: None,
+        },
+        permit_all(1),
+        2,
+    )
+}
+
 fn harness_permitting_all() -> Harness {
     Harness::with(
         FlowConfig::with_max_flows(1024),
@@ -138,16 +152,7 @@ fn udp_and_icmp_replies_between_ports_of_one_zone_ride_the_request_flow() {
 
 #[test]
 fn a_worker_on_an_older_policy_never_reauthorizes_a_newer_flow() {
-    let gw = Gateway::new(
-        GatewayConfig {
-            ports: ports(),
-            flows: FlowConfig::with_max_flows(64),
-            host_model: HostModel::Weak,
-            shards: None,
-        },
-        permit_all(1),
-        2,
-    );
+    let gw = two_workers(64);
     let mut w0 = gw.engine(0);
     let mut w1 = gw.engine(1);
     let now = Instant::ZERO;
@@ -184,16 +189,7 @@ fn a_worker_on_an_older_policy_never_reauthorizes_a_newer_flow() {
 
 #[test]
 fn engines_of_one_gateway_share_one_policy() {
-    let gw = Gateway::new(
-        GatewayConfig {
-            ports: ports(),
-            flows: FlowConfig::with_max_flows(64),
-            host_model: HostModel::Weak,
-            shards: None,
-        },
-        permit_all(1),
-        2,
-    );
+    let gw = two_workers(64);
     let mut w0 = gw.engine(0);
     let mut w1 = gw.engine(1);
     w0.set_policy(permit_all(7));
@@ -206,16 +202,7 @@ fn engines_of_one_gateway_share_one_policy() {
 fn workers_racing_on_first_packets_create_each_flow_once() {
     const FLOWS: u16 = 4000;
     for round in 0..5u16 {
-        let gw = Gateway::new(
-            GatewayConfig {
-                ports: ports(),
-                flows: FlowConfig::with_max_flows(100_000),
-                host_model: HostModel::Weak,
-                shards: None,
-            },
-            permit_all(1),
-            2,
-        );
+        let gw = two_workers(100_000);
         let barrier = Arc::new(Barrier::new(2));
         let threads: Vec<_> = (0..2)
             .map(|w| {
@@ -250,16 +237,7 @@ fn workers_racing_on_first_packets_create_each_flow_once() {
 
 #[test]
 fn a_tcp_flow_whose_directions_go_to_different_workers_is_one_flow() {
-    let gw = Gateway::new(
-        GatewayConfig {
-            ports: ports(),
-            flows: FlowConfig::with_max_flows(64),
-            host_model: HostModel::Weak,
-            shards: None,
-        },
-        permit_all(1),
-        2,
-    );
+    let gw = two_workers(64);
     let mut w0 = gw.engine(0);
     let mut w1 = gw.engine(1);
     let now = Instant::ZERO;

@@ -199,34 +199,21 @@ impl FlowKey {
     /// The key of the flow `packet` belongs to, oriented by `orientation`.
     /// `None` for ICMP errors, which never belong to a flow of their own.
     pub fn of_packet(packet: &Packet, orientation: Orientation) -> Option<PacketKey> {
-        let ports = match packet.transport {
+        let (ports, icmp) = match packet.transport {
             Transport::Tcp {
                 src_port, dst_port, ..
             }
-            | Transport::Ports { src_port, dst_port } => (src_port, dst_port),
-            _ => (0, 0),
+            | Transport::Ports { src_port, dst_port } => ((src_port, dst_port), None),
+            Transport::Icmp {
+                icmp_type,
+                code,
+                id,
+                class,
+            } => ((0, 0), Some((icmp_type, code, id, class))),
+            Transport::None => ((0, 0), None),
         };
-        let swapped = orientation.swaps((&packet.src, ports.0), (&packet.dst, ports.1));
-        let mut key = FlowKey::endpoints(
-            packet.version,
-            packet.protocol,
-            (packet.src, ports.0),
-            (packet.dst, ports.1),
-            swapped,
-        );
-        if orientation == Orientation::SameZone {
-            key.meta |= META_SAME_ZONE;
-        }
-        if let Transport::Icmp {
-            icmp_type,
-            code,
-            id,
-            class,
-        } = packet.transport
-        {
-            key.set_icmp(swapped, icmp_type, code, id, class)?;
-        }
-        Some(PacketKey { key, swapped })
+        let (src, dst) = ((packet.src, ports.0), (packet.dst, ports.1));
+        FlowKey::build(packet.version, packet.protocol, src, dst, icmp, orientation)
     }
 
     /// The key of the flow a quoted packet (inside an ICMP error) belongs
@@ -237,21 +224,35 @@ impl FlowKey {
             Some(_) => (0, 0),
             None => (quoted.src_port, quoted.dst_port),
         };
-        let swapped = orientation.swaps((&quoted.src, ports.0), (&quoted.dst, ports.1));
-        let mut key = FlowKey::endpoints(
+        let (src, dst) = ((quoted.src, ports.0), (quoted.dst, ports.1));
+        FlowKey::build(
             quoted.version,
             quoted.protocol,
-            (quoted.src, ports.0),
-            (quoted.dst, ports.1),
-            swapped,
-        );
+            src,
+            dst,
+            quoted.icmp,
+            orientation,
+        )
+        .map(|pk| pk.key)
+    }
+
+    fn build(
+        version: IpVersion,
+        protocol: u8,
+        src: (RawAddr, u16),
+        dst: (RawAddr, u16),
+        icmp: Option<(u8, u8, u16, IcmpClass)>,
+        orientation: Orientation,
+    ) -> Option<PacketKey> {
+        let swapped = orientation.swaps((&src.0, src.1), (&dst.0, dst.1));
+        let mut key = FlowKey::endpoints(version, protocol, src, dst, swapped);
         if orientation == Orientation::SameZone {
             key.meta |= META_SAME_ZONE;
         }
-        if let Some((icmp_type, code, id, class)) = quoted.icmp {
+        if let Some((icmp_type, code, id, class)) = icmp {
             key.set_icmp(swapped, icmp_type, code, id, class)?;
         }
-        Some(key)
+        Some(PacketKey { key, swapped })
     }
 
     fn endpoints(
