@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3
 
-.PHONY: all build release test lint unit bench demo deps deps-build clean
+.PHONY: all build release test lint unit bench demo deps deps-build clean fuzz fuzz-cmin
 
 all: build
 
@@ -50,6 +50,43 @@ bench: deps-build
 # telnet and inbound attempts, `tunwall flows`, `tunwall stats`, teardown.
 demo: deps release
 	./scripts/demo.sh
+
+# Coverage-guided fuzzing with cargo-fuzz/libFuzzer (docs/fuzzing.md): runs
+# each of FUZZ_TARGETS for FUZZ_SECONDS and prints libFuzzer's executions.
+# Not part of `make test`, which replays fuzz/corpus and fuzz/regressions.
+# On the stable toolchain: `--sanitizer none` (AddressSanitizer needs a
+# nightly -Zsanitizer; no RUSTC_BOOTSTRAP is needed without it); cargo fuzz
+# keeps debug assertions on, so Rust's UB checks still abort on bad unsafe
+# code. New inputs go into fuzz/corpus/<target>; `make fuzz-cmin` shrinks it.
+# A crash stops its target: the input is in fuzz/artifacts/<target>/ and
+# the log in fuzz/artifacts/<target>.log.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= parse engine config
+FUZZ_FLAGS ?= --sanitizer none
+# Skip the inputs of bugs found and not fixed yet (fuzz/src/lib.rs, `known`).
+FUZZ_SKIP_KNOWN ?= 1
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@cd fuzz && mkdir -p artifacts && status=0 && for t in $(FUZZ_TARGETS); do \
+		case $$t in parse) len=2048;; engine) len=4096;; *) len=16384;; esac; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		if TUNWALL_FUZZ_SKIP_KNOWN=$(FUZZ_SKIP_KNOWN) $(CARGO) fuzz run $(FUZZ_FLAGS) $$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=$$len -timeout=10 -print_final_stats=1 \
+			>artifacts/$$t.log 2>&1; then \
+			execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' artifacts/$$t.log); \
+			echo "fuzz: $$t: $$execs executions in $(FUZZ_SECONDS) s, corpus $$(ls corpus/$$t | wc -l) files"; \
+		else \
+			status=1; tail -n 60 artifacts/$$t.log; echo "fuzz: $$t FAILED (log: fuzz/artifacts/$$t.log)"; \
+		fi; \
+	done; exit $$status
+
+# Minimizes each target's corpus to the inputs that keep its coverage.
+fuzz-cmin:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		TUNWALL_FUZZ_SKIP_KNOWN=$(FUZZ_SKIP_KNOWN) $(CARGO) fuzz cmin $(FUZZ_FLAGS) $$t corpus/$$t || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

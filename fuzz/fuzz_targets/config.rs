@@ -1,0 +1,4 @@
+//! libFuzzer target `config`: see `tunwall_fuzz::config`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tunwall_fuzz::config(data));
