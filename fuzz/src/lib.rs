@@ -1,4 +1,4 @@
-//! The fuzz harnesses: one `run` function per target, shared by the
+//! The fuzz harnesses: one function per target, shared by the
 //! libFuzzer targets in `fuzz_targets/` and by the main crate's corpus
 //! replay test (`integration/fuzz_corpus.rs` includes this file as a module
 //! with `#[path]`), so every corpus file and every past crash is checked by
@@ -8,10 +8,10 @@
 //!
 //! * [`parse`]: `tunwall::packet::parse` and `parse_quoted` on arbitrary bytes.
 //! * [`engine`]: a small gateway driven by a sequence of operations decoded
-//!   from the bytes (see [`engine`] for the format); after every step the
-//!   table holds at most `max_flows` flows and every `FlowClosed` names a
-//!   flow created before and not closed yet; after `close_all` at the end
-//!   every created flow was closed exactly once.
+//!   from the bytes ([`decode_engine`], [`Op`], docs/fuzzing.md); after
+//!   every step the table holds at most `max_flows` flows and every
+//!   `FlowClosed` names a flow created before and not closed yet; after
+//!   `close_all` at the end every created flow was closed exactly once.
 //! * [`config`]: `Config::parse` on arbitrary UTF-8, then `Policy::compile`.
 
 use std::collections::HashSet;
