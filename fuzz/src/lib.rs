@@ -561,7 +561,7 @@ impl Ledger {
 /// Rewrites `packet` (a copy of an earlier one) into its reply or its
 /// follow-up. Packets the parser rejects, and fields beyond the buffer, are
 /// left as they are.
-fn derive(packet: &mut [u8], reply: bool, tcp_flags: u8) {
+pub fn derive(packet: &mut [u8], reply: bool, tcp_flags: u8) {
     let Ok(parsed) = tunwall::packet::parse(packet) else {
         return;
     };
