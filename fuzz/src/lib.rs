@@ -496,7 +496,7 @@ fn initial_policy(options: &Options) -> Arc<dyn Authorizer> {
 /// constructs the engine: adapt it if the engine's constructors change.
 pub fn gateway(options: &Options) -> (Arc<Gateway>, Vec<Engine>) {
     let workers = if options.two_workers { 2 } else { 1 };
-    let gw = Gateway::with_workers(
+    let gw = Gateway::new(
         GatewayConfig {
             ports: ports(),
             flows: flow_config(options),
@@ -507,12 +507,12 @@ pub fn gateway(options: &Options) -> (Arc<Gateway>, Vec<Engine>) {
             },
             shards: Some(usize::from(options.shards)),
         },
+        initial_policy(options),
         workers,
     );
-    let policy = initial_policy(options);
     let engines = (0..workers)
         .map(|w| {
-            let mut engine = gw.engine(Arc::clone(&policy), w, workers);
+            let mut engine = gw.engine(w);
             if options.sweep_budget != 0 {
                 engine.set_sweep_budget(usize::from(options.sweep_budget));
             }
@@ -685,9 +685,11 @@ pub fn engine(data: &[u8], skip_known: bool) {
             Op::Timeout { worker } => engines[usize::from(worker) % workers].handle_timeout(now),
             Op::Reload { permit_inbound } => {
                 generation += 1;
-                let policy = fn_policy(generation, permit_inbound);
-                for engine in &mut engines {
-                    engine.set_policy(Arc::clone(&policy));
+                // The reload puts the policy in force for the gateway; the
+                // other workers load it as at their next batch.
+                engines[0].set_policy(fn_policy(generation, permit_inbound));
+                for engine in &mut engines[1..] {
+                    engine.refresh_policy();
                 }
             }
             Op::CloseOwned { worker } => {
