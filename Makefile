@@ -63,15 +63,13 @@ demo: deps release
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parse engine config
 FUZZ_FLAGS ?= --sanitizer none
-# Skip the inputs of bugs found and not fixed yet (fuzz/src/lib.rs, `known`).
-FUZZ_SKIP_KNOWN ?= 1
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@cd fuzz && mkdir -p artifacts && status=0 && for t in $(FUZZ_TARGETS); do \
 		case $$t in parse) len=2048;; engine) len=4096;; *) len=16384;; esac; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-		if TUNWALL_FUZZ_SKIP_KNOWN=$(FUZZ_SKIP_KNOWN) $(CARGO) fuzz run $(FUZZ_FLAGS) $$t corpus/$$t -- \
+		if $(CARGO) fuzz run $(FUZZ_FLAGS) $$t corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -max_len=$$len -timeout=10 -print_final_stats=1 \
 			>artifacts/$$t.log 2>&1; then \
 			execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' artifacts/$$t.log); \
@@ -87,7 +85,7 @@ fuzz:
 fuzz-cmin:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		TUNWALL_FUZZ_SKIP_KNOWN=$(FUZZ_SKIP_KNOWN) $(CARGO) fuzz cmin $(FUZZ_FLAGS) $$t corpus/$$t -- -use_counters=0 || exit 1; \
+		$(CARGO) fuzz cmin $(FUZZ_FLAGS) $$t corpus/$$t -- -use_counters=0 || exit 1; \
 	done
 	$(CARGO) test --locked --test fuzz_corpus -- --ignored --exact write_seeds
 

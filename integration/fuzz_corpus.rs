@@ -64,19 +64,17 @@ fn install_hook() {
 }
 
 /// Runs one input through the harness of `target`.
-fn run(target: &str, data: &[u8], skip_known: bool) {
+fn run(target: &str, data: &[u8]) {
     match target {
-        "parse" => harness::parse(data, skip_known),
-        "engine" => harness::engine(data, skip_known),
+        "parse" => harness::parse(data),
+        "engine" => harness::engine(data),
         "config" => harness::config(data),
         other => panic!("no fuzz target {other}"),
     }
 }
 
 /// The corpus: every file of `fuzz/corpus/<target>/` in this process.
-/// The directory must exist and hold inputs. Inputs that hit a bug listed
-/// in `harness::known` are skipped here, as while fuzzing: the
-/// regressions test replays that bug.
+/// The directory must exist and hold inputs.
 fn replay_corpus(target: &str) {
     install_hook();
     let files =
@@ -86,7 +84,7 @@ fn replay_corpus(target: &str) {
     for path in &files {
         let data = std::fs::read(path).expect("read input");
         CURRENT.with(|c| *c.borrow_mut() = Some(path.clone()));
-        if panic::catch_unwind(AssertUnwindSafe(|| run(target, &data, true))).is_err() {
+        if panic::catch_unwind(AssertUnwindSafe(|| run(target, &data))).is_err() {
             failed.push(path.display().to_string());
         }
         CURRENT.with(|c| *c.borrow_mut() = None);
@@ -106,8 +104,8 @@ const REPLAY_ONE: &str = "TUNWALL_FUZZ_REPLAY_ONE";
 
 /// Past crashes: every file of `fuzz/regressions/<target>/`, each in a
 /// child process (this test binary running [`replay_one`]), so that an
-/// input that aborts the process fails as itself; known bugs are not
-/// skipped. The directory must exist; it may be empty.
+/// input that aborts the process fails as itself. The directory must
+/// exist; it may be empty.
 fn replay_regressions(target: &str) {
     let files = inputs("regressions", target)
         .unwrap_or_else(|| panic!("fuzz/regressions/{target}/ is missing"));
@@ -117,7 +115,6 @@ fn replay_regressions(target: &str) {
         let out = std::process::Command::new(&exe)
             .args(["--exact", "replay_one", "--nocapture", "--test-threads=1"])
             .env(REPLAY_ONE, format!("{target}:{}", path.display()))
-            .env_remove("TUNWALL_FUZZ_SKIP_KNOWN")
             .env("RUST_BACKTRACE", "0")
             .output()
             .expect("run the test binary");
@@ -156,7 +153,7 @@ fn replay_one() {
     let path = PathBuf::from(path);
     let data = std::fs::read(&path).expect("read input");
     CURRENT.with(|c| *c.borrow_mut() = Some(path));
-    run(target, &data, false);
+    run(target, &data);
 }
 
 #[test]
@@ -265,7 +262,8 @@ fn udp6_with_extensions() -> Vec<u8> {
 /// An IPv6 packet quoted in an ICMPv6 error, cut inside its extension
 /// headers: a first fragment (offset 0, more fragments) whose fragment
 /// header points at a destination-options header of which only four bytes
-/// are left (the etherparse lax-parser bug, `harness::known`).
+/// are left (the etherparse lax-parser bug found by fuzzing, fixed in
+/// `packet::icmp`).
 fn cut_ipv6_quote() -> Vec<u8> {
     let plain = udp(ep(C6, 5000), ep(S6, 53), b"query");
     let mut quote = plain[..40].to_vec();
@@ -687,7 +685,7 @@ fn write_seeds() {
         );
     }
 
-    // The etherparse lax IPv6 extension-chain bug (harness::known).
+    // The etherparse lax IPv6 extension-chain bug (fixed in packet::icmp).
     let quote = cut_ipv6_quote();
     let error = icmp6_error_quoting(&quote);
     write(
@@ -734,26 +732,6 @@ fn write_seeds() {
             ],
         ),
     );
-}
-
-/// The hand-made regression inputs hit the bug they document.
-#[test]
-fn known_bug_predicates_match_their_regressions() {
-    let quote = cut_ipv6_quote();
-    assert!(harness::known::lax_ipv6_ext_chain_cut(&quote));
-    assert!(harness::known::engine_packet(&icmp6_error_quoting(&quote)));
-    // Cut, but not fragmented: `is_first_fragment` is not called.
-    let mut whole = udp6_with_extensions();
-    assert!(!harness::known::lax_ipv6_ext_chain_cut(&whole));
-    whole.truncate(50);
-    assert!(!harness::known::lax_ipv6_ext_chain_cut(&whole));
-    // A later fragment: `all` stops at its fragment header.
-    let mut later = cut_ipv6_quote();
-    later[42] = 1;
-    assert!(!harness::known::lax_ipv6_ext_chain_cut(&later));
-    let fuzzed = std::fs::read(fuzz_dir().join("regressions/parse/etherparse-lax-ipv6-ext-fuzzed"))
-        .expect("regression input");
-    assert!(harness::known::lax_ipv6_ext_chain_cut(&fuzzed));
 }
 
 /// `Op::Derive` holds a real TCP conversation: a SYN, its reply (SYN+ACK)

@@ -30,111 +30,11 @@ use tunwall::policy::{
 use tunwall::route::PortSpec;
 use tunwall::time::Instant;
 
-// --------------------------------------------------------- known bugs --
-
-/// Crashes found by fuzzing and not fixed yet. A harness called with
-/// `skip_known` skips the inputs that hit them: the fuzz targets do when the
-/// environment variable `TUNWALL_FUZZ_SKIP_KNOWN=1` is set (`make fuzz`
-/// sets it), so that a run looks for new bugs instead of finding the same
-/// one again, and the corpus replay does (the corpus may hold such inputs);
-/// the regression replay never does: the inputs in `regressions/` fail
-/// until the bug is fixed. Delete a predicate (and its calls) once its bug
-/// is fixed.
-pub mod known {
-    use std::sync::OnceLock;
-
-    /// Whether `TUNWALL_FUZZ_SKIP_KNOWN` is set to a non-empty value other than `0`.
-    pub fn skipping() -> bool {
-        static SKIP: OnceLock<bool> = OnceLock::new();
-        *SKIP.get_or_init(|| {
-            std::env::var("TUNWALL_FUZZ_SKIP_KNOWN").is_ok_and(|v| !v.is_empty() && v != "0")
-        })
-    }
-
-    /// regressions/{parse,engine}/etherparse-lax-ipv6-ext-*: `parse_quoted`
-    /// on an IPv6 quote whose payload is fragmented (a fragment header with
-    /// offset 0 and more-fragments set) and whose extension-header chain
-    /// stops at a header that is cut short, or at a hop-by-hop header that
-    /// is not first. etherparse 0.21's lax parser keeps the headers before
-    /// it and the next-header value pointing at it; `is_first_fragment`
-    /// then walks them with `Ipv6ExtensionSliceIter`, which reads that last
-    /// header from an empty slice with `from_slice_unchecked`: an
-    /// out-of-bounds read, UB (an abort with debug assertions). True if
-    /// `quote` is such a quote.
-    pub fn lax_ipv6_ext_chain_cut(quote: &[u8]) -> bool {
-        if quote.len() < 40 || quote[0] >> 4 != 6 {
-            return false;
-        }
-        // The payload as LaxIpv6Slice::from_slice bounds it.
-        let payload_len = usize::from(u16::from_be_bytes([quote[4], quote[5]]));
-        let mut rest = if payload_len == 0 || quote.len() < 40 + payload_len {
-            &quote[40..]
-        } else {
-            &quote[40..40 + payload_len]
-        };
-        let mut next = quote[6];
-        let mut parsed = 0;
-        let mut fragmented = false;
-        let mut later_fragment = false;
-        // The iteration reaches the cut only if the payload is fragmented and
-        // no fragment header before it has a non-zero offset (`all` stops there).
-        let hits = |parsed: i32, fragmented: bool, later: bool| parsed > 0 && fragmented && !later;
-        loop {
-            let len = match next {
-                0 if parsed > 0 => return hits(parsed, fragmented, later_fragment),
-                0 | 43 | 60 => rest.get(1).map(|&l| (usize::from(l) + 1) * 8),
-                44 => Some(8),
-                51 => rest
-                    .get(1)
-                    .filter(|&&l| l != 0)
-                    .map(|&l| (usize::from(l) + 2) * 4),
-                _ => return false, // the chain ends at a transport or unknown header
-            };
-            match len {
-                Some(len) if rest.len() >= len => {
-                    if next == 44 {
-                        let field = u16::from_be_bytes([rest[2], rest[3]]);
-                        later_fragment |= field >> 3 != 0;
-                        fragmented |= field & 1 != 0 || field >> 3 != 0;
-                    }
-                    next = rest[0];
-                    rest = &rest[len..];
-                    parsed += 1;
-                }
-                _ => return hits(parsed, fragmented, later_fragment),
-            }
-        }
-    }
-
-    /// Whether the engine would hand `packet` (an ICMP error) to
-    /// `parse_quoted` with a quote [`lax_ipv6_ext_chain_cut`] matches.
-    pub fn engine_packet(packet: &[u8]) -> bool {
-        let Ok(parsed) = tunwall::packet::parse(packet) else {
-            return false;
-        };
-        matches!(
-            parsed.transport,
-            tunwall::packet::Transport::Icmp {
-                class: tunwall::packet::IcmpClass::Error,
-                ..
-            }
-        ) && lax_ipv6_ext_chain_cut(
-            packet
-                .get(usize::from(parsed.l4_offset) + 8..)
-                .unwrap_or(&[]),
-        )
-    }
-}
-
 // ---------------------------------------------------------------- parse --
 
 /// The `parse` target: the packet parser and the ICMP-quote parser must never
-/// panic, and what they return must lie inside the input. `skip_known`:
-/// see [`known`].
-pub fn parse(data: &[u8], skip_known: bool) {
-    if skip_known && known::lax_ipv6_ext_chain_cut(data) {
-        return;
-    }
+/// panic, and what they return must lie inside the input.
+pub fn parse(data: &[u8]) {
     if let Ok(packet) = tunwall::packet::parse(data) {
         assert!(packet.len as usize <= data.len(), "len beyond the input");
         assert!(
@@ -147,9 +47,7 @@ pub fn parse(data: &[u8], skip_known: bool) {
         if let Transport::Icmp { .. } = packet.transport {
             // What the engine does with an ICMP error: read the quote after the 8-byte header.
             let quote = data.get(usize::from(packet.l4_offset) + 8..).unwrap_or(&[]);
-            if !(skip_known && known::lax_ipv6_ext_chain_cut(quote)) {
-                let _ = parse_quoted(packet.version, quote);
-            }
+            let _ = parse_quoted(packet.version, quote);
         }
     }
     let _ = parse_quoted(IpVersion::V4, data);
@@ -626,8 +524,8 @@ fn swap_ports(header: &mut [u8]) {
 
 /// The `engine` target: runs the decoded operations and checks the
 /// invariants after each, then closes everything and checks that every
-/// created flow was closed exactly once. `skip_known`: see [`known`].
-pub fn engine(data: &[u8], skip_known: bool) {
+/// created flow was closed exactly once.
+pub fn engine(data: &[u8]) {
     let (options, ops) = decode_engine(data);
     let (gw, mut engines) = gateway(&options);
     let max_flows = usize::from(options.max_flows);
@@ -644,9 +542,6 @@ pub fn engine(data: &[u8], skip_known: bool) {
                 worker,
                 bytes,
             } => {
-                if skip_known && known::engine_packet(&bytes) {
-                    continue;
-                }
                 let engine = &mut engines[usize::from(worker) % workers];
                 let mut packet = bytes.clone();
                 let _ = engine.process(now, port, &mut packet);
@@ -665,9 +560,6 @@ pub fn engine(data: &[u8], skip_known: bool) {
                 let at = history.len() - 1 - usize::from(back) % history.len();
                 let mut bytes = history[at].clone();
                 derive(&mut bytes, reply, tcp_flags);
-                if skip_known && known::engine_packet(&bytes) {
-                    continue;
-                }
                 let engine = &mut engines[usize::from(worker) % workers];
                 let mut packet = bytes.clone();
                 let _ = engine.process(now, port, &mut packet);

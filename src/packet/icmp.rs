@@ -125,9 +125,18 @@ pub fn parse_quoted(version: IpVersion, quote: &[u8]) -> Option<QuotedPacket> {
 fn is_first_fragment(ip: &LaxIpSlice<'_>) -> bool {
     match ip {
         LaxIpSlice::Ipv4(v4) => v4.header().fragments_offset().value() == 0,
-        LaxIpSlice::Ipv6(v6) => v6.extensions().clone().into_iter().all(|ext| match ext {
-            etherparse::Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() == 0,
-            _ => true,
-        }),
+        // Re-parsed with bounds checks: the lax slice keeps the headers it
+        // could read and names the one it could not, and etherparse's
+        // iterator over it reads that missing header unchecked (found by
+        // fuzzing: fuzz/regressions/parse/etherparse-lax-ipv6-ext-*).
+        LaxIpSlice::Ipv6(v6) => {
+            let exts = v6.extensions();
+            exts.first_header().is_none_or(|first| {
+                etherparse::Ipv6Extensions::from_slice_lax(first, exts.slice())
+                    .0
+                    .fragment
+                    .is_none_or(|f| f.fragment_offset.value() == 0)
+            })
+        }
     }
 }
