@@ -35,9 +35,13 @@ pub struct ControlServer {
 }
 
 /// The control socket, bound but not yet served: start-up binds it before
-/// it touches any device, so a socket problem stops it early.
+/// it touches any device, so a socket problem stops it early. It is bound
+/// under a temporary name beside its path and renamed into place when it is
+/// served, so the socket's appearing at its path still means the gateway is
+/// up (scripts wait for it).
 pub struct BoundSocket {
     path: PathBuf,
+    temporary: PathBuf,
     listener: UnixListener,
 }
 
@@ -86,27 +90,52 @@ impl BoundSocket {
             }
             std::fs::remove_file(path)?;
         }
+        let name = path.file_name().map_or_else(
+            || "control.sock".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let temporary = path.with_file_name(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&temporary);
         // The socket must never exist with a wider mode, not even between
         // bind and chmod: bind under a umask that leaves only the owner.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
+        let bound = UnixListener::bind(&temporary);
         nix::sys::stat::umask(old);
         let listener = bound.map_err(|e| {
             std::io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
         })?;
-        if let Some(gid) = gid {
-            nix::unistd::chown(path, None, Some(gid)).map_err(std::io::Error::from)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        }
-        listener.set_nonblocking(true)?;
-        Ok(BoundSocket {
+        let socket = BoundSocket {
             path: path.to_path_buf(),
+            temporary,
             listener,
-        })
+        };
+        if let Some(gid) = gid {
+            let owned = nix::unistd::chown(&socket.temporary, None, Some(gid))
+                .map_err(std::io::Error::from)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &socket.temporary,
+                        std::fs::Permissions::from_mode(0o660),
+                    )
+                });
+            if let Err(e) = owned {
+                socket.remove();
+                return Err(e);
+            }
+        }
+        socket.listener.set_nonblocking(true)?;
+        Ok(socket)
     }
 
     /// Serves `handler` on a thread of its own.
     pub fn serve(self, handler: Arc<dyn ControlHandler>) -> std::io::Result<ControlServer> {
+        if let Err(e) = std::fs::rename(&self.temporary, &self.path) {
+            let _ = std::fs::remove_file(&self.temporary);
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("control socket {}: {e}", self.path.display()),
+            ));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let listener = self.listener;
@@ -122,7 +151,7 @@ impl BoundSocket {
 
     /// Removes the socket without serving it (start-up failed later).
     pub fn remove(self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.temporary);
     }
 }
 
