@@ -34,6 +34,7 @@ impl Arrival<'_> {
     }
 }
 
+#[inline]
 pub(super) fn tcp_segment(packet: &Packet) -> Option<&TcpSegment> {
     match &packet.transport {
         Transport::Tcp { segment, .. } => Some(segment),
@@ -52,11 +53,13 @@ fn fragment_key(packet: &Packet, id: u32) -> FragmentKey {
 }
 
 /// Whether `policy` is newer than `flow` (generations wrap).
+#[inline]
 fn newer(policy: u32, flow: u32) -> bool {
     (policy.wrapping_sub(flow) as i32) > 0
 }
 
 impl Local {
+    #[inline]
     pub(super) fn route_and_process(
         &mut self,
         gw: &Gateway,
@@ -196,6 +199,7 @@ impl Local {
     /// other in a cycle; riders hold one lock at a time) and searched; with
     /// all of them held nobody else can create the key, so a flow is created
     /// once whichever worker sees its first packets (SPEC §14).
+    #[inline]
     fn flow_packet(&mut self, gw: &Gateway, a: &Arrival<'_>, pk: PacketKey) -> Result<u8, Dropped> {
         let hash = gw.table.hash(&pk.key);
         let own = self.group;
@@ -224,6 +228,7 @@ impl Local {
     /// found expired (before the sweep got to it), or a finished TCP
     /// connection whose tuple a new SYN reuses, is closed here and `None`
     /// returned, as for a flow that is not there.
+    #[inline]
     fn find_and_ride(
         &mut self,
         gw: &Gateway,
@@ -247,6 +252,7 @@ impl Local {
     }
 
     /// A packet of an existing flow; `swapped` says how it lies on the key.
+    #[inline]
     fn ride(
         &mut self,
         gw: &Gateway,

@@ -107,11 +107,13 @@ impl FlowEntry {
     }
 
     /// The unique id.
+    #[inline]
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// The key as the flow sees it: local is the flow's local host.
+    #[inline]
     pub fn key(&self) -> FlowKey {
         if self.flags & F_REVERSED != 0 {
             self.key.reversed()
@@ -121,6 +123,7 @@ impl FlowEntry {
     }
 
     /// The key the table indexes the flow by.
+    #[inline]
     pub fn table_key(&self) -> FlowKey {
         self.key
     }
@@ -146,6 +149,7 @@ impl FlowEntry {
     }
 
     /// The direction of the packet that created the flow.
+    #[inline]
     pub fn direction(&self) -> Direction {
         if self.flags & F_INBOUND != 0 {
             Direction::Inbound
@@ -155,6 +159,7 @@ impl FlowEntry {
     }
 
     /// Ordinary flow or multicast/broadcast state.
+    #[inline]
     pub fn class(&self) -> FlowClass {
         if self.flags & F_MCAST_STATE != 0 {
             FlowClass::McastBcastState
@@ -164,6 +169,7 @@ impl FlowEntry {
     }
 
     /// Whether the flow was indicated at `flow_established`.
+    #[inline]
     pub fn established(&self) -> bool {
         self.flags & F_ESTABLISHED != 0
     }
@@ -175,16 +181,19 @@ impl FlowEntry {
     }
 
     /// Whether the flow owns wildcard state.
+    #[inline]
     pub fn is_wildcard_owner(&self) -> bool {
         self.flags & F_WILDCARD_OWNER != 0
     }
 
     /// Whether the flow has a parent (see [`Shard::parent`]).
+    #[inline]
     pub fn has_parent(&self) -> bool {
         self.flags & F_HAS_PARENT != 0
     }
 
     /// The TCP state, or `Active`.
+    #[inline]
     pub fn state(&self) -> FlowState {
         match self.state {
             STATE_ACTIVE => FlowState::Active,
@@ -193,21 +202,25 @@ impl FlowEntry {
     }
 
     /// The TCP tracker (meaningless for other protocols).
+    #[inline]
     pub fn tcp(&self) -> TcpTracker {
         self.tcp
     }
 
     /// Whether this is a TCP flow.
+    #[inline]
     pub fn is_tcp(&self) -> bool {
         self.state != STATE_ACTIVE
     }
 
     /// The port the flow was (last) authorized on.
+    #[inline]
     pub fn arrival_port(&self) -> u8 {
         self.arrival_port
     }
 
     /// The policy generation of the flow's layer when it was (last) authorized.
+    #[inline]
     pub fn generation(&self) -> u32 {
         self.generation
     }
@@ -225,11 +238,13 @@ impl FlowEntry {
     }
 
     /// The idle-timeout override set by classify options.
+    #[inline]
     pub fn lifetime(&self) -> Option<Duration> {
         (self.lifetime_ms != 0).then(|| Duration::from_millis(u64::from(self.lifetime_ms)))
     }
 
     /// (packets, bytes) sent by the local host (`Outbound`) or received (`Inbound`).
+    #[inline]
     pub fn counters(&self, direction: Direction) -> (u64, u64) {
         let i = match direction {
             Direction::Outbound => 0,
@@ -241,6 +256,7 @@ impl FlowEntry {
     }
 
     /// Counts one packet of `len` bytes travelling in `direction`.
+    #[inline]
     pub fn count(&mut self, direction: Direction, len: u32) {
         let (packets, bytes) = self.counters(direction);
         let packets = (packets + 1) & MASK40;
@@ -258,6 +274,7 @@ impl FlowEntry {
     }
 
     /// Marks the flow as refreshed by a packet at `now`.
+    #[inline]
     pub fn touch(&mut self, now: Instant) {
         self.last_seen = now.as_millis() as u32;
     }
@@ -271,6 +288,7 @@ impl FlowEntry {
     }
 
     /// Tracks a TCP segment (see [`TcpTracker::track`]) and keeps the cached state.
+    #[inline]
     pub fn track_tcp(
         &mut self,
         from_initiator: bool,
@@ -286,6 +304,7 @@ impl FlowEntry {
         result
     }
 
+    #[inline]
     pub(super) fn is_vacant(&self) -> bool {
         self.id == 0
     }

@@ -91,6 +91,7 @@ pub enum Orientation {
 impl Orientation {
     /// The orientation of a packet that arrived on a port of `arrival` and
     /// leaves through a port of `egress`.
+    #[inline]
     pub fn of(arrival: Zone, egress: Zone) -> Orientation {
         match (arrival, egress) {
             (a, e) if a == e => Orientation::SameZone,
@@ -100,6 +101,7 @@ impl Orientation {
     }
 
     /// Whether the key's local endpoint is the packet's destination.
+    #[inline]
     fn swaps<T: Ord>(self, src: (&RawAddr, T), dst: (&RawAddr, T)) -> bool {
         match self {
             Orientation::Outbound => false,
@@ -140,6 +142,7 @@ pub struct FlowKey {
 }
 
 impl Hash for FlowKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Whole words: ahash has fast paths for them, and the derived impl
         // would hash the arrays as length-prefixed slices.
@@ -178,6 +181,7 @@ impl FlowKey {
 
     /// Builds a key from its parts.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn new(
         version: IpVersion,
         protocol: u8,
@@ -198,6 +202,7 @@ impl FlowKey {
 
     /// The key of the flow `packet` belongs to, oriented by `orientation`.
     /// `None` for ICMP errors, which never belong to a flow of their own.
+    #[inline]
     pub fn of_packet(packet: &Packet, orientation: Orientation) -> Option<PacketKey> {
         let (ports, icmp) = match packet.transport {
             Transport::Tcp {
@@ -236,6 +241,7 @@ impl FlowKey {
         .map(|pk| pk.key)
     }
 
+    #[inline]
     fn build(
         version: IpVersion,
         protocol: u8,
@@ -255,6 +261,7 @@ impl FlowKey {
         Some(PacketKey { key, swapped })
     }
 
+    #[inline]
     fn endpoints(
         version: IpVersion,
         protocol: u8,
@@ -310,11 +317,13 @@ impl FlowKey {
     }
 
     /// Whether both endpoints lie behind ports of one zone.
+    #[inline]
     pub fn same_zone(&self) -> bool {
         self.meta & META_SAME_ZONE != 0
     }
 
     /// IPv4 or IPv6.
+    #[inline]
     pub fn version(&self) -> IpVersion {
         if self.meta & META_V6 != 0 {
             IpVersion::V6
@@ -324,6 +333,7 @@ impl FlowKey {
     }
 
     /// Whether the protocol is ICMP of the key's IP version.
+    #[inline]
     pub fn is_icmp(&self) -> bool {
         matches!(
             (self.protocol, self.version()),

@@ -105,6 +105,7 @@ impl FlowConfig {
 
     /// pf's adaptive factor for `flows` flows: 1.0 up to `adaptive_start`,
     /// falling linearly to 0.0 at `adaptive_end`.
+    #[inline]
     pub fn adaptive_factor(&self, flows: usize) -> f64 {
         if flows <= self.adaptive_start {
             return 1.0;
@@ -118,6 +119,7 @@ impl FlowConfig {
 
 impl FlowEntry {
     /// The idle timeout before adaptive scaling, and whether scaling applies.
+    #[inline]
     fn base_timeout(&self, config: &FlowConfig) -> (Duration, bool) {
         if self.class() == FlowClass::McastBcastState {
             return (self.lifetime().unwrap_or(config.mcast_bcast_lifetime), true);
@@ -131,9 +133,9 @@ impl FlowEntry {
                 TcpState::Closed => (config.tcp_closed, true),
             },
             FlowState::Active => {
-                let default = if self.table_key().is_icmp() {
+                let default = if self.key.is_icmp() {
                     config.icmp_idle
-                } else if self.table_key().protocol == crate::packet::proto::UDP {
+                } else if self.key.protocol == crate::packet::proto::UDP {
                     config.udp_idle
                 } else {
                     config.other_idle
@@ -144,6 +146,7 @@ impl FlowEntry {
     }
 
     /// The idle timeout in force at adaptive `factor`.
+    #[inline]
     pub fn timeout(&self, config: &FlowConfig, factor: f64) -> Duration {
         let (base, scaled) = self.base_timeout(config);
         if scaled && factor < 1.0 {
@@ -154,6 +157,7 @@ impl FlowEntry {
     }
 
     /// How long the flow has been idle at `now`.
+    #[inline]
     pub fn idle(&self, now: Instant) -> Duration {
         Duration::from_millis(u64::from(
             (now.as_millis() as u32).wrapping_sub(self.last_seen),
@@ -161,11 +165,13 @@ impl FlowEntry {
     }
 
     /// Whether the flow's idle timeout has passed at `now`.
+    #[inline]
     pub fn expired(&self, now: Instant, config: &FlowConfig, factor: f64) -> bool {
         self.idle(now) >= self.timeout(config, factor)
     }
 
     /// The closure reason if the flow is removed because its timer ran out.
+    #[inline]
     pub fn expiry_reason(&self) -> CloseReason {
         match self.state() {
             FlowState::Tcp(TcpState::TimeWait) => CloseReason::TcpFin,

@@ -158,12 +158,14 @@ impl TcpTracker {
     /// Whether `seg` is a new connection's SYN reusing the tuple of this
     /// finished one (`time_wait` or `closed`): the old flow ends and the SYN
     /// is authorized as a new flow (SPEC §2).
+    #[inline]
     pub fn reopened_by(&self, seg: &TcpSegment) -> bool {
         seg.flags & (SYN | ACK) == SYN
             && matches!(self.state(), TcpState::TimeWait | TcpState::Closed)
     }
 
     /// The flow-level state.
+    #[inline]
     pub fn state(&self) -> TcpState {
         let [a, b] = &self.peers;
         if a.has(RST_SEEN) || b.has(RST_SEEN) {
@@ -185,6 +187,7 @@ impl TcpTracker {
 
     /// Whether the handshake has completed (established, or any later state
     /// reached after it).
+    #[inline]
     pub fn handshake_done(&self) -> bool {
         self.peers[0].has(SYN_ACKED) && self.peers[1].has(SYN_ACKED)
     }
