@@ -313,3 +313,36 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_dies_stops_the_gateway_and_one_that_finishes_does_not() {
+        // The gateway's main thread waits for SIGTERM; here a flag stands in.
+        let term = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term))
+            .expect("SIGTERM handler");
+        let failed = Arc::new(AtomicBool::new(false));
+        let finishing = WorkerWatch {
+            worker: 0,
+            failed: Arc::clone(&failed),
+            done: true,
+        };
+        drop(finishing);
+        assert!(!failed.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed));
+        let dying = WorkerWatch {
+            worker: 1,
+            failed: Arc::clone(&failed),
+            done: false,
+        };
+        let worker = std::thread::spawn(move || {
+            let _watch = dying;
+            panic!("a bug in a worker");
+        });
+        assert!(worker.join().is_err());
+        assert!(failed.load(Ordering::Relaxed), "the gateway exits 1");
+        assert!(term.load(Ordering::Relaxed), "the gateway is asked to stop");
+    }
+}
