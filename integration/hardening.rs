@@ -310,19 +310,7 @@ fn rate_limited_policy(
 ) -> tunwall::policy::Policy {
     let registry = tunwall::policy::CalloutRegistry::default();
     let text = format!(
-        r#"
-[[port]]
-name = "lan"
-device = "tw-lan"
-zone = "inside"
-routes = ["198.18.1.0/24"]
-
-[[port]]
-name = "wan"
-device = "tw-wan"
-zone = "outside"
-routes = ["0.0.0.0/0"]
-
+        r#"{PORTS_TOML}
 [[filter]]
 name = "limit"
 layer = "auth_connect"

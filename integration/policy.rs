@@ -20,30 +20,9 @@ use tunwall::policy::{
 use tunwall::reason::{CloseReason, DropReason};
 use tunwall::time::Instant;
 
-/// The harness's ports, as config text.
-const PORTS: &str = r#"
-[[port]]
-name = "lan"
-device = "tw-lan"
-zone = "inside"
-routes = ["198.18.1.0/24", "fd00:1::/64"]
-
-[[port]]
-name = "wan"
-device = "tw-wan"
-zone = "outside"
-routes = ["0.0.0.0/0", "::/0"]
-
-[[port]]
-name = "lan2"
-device = "tw-lan2"
-zone = "inside"
-routes = ["198.18.3.0/24"]
-"#;
-
 fn compile(policy: &str, previous: Option<&Policy>) -> Policy {
     let registry = CalloutRegistry::default();
-    let text = format!("{PORTS}\n{policy}");
+    let text = format!("{PORTS_TOML}\n{policy}");
     let config =
         Config::parse(Path::new("policy.toml"), &text, &registry).unwrap_or_else(|e| panic!("{e}"));
     Policy::compile(&config.policy, &registry, previous).expect("compile")

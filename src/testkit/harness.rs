@@ -26,6 +26,34 @@ pub const S4: &str = "198.18.2.20";
 pub const C6: &str = "fd00:1::10";
 pub const S6: &str = "fd00:2::20";
 
+/// The harness's ports as configuration text, for tests that compile a
+/// policy from a file: port names mean the same indices as [`ports`].
+pub const PORTS_TOML: &str = r#"
+[[port]]
+name = "lan"
+device = "tw-lan"
+zone = "inside"
+routes = ["198.18.1.0/24", "fd00:1::/64"]
+
+[[port]]
+name = "wan"
+device = "tw-wan"
+zone = "outside"
+routes = ["0.0.0.0/0", "::/0"]
+
+[[port]]
+name = "lan2"
+device = "tw-lan2"
+zone = "inside"
+routes = ["198.18.3.0/24"]
+
+[[port]]
+name = "wan2"
+device = "tw-wan2"
+zone = "outside"
+routes = ["198.19.2.0/24", "fd00:9::/64"]
+"#;
+
 /// A gateway, one engine and a virtual clock, collecting every event.
 pub struct Harness {
     pub gw: Arc<Gateway>,
