@@ -109,11 +109,14 @@ fn a_reload_storm_during_a_transfer_drops_no_packet_of_a_permitted_flow() {
         stats["reauthorizations"].as_u64().unwrap_or(0) >= 50,
         "the transfer's flows were reauthorized: {stats}"
     );
+    // What a reload could cause. RSTs outside the window are not on the
+    // list: iperf3's teardown may answer a stale segment with a RST behind
+    // the receiver's next expected sequence number, which the receiving
+    // host would refuse too (RFC 5961), whatever the policy does.
     for reason in [
         "reauth_blocked",
         "tcp_out_of_window",
         "tcp_no_flow",
-        "tcp_rst_out_of_window",
         "auth_connect_blocked",
     ] {
         assert_eq!(
