@@ -2,7 +2,8 @@
 //! the control socket and signals together, and taking them apart again.
 //!
 //! Start-up validates and compiles everything before touching a device; a
-//! failure after some ports are open closes them again. Shutdown (SIGINT or
+//! failure after some ports are open closes them again. SIGHUP reloads,
+//! SIGUSR1 reopens the event file (logrotate). Shutdown (SIGINT or
 //! SIGTERM) stops the workers — each closes the flows of its shards with
 //! reason `shutdown` — flushes the events, removes the socket and the
 //! devices tunwall created, and exits 0.
@@ -165,6 +166,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
     ])?;
     // Everything that can fail without a device is checked before the
     // first device is touched: the control socket and the event file.
@@ -261,6 +263,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
     };
     info!(workers, socket = %socket.display(), "tunwall running");
+    // Every port is up and the policy loaded: only now is the service ready
+    // for systemd (`Type=notify`), so units ordered after it find a gateway.
+    if server.is_some()
+        && let Err(e) = crate::io::notify::notify("READY=1\nSTATUS=forwarding")
+    {
+        warn!(error = %e, "telling the service manager we are ready");
+    }
 
     let mut failed = server.is_none();
     if !failed {
@@ -269,6 +278,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 signal_hook::consts::SIGHUP => {
                     daemon.reload();
                 }
+                signal_hook::consts::SIGUSR1 => {
+                    let config = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(path) = &config.events.file {
+                        let _ = hub.control.send(HubMessage::Reopen(path.clone()));
+                    }
+                }
                 _ => {
                     info!(signal, "shutting down");
                     break;
@@ -276,6 +291,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let _ = crate::io::notify::notify("STOPPING=1");
     if worker_failed.load(Ordering::Relaxed) {
         error!("a worker stopped: the gateway stopped with it");
         failed = true;

@@ -1,5 +1,16 @@
 //! The `tunwall` command line.
 
+// Every `print!`/`println!` of the command line (simulate's too, declared
+// after these) goes through `stdout_or_quit`: `tunwall … | head` must end
+// quietly when the reader closes the pipe, not panic as std's macros do.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::stdout_or_quit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -133,6 +144,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to standard output; a reader that has gone away (EPIPE) ends the
+/// command with success, as nothing more can be shown to anyone.
+fn stdout_or_quit(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tunwall: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let registry = CalloutRegistry::default();
     let config = match Config::load(path, &registry) {
@@ -156,8 +182,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -1,0 +1,188 @@
+//! End-to-end tests of tunwall as a service: devices configured over netlink
+//! (no iproute2 in the gateway's PATH), errors naming device and operation,
+//! systemd readiness, the event file reopened on SIGUSR1, plain logs, and
+//! clients that end quietly on a closed pipe.
+
+mod netns;
+
+use netns::{SERVER4, Topology};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FLOWS: &str = "max_flows = 10000";
+
+/// A notify socket like systemd's, in the topology's directory.
+fn notify_socket(t: &Topology) -> (UnixDatagram, String) {
+    let path = t.dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    (socket, path.display().to_string())
+}
+
+fn receive(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn readiness_is_sent_once_the_ports_are_up_and_stopping_at_shutdown() {
+    require_netns!();
+    let mut t = Topology::prepare(true, false, FLOWS, "");
+    let (socket, path) = notify_socket(&t);
+    t.start_with_env(&[("NOTIFY_SOCKET", &path)]);
+    let ready = receive(&socket);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // The devices were configured over netlink by a gateway that has no
+    // `ip` in its PATH: the addresses and the kernel routes carry traffic.
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(out.status.success(), "{out:?}\n{}", t.log());
+    assert!(!t.log().contains('\x1b'), "colour codes in a log file");
+    assert!(t.stop().success());
+    assert_eq!(receive(&socket), "STOPPING=1");
+}
+
+#[test]
+fn a_device_the_kernel_refuses_is_named_with_the_operation_and_no_readiness_is_sent() {
+    require_netns!();
+    let t = Topology::prepare(true, false, FLOWS, "");
+    // IPv6 off in the client's namespace: the kernel refuses the lan
+    // device's IPv6 address.
+    for key in ["all", "default"] {
+        let out = t.exec(
+            &t.client,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (socket, path) = notify_socket(&t);
+    let out = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["run", "-c"])
+        .arg(&t.config)
+        .env("NOTIFY_SOCKET", &path)
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("tunwall run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let expected = format!(
+        "tunwall: port lan: adding address fd00:1::10/64 to {}: Permission denied",
+        t.lan_dev
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes on a pipe: {stderr}");
+    socket.set_nonblocking(true).expect("nonblocking");
+    assert!(
+        socket.recv(&mut [0u8; 64]).is_err(),
+        "READY sent on failure"
+    );
+    assert!(
+        !t.device_exists(&t.client, &t.lan_dev),
+        "device left behind"
+    );
+}
+
+#[test]
+fn sigusr1_reopens_the_event_file_after_logrotate_moved_it() {
+    require_netns!();
+    let mut t = Topology::new(FLOWS, "");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(out.status.success(), "{out:?}");
+    t.wait_event("flow_created", |_| true);
+    // logrotate's default: move the file away, then signal.
+    let rotated = t.dir.join("events.jsonl.1");
+    std::fs::rename(&t.events, &rotated).expect("rotate");
+    let status = Command::new("kill")
+        .args(["-USR1", &t.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.events.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(t.events.exists(), "no new event file:\n{}", t.log());
+    assert_eq!(mode(&t.events), 0o640);
+    // A new flow's events land in the new file, not the moved one.
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(out.status.success());
+    assert!(t.stop().success());
+    let lines = |p: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .expect("events")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let old = lines(&rotated);
+    let new = lines(&t.events);
+    assert!(old.iter().any(|e| e["event"] == "flow_created"), "{old:?}");
+    assert!(
+        new.iter()
+            .any(|e| e["event"] == "flow_closed" && e["reason"] == "shutdown"),
+        "{new:?}"
+    );
+    assert!(
+        !old.iter().any(|e| e["event"] == "flow_closed"),
+        "events after SIGUSR1 went to the moved file: {old:?}"
+    );
+}
+
+/// Runs a client command with its standard output a pipe nobody reads.
+fn into_closed_pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tunwall");
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        input.write_all(text.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn clients_end_quietly_when_the_reader_closes_the_pipe() {
+    require_netns!();
+    let t = Topology::new(FLOWS, "");
+    let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(out.status.success());
+    let socket = t.socket.display().to_string();
+    let config = t.config.display().to_string();
+    for args in [
+        vec!["flows", "-s", &socket],
+        vec!["flows", "-s", &socket, "--json"],
+        vec!["stats", "-s", &socket],
+        vec!["check", "-c", &config],
+        vec!["simulate"],
+    ] {
+        let out = into_closed_pipe(&args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "tunwall {args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
