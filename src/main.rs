@@ -13,7 +13,7 @@ macro_rules! println {
 
 mod simulate;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tunwall::config::Config;
@@ -23,7 +23,8 @@ use tunwall::policy::{CalloutRegistry, Policy};
 #[command(
     name = "tunwall",
     version,
-    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics"
+    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics",
+    after_long_help = "Signals to `tunwall run`: SIGHUP reloads the configuration; SIGUSR1 reopens the event file (logrotate); SIGINT and SIGTERM stop the gateway, closing every flow.\n\nEnvironment: RUST_LOG filters the log (e.g. RUST_LOG=debug); NOTIFY_SOCKET (set by systemd) receives READY=1 once every port is up and the policy loaded.\n\nFiles: /etc/tunwall/tunwall.toml, the configuration of the packaged service; /run/tunwall/control.sock, the default control socket."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -90,7 +91,7 @@ enum Command {
     /// Validates a configuration file and prints the compiled policy
     /// (layers → sublayers → filters in evaluation order). Exits 1 if invalid.
     Check {
-        /// The configuration file.
+        /// The configuration file; `-` reads it from standard input.
         #[arg(short, long)]
         config: PathBuf,
     },
@@ -101,6 +102,20 @@ enum Command {
         /// Print the flow table and counters as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Prints the shell completion script for SHELL, e.g.
+    /// `tunwall completions bash > /usr/share/bash-completion/completions/tunwall`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page tunwall(1) (roff), generated from this command
+    /// line; with --dir, writes it and one page per command (tunwall-run(1), …)
+    /// into DIR.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -141,6 +156,29 @@ fn main() -> ExitCode {
             }
         }
         Command::Simulate { json } => simulate::run(json),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tunwall", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let rendered = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut page),
+            };
+            match rendered {
+                Ok(()) => {
+                    print!("{}", String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunwall: writing the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -159,9 +197,17 @@ fn stdout_or_quit(text: std::fmt::Arguments) {
     }
 }
 
+/// `tunwall check -c FILE` (`-c -`: standard input, named `<stdin>` in messages).
 fn check(path: &std::path::Path) -> ExitCode {
+    let (name, text) = match Config::read_text(path) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let registry = CalloutRegistry::default();
-    let config = match Config::load(path, &registry) {
+    let config = match Config::parse(&name, &text, &registry) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tunwall: {e}");
@@ -171,10 +217,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     let policy = match Policy::compile(&config.policy, &registry, None) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("tunwall: {}: {e}", path.display());
+            eprintln!("tunwall: {}: {e}", name.display());
             return ExitCode::FAILURE;
         }
     };
+    for warning in tunwall::config::warnings(&name, &text) {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
 }

@@ -370,6 +370,28 @@ discard_rate = 1000
     }
 }
 
+/// Runs `tunwall ARGS` (with `stdin` as its input) with its standard output a pipe nobody reads.
+pub fn tunwall_into_closed_pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tunwall");
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        input.write_all(text.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for mut c in self.background.drain(..) {
