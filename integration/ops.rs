@@ -397,3 +397,178 @@ fn per_filter_counters() {
         assert!(prom.contains(&format!("tunwall_{k}_total 0\n")), "{k}");
     }
 }
+
+const EXPLAINED: &str = r#"
+[[sublayer]]
+name = "admin"
+weight = 100
+
+[[filter]]
+name = "ssh-ok"
+layer = "auth_connect"
+sublayer = "admin"
+action = "permit"
+hard = true
+remote_port = 22
+
+[[filter]]
+name = "no-tcp"
+layer = "auth_connect"
+action = "block"
+protocol = "tcp"
+
+[[filter]]
+name = "web"
+layer = "auth_connect"
+action = "permit"
+remote_address = "198.18.9.0/24"
+"#;
+
+fn explain_json(packet: &str) -> Value {
+    let registry = CalloutRegistry::default();
+    let config = Config::parse(
+        Path::new("explain.toml"),
+        &format!("{PORTS_TOML}\n{EXPLAINED}"),
+        &registry,
+    )
+    .unwrap();
+    let policy = Arc::new(Policy::compile(&config.policy, &registry, None).unwrap());
+    let packet = tunwall::explain::ExplainPacket::parse(packet).expect("packet");
+    let e = tunwall::explain::explain(&config, policy, &packet).expect("explain");
+    tunwall::render::explain::json(&e)
+}
+
+#[test]
+fn explain_shows_filters_arbitration_and_verdict() {
+    let v = explain_json("tcp 198.18.1.10:5555 -> 198.18.2.20:22 arrival lan");
+    let layer = &v["layers"][0];
+    assert_eq!(layer["layer"], "auth_connect");
+    assert_eq!(layer["request"]["remote_port"], 22);
+    let filters = layer["filters"].as_array().unwrap();
+    assert_eq!(filters[0]["filter"], "ssh-ok");
+    assert_eq!(filters[0]["matched"], true);
+    assert_eq!(filters[1]["filter"], "no-tcp");
+    assert_eq!(filters[1]["result"]["action"], "block");
+    assert_eq!(filters[2]["evaluated"], false, "web is no candidate");
+    let arbitration = layer["arbitration"].as_array().unwrap();
+    assert_eq!(arbitration.len(), 2);
+    assert_eq!(
+        arbitration[1]["before"], arbitration[1]["after"],
+        "a hard permit stands"
+    );
+    assert_eq!(layer["decision"]["filter"], "ssh-ok");
+    assert_eq!(v["verdict"]["action"], "forward");
+    assert_eq!(v["verdict"]["egress_port"], "wan");
+
+    let v = explain_json("tcp 198.18.1.10:5555 -> 198.18.9.20:80 arrival lan");
+    let filters = v["layers"][0]["filters"].as_array().unwrap();
+    assert_eq!(filters[2]["why_not"], "its sublayer had already decided");
+    assert_eq!(v["verdict"]["reason"], "auth_connect_blocked");
+    assert_eq!(v["verdict"]["filter"], "no-tcp");
+
+    let v = explain_json("udp 198.18.1.10:5555 -> 198.18.2.20:53 arrival lan");
+    assert_eq!(
+        v["layers"][0]["filters"][1]["why_not"],
+        "protocol does not match"
+    );
+    assert_eq!(v["layers"][0]["decision"]["default"], true);
+
+    let v = explain_json(
+        "icmp [fd00:2::20] -> fd00:1::10 type 128 code 0 id 7 arrival wan flags reauthorize",
+    );
+    assert_eq!(v["layers"][0]["layer"], "auth_recv_accept");
+    assert_eq!(v["layers"][0]["request"]["icmp_type"], 128);
+    assert_eq!(v["layers"][0]["request"]["flags"][0], "reauthorize");
+    assert_eq!(v["verdict"]["reason"], "auth_recv_accept_blocked");
+
+    let text = tunwall::render::explain::text(&explain_json(
+        "tcp 198.18.1.10:5555 -> 198.18.2.20:22 arrival lan",
+    ));
+    assert!(
+        text.contains("no-tcp cannot override permit (hard)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("verdict: permit, forwarded out of wan"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_packet_errors_say_what_is_wrong() {
+    use tunwall::explain::ExplainPacket;
+    for (packet, needle) in [
+        (
+            "tcp 198.18.1.10 -> 198.18.2.20:22 arrival lan",
+            "ADDRESS:PORT",
+        ),
+        (
+            "tcp 198.18.1.10:1 -> fd00::1:22 arrival lan",
+            "ADDRESS:PORT",
+        ),
+        (
+            "tcp 198.18.1.10:1 -> [fd00::1]:22 arrival lan",
+            "different families",
+        ),
+        (
+            "tcp 198.18.1.10:1 -> 198.18.2.20:22",
+            "arrival port is missing",
+        ),
+        (
+            "gre 198.18.1.10 -> 198.18.2.20 arrival lan",
+            "unknown protocol",
+        ),
+        (
+            "udp 198.18.1.10:1 -> 198.18.2.20:2 type 3 arrival lan",
+            "for ICMP",
+        ),
+        (
+            "icmp 198.18.1.10 -> 198.18.2.20 type 300 arrival lan",
+            "type 300",
+        ),
+        (
+            "tcp 198.18.1.10:1 -> 198.18.2.20:2 arrival lan flags fast",
+            "unknown flag",
+        ),
+        ("tcp 198.18.1.10:1 => 198.18.2.20:2", "PROTO SRC -> DST"),
+    ] {
+        let e = ExplainPacket::parse(packet).expect_err(packet);
+        assert!(e.contains(needle), "{packet}: {e}");
+    }
+    let p = ExplainPacket::parse("47 198.18.1.10 -> 198.18.2.20 arrival lan").unwrap();
+    assert_eq!(p.protocol, 47);
+}
+
+#[test]
+fn explain_command_line() {
+    let dir = std::env::temp_dir().join(format!("tunwall-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("f.toml");
+    std::fs::write(&file, format!("{PORTS_TOML}\n{EXPLAINED}")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+            .arg("explain")
+            .arg("-c")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["tcp 198.18.1.10:5555 -> 198.18.9.20:80 arrival lan"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("verdict: drop (auth_connect_blocked, filter no-tcp)"),
+        "{text}"
+    );
+    let out = run(&[
+        "--json",
+        "udp 198.18.1.10:5555 -> 198.18.2.20:53 arrival lan",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["verdict"]["egress_port"], "wan");
+    let out = run(&["udp 198.18.1.10:5555 -> 198.18.2.20:53 arrival dmz"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown arrival port \"dmz\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}

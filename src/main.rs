@@ -152,6 +152,21 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Offline, no daemon: what the policy in FILE decides for one first
+    /// packet, layer by layer, filter by filter, with the arbitration steps
+    /// and the verdict, e.g. 'tcp 198.18.1.10:5555 -> 198.18.2.20:22 arrival lan'
+    /// ('udp …', 'icmp A -> B type 8 code 0 id 7 arrival lan', IPv6 in
+    /// brackets, a trailing 'flags reauthorize').
+    Explain {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The packet.
+        packet: String,
+        /// The explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replays a scripted client/server exchange through the engine on a
     /// virtual clock and prints the verdicts, the flow table and the counters.
     /// Needs no privileges and touches no device.
@@ -221,6 +236,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Simulate { json } => simulate::run(json),
+        Command::Explain {
+            config,
+            packet,
+            json,
+        } => explain(&config, &packet, json),
     }
 }
 
@@ -242,6 +262,33 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
+}
+
+fn explain(path: &std::path::Path, packet: &str, json: bool) -> ExitCode {
+    let registry = CalloutRegistry::default();
+    let explained = Config::load(path, &registry)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let policy = Policy::compile(&config.policy, &registry, None)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let packet = tunwall::explain::ExplainPacket::parse(packet)?;
+            tunwall::explain::explain(&config, std::sync::Arc::new(policy), &packet)
+        });
+    match explained {
+        Ok(e) => {
+            let v = tunwall::render::explain::json(&e);
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", tunwall::render::explain::text(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
