@@ -39,6 +39,53 @@ struct SocketArg {
     socket: PathBuf,
 }
 
+/// The flow filters of `flows` and `kill`: every one given must match.
+#[derive(clap::Args)]
+struct FlowFilterArgs {
+    /// Protocol: tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// State: active (not TCP) or a TCP state (established, syn_sent, …).
+    #[arg(long)]
+    state: Option<String>,
+    /// outbound or inbound.
+    #[arg(long)]
+    direction: Option<String>,
+    /// auth_connect or auth_recv_accept.
+    #[arg(long)]
+    layer: Option<String>,
+    /// An address of either endpoint.
+    #[arg(long)]
+    addr: Option<String>,
+    /// A port of either endpoint.
+    #[arg(long)]
+    port: Option<u16>,
+    /// The port the flow arrived on (its name).
+    #[arg(long)]
+    arrival_port: Option<String>,
+    /// An identity of [identities]: either endpoint in its address group.
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl FlowFilterArgs {
+    /// The `select` object of the control request.
+    fn select(&self, id: Option<u64>) -> serde_json::Value {
+        let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
+        tunwall::flow::select::request_select(&[
+            ("protocol", text(&self.protocol)),
+            ("state", text(&self.state)),
+            ("direction", text(&self.direction)),
+            ("layer", text(&self.layer)),
+            ("addr", text(&self.addr)),
+            ("port", self.port.map(serde_json::Value::from)),
+            ("arrival_port", text(&self.arrival_port)),
+            ("identity", text(&self.identity)),
+            ("id", id.map(serde_json::Value::from)),
+        ])
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -64,13 +111,35 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Lists the flows, like `conntrack -L`.
+    /// Lists the flows, like `conntrack -L`, streamed from the gateway.
     Flows {
         #[command(flatten)]
         socket: SocketArg,
-        /// One JSON array.
+        /// One JSON array (one flow per line).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// Print only the number of matching flows.
+        #[arg(long)]
+        count: bool,
+        /// List at most N flows.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Closes the matching flows now (closure reason `admin`) and prints how
+    /// many, like `conntrack -D`. At least one filter, --id or --all.
+    Kill {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// The flow with this id.
+        #[arg(long, value_name = "N")]
+        id: Option<u64>,
+        /// Every flow.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
     /// Prints the counters.
     Stats {
@@ -94,6 +163,21 @@ enum Command {
         /// The configuration file; `-` reads it from standard input.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Offline, no daemon: what the policy in FILE decides for one first
+    /// packet, layer by layer, filter by filter, with the arbitration steps
+    /// and the verdict, e.g. 'tcp 198.18.1.10:5555 -> 198.18.2.20:22 arrival lan'
+    /// ('udp …', 'icmp A -> B type 8 code 0 id 7 arrival lan', IPv6 in
+    /// brackets, a trailing 'flags reauthorize').
+    Explain {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The packet.
+        packet: String,
+        /// The explanation as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Replays a scripted client/server exchange through the engine on a
     /// virtual clock and prints the verdicts, the flow table and the counters.
@@ -125,13 +209,35 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Reload { socket } => reload(&socket.socket),
-        Command::Flows { socket, json } => client(&socket.socket, "flows", |v| {
-            if json {
-                v.to_string() + "\n"
-            } else {
-                tunwall::render::text::flows(v)
+        Command::Flows {
+            socket,
+            json,
+            filter,
+            count,
+            limit,
+        } => {
+            let request = serde_json::json!({
+                "command": "flows",
+                "select": filter.select(None),
+                "count": count,
+                "limit": limit,
+            });
+            let mut out = std::io::stdout().lock();
+            match tunwall::control::flows::print_flows(&socket.socket, &request, json, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunwall: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        }),
+        }
+        Command::Kill {
+            socket,
+            filter,
+            id,
+            all,
+        } => kill(&socket.socket, filter.select(id), all),
         Command::Stats {
             socket,
             json,
@@ -179,6 +285,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Explain {
+            config,
+            packet,
+            json,
+        } => explain(&config, &packet, json),
     }
 }
 
@@ -226,6 +337,33 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
+}
+
+fn explain(path: &std::path::Path, packet: &str, json: bool) -> ExitCode {
+    let registry = CalloutRegistry::default();
+    let explained = Config::load(path, &registry)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let policy = Policy::compile(&config.policy, &registry, None)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let packet = tunwall::explain::ExplainPacket::parse(packet)?;
+            tunwall::explain::explain(&config, std::sync::Arc::new(policy), &packet)
+        });
+    match explained {
+        Ok(e) => {
+            let v = tunwall::render::explain::json(&e);
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", tunwall::render::explain::text(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
@@ -286,6 +424,32 @@ fn reload(socket: &std::path::Path) -> ExitCode {
                 v.get("error")
                     .and_then(|e| e.as_str())
                     .unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn kill(socket: &std::path::Path, select: serde_json::Value, all: bool) -> ExitCode {
+    if !all && select.as_object().is_some_and(|m| m.is_empty()) {
+        eprintln!("tunwall: kill: give a filter, --id N, or --all to close every flow");
+        return ExitCode::FAILURE;
+    }
+    let request = serde_json::json!({"command": "kill", "select": select});
+    match tunwall::control::send(socket, &request) {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            let closed = v.get("closed").and_then(|n| n.as_u64()).unwrap_or(0);
+            println!("{closed} flows closed");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: kill: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("failed")
             );
             ExitCode::FAILURE
         }

@@ -145,6 +145,8 @@ pub struct Config {
     pub policy: PolicySpec,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[identities]`: name → address group (`tunwall flows --identity`).
+    pub identities: std::collections::HashMap<String, crate::policy::AddrSet>,
 }
 
 impl Config {

@@ -118,6 +118,7 @@ impl Loader<'_> {
                 file: raw.events.file.clone(),
                 discard_rate,
             },
+            identities,
         })
     }
 
