@@ -12,13 +12,15 @@ use crate::control::hub::{self, Hub, HubConfig, HubMessage};
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
+use crate::flow::Direction;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, Policy};
+use crate::policy::{Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
+use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -34,6 +36,10 @@ pub struct Daemon {
     clock: Clock,
     hub: Hub,
     events: Arc<EventCounters>,
+    /// The WireGuard peers last read (SPEC §11).
+    peers: Mutex<PeerSnapshot>,
+    /// WireGuard reads that failed since start.
+    wireguard_errors: Arc<AtomicU64>,
 }
 
 impl Daemon {
@@ -66,10 +72,14 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),
         };
+        let mut config = config;
         let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = running.reloadable_from(&config) {
             return self.reload_failed(e);
         }
+        config
+            .policy
+            .resolve_identities(&self.peers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let policy = match Policy::compile(&config.policy, &self.registry, Some(&current)) {
             Ok(p) => Arc::new(p),
@@ -93,6 +103,39 @@ impl Daemon {
         })
     }
 
+    /// A WireGuard interface's peers changed: the identities naming its
+    /// peers get new addresses, a policy change of the layers whose filters
+    /// name them, installed as a reload installs one.
+    pub fn peers_changed(&self, peers: &PeerSnapshot) {
+        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers.clone();
+        let mut spec = running.policy.clone();
+        let identities = spec.resolve_identities(peers);
+        if identities.is_empty() {
+            return;
+        }
+        let policy = match Policy::compile(&spec, &self.registry, Some(&current)) {
+            Ok(p) => Arc::new(p.identity_change(&current)),
+            Err(e) => {
+                error!(error = %e, "identities changed but the policy did not compile; the running policy stays");
+                return;
+            }
+        };
+        *current = Arc::clone(&policy);
+        self.gateway
+            .set_policy(Arc::clone(&policy) as Arc<dyn Authorizer>);
+        running.policy = spec;
+        let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
+        info!(?identities, generation = policy.policy_generation(), changed_layers = ?changed, "identities changed");
+        self.hub.emit(json!({
+            "event": "identities_changed",
+            "identities": identities,
+            "generation": policy.policy_generation(),
+            "changed_layers": changed,
+        }));
+    }
+
     fn reload_failed(&self, error: String) -> Value {
         error!(%error, "reload failed; the running policy stays");
         self.hub
@@ -105,13 +148,31 @@ impl ControlHandler for Daemon {
     fn flows(&self) -> Value {
         let now = self.clock.now();
         let ports = self.gateway.port_names();
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let identities = &config.policy.identities;
         Value::Array(
             self.gateway
                 .flows(now)
                 .iter()
-                .map(|f| render::json::flow(f, &ports, now))
+                .map(|f| {
+                    let mut v = render::json::flow(f, &ports, now);
+                    let version = f.key.version();
+                    let outbound = f.direction == Direction::Outbound;
+                    let source = |local: bool| (local == outbound).then_some(f.arrival_port);
+                    render::json::flow_identities(
+                        &mut v,
+                        identities.groups_of(version, &f.key.local, source(true)),
+                        identities.groups_of(version, &f.key.remote, source(false)),
+                    );
+                    v
+                })
                 .collect(),
         )
+    }
+
+    fn identities(&self) -> Value {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        render::json::identities(&config.policy.identities, &config.port_names())
     }
 
     fn stats(&self) -> Value {
@@ -121,7 +182,9 @@ impl ControlHandler for Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .policy_generation();
-        render::json::stats(&s, &io, &self.gateway, generation, self.workers.len())
+        let mut stats = render::json::stats(&s, &io, &self.gateway, generation, self.workers.len());
+        render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        stats
     }
 
     fn reload(&self) -> Value {
@@ -156,7 +219,10 @@ impl Drop for WorkerWatch {
 /// gateway runs come back as `Err` with a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = CalloutRegistry::default();
-    let config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first read of the WireGuard peers, before any device is touched.
+    let peers = wireguard::read_all(&config.wireguard).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.policy.resolve_identities(&peers);
     let policy = Arc::new(
         Policy::compile(&config.policy, &registry, None)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
@@ -242,10 +308,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    let wireguard_configs = config.wireguard.clone();
+    let wireguard_errors = Arc::new(AtomicU64::new(0));
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
         config: Mutex::new(config),
+        peers: Mutex::new(peers.clone()),
+        wireguard_errors: Arc::clone(&wireguard_errors),
         policy: Mutex::new(policy),
         gateway,
         workers: handles,
@@ -259,6 +329,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             error!(error = %e, "control socket");
             None
         }
+    };
+    let weak = Arc::downgrade(&daemon);
+    let watch = if wireguard_configs.is_empty() {
+        None
+    } else {
+        // The watch holds the daemon weakly: shutdown stops it first.
+        let watch = Watch::spawn(wireguard_configs, peers, wireguard_errors, move |peers| {
+            if let Some(daemon) = weak.upgrade() {
+                daemon.peers_changed(peers);
+            }
+        })?;
+        Some(watch)
     };
     info!(workers, socket = %socket.display(), "tunwall running");
 
@@ -285,6 +367,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     // the workers close their flows, then everything else goes.
     if let Some(server) = server {
         server.stop();
+    }
+    if let Some(watch) = watch {
+        watch.stop();
     }
     let daemon =
         Arc::try_unwrap(daemon).map_err(|_| anyhow::anyhow!("the control thread did not stop"))?;

@@ -104,8 +104,10 @@ impl Loader<'_> {
         let gateway = self.gateway(&raw.gateway)?;
         let ports = self.ports(&raw.ports)?;
         let flows = self.flows(&raw.flows)?;
-        let identities = self.identities(&raw.identities)?;
-        let policy = self.policy(&raw, &ports, &identities, registry)?;
+        let wireguard = self.wireguard(&raw.wireguard, &ports)?;
+        let identities = self.identities(&raw.identities, &wireguard)?;
+        let mut policy = self.policy(&raw, &ports, identities, registry)?;
+        policy.resolve_identities(&Default::default());
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
         Ok(Config {
@@ -114,6 +116,7 @@ impl Loader<'_> {
             ports,
             flows,
             policy,
+            wireguard,
             events: EventsConfig {
                 file: raw.events.file.clone(),
                 discard_rate,

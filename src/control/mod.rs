@@ -23,6 +23,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `identities`: each identity with its source and current addresses.
+    fn identities(&self) -> Value;
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
 }
@@ -205,6 +207,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         "flows" => handler.flows(),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());

@@ -14,8 +14,18 @@ pub fn flows(flows: &Value) -> String {
         return out;
     };
     out.push_str(&format!(
-        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
-        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6} {}\n",
+        "ID",
+        "PROTO",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PKTS OUT",
+        "PKTS IN",
+        "EXPIRES",
+        "PORT",
+        "IDENTITY (LOCAL/REMOTE)"
     ));
     for f in list {
         let s = |k: &str| {
@@ -44,7 +54,7 @@ pub fn flows(flows: &Value) -> String {
         }
         let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
         out.push_str(&format!(
-            "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
+            "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6} {}/{}\n",
             s("id"),
             s("protocol"),
             s("direction"),
@@ -55,9 +65,54 @@ pub fn flows(flows: &Value) -> String {
             s("packets_in"),
             expires / 1000,
             s("arrival_port"),
+            names(f.get("local_identity")),
+            names(f.get("remote_identity")),
         ));
     }
     out.push_str(&format!("{} flows\n", list.len()));
+    out
+}
+
+/// A list of names, comma-separated, or "-".
+fn names(v: Option<&Value>) -> String {
+    let list: Vec<&str> = v
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// `tunwall identities` without `--json`: one block per identity.
+pub fn identities(list: &Value) -> String {
+    let mut out = String::new();
+    for i in list.as_array().into_iter().flatten() {
+        let s = |k: &str| i.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let source = match s("source").as_str() {
+            "wireguard" => {
+                let port = match s("port") {
+                    p if p.is_empty() => String::new(),
+                    p => format!(", port {p}"),
+                };
+                format!(
+                    "wireguard {} ({} peer(s){port})",
+                    s("interface"),
+                    i.get("peers").and_then(Value::as_array).map_or(0, Vec::len)
+                )
+            }
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "{:<20} {source}", s("name"));
+        if let Some(peers) = i.get("peers").and_then(Value::as_array) {
+            for p in peers.iter().filter_map(Value::as_str) {
+                let _ = writeln!(out, "{:<20}   peer {p}", "");
+            }
+        }
+        let _ = writeln!(out, "{:<20}   addresses {}", "", names(i.get("addresses")));
+    }
     out
 }
 
