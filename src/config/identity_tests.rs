@@ -41,7 +41,11 @@ fn wireguard_identities_and_sections_parse() {
         }
         other => panic!("{other:?}"),
     }
-    let cond = c.policy.filters[0].conditions.local_identity.as_ref().unwrap();
+    let cond = c.policy.filters[0]
+        .conditions
+        .local_identity
+        .as_ref()
+        .unwrap();
     assert_eq!(cond.groups, vec!["alice", "admins"]);
     // Before the interfaces are read, a WireGuard identity has no address.
     assert_eq!(cond.addrs.all().prefixes().len(), 1);
@@ -51,20 +55,92 @@ fn wireguard_identities_and_sections_parse() {
 fn wireguard_mistakes_are_located() {
     let wg = "[[wireguard]]\ninterface = \"wg0\"\n";
     let cases: Vec<(String, usize, usize, &str)> = vec![
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg9\", peer = \"{ALICE}\" }}\n"), 3, 19, "unknown wireguard interface \"wg9\""),
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg0\", peer = \"AAAA\" }}\n"), 3, 33, "not a WireGuard public key"),
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg0\", peer = \"{ALICE}\", peers = [] }}\n"), 3, 81, "not both"),
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg0\" }}\n"), 3, 5, "missing peer"),
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg0\", peers = [] }}\n"), 3, 26, "empty list of peers"),
-        (format!("{wg}[identities]\na = {{ wireguard = \"wg0\", pear = \"{ALICE}\" }}\n"), 3, 26, "unknown key \"pear\""),
-        (format!("{wg}[identities]\na = 3\n"), 3, 5, "expected a list of addresses"),
-        (format!("{wg}[[wireguard]]\ninterface = \"wg0\"\n"), 3, 13, "appears twice"),
-        ("[[wireguard]]\ninterface = \"a/b\"\n".into(), 1, 13, "not a valid interface name"),
-        ("[[wireguard]]\ninterface = \"wg0\"\nport = \"vpn\"\n".into(), 2, 8, "unknown port \"vpn\""),
-        ("[[wireguard]]\ninterface = \"wg0\"\nrefresh = 5\n".into(), 2, 11, "bare number"),
-        ("[[wireguard]]\ninterface = \"wg0\"\nrefresh = \"1ms\"\n".into(), 2, 11, "at least 10ms"),
-        ("[[wireguard]]\ninterface = \"wg0\"\nnetns = \"a b\"\n".into(), 2, 9, "netns"),
-        ("[[wireguard]]\ninterface = \"wg0\"\nmtu = 3\n".into(), 2, 1, "unknown field"),
+        (
+            format!("{wg}[identities]\na = {{ wireguard = \"wg9\", peer = \"{ALICE}\" }}\n"),
+            3,
+            19,
+            "unknown wireguard interface \"wg9\"",
+        ),
+        (
+            format!("{wg}[identities]\na = {{ wireguard = \"wg0\", peer = \"AAAA\" }}\n"),
+            3,
+            33,
+            "not a WireGuard public key",
+        ),
+        (
+            format!(
+                "{wg}[identities]\na = {{ wireguard = \"wg0\", peer = \"{ALICE}\", peers = [] }}\n"
+            ),
+            3,
+            81,
+            "not both",
+        ),
+        (
+            format!("{wg}[identities]\na = {{ wireguard = \"wg0\" }}\n"),
+            3,
+            5,
+            "missing peer",
+        ),
+        (
+            format!("{wg}[identities]\na = {{ wireguard = \"wg0\", peers = [] }}\n"),
+            3,
+            26,
+            "empty list of peers",
+        ),
+        (
+            format!("{wg}[identities]\na = {{ wireguard = \"wg0\", pear = \"{ALICE}\" }}\n"),
+            3,
+            26,
+            "unknown key \"pear\"",
+        ),
+        (
+            format!("{wg}[identities]\na = 3\n"),
+            3,
+            5,
+            "expected a list of addresses",
+        ),
+        (
+            format!("{wg}[[wireguard]]\ninterface = \"wg0\"\n"),
+            3,
+            13,
+            "appears twice",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"a/b\"\n".into(),
+            1,
+            13,
+            "not a valid interface name",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"wg0\"\nport = \"vpn\"\n".into(),
+            2,
+            8,
+            "unknown port \"vpn\"",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"wg0\"\nrefresh = 5\n".into(),
+            2,
+            11,
+            "bare number",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"wg0\"\nrefresh = \"1ms\"\n".into(),
+            2,
+            11,
+            "at least 10ms",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"wg0\"\nnetns = \"a b\"\n".into(),
+            2,
+            9,
+            "netns",
+        ),
+        (
+            "[[wireguard]]\ninterface = \"wg0\"\nmtu = 3\n".into(),
+            2,
+            1,
+            "unknown field",
+        ),
     ];
     for (body, line, column, what) in cases {
         let (text, first) = with_ports(&body);

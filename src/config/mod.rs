@@ -211,6 +211,6 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunwall/control.sock";
 type Result<T> = std::result::Result<T, ConfigError>;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod tests;
