@@ -147,3 +147,15 @@ fn wireguard_mistakes_are_located() {
         fails(&text, first + line, column, what);
     }
 }
+
+#[test]
+fn the_vpn_gateway_example_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/vpn-gateway.toml");
+    let c = super::Config::load(&path, &crate::policy::CalloutRegistry::default()).unwrap();
+    assert_eq!(c.wireguard.len(), 1);
+    assert_eq!(c.wireguard[0].port, Some(0));
+    match &c.policy.identities.defs["staff"] {
+        IdentitySource::WireGuard { peers, .. } => assert_eq!(peers.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}

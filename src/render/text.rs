@@ -216,6 +216,21 @@ pub fn check(config: &Config, policy: &Policy) -> String {
             },
         );
     }
+    for w in &config.wireguard {
+        let port = w.port.and_then(|i| config.ports.get(usize::from(i)));
+        let _ = writeln!(
+            out,
+            "wireguard {}{}: peers read every {}{}",
+            w.interface,
+            w.netns
+                .as_ref()
+                .map(|n| format!(" in netns {n}"))
+                .unwrap_or_default(),
+            humantime::format_duration(w.refresh),
+            port.map(|p| format!(", traffic arrives on port {}", p.name))
+                .unwrap_or_default(),
+        );
+    }
     let settings: Vec<String> = config
         .flows
         .settings()

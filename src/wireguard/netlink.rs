@@ -324,6 +324,17 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            if let Ok((_, m)) = split_messages(&bytes) {
+                let _ = parse_device(&m);
+            }
+            let _ = parse_device(std::slice::from_ref(&bytes));
+            let _ = family_id(&bytes);
+        }
+    }
+
     #[test]
     fn family_resolution_errors_and_garbage() {
         let reply = header(

@@ -165,6 +165,17 @@ errno=0\n\n";
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_or_line_soup_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            lines in proptest::collection::vec("(public_key|allowed_ip|errno|endpoint|)=[0-9a-f./:=]{0,70}", 0..24),
+        ) {
+            let _ = parse_get(&bytes);
+            let _ = parse_get((lines.join("\n") + "\n\n").as_bytes());
+        }
+    }
+
     #[test]
     fn host_bits_of_allowed_ips_are_cleared() {
         let text = format!(
