@@ -281,4 +281,71 @@ fn removing_a_peer_cuts_its_established_connection_within_one_refresh() {
     let dropped = gw.discards("tcp_no_flow");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(gw.discards("tcp_no_flow") > dropped);
+
+    // The gateway's wireguard-go goes away: reads fail, are counted, and
+    // the last known peers stay in force.
+    let pids = std::fs::read_to_string(lab.dir.join("pids")).expect("pids");
+    let gateway_wg = pids.lines().next().expect("the gateway's wireguard-go");
+    assert!(
+        std::process::Command::new("kill")
+            .arg(gateway_wg)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let gw = lab.gw();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.stats()["wireguard_read_errors"].as_u64().unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed read counted:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids = gw.cli(&["identities", "--json"]);
+    let ids: Value = serde_json::from_slice(&ids.stdout).expect("identities json");
+    let bob = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "bob")
+        .unwrap();
+    assert_eq!(strings(&bob["addresses"]), vec![format!("{BOB}/32")]);
+    assert!(gw.log().contains("wireguard read failed"));
+}
+
+#[test]
+fn an_unreadable_interface_stops_the_start_before_any_device() {
+    let tag = std::process::id() % 100_000;
+    let (iface, dev) = (format!("twnx{tag}"), format!("twnd{tag}"));
+    let dir = std::env::temp_dir().join(format!("tunwall-wgstart-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ncontrol_socket = \"{}\"\n\n[[port]]\nname = \"vpn\"\ndevice = \"{dev}\"\nzone = \"inside\"\nroutes = [\"198.18.100.0/24\"]\n\n\
+             [[wireguard]]\ninterface = \"{iface}\"\n",
+            dir.join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("wireguard interface \"{iface}\"")),
+        "{stderr}"
+    );
+    let link = std::process::Command::new("ip")
+        .args(["link", "show", &dev])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "the device was created");
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tunwall::config::Config;
 use tunwall::engine::{HostModel, Verdict};
-use tunwall::event::{EventKind, ReauthTrigger};
+use tunwall::event::ReauthTrigger;
 use tunwall::flow::FlowConfig;
 use tunwall::policy::{
     Action, Authorizer, CalloutRegistry, Layer, Peer, PeerSnapshot, Policy, PolicySpec,
@@ -59,18 +59,6 @@ fn compile(spec: &mut PolicySpec, snapshot: &PeerSnapshot, previous: Option<&Pol
     }
 }
 
-fn reauths(h: &Harness) -> Vec<(ReauthTrigger, Action)> {
-    h.events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::FlowReauthorized {
-                trigger, result, ..
-            } => Some((*trigger, *result)),
-            _ => None,
-        })
-        .collect()
-}
-
 const ALICE_IP: &str = "198.18.1.10";
 const BOB_IP: &str = "198.18.1.11";
 
@@ -117,7 +105,7 @@ fn removing_a_peer_cuts_its_flows_with_trigger_identity_change() {
     let d = ssh.client_data(10);
     assert_eq!(h.out(d), Verdict::Drop(DropReason::ReauthBlocked));
     assert_eq!(
-        reauths(&h),
+        h.reauthorizations(),
         vec![
             (ReauthTrigger::IdentityChange, Action::Permit),
             (ReauthTrigger::IdentityChange, Action::Block)
@@ -196,7 +184,7 @@ fn a_reload_after_an_identity_change_is_a_policy_change() {
     let d = web.client_data(5);
     assert_eq!(h.out(d), Verdict::Forward(WAN));
     assert_eq!(
-        reauths(&h),
+        h.reauthorizations(),
         vec![(ReauthTrigger::PolicyChange, Action::Permit)]
     );
 }

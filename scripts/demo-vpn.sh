@@ -10,15 +10,12 @@ cd "$(dirname "$0")/.."
 
 bin=$PWD/target/release/tunwall
 work=$(mktemp -d /tmp/tunwall-demo-vpn.XXXXXX)
-config="$work/vpn-gateway.toml"
+tunwall=""   # its PID while it runs
 socket="$work/control.sock"
-pid=""
+config="$work/vpn-gateway.toml"
 
 cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
+    [ -z "$tunwall" ] || { kill -TERM "$tunwall" && wait "$tunwall"; } 2>/dev/null || true
     if [ -f "$work/env" ]; then
         for ns in "$NS_SRV" "$NS_ALICE" "$NS_BOB" "$NS_CAROL"; do
             for p in $(ip netns pids "$ns" 2>/dev/null); do
@@ -54,7 +51,7 @@ $bin check -c "$config" | grep -E "^(port|wireguard)|^ +[0-9]+\."
 
 step "tunwall in the gateway namespace; identities read from $WG_GW"
 ip netns exec "$NS_GW" "$bin" run -c "$config" 2>"$work/tunwall.log" &
-pid=$!
+tunwall=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 [ -S "$socket" ] || { cat "$work/tunwall.log"; echo "tunwall did not start" >&2; exit 1; }
 $bin identities -s "$socket"
@@ -64,6 +61,7 @@ for port in 7001 7002; do
     in_ns "$NS_SRV" python3 -c "import socket
 s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('198.18.200.2',$port));s.listen(16)
 while True: s.accept()[0].close()" &
+    disown
 done
 sleep 0.5
 
@@ -84,6 +82,7 @@ done
 
 step "iperf3 alice → server through WireGuard and tunwall"
 in_ns "$NS_SRV" iperf3 -s -1 -B 198.18.200.2 >/dev/null 2>&1 &
+disown
 sleep 0.5
 in_ns "$NS_ALICE" iperf3 -c 198.18.200.2 -t 2 | grep -E "sender|receiver"
 
@@ -93,16 +92,16 @@ $bin flows -s "$socket"
 step "bob's peer removed from $WG_GW (wg set … remove): his identity empties within one refresh"
 in_ns "$NS_GW" wg set "$WG_GW" peer "$KEY_BOB" remove
 for _ in $(seq 70); do
-    grep -q identities_changed "$work/tunwall.log" && break
+    $bin identities -s "$socket" --json | grep -q '"addresses":\[\],[^]]*"name":"bob"' && break
     sleep 0.1
 done
-grep -o 'identities changed.*' "$work/tunwall.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/  /' || true
+sed 's/\x1b\[[0-9;]*m//g' "$work/tunwall.log" | grep -o 'identities changed.*' | sed 's/^/  /' || true
 $bin identities -s "$socket"
 
 step "tunwall stats"
 $bin stats -s "$socket"
 
 step "shutting down"
-kill -TERM "$pid"
-wait "$pid" && echo "  tunwall exited 0"
-pid=""
+kill -TERM "$tunwall"
+wait "$tunwall" && echo "  tunwall exited 0"
+tunwall=""

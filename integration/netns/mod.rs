@@ -102,18 +102,10 @@ impl Topology {
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut t = Topology {
-            client: format!("twc{tag}"),
-            server: format!("tws{tag}"),
-            lan_dev: format!("twl{tag}"),
-            wan_dev: format!("tww{tag}"),
-            config: dir.join("tunwall.toml"),
-            socket: dir.join("control.sock"),
-            events: dir.join("events.jsonl"),
+        let mut t = Topology::at(
             dir,
-            child: None,
-            background: Vec::new(),
-        };
+            ["twc", "tws", "twl", "tww"].map(|p| format!("{p}{tag}")),
+        );
         for ns in [&t.client, &t.server] {
             let out = run(Command::new("ip").args(["netns", "add", ns]));
             assert!(
@@ -187,6 +179,23 @@ discard_rate = 1000
         t
     }
 
+    /// A topology not yet started in `dir`: client and server namespaces,
+    /// inside and outside devices.
+    fn at(dir: PathBuf, [client, server, lan_dev, wan_dev]: [String; 4]) -> Topology {
+        Topology {
+            client,
+            server,
+            lan_dev,
+            wan_dev,
+            config: dir.join("tunwall.toml"),
+            socket: dir.join("control.sock"),
+            events: dir.join("events.jsonl"),
+            dir,
+            child: None,
+            background: Vec::new(),
+        }
+    }
+
     /// tunwall alone, on namespaces the caller built: `body` is the
     /// configuration without `[gateway]` and `[events]`, which this adds
     /// (the control socket and event file in the run's directory).
@@ -196,18 +205,7 @@ discard_rate = 1000
             std::env::temp_dir().join(format!("tunwall-e2e-x{}{n}", std::process::id() % 100_000));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut t = Topology {
-            client: String::new(),
-            server: String::new(),
-            lan_dev: String::new(),
-            wan_dev: String::new(),
-            config: dir.join("tunwall.toml"),
-            socket: dir.join("control.sock"),
-            events: dir.join("events.jsonl"),
-            dir,
-            child: None,
-            background: Vec::new(),
-        };
+        let mut t = Topology::at(dir, ["", "", "", ""].map(String::from));
         let config = format!(
             "[gateway]\ncontrol_socket = \"{}\"\n\n[events]\nfile = \"{}\"\ndiscard_rate = 1000\n\n{body}",
             t.socket.display(),

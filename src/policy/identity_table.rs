@@ -115,12 +115,16 @@ impl Identities {
                     interface,
                     peers: keys,
                 } => {
-                    let mut set = AddrSet::default();
-                    for net in peers
+                    let mut owned = peers
                         .get(interface)
                         .map(|list| owned_prefixes(list, keys))
-                        .unwrap_or_default()
-                    {
+                        .unwrap_or_default();
+                    // One set, one form: the order of the peers must not
+                    // look like a change.
+                    owned.sort_unstable();
+                    owned.dedup();
+                    let mut set = AddrSet::default();
+                    for net in owned {
                         set.add_net(net);
                     }
                     match self.ports.get(interface).copied().flatten() {
@@ -273,6 +277,9 @@ mod tests {
         assert_eq!(of(&ids, "fd00:5::1"), vec!["p2"]);
         assert!(of(&ids, "198.19.0.1").is_empty());
         assert!(ids.resolve(&snapshot).is_empty(), "unchanged");
+        let mut reordered = snapshot.clone();
+        reordered.get_mut("wg0").unwrap().reverse();
+        assert!(ids.resolve(&reordered).is_empty(), "the same peers in another order");
         assert_eq!(ids.resolve(&PeerSnapshot::new()), vec!["p1", "p2"]);
         assert!(
             of(&ids, "198.18.5.7").is_empty(),

@@ -38,7 +38,13 @@ pub fn read(w: &WireguardConfig) -> Result<Vec<Peer>, String> {
             )
         })
     };
-    result.map_err(|e| format!("wireguard interface \"{}\": {e}", w.interface))
+    let mut peers = result.map_err(|e| format!("wireguard interface \"{}\": {e}", w.interface))?;
+    // wireguard-go lists its peers in a different order on every read.
+    for p in &mut peers {
+        p.allowed_ips.sort_unstable();
+    }
+    peers.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(peers)
 }
 
 /// Reads every interface: the first read, before any device is touched.
