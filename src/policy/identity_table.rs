@@ -279,7 +279,10 @@ mod tests {
         assert!(ids.resolve(&snapshot).is_empty(), "unchanged");
         let mut reordered = snapshot.clone();
         reordered.get_mut("wg0").unwrap().reverse();
-        assert!(ids.resolve(&reordered).is_empty(), "the same peers in another order");
+        assert!(
+            ids.resolve(&reordered).is_empty(),
+            "the same peers in another order"
+        );
         assert_eq!(ids.resolve(&PeerSnapshot::new()), vec!["p1", "p2"]);
         assert!(
             of(&ids, "198.18.5.7").is_empty(),

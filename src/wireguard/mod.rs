@@ -43,7 +43,7 @@ pub fn read(w: &WireguardConfig) -> Result<Vec<Peer>, String> {
     for p in &mut peers {
         p.allowed_ips.sort_unstable();
     }
-    peers.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    peers.sort_unstable_by_key(|p| p.key);
     Ok(peers)
 }
 
