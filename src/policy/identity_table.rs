@@ -7,6 +7,7 @@
 use super::filter::AddrSet;
 use super::identity::IdentityAddrs;
 use super::{Conditions, PolicySpec};
+use crate::flow::{Direction, FlowInfo};
 use crate::packet::{IpVersion, RawAddr};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -157,6 +158,27 @@ impl Identities {
             .iter()
             .filter(|(_, addrs)| addrs.contains(version, addr, source))
             .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The identities of a flow's local and remote address; its initiator
+    /// is the source, arrived on the flow's arrival port.
+    pub fn of_flow(&self, f: &FlowInfo) -> (Vec<String>, Vec<String>) {
+        let version = f.key.version();
+        let outbound = f.direction == Direction::Outbound;
+        let source = |local: bool| (local == outbound).then_some(f.arrival_port);
+        (
+            self.groups_of(version, &f.key.local, source(true)),
+            self.groups_of(version, &f.key.remote, source(false)),
+        )
+    }
+
+    /// Each identity's current addresses, whatever the arrival port
+    /// (`tunwall flows --identity`).
+    pub fn address_groups(&self) -> std::collections::HashMap<String, AddrSet> {
+        self.resolved
+            .iter()
+            .map(|(name, addrs)| (name.clone(), addrs.all()))
             .collect()
     }
 
