@@ -103,17 +103,9 @@ impl Loader<'_> {
             ..Identities::default()
         };
         for (name, value) in raw {
-            // Values inside the identity carry no span of their own: point
-            // at the first occurrence of the offending text in it.
             let at = |needle: &str, msg: String| {
-                let span = value.span();
-                let start = self
-                    .text
-                    .get(span.clone())
-                    .and_then(|t| t.find(needle))
-                    .map_or(span.start, |i| span.start + i);
                 self.error(
-                    start..start,
+                    self.within(value.span(), needle),
                     format!("identity \"{}\": {msg}", name.get_ref()),
                 )
             };

@@ -50,7 +50,12 @@ pub fn warnings(path: &Path, text: &str) -> Vec<ConfigError> {
         ));
     }
     for value in raw.identities.values() {
-        addresses(&loader, value, &mut out);
+        for m in value.get_ref().as_array().into_iter().flatten() {
+            if let Some(m) = m.as_str() {
+                let span = loader.within(value.span(), &format!("\"{m}\""));
+                host_bits(&loader, m, span, &mut out);
+            }
+        }
     }
     for f in &raw.filters {
         for value in [&f.local_address, &f.remote_address].into_iter().flatten() {

@@ -40,6 +40,18 @@ impl Loader<'_> {
         }
     }
 
+    /// Where `needle` first occurs inside `span` (the start of `span` if
+    /// nowhere): values inside arrays and inline tables have no span of
+    /// their own.
+    pub(super) fn within(&self, span: Range<usize>, needle: &str) -> Range<usize> {
+        let start = self
+            .text
+            .get(span.clone())
+            .and_then(|t| t.find(needle))
+            .map_or(span.start, |i| span.start + i);
+        start..start
+    }
+
     pub(super) fn prefix(&self, s: &Spanned<String>, what: &str) -> Result<IpNet> {
         parse_prefix(s.get_ref()).ok_or_else(|| {
             self.error(
