@@ -152,6 +152,15 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Lists the identities: each one's source (addresses, or a WireGuard
+    /// interface and peers) and its current addresses.
+    Identities {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
         #[command(flatten)]
@@ -249,6 +258,13 @@ fn main() -> ExitCode {
                 tunwall::render::prometheus::prometheus(v)
             } else {
                 tunwall::render::text::stats(v)
+            }
+        }),
+        Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::identities(v)
             }
         }),
         Command::Events { socket } => {

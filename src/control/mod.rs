@@ -27,6 +27,11 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
 }
@@ -215,6 +220,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         "kill" => handler.kill(&request),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
