@@ -103,6 +103,7 @@ fn request(i: u32) -> ClassifyRequest {
         icmp: None,
         arrival_port: Some(0),
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
     }
 }

@@ -49,6 +49,7 @@ fn req(
         icmp: None,
         arrival_port: Some(LAN),
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
     }
 }
@@ -758,6 +759,7 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                     ClassifyFlags::REAUTHORIZE,
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
+                original: None,
                 now: Instant::ZERO,
             },
         )
@@ -827,6 +829,7 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             icmp: None,
             arrival_port: Some(LAN),
             flags: ClassifyFlags::empty(),
+            original: None,
             now: Instant::ZERO,
         };
         let a = policy.classify(&r, &mut Vec::new());

@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod flow;
+pub mod nat;
 pub mod io;
 pub mod packet;
 pub mod policy;

@@ -83,6 +83,12 @@ named_enum! {
         WrongInterface => "wrong_interface",
         /// The arrival port index is not a configured port.
         UnknownPort => "unknown_port",
+        /// A translated flow needed a port (or ICMP id) and none was free.
+        NatPortsExhausted => "nat_ports_exhausted",
+        /// A redirect filter has no `to_address` of the packet's IP family.
+        NatNoAddress => "nat_no_address",
+        /// The translated tuple is already another flow's.
+        NatConflict => "nat_conflict",
     }
 }
 

@@ -10,6 +10,7 @@
 mod conditions;
 mod live;
 mod policy;
+mod redirect;
 mod schema;
 mod validate;
 

@@ -4,13 +4,13 @@
 use super::pipeline::{Arrival, tcp_segment};
 use super::report::Dropped;
 use super::{Gateway, Local};
-use crate::event::{EventKind, FlowInfo};
+use crate::event::EventKind;
 use crate::flow::key::PacketKey;
-use crate::flow::table::ShardGuard;
+use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::wildcard::{Wildcard, WildcardKey};
 use crate::flow::{Direction, FlowClass, FlowEntry, FlowKey, TcpTracker};
 use crate::packet::Transport;
-use crate::policy::{Action, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, Original};
 use crate::reason::DropReason;
 
 pub(super) fn wildcard_key(key: &FlowKey) -> WildcardKey {
@@ -29,6 +29,7 @@ impl Local {
         gw: &Gateway,
         a: &Arrival<'_>,
         shard: &mut ShardGuard<'_>,
+        shard_index: usize,
         hash: u64,
         pk: PacketKey,
     ) -> Result<u8, Dropped> {
@@ -44,6 +45,7 @@ impl Local {
 
         if direction == Direction::Inbound
             && tcp.is_none()
+            && a.route_error.is_none()
             && let Some(w) = self.wildcard_match(gw, a, &key, group)
         {
             return self.admit_child(gw, a, shard, hash, pk, w);
@@ -66,12 +68,41 @@ impl Local {
         }
         request.arrival_port = Some(a.port);
         request.flags = self.packet_flags(gw, packet);
+        // SPEC §9: the redirect layers first; the auth layer then sees the
+        // translated tuple, and the original one in `original_*`.
+        let mut plan = match key.same_zone() || group {
+            true => None,
+            false if self.policy.has_redirects() => self.plan(gw, a, &flow_key, &request)?,
+            false => None,
+        };
+        if plan.is_none() && a.route_error.is_some() {
+            return Err(a.unrouted());
+        }
+        let mut assigned = false;
+        if let Some(plan) = plan.as_mut() {
+            assigned = self.acquire(gw, plan)?;
+            let mut translated = ClassifyRequest::for_flow(layer, &plan.key, a.now);
+            translated.icmp = request.icmp;
+            translated.arrival_port = request.arrival_port;
+            translated.flags = request.flags | ClassifyFlags::REDIRECTED;
+            translated.original = Some(Original::of(&flow_key));
+            request = translated;
+            if gw.nat.aliases.find(&plan.key).is_some() {
+                Self::unacquire(gw, plan);
+                return Err(DropReason::NatConflict.into());
+            }
+        }
         let decision = self.classify(&request);
         if decision.action == Action::Block {
+            if let Some(plan) = &plan {
+                // Nothing is allocated for a flow that is not created.
+                Self::unacquire(gw, plan);
+            }
             return Err(Dropped::blocked(layer, decision));
         }
         let mcast_state = direction == Direction::Outbound && group;
         let loose_source = !mcast_state
+            && plan.is_none()
             && decision.options.loose_source_mapping
             && packet.protocol == crate::packet::proto::UDP;
         if mcast_state && decision.options.deny_multicast_state {
@@ -109,7 +140,20 @@ impl Local {
         if mcast_state || loose_source {
             entry.set_wildcard_owner();
         }
-        let egress = self.insert(gw, a, shard, hash, entry, None)?;
+        let slot = match self.insert_entry(gw, a, shard, hash, entry, None) {
+            Ok(slot) => slot,
+            Err(dropped) => {
+                if let Some(plan) = &plan {
+                    Self::unacquire(gw, plan);
+                }
+                return Err(dropped);
+            }
+        };
+        let egress = match plan {
+            Some(plan) => self.translated(gw, a, shard, shard_index, slot, plan, assigned),
+            None => a.egress,
+        };
+        self.announce(gw, a, shard, slot);
         if mcast_state || loose_source {
             let owner_key = entry.key();
             gw.wildcards.add(
@@ -184,12 +228,13 @@ impl Local {
         let with_flow = w.direction == Direction::Inbound;
         entry.orient(pk.swapped, with_flow);
         entry.count(Direction::Inbound, a.packet.len);
-        self.insert(gw, a, shard, hash, entry, Some(w.parent_id))
+        let slot = self.insert_entry(gw, a, shard, hash, entry, Some(w.parent_id))?;
+        self.announce(gw, a, shard, slot);
+        Ok(a.egress)
     }
 
-    /// Inserts a new flow and indicates it (created; established unless it
-    /// is a TCP flow still in its handshake).
-    fn insert(
+    /// Inserts a new flow (making room if the table is full).
+    fn insert_entry(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -197,7 +242,7 @@ impl Local {
         hash: u64,
         entry: FlowEntry,
         parent: Option<u64>,
-    ) -> Result<u8, Dropped> {
+    ) -> Result<SlotId, Dropped> {
         let (slot, made_room) = shard
             .insert(hash, entry, parent, a.now)
             .ok_or(DropReason::FlowTableFull)?;
@@ -205,12 +250,19 @@ impl Local {
         if let Some((removed, reason)) = made_room {
             self.closed(gw, a.now, factor, &removed, reason);
         }
+        Ok(slot)
+    }
+
+    /// Indicates a new flow: created; established unless it is a TCP flow
+    /// still in its handshake.
+    fn announce(&mut self, gw: &Gateway, a: &Arrival<'_>, shard: &mut ShardGuard<'_>, slot: SlotId) {
         self.stats.flows_created += 1;
-        let flow = FlowInfo::of(shard.entry(slot), parent, a.now, &gw.config.flows, factor);
+        let factor = gw.table.adaptive_factor();
+        let flow = shard.info(slot, a.now, &gw.config.flows, factor);
         self.emit(a.now, EventKind::FlowCreated(flow));
+        let entry = shard.entry(slot);
         if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
             self.established(gw, a.now, shard, slot);
         }
-        Ok(a.egress)
     }
 }

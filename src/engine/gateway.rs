@@ -6,6 +6,7 @@ use crate::event::FlowInfo;
 use crate::flow::fragment::FragmentTable;
 use crate::flow::wildcard::Wildcards;
 use crate::flow::{FlowConfig, FlowTable};
+use crate::nat::Nat;
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
@@ -48,6 +49,7 @@ pub struct Gateway {
     pub(super) fragments: FragmentTable,
     pub(super) routes: RouteTable,
     pub(super) wildcards: Wildcards,
+    pub(super) nat: Nat,
     broadcast: Vec<RawAddr>,
     pub(super) next_id: AtomicU64,
     /// The one policy of every worker (SPEC §14: a reload is atomic across
@@ -85,6 +87,7 @@ impl Gateway {
             ),
             routes: RouteTable::new(&config.ports),
             wildcards: Wildcards::default(),
+            nat: Nat::default(),
             broadcast,
             next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(policy),
@@ -111,6 +114,11 @@ impl Gateway {
     /// The flow table.
     pub fn table(&self) -> &FlowTable {
         &self.table
+    }
+
+    /// The NAT state.
+    pub fn nat(&self) -> &Nat {
+        &self.nat
     }
 
     /// The fragment table.
@@ -146,14 +154,8 @@ impl Gateway {
         let mut out = Vec::with_capacity(self.table.len());
         for i in 0..self.table.shard_count() {
             let shard = self.table.lock_shard(i);
-            for (slot, entry) in shard.iter() {
-                out.push(FlowInfo::of(
-                    entry,
-                    shard.parent(slot),
-                    now,
-                    &self.config.flows,
-                    factor,
-                ));
+            for (slot, _) in shard.iter() {
+                out.push(shard.info(slot, now, &self.config.flows, factor));
             }
         }
         out.sort_by_key(|f| f.id);
@@ -170,6 +172,7 @@ impl Gateway {
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 notes: Vec::new(),
+                rewrite: None,
                 queued_discards: 0,
                 ids: 0..0,
             },

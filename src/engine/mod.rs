@@ -33,6 +33,7 @@ mod gateway;
 mod pipeline;
 mod report;
 mod stats;
+mod translate;
 
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use stats::{PortCounters, Stats};
@@ -81,6 +82,8 @@ struct Local {
     events: Vec<Event>,
     /// Scratch space for the policy's notes, turned into events at once.
     notes: Vec<crate::policy::PolicyNote>,
+    /// The rewrite of the packet being processed (translated flows).
+    rewrite: Option<translate::Rewrite>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
 }
@@ -128,8 +131,22 @@ impl Engine {
         self.local.events.drain(..)
     }
 
-    /// Decides what happens to one packet that arrived on port `port` at `now`.
+    /// Decides what happens to one packet that arrived on port `port` at
+    /// `now`; a packet of a translated flow is rewritten in place.
     pub fn process(&mut self, now: Instant, port: u8, bytes: &mut [u8]) -> Verdict {
+        self.process_offloaded(now, port, bytes, false)
+    }
+
+    /// [`Engine::process`] for an offloaded frame: `partial` says its
+    /// virtio header has `NEEDS_CSUM` (the transport checksum field holds
+    /// the pseudo-header sum, which translation updates as such).
+    pub fn process_offloaded(
+        &mut self,
+        now: Instant,
+        port: u8,
+        bytes: &mut [u8],
+        partial: bool,
+    ) -> Verdict {
         let gw = &*self.gw;
         let local = &mut self.local;
         let len = bytes.len() as u64;
@@ -145,7 +162,7 @@ impl Engine {
                 return Verdict::Drop(reason);
             }
         };
-        match local.route_and_process(gw, now, port, spec.zone, &packet, bytes) {
+        match local.route_and_process(gw, now, port, spec.zone, &packet, bytes, partial) {
             Ok(egress) => {
                 local.stats.ports[usize::from(egress)].tx(len);
                 Verdict::Forward(egress)

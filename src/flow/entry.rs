@@ -20,6 +20,8 @@ pub(super) const F_WILDCARD_OWNER: u8 = 0x20;
 /// The flow's local host is the key's remote endpoint (same-zone keys are in
 /// canonical order, not the flow's).
 pub(super) const F_REVERSED: u8 = 0x40;
+/// The flow is translated; its [`crate::nat::Translation`] is in the shard's side map.
+pub(super) const F_TRANSLATED: u8 = 0x80;
 
 const STATE_ACTIVE: u8 = 0xff;
 
@@ -184,6 +186,12 @@ impl FlowEntry {
     #[inline]
     pub fn is_wildcard_owner(&self) -> bool {
         self.flags & F_WILDCARD_OWNER != 0
+    }
+
+    /// Whether the flow is translated (SPEC §9).
+    #[inline]
+    pub fn is_translated(&self) -> bool {
+        self.flags & F_TRANSLATED != 0
     }
 
     /// Whether the flow has a parent (see [`Shard::parent`]).

@@ -40,8 +40,9 @@ const MAX_READ: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
 /// What a worker runs each packet through: the engine, or (to measure the
 /// I/O path alone) a plain copy.
 pub trait Processor: Send {
-    /// The verdict for one packet that arrived on `port`.
-    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict;
+    /// The verdict for one packet that arrived on `port`; `partial`: its
+    /// virtio header says `NEEDS_CSUM` (see [`Engine::process_offloaded`]).
+    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8], partial: bool) -> Verdict;
     /// Periodic work (expiry).
     fn handle_timeout(&mut self, _now: Instant) {}
     /// Moves the pending events to `out`.
@@ -57,8 +58,8 @@ pub trait Processor: Send {
 }
 
 impl Processor for Engine {
-    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict {
-        Engine::process(self, now, port, packet)
+    fn process(&mut self, now: Instant, port: u8, packet: &mut [u8], partial: bool) -> Verdict {
+        Engine::process_offloaded(self, now, port, packet, partial)
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -223,9 +224,11 @@ impl<P: Processor> Worker<P> {
                 self.io.read_errors += 1;
                 continue;
             }
+            // virtio_net_hdr.flags bit 0: VIRTIO_NET_HDR_F_NEEDS_CSUM.
+            let partial = self.header > 0 && buf[0] & 1 != 0;
             let verdict = self
                 .engine
-                .process(now, port as u8, &mut buf[self.header..n]);
+                .process(now, port as u8, &mut buf[self.header..n], partial);
             if let Verdict::Forward(out) = verdict
                 && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
