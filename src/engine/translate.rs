@@ -54,8 +54,9 @@ pub(super) struct Plan {
     /// The translated key (its port or id still the original where one is
     /// to be allocated).
     pub key: FlowKey,
-    /// A mapping to acquire: (key, range); the port lands in the key.
-    pub allocate: Option<(MapKey, (u16, u16))>,
+    /// A mapping to acquire: (key, range, the port to keep if free); the
+    /// port lands in the key.
+    pub allocate: Option<(MapKey, (u16, u16), Option<u16>)>,
     pub filter: Arc<str>,
     /// Egress toward [0] the outside and [1] the inside.
     pub egress: [u8; 2],
@@ -123,7 +124,13 @@ impl Local {
                         inside_port,
                         translated: translated.local,
                     };
-                    allocate = Some((map, r.to_port.unwrap_or(DEFAULT_RANGE)));
+                    // SPEC §9: without to_port the original port is kept when
+                    // free; with one, only if it lies in the range.
+                    let range = r.to_port.unwrap_or(DEFAULT_RANGE);
+                    let keep = (r.to_port.is_none()
+                        || (range.0..=range.1).contains(&inside_port))
+                    .then_some(inside_port);
+                    allocate = Some((map, range, keep));
                 }
                 Direction::Inbound if ports => translated.local_port = r.target_port(key.local_port),
                 _ => {}
@@ -169,14 +176,14 @@ impl Local {
     /// Acquires the plan's mapping and puts its port into the plan's key.
     /// Returns whether a new mapping was assigned.
     pub(super) fn acquire(&mut self, gw: &Gateway, plan: &mut Plan) -> Result<bool, Dropped> {
-        let Some((map, range)) = plan.allocate else {
+        let Some((map, range, keep)) = plan.allocate else {
             return Ok(false);
         };
         let ports = has_ports(plan.key.protocol);
         let (port, new) = gw
             .nat
             .allocator()
-            .acquire(map, range, map.inside_port)
+            .acquire(map, range, keep)
             .map_err(|_| Dropped::from(DropReason::NatPortsExhausted))?;
         if ports {
             plan.key.local_port = port;
@@ -188,7 +195,7 @@ impl Local {
 
     /// Gives back a mapping acquired for a flow that was then not created.
     pub(super) fn unacquire(gw: &Gateway, plan: &Plan) {
-        if let Some((map, _)) = plan.allocate {
+        if let Some((map, ..)) = plan.allocate {
             gw.nat.allocator().release(&map);
         }
     }
@@ -209,7 +216,7 @@ impl Local {
         let entry = *shard.entry(slot);
         let egress = plan.egress;
         // Only outbound flows allocate: their translated key is the outside view.
-        let mapping = plan.allocate.map(|(map, _)| {
+        let mapping = plan.allocate.map(|(map, ..)| {
             let port = if has_ports(plan.key.protocol) {
                 plan.key.local_port
             } else {

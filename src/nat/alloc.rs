@@ -134,14 +134,14 @@ pub struct Allocator {
 
 impl Allocator {
     /// The translated port of `key` for one more flow: the mapping's port if
-    /// it exists, else `prefer` when it lies in `range` and is free, else
-    /// any free port of `range`. Returns the port and whether the mapping
-    /// is new (a port was assigned).
+    /// it exists, else `prefer` when it is free, else any free port of
+    /// `range`. Returns the port and whether the mapping is new (a port
+    /// was assigned).
     pub fn acquire(
         &mut self,
         key: MapKey,
         range: (u16, u16),
-        prefer: u16,
+        prefer: Option<u16>,
     ) -> Result<(u16, bool), Exhausted> {
         if let Some(m) = self.mappings.get_mut(&key) {
             m.flows += 1;
@@ -152,7 +152,7 @@ impl Allocator {
             .entry((key.translated, key.protocol))
             .or_insert_with(Pool::new);
         let (lo, hi) = range;
-        let port = if (lo..=hi).contains(&prefer) && pool.is_free(prefer) {
+        let port = if let Some(prefer) = prefer.filter(|p| pool.is_free(*p)) {
             pool.take(prefer);
             prefer
         } else {
@@ -218,28 +218,28 @@ mod tests {
     #[test]
     fn keeps_the_original_port_when_free_and_maps_endpoint_independently() {
         let mut a = Allocator::default();
-        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), 5000), Ok((5000, true)));
+        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), Some(5000)), Ok((5000, true)));
         // Another flow of the same inside endpoint: same mapping.
-        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), 5000), Ok((5000, false)));
+        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), Some(5000)), Ok((5000, false)));
         // Another host with the same port: a different port.
-        let (p, new) = a.acquire(key(2, 5000), (1024, 65535), 5000).unwrap();
+        let (p, new) = a.acquire(key(2, 5000), (1024, 65535), Some(5000)).unwrap();
         assert!(new && p != 5000 && p >= 1024);
         assert_eq!(a.in_use(), 2);
         assert_eq!(a.release(&key(1, 5000)), None, "one flow still uses it");
         assert_eq!(a.release(&key(1, 5000)), Some(5000));
-        assert_eq!(a.acquire(key(3, 5000), (1024, 65535), 5000), Ok((5000, true)));
+        assert_eq!(a.acquire(key(3, 5000), (1024, 65535), Some(5000)), Ok((5000, true)));
     }
 
     #[test]
     fn a_small_range_exhausts_and_a_release_frees_its_port() {
         let mut a = Allocator::default();
         for host in 0..4 {
-            let (p, _) = a.acquire(key(host, 7), (2000, 2003), 7).unwrap();
+            let (p, _) = a.acquire(key(host, 7), (2000, 2003), None).unwrap();
             assert!((2000..=2003).contains(&p));
         }
-        assert_eq!(a.acquire(key(9, 7), (2000, 2003), 7), Err(Exhausted));
+        assert_eq!(a.acquire(key(9, 7), (2000, 2003), None), Err(Exhausted));
         let freed = a.release(&key(2, 7)).unwrap();
-        assert_eq!(a.acquire(key(9, 7), (2000, 2003), 7), Ok((freed, true)));
+        assert_eq!(a.acquire(key(9, 7), (2000, 2003), None), Ok((freed, true)));
     }
 
     #[test]
@@ -248,10 +248,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for i in 0..64_512u32 {
             let k = key((i % 250) as u8, (i / 250) as u16);
-            let (p, _) = a.acquire(k, (1024, 65535), 0).unwrap();
+            let (p, _) = a.acquire(k, (1024, 65535), None).unwrap();
             assert!(seen.insert(p), "port {p} handed out twice");
         }
-        assert_eq!(a.acquire(key(251, 1), (1024, 65535), 0), Err(Exhausted));
+        assert_eq!(a.acquire(key(251, 1), (1024, 65535), None), Err(Exhausted));
         assert_eq!(a.in_use(), 64_512);
     }
 
@@ -261,7 +261,7 @@ mod tests {
         let mut live = std::collections::VecDeque::new();
         for i in 0..60_000u32 {
             let k = key((i % 250) as u8, (i / 250) as u16);
-            a.acquire(k, (1024, 65535), 0).unwrap();
+            a.acquire(k, (1024, 65535), None).unwrap();
             live.push_back(k);
         }
         // Release the oldest, take a new one: the free ports are scattered.
@@ -269,7 +269,7 @@ mod tests {
             let old = live.pop_front().unwrap();
             assert!(a.release(&old).is_some());
             let k = key((i % 250) as u8, 1000 + (i / 250) as u16);
-            a.acquire(k, (1024, 65535), 0).unwrap();
+            a.acquire(k, (1024, 65535), None).unwrap();
             live.push_back(k);
         }
         assert_eq!(a.in_use(), 60_000);

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::packet::{Transport, parse, raw_addr};
-use crate::testkit::{Ep, echo, ep, fragments, icmp_error, tcp, udp};
+
+use crate::testkit::{Ep, echo, ep, fragments, icmp_error, recompute, tcp, udp};
 use proptest::prelude::*;
 
 fn raw(s: &str) -> RawAddr {
@@ -16,43 +17,6 @@ fn to(src: &str, sp: u16, dst: &str, dp: u16, id: u16) -> Endpoints {
         ports: (sp, dp),
         icmp_id: id,
     }
-}
-
-/// Recomputes every checksum of a whole (unfragmented) packet from scratch.
-fn recompute(b: &[u8]) -> Vec<u8> {
-    let mut b = b.to_vec();
-    let p = parse(&b).expect("parses");
-    if p.version == IpVersion::V4 {
-        let ihl = usize::from(b[0] & 0x0f) * 4;
-        b[10..12].fill(0);
-        let c = finish(sum(&b[..ihl]));
-        b[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    if matches!(p.fragment, Fragment::Later { .. }) {
-        return b;
-    }
-    let l4 = usize::from(p.l4_offset);
-    let end = p.len as usize;
-    let at = match (p.protocol, p.version) {
-        (proto::TCP, _) => l4 + 16,
-        (proto::UDP, _) => l4 + 6,
-        (proto::ICMP, IpVersion::V4) | (proto::ICMPV6, IpVersion::V6) => l4 + 2,
-        _ => return b,
-    };
-    if p.protocol == proto::UDP && p.version == IpVersion::V4 && b[at..at + 2] == [0, 0] {
-        return b;
-    }
-    b[at..at + 2].fill(0);
-    let mut s = sum(&b[l4..end]);
-    if p.protocol != proto::ICMP {
-        s += pseudo_sum(p.version, &p.src, &p.dst, p.protocol, (end - l4) as u32);
-    }
-    let mut c = finish(s);
-    if c == 0 && p.protocol == proto::UDP {
-        c = 0xffff;
-    }
-    b[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    b
 }
 
 fn translated(mut b: Vec<u8>, e: &Endpoints) -> Vec<u8> {
