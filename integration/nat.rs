@@ -62,7 +62,10 @@ fn ep_of(e: &(String, u16, String, u16)) -> (Ep, Ep) {
     (ep(&e.0, e.1), ep(&e.2, e.3))
 }
 
-fn port_events(h: &Harness) -> (Vec<(String, u16, u16)>, Vec<(String, u16, u16)>) {
+/// (inside address, inside port, translated port) of one NAT log line.
+type LogLine = (String, u16, u16);
+
+fn port_events(h: &Harness) -> (Vec<LogLine>, Vec<LogLine>) {
     let mut assigned = Vec::new();
     let mut released = Vec::new();
     for e in &h.events {
@@ -95,7 +98,11 @@ fn masquerade_rewrites_both_directions_and_shows_the_translation() {
     let (v, out) = h.pass(LAN, udp(ep(C4, 5000), ep(S4, 53), b"query"));
     assert_eq!(v, Verdict::Forward(WAN));
     let seen = endpoints(&out);
-    assert_eq!(seen, (PUBLIC.into(), 5000, S4.into(), 53), "original port kept");
+    assert_eq!(
+        seen,
+        (PUBLIC.into(), 5000, S4.into(), 53),
+        "original port kept"
+    );
     let (v, back) = h.pass(WAN, udp(ep(S4, 53), ep(PUBLIC, 5000), b"answer"));
     assert_eq!(v, Verdict::Forward(LAN));
     assert_eq!(endpoints(&back), (S4.into(), 53, C4.into(), 5000));
@@ -169,13 +176,7 @@ fn exhaustion_drops_and_counts() {
     }
     let (v, _) = h.pass(LAN, tcp_syn("198.18.1.12", 1234));
     assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
-    let stats = tunwall::render::json::stats(
-        h.engine.stats(),
-        &Default::default(),
-        &h.gw,
-        1,
-        1,
-    );
+    let stats = tunwall::render::json::stats(h.engine.stats(), &Default::default(), &h.gw, 1, 1);
     assert_eq!(stats["nat"]["ports_in_use"], 2);
     assert_eq!(stats["nat"]["ports_exhausted"], 1);
     // Closing a connection frees its port for the waiting host.
@@ -231,13 +232,17 @@ fn port_forwarding_reaches_the_inside_server_and_its_replies_leave_translated() 
     let flow = h.only_flow();
     assert!(flow.established);
     let j = json(&h, &flow);
-    assert_eq!((j["local_addr"].as_str(), j["local_port"].as_u64()), (Some(C4), Some(80)));
+    assert_eq!(
+        (j["local_addr"].as_str(), j["local_port"].as_u64()),
+        (Some(C4), Some(80))
+    );
     assert_eq!(j["translation"]["local_addr"], PUBLIC);
     assert_eq!(j["translation"]["local_port"], 8080);
     assert_eq!(j["direction"], "inbound");
     // Without the permit at auth_recv_accept a forward is blocked, and
     // nothing is left behind.
-    let mut closed = harness(&FORWARD.replace("original_local_port = 8080", "original_local_port = 9"));
+    let mut closed =
+        harness(&FORWARD.replace("original_local_port = 8080", "original_local_port = 9"));
     let (v, _) = closed.pass(WAN, TcpConn::new(ep(S4, 3333), ep(PUBLIC, 8080)).syn());
     assert_eq!(v, Verdict::Drop(DropReason::AuthRecvAcceptBlocked));
     assert!(closed.flows().is_empty());
@@ -264,7 +269,10 @@ fn connect_redirect_sends_dns_to_the_resolver_and_answers_come_from_the_original
     ] {
         let (v, out) = h.pass(LAN, udp(ep(client, 6000), ep(asked, 53), b"q"));
         assert_eq!(v, Verdict::Forward(WAN));
-        assert_eq!(endpoints(&out), (client.into(), 6000, resolver.into(), 5353));
+        assert_eq!(
+            endpoints(&out),
+            (client.into(), 6000, resolver.into(), 5353)
+        );
         let (v, back) = h.pass(WAN, udp(ep(resolver, 5353), ep(client, 6000), b"a"));
         assert_eq!(v, Verdict::Forward(LAN));
         assert_eq!(endpoints(&back), (asked.into(), 53, client.into(), 6000));
@@ -316,7 +324,10 @@ fn icmp_errors_come_back_through_nat_with_the_quote_translated() {
         let quote = &err[28..];
         let q = tunwall::packet::parse_quoted(p.version, quote).unwrap();
         assert_eq!((q.src, q.src_port), (raw_addr(C4.parse().unwrap()).1, 5000));
-        assert_eq!(&quote[..20], &recompute(&udp(ep(C4, 5000), ep(S4, 33434), b"probe"))[..20]);
+        assert_eq!(
+            &quote[..20],
+            &recompute(&udp(ep(C4, 5000), ep(S4, 33434), b"probe"))[..20]
+        );
     }
     // IPv6, and an error from the client about a reply it got: out through NAT.
     let (_, sent6) = h.pass(LAN, udp(ep(C6, 5000), ep(S6, 33434), b"probe"));
@@ -363,7 +374,16 @@ fn later_fragments_follow_the_first_fragments_translation() {
 #[test]
 fn offloaded_frames_update_the_partial_checksum_as_a_pseudo_header_sum() {
     let mut h = harness(&masquerade(None));
-    let mut syn = tcp(ep(C4, 40000), ep(S4, 80), SYN, 1, 0, 1000, None, &[0u8; 3000]);
+    let mut syn = tcp(
+        ep(C4, 40000),
+        ep(S4, 80),
+        SYN,
+        1,
+        0,
+        1000,
+        None,
+        &[0u8; 3000],
+    );
     let partial = |b: &[u8]| {
         let p = parse(b).unwrap();
         let len = p.len - u32::from(p.l4_offset);
@@ -374,8 +394,15 @@ fn offloaded_frames_update_the_partial_checksum_as_a_pseudo_header_sum() {
     syn[36..38].copy_from_slice(&field);
     let verdict = h.engine.process_offloaded(h.now, LAN, &mut syn, true);
     assert_eq!(verdict, Verdict::Forward(WAN));
-    assert_eq!(syn[36..38], partial(&syn), "the partial sum of the new pseudo-header");
-    assert_eq!(parse(&syn).unwrap().src, raw_addr(PUBLIC.parse().unwrap()).1);
+    assert_eq!(
+        syn[36..38],
+        partial(&syn),
+        "the partial sum of the new pseudo-header"
+    );
+    assert_eq!(
+        parse(&syn).unwrap().src,
+        raw_addr(PUBLIC.parse().unwrap()).1
+    );
 }
 
 #[test]
@@ -444,7 +471,8 @@ fn reauthorization_keeps_the_translation_and_a_block_releases_the_port() {
         masquerade(None)
     );
     let permit = compile(&permit, Some(&first));
-    h.engine.set_policy(Arc::new(compile(&masquerade(None), None)));
+    h.engine
+        .set_policy(Arc::new(compile(&masquerade(None), None)));
     let second = Arc::new(permit);
     h.engine.set_policy(second.clone());
     let (v, again) = h.pass(LAN, udp(ep(C4, 5000), ep(S4, 53), b"q"));
@@ -456,10 +484,14 @@ fn reauthorization_keeps_the_translation_and_a_block_releases_the_port() {
         "{}\n[[filter]]\nname = \"stop\"\nlayer = \"auth_connect\"\naction = \"block\"\nlocal_address = \"198.18.2.1\"\nflags = [\"redirected\"]\n",
         masquerade(None)
     );
-    h.engine.set_policy(Arc::new(compile(&block, Some(&second))));
+    h.engine
+        .set_policy(Arc::new(compile(&block, Some(&second))));
     let (v, _) = h.pass(WAN, udp(ep(S4, 53), ep(PUBLIC, 5000), b"a"));
     assert_eq!(v, Verdict::Drop(DropReason::ReauthBlocked));
-    assert_eq!(h.closed().last().map(|c| c.1), Some(CloseReason::ReauthBlocked));
+    assert_eq!(
+        h.closed().last().map(|c| c.1),
+        Some(CloseReason::ReauthBlocked)
+    );
     assert_eq!(port_events(&h).1.len(), 1);
     assert_eq!(h.gw.nat().ports_in_use(), 0);
     assert!(h.gw.nat().aliases.is_empty());

@@ -51,10 +51,7 @@ pub(super) fn target(
     if kind != FilterActionName::Redirect {
         for (key, v) in [("to_address", &f.to_address), ("to_port", &f.to_port)] {
             if let Some(v) = v {
-                return Err(here(
-                    v.span(),
-                    format!("{key} needs action = \"redirect\""),
-                ));
+                return Err(here(v.span(), format!("{key} needs action = \"redirect\"")));
             }
         }
         return Ok(None);
@@ -171,4 +168,122 @@ fn family(c: &Conditions) -> Option<IpVersion> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{fails, filter, parse};
+    use crate::policy::{Layer, SpecAction};
+
+    #[test]
+    fn redirect_filters_parse() {
+        let c = parse(&filter(
+            "name = \"masq\"\nlayer = \"bind_redirect\"\naction = \"redirect\"\narrival_port = \"lan\"\nto_address = [\"198.18.2.1\", \"fd00:2::1\"]\nto_port = \"20000-30000\"",
+        ))
+        .unwrap();
+        let f = &c.policy.filters[0];
+        assert_eq!(f.layer, Layer::BindRedirect);
+        let SpecAction::Redirect(t) = f.action else {
+            panic!("{:?}", f.action)
+        };
+        assert_eq!(t.port, Some((20000, 30000)));
+        assert!(t.v4.is_some() && t.v6.is_some());
+        parse(&filter(
+            "name = \"dns\"\nlayer = \"connect_redirect\"\naction = \"redirect\"\nremote_port = 53\nto_port = 5353",
+        ))
+        .unwrap();
+        parse(&filter(
+            "name = \"exempt\"\nlayer = \"bind_redirect\"\naction = \"permit\"\nlocal_address = \"198.18.1.9\"",
+        ))
+        .unwrap();
+        parse(&filter(
+            "name = \"a\"\nlayer = \"auth_connect\"\naction = \"block\"\noriginal_remote_port = 53\nflags = [\"redirected\"]",
+        ))
+        .unwrap();
+        parse(&filter(
+            "name = \"n\"\nlayer = \"resource_assignment\"\naction = \"callout\"\ncallout = \"log\"",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn redirect_config_errors_are_located() {
+        let head = "name = \"r\"\nlayer = \"bind_redirect\"\n";
+        fails(
+            &filter(&format!("{head}action = \"block\"")),
+            18,
+            10,
+            "takes only action = \"redirect\" or \"permit\"",
+        );
+        fails(
+            &filter(&format!(
+                "{head}action = \"redirect\"\nto_port = 1\nhard = true"
+            )),
+            20,
+            8,
+            "`hard` has no meaning at a redirect layer",
+        );
+        fails(
+            &filter(&format!("{head}action = \"redirect\"")),
+            18,
+            10,
+            "needs to_address and/or to_port",
+        );
+        fails(
+            &filter(&format!(
+                "{head}action = \"redirect\"\nip_version = 6\nto_address = \"198.18.2.1\""
+            )),
+            20,
+            14,
+            "matches IPv6 only but has no IPv6 address",
+        );
+        fails(
+            &filter(&format!(
+                "{head}action = \"redirect\"\nlocal_address = \"198.18.1.0/24\"\nto_address = \"fd00::1\""
+            )),
+            20,
+            14,
+            "IPv4 only",
+        );
+        fails(
+            &filter(&format!(
+                "{head}action = \"redirect\"\nto_address = [\"198.18.2.1\", \"198.18.2.2\"]"
+            )),
+            19,
+            14,
+            "one address per IP family",
+        );
+        fails(
+            &filter(&format!("{head}action = \"redirect\"\nto_port = \"9-3\"")),
+            19,
+            11,
+            "ends before it starts",
+        );
+        fails(
+            &filter("name = \"r\"\nlayer = \"auth_connect\"\naction = \"redirect\"\nto_port = 1"),
+            18,
+            10,
+            "belongs to bind_redirect or connect_redirect",
+        );
+        fails(
+            &filter("name = \"r\"\nlayer = \"auth_connect\"\naction = \"permit\"\nto_port = 1"),
+            19,
+            11,
+            "to_port needs action = \"redirect\"",
+        );
+        fails(
+            &filter("name = \"r\"\nlayer = \"resource_release\"\naction = \"permit\""),
+            18,
+            10,
+            "takes only callout filters",
+        );
+        fails(
+            &filter(&format!(
+                "{head}action = \"permit\"\noriginal_local_port = 5"
+            )),
+            19,
+            23,
+            "original_* conditions match at the auth layers",
+        );
+    }
 }

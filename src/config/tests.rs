@@ -19,13 +19,13 @@ zone = "outside"
 routes = ["0.0.0.0/0"]
 "#;
 
-fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
     Config::parse(Path::new("test.toml"), text, &CalloutRegistry::default())
 }
 
 /// Asserts that `text` fails at `line:column` with a message containing `what`.
 #[track_caller]
-fn fails(text: &str, line: usize, column: usize, what: &str) {
+pub(super) fn fails(text: &str, line: usize, column: usize, what: &str) {
     let e = parse(text).expect_err("the config must be rejected");
     assert_eq!((e.line, e.column), (line, column), "position of: {e}");
     assert!(
@@ -42,7 +42,7 @@ fn fails(text: &str, line: usize, column: usize, what: &str) {
 
 /// A config with the two ports and one filter of the given body (the filter
 /// starts at line 15; its first body line is line 16).
-fn filter(body: &str) -> String {
+pub(super) fn filter(body: &str) -> String {
     format!("{PORTS}\n\n[[filter]]\n{body}\n")
 }
 

@@ -255,7 +255,13 @@ impl Local {
 
     /// Indicates a new flow: created; established unless it is a TCP flow
     /// still in its handshake.
-    fn announce(&mut self, gw: &Gateway, a: &Arrival<'_>, shard: &mut ShardGuard<'_>, slot: SlotId) {
+    fn announce(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        slot: SlotId,
+    ) {
         self.stats.flows_created += 1;
         let factor = gw.table.adaptive_factor();
         let flow = shard.info(slot, a.now, &gw.config.flows, factor);

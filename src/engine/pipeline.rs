@@ -147,8 +147,8 @@ impl Local {
         {
             return self.icmp_error(gw, a, bytes);
         }
-        let key = FlowKey::of_packet(packet, a.orientation())
-            .ok_or(DropReason::MalformedTransport)?;
+        let key =
+            FlowKey::of_packet(packet, a.orientation()).ok_or(DropReason::MalformedTransport)?;
         let result = self.flow_packet(gw, a, key);
         if let Fragment::First { id } = packet.fragment {
             let verdict = match (&result, &self.rewrite) {

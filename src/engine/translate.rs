@@ -117,7 +117,11 @@ impl Local {
             translated.local = pick(r.address, key.local)?;
             match direction {
                 Direction::Outbound if ports || icmp_query => {
-                    let inside_port = if ports { key.local_port } else { key.remote_port };
+                    let inside_port = if ports {
+                        key.local_port
+                    } else {
+                        key.remote_port
+                    };
                     let map = MapKey {
                         protocol: key.protocol,
                         inside: key.local,
@@ -127,12 +131,13 @@ impl Local {
                     // SPEC §9: without to_port the original port is kept when
                     // free; with one, only if it lies in the range.
                     let range = r.to_port.unwrap_or(DEFAULT_RANGE);
-                    let keep = (r.to_port.is_none()
-                        || (range.0..=range.1).contains(&inside_port))
-                    .then_some(inside_port);
+                    let keep = (r.to_port.is_none() || (range.0..=range.1).contains(&inside_port))
+                        .then_some(inside_port);
                     allocate = Some((map, range, keep));
                 }
-                Direction::Inbound if ports => translated.local_port = r.target_port(key.local_port),
+                Direction::Inbound if ports => {
+                    translated.local_port = r.target_port(key.local_port)
+                }
                 _ => {}
             }
             filters.push(r.filter);

@@ -218,16 +218,25 @@ mod tests {
     #[test]
     fn keeps_the_original_port_when_free_and_maps_endpoint_independently() {
         let mut a = Allocator::default();
-        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), Some(5000)), Ok((5000, true)));
+        assert_eq!(
+            a.acquire(key(1, 5000), (1024, 65535), Some(5000)),
+            Ok((5000, true))
+        );
         // Another flow of the same inside endpoint: same mapping.
-        assert_eq!(a.acquire(key(1, 5000), (1024, 65535), Some(5000)), Ok((5000, false)));
+        assert_eq!(
+            a.acquire(key(1, 5000), (1024, 65535), Some(5000)),
+            Ok((5000, false))
+        );
         // Another host with the same port: a different port.
         let (p, new) = a.acquire(key(2, 5000), (1024, 65535), Some(5000)).unwrap();
         assert!(new && p != 5000 && p >= 1024);
         assert_eq!(a.in_use(), 2);
         assert_eq!(a.release(&key(1, 5000)), None, "one flow still uses it");
         assert_eq!(a.release(&key(1, 5000)), Some(5000));
-        assert_eq!(a.acquire(key(3, 5000), (1024, 65535), Some(5000)), Ok((5000, true)));
+        assert_eq!(
+            a.acquire(key(3, 5000), (1024, 65535), Some(5000)),
+            Ok((5000, true))
+        );
     }
 
     #[test]

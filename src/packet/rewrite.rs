@@ -219,7 +219,9 @@ fn rewrite_l4(
             };
             write16(b, l4 + check, new);
         }
-        L4::IcmpQuery { pseudo: with_pseudo } => {
+        L4::IcmpQuery {
+            pseudo: with_pseudo,
+        } => {
             let mut delta = Delta::default();
             replace(b, l4 + 4, &to.icmp_id.to_be_bytes(), &mut delta)?;
             if with_pseudo {
@@ -284,15 +286,7 @@ pub fn translate_icmp_error(
     let pseudo = rewrite_ip(&mut b[inner..end], version, &quoted.src, &quoted.dst)?;
     // The quote is usually cut short: translate what it holds.
     let kind = l4_kind(version, inner_protocol, inner_type);
-    let _ = rewrite_l4(
-        &mut b[..end],
-        inner_l4,
-        kind,
-        quoted,
-        pseudo,
-        false,
-    )
-    .or_else(|| {
+    let _ = rewrite_l4(&mut b[..end], inner_l4, kind, quoted, pseudo, false).or_else(|| {
         // Too short for the checksum: the ports or id alone, if present.
         match kind {
             L4::Ports { .. } => {

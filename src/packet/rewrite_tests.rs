@@ -43,9 +43,27 @@ fn check(b: Vec<u8>, e: Endpoints) {
 
 #[test]
 fn tcp_v4_and_v6() {
-    let syn = tcp(ep("198.18.1.10", 40000), ep("198.18.2.20", 80), 0x02, 7, 0, 1000, Some(7), b"");
+    let syn = tcp(
+        ep("198.18.1.10", 40000),
+        ep("198.18.2.20", 80),
+        0x02,
+        7,
+        0,
+        1000,
+        Some(7),
+        b"",
+    );
     check(syn, to("198.18.9.1", 1024, "198.18.2.20", 80, 0));
-    let data = tcp(ep("fd00:1::10", 40000), ep("fd00:2::20", 443), 0x10, 7, 9, 1000, None, b"hello");
+    let data = tcp(
+        ep("fd00:1::10", 40000),
+        ep("fd00:2::20", 443),
+        0x10,
+        7,
+        9,
+        1000,
+        None,
+        b"hello",
+    );
     check(data, to("fd00:9::1", 61000, "fd00:2::99", 8443, 0));
 }
 
@@ -56,7 +74,11 @@ fn udp_v4_v6_and_the_zero_checksum() {
     let mut zero = dns;
     zero[26..28].fill(0);
     let out = translated(zero, &to("198.18.9.1", 2000, "198.18.7.7", 5300, 0));
-    assert_eq!(out[26..28], [0, 0], "UDP/IPv4 without checksum stays without");
+    assert_eq!(
+        out[26..28],
+        [0, 0],
+        "UDP/IPv4 without checksum stays without"
+    );
     assert_eq!(recompute(&out), out);
     check(
         udp(ep("fd00:1::10", 5353), ep("fd00:2::53", 53), b"query?"),
@@ -138,7 +160,11 @@ fn check_error(from: &str, to_addr: &str, quoted: Vec<u8>, outer: (&str, &str), 
     let expected = translated(quoted, &inner);
     let start = usize::from(p.l4_offset) + 8;
     let quote = &err[start..];
-    assert_eq!(quote, &expected[..quote.len()], "quoted packet translated back");
+    assert_eq!(
+        quote,
+        &expected[..quote.len()],
+        "quoted packet translated back"
+    );
 }
 
 #[test]

@@ -62,6 +62,8 @@ impl FlowInfo {
 /// What the policy reports besides its decisions; the engine turns each
 /// note into an event.
 #[derive(Clone, Debug, PartialEq)]
+// Notes are rare (vetoes, log callouts) and moved straight into events.
+#[allow(clippy::large_enum_variant)]
 pub enum PolicyNote {
     /// A callout blocked against a hard permit.
     Veto {
