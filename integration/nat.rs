@@ -519,3 +519,19 @@ local_address = "198.18.1.99"
     assert_eq!(ep_of(&endpoints(&back)).1.0.to_string(), "198.18.1.99");
     assert!(json(&h, &h.only_flow())["translation"].is_null());
 }
+
+#[test]
+fn a_worker_whose_batch_began_before_the_last_packet_still_rides_the_flow() {
+    // The two sides of a translated flow reach different workers, each
+    // with the time its batch began: "now" may lie before the flow's last
+    // packet. That is no idle time.
+    let mut h = harness(&masquerade(None));
+    h.now = h.now + std::time::Duration::from_secs(5);
+    let (v, out) = h.pass(LAN, udp(ep(C4, 5000), ep(S4, 53), b"q"));
+    assert_eq!(v, Verdict::Forward(WAN));
+    let public_port = endpoints(&out).1;
+    h.now = tunwall::time::Instant::from_millis(4_990);
+    let (v, _) = h.pass(WAN, udp(ep(S4, 53), ep(PUBLIC, public_port), b"a"));
+    assert_eq!(v, Verdict::Forward(LAN));
+    assert!(h.closed().is_empty());
+}

@@ -241,8 +241,7 @@ impl FlowEntry {
 
     /// When the last packet refreshed the flow, given the current time.
     pub fn last_seen(&self, now: Instant) -> Instant {
-        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
-        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
+        Instant::from_millis(now.as_millis().saturating_sub(millis(self.idle(now))))
     }
 
     /// The idle-timeout override set by classify options.
