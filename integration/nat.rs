@@ -176,7 +176,8 @@ fn exhaustion_drops_and_counts() {
     }
     let (v, _) = h.pass(LAN, tcp_syn("198.18.1.12", 1234));
     assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
-    let stats = tunwall::render::json::stats(h.engine.stats(), &Default::default(), &h.gw, 1, 1);
+    let stats =
+        tunwall::render::json::stats(h.engine.stats(), &Default::default(), &h.gw, 1, 1, &[]);
     assert_eq!(stats["nat"]["ports_in_use"], 2);
     assert_eq!(stats["nat"]["ports_exhausted"], 1);
     // Closing a connection frees its port for the waiting host.

@@ -152,15 +152,7 @@ fn family(c: &Conditions) -> Option<IpVersion> {
     if c.ip_version.is_some() {
         return c.ip_version;
     }
-    for set in [
-        &c.local_address,
-        &c.remote_address,
-        &c.local_identity,
-        &c.remote_identity,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for set in [&c.local_address, &c.remote_address].into_iter().flatten() {
         match (set.v4.is_empty(), set.v6.is_empty()) {
             (false, true) => return Some(IpVersion::V4),
             (true, false) => return Some(IpVersion::V6),

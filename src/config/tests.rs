@@ -5,7 +5,7 @@ use crate::policy::DefaultPolicy;
 use std::path::Path;
 use std::time::Duration;
 
-const PORTS: &str = r#"
+pub(super) const PORTS: &str = r#"
 [[port]]
 name = "lan"
 device = "tw-lan"

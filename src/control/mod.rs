@@ -2,6 +2,7 @@
 //! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod flows;
 pub mod hub;
 pub mod queue;
 
@@ -17,12 +18,20 @@ use tracing::{debug, warn};
 
 /// What the control server asks of the daemon.
 pub trait ControlHandler: Send + Sync + 'static {
-    /// `flows --json`: the JSON array of flows.
-    fn flows(&self) -> Value;
+    /// `flows`: writes the answer to `request` (see [`flows`]) to `out`.
+    fn flows(&self, request: &Value, out: &mut dyn Write) -> std::io::Result<()>;
+    /// `kill`: closes the flows `request` selects;
+    /// `{"ok": true, "closed": N}` or `{"ok": false, "error"}`.
+    fn kill(&self, request: &Value) -> Value;
     /// `stats --json`: the counters object.
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
 }
@@ -202,9 +211,16 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
     let command = request.get("command").and_then(Value::as_str).unwrap_or("");
     let response = match command {
-        "flows" => handler.flows(),
+        "flows" => {
+            // A reader that stops reading is cut off after the timeout.
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let mut out = std::io::BufWriter::with_capacity(flows::OUTPUT_BUFFER, &stream);
+            return handler.flows(&request, &mut out);
+        }
+        "kill" => handler.kill(&request),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
@@ -217,9 +233,14 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
 
 /// Sends `command` to the daemon at `socket` and returns its answer.
 pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    send(socket, &json!({ "command": command }))
+}
+
+/// Sends a whole request object to the daemon and returns its answer.
+pub fn send(socket: &Path, request: &Value) -> std::io::Result<Value> {
     let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(stream, "{}", json!({"command": command}))?;
+    writeln!(stream, "{request}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     serde_json::from_str(&line)

@@ -10,7 +10,7 @@ use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::wildcard::{Wildcard, WildcardKey};
 use crate::flow::{Direction, FlowClass, FlowEntry, FlowKey, TcpTracker};
 use crate::packet::Transport;
-use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, Original};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, Original, SourceArrival};
 use crate::reason::DropReason;
 
 pub(super) fn wildcard_key(key: &FlowKey) -> WildcardKey {
@@ -67,6 +67,10 @@ impl Local {
             request.icmp = Some((icmp_type, code));
         }
         request.arrival_port = Some(a.port);
+        request.source = Some(SourceArrival {
+            local: direction == Direction::Outbound,
+            port: a.port,
+        });
         request.flags = self.packet_flags(gw, packet);
         // SPEC §9: the redirect layers first; the auth layer then sees the
         // translated tuple, and the original one in `original_*`.
@@ -154,6 +158,9 @@ impl Local {
             None => a.egress,
         };
         self.announce(gw, a, shard, slot);
+        if let Some(filter) = &decision.filter {
+            self.policy.flow_created(filter);
+        }
         if mcast_state || loose_source {
             let owner_key = entry.key();
             gw.wildcards.add(

@@ -13,9 +13,12 @@
 use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+use super::counters::{FilterCounters, FilterCounts};
 use super::filter::{
     AddrSet, Block, Conditions, Filter, FilterAction, RedirectTarget, ValueSet, addr_value,
 };
+use super::identity::IdentityCond;
+use super::trace::{Trace, TraceStep};
 use super::{
     Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer, Redirect,
     RedirectAddress,
@@ -90,6 +93,8 @@ pub struct PolicySpec {
     pub sublayers: Vec<Sublayer>,
     /// Filters in file order.
     pub filters: Vec<FilterSpec>,
+    /// `[identities]`, which the filters' identity conditions name.
+    pub identities: super::Identities,
 }
 
 impl Default for PolicySpec {
@@ -101,6 +106,7 @@ impl Default for PolicySpec {
                 weight: 0,
             }],
             filters: Vec::new(),
+            identities: super::Identities::default(),
         }
     }
 }
@@ -159,8 +165,11 @@ impl LayerIndex {
                 .filter(|s| !s.is_empty() && !s.v4.iter().chain(&s.v6).any(|b| b.len == 0))
                 .cloned()
         };
-        let remote = addr(&conditions.remote_address).or_else(|| addr(&conditions.remote_identity));
-        let local = addr(&conditions.local_address).or_else(|| addr(&conditions.local_identity));
+        let identity = |c: &Option<IdentityCond>| addr(&c.as_ref().map(|c| c.addrs.all()));
+        let remote =
+            addr(&conditions.remote_address).or_else(|| identity(&conditions.remote_identity));
+        let local =
+            addr(&conditions.local_address).or_else(|| identity(&conditions.local_identity));
         for (dim, set) in [(DIM_REMOTE_ADDR, remote), (DIM_LOCAL_ADDR, local)] {
             if let Some(set) = set {
                 for b in &set.v4 {
@@ -226,6 +235,9 @@ impl LayerIndex {
 pub struct Policy {
     generation: u64,
     layer_generations: [u32; Layer::COUNT],
+    /// Per layer, the generation of its last change by a reload (the later
+    /// ones came from identities changing).
+    reloaded_at: [u32; Layer::COUNT],
     changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
@@ -233,6 +245,10 @@ pub struct Policy {
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
     layers: Vec<LayerIndex>,
+    /// Per filter, by index: shared with the previous policy for a filter
+    /// that kept its name.
+    counters: Vec<Arc<FilterCounters>>,
+    by_name: HashMap<Arc<str>, usize, ahash::RandomState>,
 }
 
 /// A callout instance and what it was built for: a reload reuses the
@@ -380,9 +396,33 @@ impl Policy {
         } else {
             changed.extend(Layer::ALL);
         }
+        let mut reloaded_at = layer_generations;
+        if let Some(prev) = previous {
+            for &layer in Layer::ALL {
+                if !changed.contains(&layer) {
+                    reloaded_at[layer.index()] = prev.reloaded_at[layer.index()];
+                }
+            }
+        }
+        let counters = filters
+            .iter()
+            .map(|f| {
+                previous
+                    .and_then(|p| p.by_name.get(&f.name).map(|&i| Arc::clone(&p.counters[i])))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let by_name = filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (Arc::clone(&f.name), i))
+            .collect();
         Ok(Policy {
+            counters,
+            by_name,
             generation: previous.map_or(1, |p| p.generation + 1),
             layer_generations,
+            reloaded_at,
             changed,
             defaults: spec.defaults,
             sublayers: spec.sublayers.clone(),
@@ -398,6 +438,16 @@ impl Policy {
         self.generation
     }
 
+    /// Marks this policy, compiled against `previous`, as changed only by
+    /// identities' addresses: its flows are reauthorized with the trigger
+    /// `identity_change` (unless a reload changed their layer meanwhile).
+    pub fn identity_change(mut self, previous: &Policy) -> Policy {
+        for &layer in &self.changed {
+            self.reloaded_at[layer.index()] = previous.reloaded_at[layer.index()];
+        }
+        self
+    }
+
     /// The layers whose definition changed relative to the previous policy.
     pub fn changed_layers(&self) -> &[Layer] {
         &self.changed
@@ -408,27 +458,44 @@ impl Policy {
         self.filters.len()
     }
 
-    /// Classifies with arbitration over the candidates from the index.
-    fn arbitrate(
+    /// Classifies with arbitration over the candidates from the index,
+    /// reporting every step to `trace`.
+    fn arbitrate<T: Trace>(
         &self,
         request: &ClassifyRequest,
-        ranks: impl Iterator<Item = u32>,
+        ranks: &[u32],
         notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
     ) -> Decision {
         let layer = &self.layers[request.layer.index()];
+        trace.step(TraceStep::Candidates {
+            layer: request.layer,
+            ranks,
+        });
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
-        for rank in ranks {
+        for &rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
-            if decided_sublayer == Some(sublayer) {
-                continue;
-            }
             let index = layer.order[rank];
             let filter = &self.filters[index];
-            if !filter.conditions.matches(request) {
+            let sublayer_name = &self.sublayers[sublayer].name;
+            if decided_sublayer == Some(sublayer) {
+                trace.step(TraceStep::SublayerDecided {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                });
                 continue;
             }
+            if let Some(condition) = filter.conditions.mismatch(request) {
+                trace.step(TraceStep::Mismatch {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                    condition,
+                });
+                continue;
+            }
+            self.counters[index].matched();
             let result = match filter.action {
                 FilterAction::Permit { hard } => Some((Action::Permit, hard, false)),
                 FilterAction::Block { hard } => Some((Action::Block, hard, false)),
@@ -445,19 +512,35 @@ impl Policy {
                 // Validation keeps redirects at the redirect layers.
                 FilterAction::Redirect(_) => None,
             };
+            trace.step(TraceStep::Matched {
+                filter: &filter.name,
+                sublayer: sublayer_name,
+                result,
+            });
             if let Some((action, hard, callout)) = result {
+                let before = arbiter.current_action();
+                let vetoed_before = arbiter.vetoed();
                 arbiter.merge(SublayerResult {
                     action,
                     hard,
                     callout,
                     filter: index,
                 });
+                trace.step(TraceStep::Arbitrated {
+                    filter: &filter.name,
+                    before,
+                    after: arbiter.current_action(),
+                    veto: !vetoed_before && arbiter.vetoed(),
+                });
                 decided_sublayer = Some(sublayer);
             }
         }
         let Some(verdict) = arbiter.finish() else {
-            return Decision::default_action(self.defaults.action(request.layer));
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
         };
+        self.counters[verdict.filter].decided();
         let filter = &self.filters[verdict.filter];
         if let Some(overridden) = verdict.vetoed {
             notes.push(PolicyNote::Veto {
@@ -479,6 +562,50 @@ impl Policy {
         }
     }
 
+    /// Classifies `request` exactly as the gateway does (the index, then
+    /// arbitration), reporting each step to `trace` (`tunwall explain`).
+    pub fn classify_traced<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
+    ) -> Decision {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Candidates {
+                layer: request.layer,
+                ranks: &[],
+            });
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        self.arbitrate(request, &candidates, notes, trace)
+    }
+
+    /// The filters of `layer` in evaluation order: (name, sublayer name).
+    pub fn layer_filters(&self, layer: Layer) -> Vec<(&str, &str)> {
+        self.layers[layer.index()]
+            .order
+            .iter()
+            .map(|&i| {
+                let f = &self.filters[i];
+                (&*f.name, self.sublayers[f.sublayer].name.as_str())
+            })
+            .collect()
+    }
+
+    /// Every filter's counters: (name, layer, counts), in file order.
+    pub fn filter_counts(&self) -> Vec<(&str, Layer, FilterCounts)> {
+        self.filters
+            .iter()
+            .zip(&self.counters)
+            .map(|(f, c)| (&*f.name, f.layer, c.get()))
+            .collect()
+    }
+
     /// The reference classification: every filter of the layer in order, no
     /// index. The indexed path must always agree with it.
     pub fn classify_unindexed(
@@ -487,7 +614,8 @@ impl Policy {
         notes: &mut Vec<PolicyNote>,
     ) -> Decision {
         let n = self.layers[request.layer.index()].order.len() as u32;
-        self.arbitrate(request, 0..n, notes)
+        let ranks: Vec<u32> = (0..n).collect();
+        self.arbitrate(request, &ranks, notes, &mut ())
     }
 
     /// The compiled policy, readably: layers → sublayers → filters in
@@ -614,14 +742,20 @@ impl Authorizer for Policy {
         None
     }
 
+    fn identity_change_only(&self, layer: Layer, since: u32) -> bool {
+        // Wrapping order, as the engine compares generations.
+        let reloaded = self.reloaded_at[layer.index()];
+        (since.wrapping_sub(reloaded) as i32) >= 0
+    }
+
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
-        let layer = &self.layers[request.layer.index()];
-        if layer.order.is_empty() {
-            return Decision::default_action(self.defaults.action(request.layer));
+        self.classify_traced(request, notes, &mut ())
+    }
+
+    fn flow_created(&self, filter: &Arc<str>) {
+        if let Some(&i) = self.by_name.get(filter) {
+            self.counters[i].created();
         }
-        let mut candidates = Vec::with_capacity(16);
-        layer.candidates(request, &mut candidates);
-        self.arbitrate(request, candidates.into_iter(), notes)
     }
 
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
@@ -631,6 +765,10 @@ impl Authorizer for Policy {
         }
         let mut request = ClassifyRequest::for_flow(layer, &flow.key, now);
         request.arrival_port = Some(flow.arrival_port);
+        request.source = Some(super::SourceArrival {
+            local: flow.direction == crate::flow::Direction::Outbound,
+            port: flow.arrival_port,
+        });
         let mut candidates = Vec::new();
         index.candidates(&request, &mut candidates);
         for rank in candidates {

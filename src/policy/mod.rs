@@ -11,12 +11,20 @@
 pub mod arbitration;
 pub mod callout;
 pub mod compiled;
+pub mod counters;
 pub mod filter;
+pub mod identity;
+pub mod identity_table;
 pub mod rate_limit;
+pub mod trace;
 
 pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
+pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
+pub use identity_table::{
+    Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
+};
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
@@ -190,6 +198,9 @@ pub struct ClassifyRequest {
     /// The untranslated endpoints of a translated flow (`original_*`
     /// conditions); `None`: the same as the translated ones.
     pub original: Option<Original>,
+    /// Where the packet's source came in (SPEC §11), `None` when unknown:
+    /// WireGuard identities with a `port` then match by address alone.
+    pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
 }
@@ -276,6 +287,7 @@ impl ClassifyRequest {
             arrival_port: None,
             flags: ClassifyFlags::empty(),
             original: None,
+            source: None,
             now,
         }
     }
@@ -329,6 +341,13 @@ pub trait Authorizer: Send + Sync {
     /// generation of its layer is reauthorized on its next packet.
     fn generation(&self, layer: Layer) -> u32;
 
+    /// Whether every change of `layer` since generation `since` came from
+    /// an identity's addresses changing (SPEC §11), not from a reload: the
+    /// reauthorization's trigger is then `identity_change`.
+    fn identity_change_only(&self, _layer: Layer, _since: u32) -> bool {
+        false
+    }
+
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;
 
@@ -342,6 +361,10 @@ pub trait Authorizer: Send + Sync {
     fn has_redirects(&self) -> bool {
         false
     }
+
+    /// A flow was admitted with `filter` as the deciding filter (its
+    /// `flows_created` counter).
+    fn flow_created(&self, _filter: &Arc<str>) {}
 
     /// Runs the callouts of a callout-only layer (`flow_established`,
     /// `endpoint_closure`, `resource_assignment`, `resource_release`) for

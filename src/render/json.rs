@@ -7,7 +7,8 @@ use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
-use crate::policy::Layer;
+use crate::policy::counters::FilterCounts;
+use crate::policy::{Identities, IdentitySource, Layer, key_base64};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use serde_json::{Map, Value, json};
@@ -62,6 +63,60 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
             })
         }),
     })
+}
+
+/// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
+pub fn flow_identities(flow: &mut Value, local: Vec<String>, remote: Vec<String>) {
+    if let Some(map) = flow.as_object_mut() {
+        map.insert("local_identity".into(), json!(local));
+        map.insert("remote_identity".into(), json!(remote));
+    }
+}
+
+/// `identities --json`: each identity, its source and current addresses.
+pub fn identities(ids: &Identities, ports: &[impl AsRef<str>]) -> Value {
+    let list: Vec<Value> = ids
+        .defs
+        .iter()
+        .map(|(name, source)| {
+            let resolved = ids.resolved.get(name).cloned().unwrap_or_default();
+            let addresses: Vec<String> = resolved
+                .all()
+                .prefixes()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut v = json!({"name": name, "addresses": addresses});
+            let map = v.as_object_mut().expect("json! of an object");
+            match source {
+                IdentitySource::Addresses(_) => {
+                    map.insert("source".into(), json!("addresses"));
+                }
+                IdentitySource::WireGuard { interface, peers } => {
+                    let port = ids.ports.get(interface).copied().flatten();
+                    map.insert("source".into(), json!("wireguard"));
+                    map.insert("interface".into(), json!(interface));
+                    map.insert(
+                        "peers".into(),
+                        json!(peers.iter().map(key_base64).collect::<Vec<_>>()),
+                    );
+                    map.insert(
+                        "port".into(),
+                        json!(port.and_then(|p| ports.get(usize::from(p)).map(|p| p.as_ref()))),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Adds the WireGuard counters to `stats --json`.
+pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
+    if let Some(map) = stats.as_object_mut() {
+        map.insert("wireguard_read_errors".into(), json!(read_errors));
+    }
 }
 
 /// An event as a JSON object (without `ts`, which the shell adds from the
@@ -201,16 +256,40 @@ fn millis(d: Duration) -> u64 {
     crate::time::millis(d)
 }
 
-/// The `stats --json` object of SPEC §7.
-pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: usize) -> Value {
+/// Per-filter counters as `stats --json` reports them: (name, layer, counts).
+pub type FilterStats<'a> = [(&'a str, Layer, FilterCounts)];
+
+/// The `stats --json` object of SPEC §7 and §12. Every known drop and
+/// closure reason is present, at zero too.
+pub fn stats(
+    s: &Stats,
+    io: &IoStats,
+    gw: &Gateway,
+    generation: u64,
+    workers: usize,
+    filter_stats: &FilterStats<'_>,
+) -> Value {
     let by_reason =
         |counts: &[u64], names: &mut dyn Iterator<Item = &'static str>| -> Map<String, Value> {
             names
                 .zip(counts)
-                .filter(|(_, n)| **n > 0)
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect()
         };
+    let filters: Map<String, Value> = filter_stats
+        .iter()
+        .map(|(name, layer, c)| {
+            (
+                name.to_string(),
+                json!({
+                    "layer": layer.as_str(),
+                    "matches": c.matches,
+                    "decisions": c.decisions,
+                    "flows_created": c.flows_created,
+                }),
+            )
+        })
+        .collect();
     let closed = by_reason(
         &s.flows_closed,
         &mut CloseReason::ALL.iter().map(|r| r.as_str()),
@@ -253,6 +332,7 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         "events_dropped": s.events_dropped,
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
+        "filters": filters,
         "nat": {
             "ports_in_use": gw.nat().ports_in_use(),
             "ports_exhausted": s.discarded(DropReason::NatPortsExhausted),

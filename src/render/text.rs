@@ -9,55 +9,119 @@ use std::fmt::Write as _;
 
 /// `tunwall flows` without `--json`: one line per flow, like `conntrack -L`.
 pub fn flows(flows: &Value) -> String {
-    let mut out = String::new();
+    let mut out = flows_header();
     let Some(list) = flows.as_array() else {
         return out;
     };
-    out.push_str(&format!(
-        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
-        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
-    ));
     for f in list {
-        let s = |k: &str| {
-            f.get(k)
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .unwrap_or_default()
-        };
-        let endpoint = |addr: &str, port: &str| {
-            let a = s(addr);
-            match f.get(port) {
-                Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
-                Some(Value::Number(p)) => format!("{a}:{p}"),
-                _ => a,
-            }
-        };
-        let mut remote = endpoint("remote_addr", "remote_port");
-        if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
-            remote.push_str(&format!(" type {t}"));
-            if let Some(id) = f.get("icmp_id").and_then(Value::as_u64) {
-                remote.push_str(&format!(" id {id}"));
-            }
-        }
-        let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
-        out.push_str(&format!(
-            "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
-            s("id"),
-            s("protocol"),
-            s("direction"),
-            endpoint("local_addr", "local_port"),
-            remote,
-            s("state"),
-            s("packets_out"),
-            s("packets_in"),
-            expires / 1000,
-            s("arrival_port"),
-        ));
+        out.push_str(&flow_line(f));
     }
     out.push_str(&format!("{} flows\n", list.len()));
+    out
+}
+
+/// The column headings of `tunwall flows`.
+pub fn flows_header() -> String {
+    format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6} {}\n",
+        "ID",
+        "PROTO",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PKTS OUT",
+        "PKTS IN",
+        "EXPIRES",
+        "PORT",
+        "IDENTITY (LOCAL/REMOTE)"
+    )
+}
+
+/// One flow (its `flows --json` object) as a line of `tunwall flows`.
+pub fn flow_line(f: &Value) -> String {
+    let s = |k: &str| {
+        f.get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
+    let endpoint = |addr: &str, port: &str| {
+        let a = s(addr);
+        match f.get(port) {
+            Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
+            Some(Value::Number(p)) => format!("{a}:{p}"),
+            _ => a,
+        }
+    };
+    let mut remote = endpoint("remote_addr", "remote_port");
+    if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
+        remote.push_str(&format!(" type {t}"));
+        if let Some(id) = f.get("icmp_id").and_then(Value::as_u64) {
+            remote.push_str(&format!(" id {id}"));
+        }
+    }
+    let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6} {}/{}\n",
+        s("id"),
+        s("protocol"),
+        s("direction"),
+        endpoint("local_addr", "local_port"),
+        remote,
+        s("state"),
+        s("packets_out"),
+        s("packets_in"),
+        expires / 1000,
+        s("arrival_port"),
+        names(f.get("local_identity")),
+        names(f.get("remote_identity")),
+    )
+}
+
+/// A list of names, comma-separated, or "-".
+fn names(v: Option<&Value>) -> String {
+    let list: Vec<&str> = v
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// `tunwall identities` without `--json`: one block per identity.
+pub fn identities(list: &Value) -> String {
+    let mut out = String::new();
+    for i in list.as_array().into_iter().flatten() {
+        let s = |k: &str| i.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let source = match s("source").as_str() {
+            "wireguard" => {
+                let port = match s("port") {
+                    p if p.is_empty() => String::new(),
+                    p => format!(", port {p}"),
+                };
+                format!(
+                    "wireguard {} ({} peer(s){port})",
+                    s("interface"),
+                    i.get("peers").and_then(Value::as_array).map_or(0, Vec::len)
+                )
+            }
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "{:<20} {source}", s("name"));
+        if let Some(peers) = i.get("peers").and_then(Value::as_array) {
+            for p in peers.iter().filter_map(Value::as_str) {
+                let _ = writeln!(out, "{:<20}   peer {p}", "");
+            }
+        }
+        let _ = writeln!(out, "{:<20}   addresses {}", "", names(i.get("addresses")));
+    }
     out
 }
 
@@ -159,6 +223,21 @@ pub fn check(config: &Config, policy: &Policy) -> String {
             } else {
                 format!(", kernel_routes [{}]", list(&p.kernel_routes))
             },
+        );
+    }
+    for w in &config.wireguard {
+        let port = w.port.and_then(|i| config.ports.get(usize::from(i)));
+        let _ = writeln!(
+            out,
+            "wireguard {}{}: peers read every {}{}",
+            w.interface,
+            w.netns
+                .as_ref()
+                .map(|n| format!(" in netns {n}"))
+                .unwrap_or_default(),
+            humantime::format_duration(w.refresh),
+            port.map(|p| format!(", traffic arrives on port {}", p.name))
+                .unwrap_or_default(),
         );
     }
     let settings: Vec<String> = config
