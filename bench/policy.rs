@@ -104,6 +104,8 @@ fn request(i: u32) -> ClassifyRequest {
         arrival_port: Some(0),
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 

@@ -50,6 +50,8 @@ fn req(
         arrival_port: Some(LAN),
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -759,6 +761,8 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -828,6 +832,8 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             arrival_port: Some(LAN),
             flags: ClassifyFlags::empty(),
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());

@@ -33,6 +33,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DecisionArg {
+    Permit,
+    Block,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Starts the gateway in the foreground. SIGHUP reloads the file;
@@ -70,6 +76,27 @@ enum Command {
         /// The Prometheus text format.
         #[arg(long)]
         prometheus: bool,
+    },
+    /// Lists the flows a callout pended (waiting for `tunwall decide`), with
+    /// their age, the packets they hold and their pend timeout.
+    Pending {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Completes a pending flow: `permit` releases its held packets, `block`
+    /// drops them and closes it. Exits 1 if no pending flow has the id or it
+    /// was already decided.
+    Decide {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The flow id (from `tunwall pending` or a `flow_pending` event).
+        id: u64,
+        /// The decision.
+        #[arg(value_enum)]
+        decision: DecisionArg,
     },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
@@ -119,6 +146,18 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::pending(v)
+            }
+        }),
+        Command::Decide {
+            socket,
+            id,
+            decision,
+        } => decide(&socket.socket, id, decision),
         Command::Events { socket } => {
             match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +248,33 @@ fn reload(socket: &std::path::Path) -> ExitCode {
                 v.get("error")
                     .and_then(|e| e.as_str())
                     .unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn decide(socket: &std::path::Path, id: u64, decision: DecisionArg) -> ExitCode {
+    let decision = match decision {
+        DecisionArg::Permit => "permit",
+        DecisionArg::Block => "block",
+    };
+    let request = serde_json::json!({"command": "decide", "id": id, "decision": decision});
+    match tunwall::control::request_with(socket, &request) {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            println!("flow {id}: {decision}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: {}",
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("decide failed")
             );
             ExitCode::FAILURE
         }

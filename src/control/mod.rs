@@ -1,5 +1,6 @@
 //! The control socket: a Unix socket speaking one JSON request per
-//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
+//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`,
+//! `pending`, `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
 pub mod hub;
@@ -25,6 +26,10 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn reload(&self) -> Value;
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
+    /// `decide`: completes pending flow `id`; `{"ok": true, …}` or `{"ok": false, "error"}`.
+    fn decide(&self, id: u64, decision: crate::policy::Action) -> Value;
+    /// `pending --json`: the JSON array of pending flows.
+    fn pending(&self) -> Value;
 }
 
 /// The listening control socket.
@@ -205,6 +210,8 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         "flows" => handler.flows(),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "pending" => handler.pending(),
+        "decide" => decide(&request, handler),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
@@ -215,11 +222,33 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     writeln!(stream, "{response}")
 }
 
+/// `{"command": "decide", "id": N, "decision": "permit"|"block"}`.
+fn decide(request: &Value, handler: &dyn ControlHandler) -> Value {
+    use crate::policy::Action;
+    let id = request.get("id").and_then(Value::as_u64);
+    let decision = match request.get("decision").and_then(Value::as_str) {
+        Some("permit") => Some(Action::Permit),
+        Some("block") => Some(Action::Block),
+        _ => None,
+    };
+    match (id, decision) {
+        (Some(id), Some(decision)) => handler.decide(id, decision),
+        _ => {
+            json!({"ok": false, "error": "decide needs \"id\" (a flow id) and \"decision\" (\"permit\" or \"block\")"})
+        }
+    }
+}
+
 /// Sends `command` to the daemon at `socket` and returns its answer.
 pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    request_with(socket, &json!({"command": command}))
+}
+
+/// Sends a request object (`{"command": …, arguments…}`) and returns the answer.
+pub fn request_with(socket: &Path, request: &Value) -> std::io::Result<Value> {
     let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(stream, "{}", json!({"command": command}))?;
+    writeln!(stream, "{request}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     serde_json::from_str(&line)

@@ -53,7 +53,11 @@ impl FlowInfo {
             key: entry.key(),
             direction: entry.direction(),
             class: entry.class(),
-            state: entry.state(),
+            state: if entry.is_pending() {
+                FlowState::Pending
+            } else {
+                entry.state()
+            },
             established: entry.established(),
             arrival_port: entry.arrival_port(),
             created: entry.created(),

@@ -14,7 +14,10 @@ use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
-use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
+use super::{
+    Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
+    Layer, Pend,
+};
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
 use crate::time::Instant;
@@ -410,6 +413,10 @@ impl Policy {
         let layer = &self.layers[request.layer.index()];
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
+        // SPEC §10: only an auth layer's initial authorization may pend.
+        let may_pend = matches!(request.layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+            && !request.flags.contains(ClassifyFlags::REAUTHORIZE);
+        let mut pended: Option<(usize, Pend)> = None;
         for rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
@@ -432,6 +439,16 @@ impl Policy {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
                         CalloutResult::Continue => None,
+                        // The pending callout ends its sublayer without a
+                        // result; the other sublayers arbitrate as usual.
+                        CalloutResult::Pend if may_pend => {
+                            pended.get_or_insert((index, self.callouts[c].params.pend));
+                            decided_sublayer = Some(sublayer);
+                            None
+                        }
+                        // At a reauthorization the pending callout returns
+                        // the flow's completed decision, or continues.
+                        CalloutResult::Pend => request.completed.map(|a| (a, false, true)),
                     }
                 }
             };
@@ -444,6 +461,18 @@ impl Policy {
                 });
                 decided_sublayer = Some(sublayer);
             }
+        }
+        // A hard block decided elsewhere is final: nothing to wait for.
+        if let Some((index, pend)) = pended
+            && arbiter.current_action() != Some((Action::Block, true))
+        {
+            return Decision {
+                action: Action::Block,
+                filter: Some(Arc::clone(&self.filters[index].name)),
+                options: FlowOptions::default(),
+                vetoed: false,
+                pend: Some(pend),
+            };
         }
         let Some(verdict) = arbiter.finish() else {
             return Decision::default_action(self.defaults.action(request.layer));
@@ -466,6 +495,7 @@ impl Policy {
             filter: Some(Arc::clone(&filter.name)),
             options,
             vetoed: verdict.vetoed.is_some(),
+            pend: None,
         }
     }
 

@@ -7,6 +7,62 @@ use crate::policy::Policy;
 use serde_json::Value;
 use std::fmt::Write as _;
 
+/// `tunwall pending` without `--json`: one line per pending flow.
+pub fn pending(pending: &Value) -> String {
+    let mut out = String::new();
+    let Some(list) = pending.as_array() else {
+        return out;
+    };
+    out.push_str(&format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<30} {:>7} {:>6} {:>7} {:>8} {:<7} {}\n",
+        "ID",
+        "PROTO",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "AGE",
+        "PKTS",
+        "BYTES",
+        "TIMEOUT",
+        "THEN",
+        "FILTER"
+    ));
+    for p in list {
+        let s = |k: &str| match p.get(k) {
+            Some(Value::String(v)) => v.clone(),
+            Some(Value::Null) | None => "-".to_string(),
+            Some(v) => v.to_string(),
+        };
+        let endpoint = |addr: &str, port: &str| match p.get(port) {
+            Some(Value::Number(n)) if s(addr).contains(':') => format!("[{}]:{n}", s(addr)),
+            Some(Value::Number(n)) => format!("{}:{n}", s(addr)),
+            _ => s(addr),
+        };
+        let secs = |k: &str| {
+            format!(
+                "{:.1}s",
+                p.get(k).and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0
+            )
+        };
+        out.push_str(&format!(
+            "{:>6} {:<6} {:<8} {:<30} {:<30} {:>7} {:>6} {:>7} {:>8} {:<7} {}\n",
+            s("id"),
+            s("protocol"),
+            s("direction"),
+            endpoint("local_addr", "local_port"),
+            endpoint("remote_addr", "remote_port"),
+            secs("age_ms"),
+            s("queued_packets"),
+            s("queued_bytes"),
+            secs("expires_in_ms"),
+            s("timeout_action"),
+            s("filter"),
+        ));
+    }
+    out.push_str(&format!("{} pending flows\n", list.len()));
+    out
+}
+
 /// `tunwall flows` without `--json`: one line per flow, like `conntrack -L`.
 pub fn flows(flows: &Value) -> String {
     let mut out = String::new();
