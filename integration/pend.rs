@@ -300,6 +300,9 @@ fn pend_max_flows_blocks_new_flows_and_pending_flows_are_never_evicted() {
         )]
     );
     assert_eq!(h.gw.pending().len(), 2);
+    let stats = h.engine.stats();
+    let layer = Layer::AuthConnect.index();
+    assert_eq!((stats.layer_pend[layer], stats.layer_block[layer]), (2, 1));
     // The table holds 3: one ordinary embryonic flow fits, and the next
     // new flow evicts it, never a pending one.
     let web = |port| TcpConn::new(ep(C4, port), ep(S4, 443));

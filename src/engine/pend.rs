@@ -294,8 +294,10 @@ impl Local {
         request: PendRequest,
     ) -> Result<u8, Dropped> {
         let config = &gw.config.flows;
+        let layer = request.layer.index();
         let mut inner = gw.pend.lock();
         if inner.flows.len() >= config.pend_max_flows {
+            self.stats.layer_block[layer] += 1;
             return Err(Dropped {
                 reason: DropReason::PendLimit,
                 layer: Some(request.layer),
@@ -317,7 +319,11 @@ impl Local {
         entry.orient(pk.swapped, true);
         // Held packets are counted when they leave.
         entry.set_pending();
-        self.insert(gw, a, shard, hash, entry, None)?;
+        if let Err(dropped) = self.insert(gw, a, shard, hash, entry, None) {
+            self.stats.layer_block[layer] += 1;
+            return Err(dropped);
+        }
+        self.stats.layer_pend[layer] += 1;
         let slot = shard.find(hash, &pk.key).expect("just inserted");
         let factor = gw.table.adaptive_factor();
         let flow = FlowInfo::of(shard.entry(slot), None, a.now, config, factor);

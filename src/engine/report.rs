@@ -104,6 +104,9 @@ impl Local {
         self.take_notes();
         let layer = request.layer.index();
         match decision.action {
+            // A pend is counted by the engine once the flow is pending (or
+            // blocked, beyond `pend_max_flows`).
+            _ if decision.pend.is_some() => {}
             Action::Permit => self.stats.layer_permit[layer] += 1,
             Action::Block => self.stats.layer_block[layer] += 1,
         }

@@ -236,7 +236,7 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         .map(|l| {
             (
                 l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
+                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()], "pend": s.layer_pend[l.index()]}),
             )
         })
         .collect();

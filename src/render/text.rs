@@ -148,9 +148,10 @@ pub fn stats(stats: &Value) -> String {
         out.push_str("layers:\n");
         for (layer, v) in layers {
             out.push_str(&format!(
-                "  {layer:<28} permit {:<10} block {}\n",
+                "  {layer:<28} permit {:<10} block {:<10} pend {}\n",
                 v.get("permit").cloned().unwrap_or(Value::Null),
-                v.get("block").cloned().unwrap_or(Value::Null)
+                v.get("block").cloned().unwrap_or(Value::Null),
+                v.get("pend").cloned().unwrap_or(Value::from(0))
             ));
         }
     }
