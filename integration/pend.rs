@@ -37,6 +37,14 @@ local_port = 8080
 protocol = "tcp"
 "#;
 
+/// `ASK` plus, in a sublayer above it, a (hard) block filter `name` of
+/// `auth_connect` with `conditions`.
+fn ask_and_guard(name: &str, conditions: &str) -> String {
+    format!(
+        "{ASK}\n[[sublayer]]\nname = \"guard\"\nweight = 10\n\n[[filter]]\nname = \"{name}\"\nlayer = \"auth_connect\"\nsublayer = \"guard\"\naction = \"block\"\n{conditions}\n"
+    )
+}
+
 fn compile_with(text: &str, registry: &CalloutRegistry, previous: Option<&Policy>) -> Arc<Policy> {
     let text = format!("{PORTS_TOML}\n{text}");
     let config = tunwall::config::Config::parse(std::path::Path::new("pend.toml"), &text, registry)
@@ -384,21 +392,7 @@ timeout_action = "{action}"
 /// authorization pends, and the permitted completion is still blocked.
 #[test]
 fn a_hard_block_elsewhere_wins_over_a_permitted_completion() {
-    let text = format!(
-        r#"{ASK}
-[[sublayer]]
-name = "guard"
-weight = 10
-
-[[filter]]
-name = "no-reauth"
-layer = "auth_connect"
-sublayer = "guard"
-action = "block"
-remote_port = 22
-flags = ["reauthorize"]
-"#
-    );
+    let text = ask_and_guard("no-reauth", "remote_port = 22\nflags = [\"reauthorize\"]");
     let mut h = harness(FlowConfig::with_max_flows(64), compile(&text, None));
     assert_eq!(h.out(ssh().syn()), Verdict::Held);
     h.gw.complete(pending_id(&h), Action::Permit).unwrap();
@@ -425,20 +419,9 @@ flags = ["reauthorize"]
 
 #[test]
 fn a_hard_block_at_the_initial_authorization_is_final() {
-    let text = format!(
-        r#"{ASK}
-[[sublayer]]
-name = "guard"
-weight = 10
-
-[[filter]]
-name = "no-ssh-to-s4"
-layer = "auth_connect"
-sublayer = "guard"
-action = "block"
-remote_address = "{S4}"
-remote_port = 22
-"#
+    let text = ask_and_guard(
+        "no-ssh-to-s4",
+        &format!("remote_address = \"{S4}\"\nremote_port = 22"),
     );
     let mut h = harness(FlowConfig::with_max_flows(64), compile(&text, None));
     assert_eq!(
@@ -522,20 +505,7 @@ fn a_reload_keeps_pending_flows_pending_and_the_completion_meets_the_new_policy(
     let c = ssh();
     assert_eq!(h.out(c.syn()), Verdict::Held);
     let id = pending_id(&h);
-    let text = format!(
-        r#"{ASK}
-[[sublayer]]
-name = "guard"
-weight = 10
-
-[[filter]]
-name = "no-ssh"
-layer = "auth_connect"
-sublayer = "guard"
-action = "block"
-remote_port = 22
-"#
-    );
+    let text = ask_and_guard("no-ssh", "remote_port = 22");
     // Another thread reloads: the worker picks the policy up at its next
     // batch. The pending flow stays pending and keeps holding.
     h.gw.set_policy(compile(&text, Some(&first)) as Arc<dyn Authorizer>);

@@ -172,6 +172,15 @@ impl PendStore {
     }
 }
 
+/// Queues completed flow `id` for worker `owner` (an engine made for a
+/// worker index beyond the gateway's count gets its list on first use).
+fn queue_for(completed: &mut Vec<Vec<u64>>, owner: usize, id: u64) {
+    if completed.len() <= owner {
+        completed.resize(owner + 1, Vec::new());
+    }
+    completed[owner].push(id);
+}
+
 /// Why a completion was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PendError {
@@ -227,7 +236,7 @@ impl Gateway {
                 return Err(PendError::Decided);
             }
             pending.decision = Some(decision);
-            completed[pending.owner].push(id);
+            queue_for(completed, pending.owner, id);
             pending.owner
         };
         if let Some(wake) = self.pend.wakers.get(owner).and_then(OnceLock::get) {
@@ -391,7 +400,7 @@ impl Local {
         for (id, p) in flows.iter_mut() {
             if p.owner == worker && p.decision.is_none() && now >= p.deadline {
                 p.decision = Some(p.timeout_action);
-                completed[worker].push(*id);
+                queue_for(completed, worker, *id);
             }
         }
     }

@@ -36,6 +36,12 @@ pub fn prometheus(stats: &Value) -> String {
         plain("flows_active"),
     );
     metric(
+        "flows_pending",
+        "gauge",
+        "Flows waiting for a pending callout's decision.",
+        plain("flows_pending"),
+    );
+    metric(
         "flows_created_total",
         "counter",
         "Flows created.",

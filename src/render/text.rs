@@ -122,8 +122,9 @@ pub fn stats(stats: &Value) -> String {
     let mut out = String::new();
     let get = |k: &str| stats.get(k).cloned().unwrap_or(Value::Null);
     out.push_str(&format!(
-        "flows: {} active, {} created; workers {}; policy generation {}; adaptive factor {}\n",
+        "flows: {} active ({} pending), {} created; workers {}; policy generation {}; adaptive factor {}\n",
         get("flows_active"),
+        get("flows_pending"),
         get("flows_created"),
         get("workers"),
         get("policy_generation"),
