@@ -105,5 +105,7 @@ named_enum! {
         Evicted => "evicted",
         /// The gateway shut down.
         Shutdown => "shutdown",
+        /// An operator closed it (`tunwall kill`).
+        Admin => "admin",
     }
 }

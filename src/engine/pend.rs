@@ -333,6 +333,9 @@ impl Local {
             return Err(dropped);
         }
         self.stats.layer_pend[layer] += 1;
+        if let Some(filter) = &request.filter {
+            self.policy.flow_created(filter);
+        }
         let slot = shard.find(hash, &pk.key).expect("just inserted");
         let factor = gw.table.adaptive_factor();
         let flow = FlowInfo::of(shard.entry(slot), None, a.now, config, factor);

@@ -200,9 +200,19 @@ impl FlowEntry {
         self.flags & F_HAS_PARENT != 0
     }
 
-    /// The TCP state, or `Active`.
+    /// The state shown: `Pending`, a TCP state, or `Active`.
     #[inline]
     pub fn state(&self) -> FlowState {
+        if self.is_pending() {
+            return FlowState::Pending;
+        }
+        self.tracked_state()
+    }
+
+    /// The TCP state, or `Active`, also while the flow is pending (which
+    /// timeout applies once it is not).
+    #[inline]
+    pub(super) fn tracked_state(&self) -> FlowState {
         match self.state {
             STATE_ACTIVE => FlowState::Active,
             _ => FlowState::Tcp(self.tcp.state()),

@@ -53,11 +53,7 @@ impl FlowInfo {
             key: entry.key(),
             direction: entry.direction(),
             class: entry.class(),
-            state: if entry.is_pending() {
-                FlowState::Pending
-            } else {
-                entry.state()
-            },
+            state: entry.state(),
             established: entry.established(),
             arrival_port: entry.arrival_port(),
             created: entry.created(),

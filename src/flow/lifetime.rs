@@ -136,7 +136,7 @@ impl FlowEntry {
         if self.class() == FlowClass::McastBcastState {
             return (self.lifetime().unwrap_or(config.mcast_bcast_lifetime), true);
         }
-        match self.state() {
+        match self.tracked_state() {
             FlowState::Tcp(state) => match state {
                 TcpState::SynSent | TcpState::SynReceived => (config.tcp_opening, true),
                 TcpState::Established => (config.tcp_established, false),

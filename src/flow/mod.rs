@@ -6,6 +6,7 @@ pub mod fragment;
 pub mod info;
 pub mod key;
 pub mod lifetime;
+pub mod select;
 pub mod table;
 pub mod tcp;
 pub mod wildcard;
@@ -14,6 +15,7 @@ pub use entry::FlowEntry;
 pub use info::FlowInfo;
 pub use key::{Direction, FlowKey, IcmpIdentity, Zone};
 pub use lifetime::{FlowConfig, MAX_TIMEOUT};
+pub use select::FlowSelector;
 pub use table::{FlowTable, Shard, SlotId};
 pub use tcp::{TcpState, TcpTracker};
 
