@@ -598,3 +598,59 @@ callout = "remote"
     assert_eq!(h.released, vec![(WAN, packet)]);
     assert_eq!(h.only_flow().id, id, "the id the callout saw");
 }
+
+/// The extreme of that race: the callout completes the flow before its
+/// classification has even returned. The decision is kept and applied.
+struct Immediate {
+    gw: std::sync::OnceLock<Arc<tunwall::engine::Gateway>>,
+    answers: Mutex<Vec<Result<(), PendError>>>,
+}
+
+impl Callout for Immediate {
+    fn classify(
+        &self,
+        _filter: &Arc<str>,
+        request: &ClassifyRequest,
+        _notes: &mut Vec<PolicyNote>,
+    ) -> CalloutResult {
+        if let (Some(gw), Some(id)) = (self.gw.get(), request.flow_id) {
+            let mut answers = self.answers.lock().unwrap();
+            answers.push(gw.complete(id, Action::Permit));
+            answers.push(gw.complete(id, Action::Block));
+        }
+        CalloutResult::Pend
+    }
+}
+
+#[test]
+fn a_completion_during_the_classification_is_applied_once_pending() {
+    let immediate = Arc::new(Immediate {
+        gw: std::sync::OnceLock::new(),
+        answers: Mutex::new(Vec::new()),
+    });
+    let mut registry = CalloutRegistry::default();
+    let shared = Arc::clone(&immediate);
+    registry.register("immediate", move |_| {
+        Ok(Arc::clone(&shared) as Arc<dyn Callout>)
+    });
+    let text = "[[filter]]\nname = \"now\"\nlayer = \"auth_connect\"\naction = \"callout\"\ncallout = \"immediate\"\n";
+    let mut h = harness(
+        FlowConfig::with_max_flows(64),
+        compile_with(text, &registry, None),
+    );
+    let _ = immediate.gw.set(Arc::clone(&h.gw));
+    let packet = udp(ep(C4, 5000), ep(S4, 53), b"q");
+    assert_eq!(h.out(packet.clone()), Verdict::Held);
+    assert_eq!(
+        *immediate.answers.lock().unwrap(),
+        vec![Ok(()), Err(PendError::Decided)]
+    );
+    assert_eq!(h.gw.pending()[0].decision, Some(Action::Permit));
+    h.apply_completions();
+    assert_eq!(h.released, vec![(WAN, packet)]);
+    // An id nobody classifies or holds stays unknown.
+    assert_eq!(
+        h.gw.complete(12_345, Action::Permit),
+        Err(PendError::Unknown)
+    );
+}

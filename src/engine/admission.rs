@@ -67,8 +67,15 @@ impl Local {
         }
         request.arrival_port = Some(a.port);
         request.flags = self.packet_flags(gw, packet);
-        request.flow_id = Some(self.peek_id(gw));
+        let id = self.peek_id(gw);
+        request.flow_id = Some(id);
+        // A callout may hand the id to another thread that completes the
+        // flow before it is pending: the store remembers such a decision.
+        gw.pend.classifying(self.worker, id);
         let decision = self.classify(&request);
+        if decision.pend.is_none() {
+            gw.pend.classifying(self.worker, 0);
+        }
         if let Some(pend) = decision.pend {
             let request = PendRequest {
                 tcp,

@@ -28,7 +28,9 @@ use crate::flow::{FlowClass, FlowConfig, FlowEntry, FlowKey, TcpTracker};
 use crate::policy::{Action, ClassifyFlags, Layer, Pend};
 use crate::reason::DropReason;
 use crate::time::Instant;
+use crossbeam_utils::CachePadded;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// The longest frame header (the virtio-net header) a held packet may carry.
@@ -129,6 +131,9 @@ struct Inner {
     /// Completed flows waiting for their owner, per worker; a flow is
     /// completed once, so each list is bounded by `pend_max_flows`.
     completed: Vec<Vec<u64>>,
+    /// Decisions on flows still being classified (a callout handed the id
+    /// to another thread that was quick): at most one per worker.
+    early: Vec<(u64, Action)>,
     spare: Vec<Queue>,
 }
 
@@ -140,6 +145,8 @@ pub(super) struct PendStore {
     inner: Mutex<Inner>,
     /// How to wake each worker's loop when one of its flows completes.
     wakers: Box<[OnceLock<Wake>]>,
+    /// The id of the new flow each worker is classifying (0: none).
+    classifying: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl PendStore {
@@ -150,7 +157,40 @@ impl PendStore {
                 ..Inner::default()
             }),
             wakers: (0..workers).map(|_| OnceLock::new()).collect(),
+            classifying: (0..workers).map(|_| CachePadded::default()).collect(),
         }
+    }
+
+    /// Records that `worker` classifies the new flow `id` (0: done).
+    pub fn classifying(&self, worker: usize, id: u64) {
+        if let Some(slot) = self.classifying.get(worker) {
+            slot.store(id, Ordering::SeqCst);
+        }
+    }
+
+    /// A completion for a flow not (yet) pending: kept if a worker is
+    /// classifying that very flow, for `pend_new_flow` to apply.
+    fn complete_early(
+        &self,
+        inner: &mut Inner,
+        id: u64,
+        decision: Action,
+    ) -> Result<(), PendError> {
+        inner.early.retain(|(early, _)| self.is_classifying(*early));
+        if id == 0 || !self.is_classifying(id) {
+            return Err(PendError::Unknown);
+        }
+        if inner.early.iter().any(|(early, _)| *early == id) {
+            return Err(PendError::Decided);
+        }
+        inner.early.push((id, decision));
+        Ok(())
+    }
+
+    fn is_classifying(&self, id: u64) -> bool {
+        self.classifying
+            .iter()
+            .any(|slot| slot.load(Ordering::SeqCst) == id)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -228,6 +268,9 @@ impl Gateway {
     pub fn complete(&self, id: u64, decision: Action) -> Result<(), PendError> {
         let owner = {
             let mut inner = self.pend.lock();
+            if !inner.flows.contains_key(&id) {
+                return self.pend.complete_early(&mut inner, id, decision);
+            }
             let Inner {
                 flows, completed, ..
             } = &mut *inner;
@@ -305,6 +348,15 @@ impl Local {
         let config = &gw.config.flows;
         let layer = request.layer.index();
         let mut inner = gw.pend.lock();
+        // Under the store's lock: a completion that came during the
+        // classification is in `early`, any later one finds the flow.
+        gw.pend.classifying(self.worker, 0);
+        let id = self.peek_id(gw);
+        let early = inner
+            .early
+            .iter()
+            .position(|(e, _)| *e == id)
+            .map(|i| inner.early.swap_remove(i).1);
         if inner.flows.len() >= config.pend_max_flows {
             self.stats.layer_block[layer] += 1;
             return Err(Dropped {
@@ -313,7 +365,7 @@ impl Local {
                 filter: request.filter,
             });
         }
-        let id = self.next_id(gw);
+        self.next_id(gw);
         let mut entry = FlowEntry::new(
             id,
             pk.key,
@@ -362,10 +414,13 @@ impl Local {
                 flags: request.flags,
                 deadline: a.now + request.pend.timeout,
                 timeout_action: request.pend.timeout_action,
-                decision: None,
+                decision: early,
                 queue,
             },
         );
+        if early.is_some() {
+            queue_for(&mut inner.completed, self.worker, id);
+        }
         if held {
             Ok(HELD)
         } else {
