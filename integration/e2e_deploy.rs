@@ -237,3 +237,33 @@ fn the_units_capabilities_suffice_for_ports_in_the_gateways_namespace() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_device_name_taken_by_another_kind_of_device_is_explained() {
+    require_netns!();
+    let t = Topology::prepare(true, false, FLOWS, "");
+    // A single-queue TUN device of the lan port's name.
+    let out = t.exec(
+        &t.client,
+        &["ip", "tuntap", "add", "dev", &t.lan_dev, "mode", "tun"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["run", "-c"])
+        .arg(&t.config)
+        .output()
+        .expect("tunwall run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "port lan: opening TUN device {}: Invalid argument (os error 22) (a device of this name exists and is not a multi-queue TUN device",
+            t.lan_dev
+        )),
+        "{stderr}"
+    );
+    assert!(
+        t.device_exists(&t.client, &t.lan_dev),
+        "the operator's device stays"
+    );
+}

@@ -97,7 +97,18 @@ impl Port {
                 .inherit_enable_state()
                 .build_sync()
                 .map_err(|e| {
-                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}"))
+                    // The kernel's EINVAL/EBUSY alone do not tell the operator
+                    // that the name is taken.
+                    let hint = match e.raw_os_error() {
+                        Some(nix::libc::EINVAL) if existed => {
+                            " (a device of this name exists and is not a multi-queue TUN device: remove it or choose another name)"
+                        }
+                        Some(nix::libc::EBUSY) => {
+                            " (the device is in use by another process, e.g. another tunwall)"
+                        }
+                        _ => "",
+                    };
+                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}{hint}"))
                 })?;
             let mut devices = Vec::with_capacity(queues);
             for _ in 1..queues {
