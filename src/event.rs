@@ -54,6 +54,9 @@ named_enum! {
         ArrivalInterface => "arrival_interface",
         /// A pending flow was completed (SPEC §10).
         PendComplete => "pend_complete",
+        /// The addresses of an identity a filter of the flow's layer names
+        /// changed (SPEC §11).
+        IdentityChange => "identity_change",
     }
 }
 

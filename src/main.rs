@@ -179,6 +179,15 @@ enum Command {
         #[arg(value_enum)]
         decision: DecisionArg,
     },
+    /// Lists the identities: each one's source (addresses, or a WireGuard
+    /// interface and peers) and its current addresses.
+    Identities {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
         #[command(flatten)]
@@ -290,6 +299,13 @@ fn main() -> ExitCode {
             id,
             decision,
         } => decide(&socket.socket, id, decision),
+        Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::identities(v)
+            }
+        }),
         Command::Events { socket } => {
             match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,9 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
     #[serde(default)]
-    pub(super) identities: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    pub(super) identities: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub(super) wireguard: Vec<RawWireguard>,
     #[serde(default, rename = "sublayer")]
     pub(super) sublayers: Vec<RawSublayer>,
     #[serde(default, rename = "filter")]
@@ -67,6 +69,15 @@ pub(super) struct RawPort {
     pub(super) routes: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) kernel_routes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWireguard {
+    pub(super) interface: Spanned<String>,
+    pub(super) netns: Option<Spanned<String>>,
+    pub(super) refresh: Option<Spanned<toml::Value>>,
+    pub(super) port: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -28,6 +28,11 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
     /// `decide`: completes pending flow `id`; `{"ok": true, …}` or `{"ok": false, "error"}`.
@@ -222,6 +227,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         "reload" => handler.reload(),
         "pending" => handler.pending(),
         "decide" => decide(&request, handler),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());

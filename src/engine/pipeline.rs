@@ -9,7 +9,7 @@ use crate::flow::key::{Orientation, PacketKey};
 use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::{Direction, FlowClass, FlowKey, Zone};
 use crate::packet::{Fragment, IcmpClass, Packet, TcpSegment, Transport, parse_quoted};
-use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, SourceArrival};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 
@@ -181,6 +181,10 @@ impl Local {
             icmp: Some((icmp_type, code)),
             arrival_port: Some(a.port),
             flags: self.packet_flags(gw, packet),
+            source: Some(SourceArrival {
+                local: a.direction() == Direction::Outbound,
+                port: a.port,
+            }),
             now: a.now,
             flow_id: None,
             completed: None,
@@ -298,7 +302,13 @@ impl Local {
         // Monotonic: a worker still on an older policy (its batch began
         // before a reload) never reauthorizes a flow stamped with a newer one.
         let trigger = if newer(generation, flow_generation) {
-            Some(ReauthTrigger::PolicyChange)
+            Some(
+                if self.policy.identity_change_only(layer, flow_generation) {
+                    ReauthTrigger::IdentityChange
+                } else {
+                    ReauthTrigger::PolicyChange
+                },
+            )
         } else if port_changed {
             Some(ReauthTrigger::ArrivalInterface)
         } else {
@@ -371,6 +381,12 @@ impl Local {
         let generation = self.policy.generation(layer);
         let mut request = ClassifyRequest::for_flow(layer, &entry.key(), now);
         request.arrival_port = arrival_port;
+        // Against the flow's direction the packet's source arrived where
+        // the flow was authorized.
+        request.source = Some(SourceArrival {
+            local: entry.direction() == Direction::Outbound,
+            port: arrival_port.unwrap_or(entry.arrival_port()),
+        });
         request.flags = flags | ClassifyFlags::REAUTHORIZE;
         request.flow_id = Some(entry.id());
         request.completed = entry.completed();
