@@ -106,6 +106,8 @@ fn request(i: u32) -> ClassifyRequest {
         flags: ClassifyFlags::empty(),
         original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 

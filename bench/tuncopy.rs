@@ -16,7 +16,7 @@ use tunwall::time::Instant;
 struct Copy;
 
 impl Processor for Copy {
-    fn process(&mut self, _now: Instant, port: u8, _packet: &mut [u8], _partial: bool) -> Verdict {
+    fn process(&mut self, _now: Instant, port: u8, _packet: &mut [u8]) -> Verdict {
         Verdict::Forward(1 - port)
     }
 }

@@ -52,6 +52,8 @@ fn req(
         flags: ClassifyFlags::empty(),
         original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -763,6 +765,8 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                 ][usize::from(flags % 3)],
                 original: None,
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -834,6 +838,8 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             flags: ClassifyFlags::empty(),
             original: None,
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());

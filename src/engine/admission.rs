@@ -1,6 +1,7 @@
 //! Flow admission: the first packet of a would-be flow, and the flows
 //! admitted by multicast/broadcast or loose-source state.
 
+use super::pend::PendRequest;
 use super::pipeline::{Arrival, tcp_segment};
 use super::report::Dropped;
 use super::{Gateway, Local};
@@ -85,23 +86,49 @@ impl Local {
         let mut assigned = false;
         if let Some(plan) = plan.as_mut() {
             assigned = self.acquire(gw, plan)?;
-            let mut translated = ClassifyRequest::for_flow(layer, &plan.key, a.now);
-            translated.icmp = request.icmp;
-            translated.arrival_port = request.arrival_port;
-            translated.flags = request.flags | ClassifyFlags::REDIRECTED;
-            translated.original = Some(Original::of(&flow_key));
-            request = translated;
             if gw.nat.aliases.find(&plan.key).is_some() {
                 Self::unacquire(gw, plan);
                 return Err(DropReason::NatConflict.into());
             }
+            let mut translated = ClassifyRequest::for_flow(layer, &plan.key, a.now);
+            translated.icmp = request.icmp;
+            translated.arrival_port = request.arrival_port;
+            translated.source = request.source;
+            translated.flags = request.flags | ClassifyFlags::REDIRECTED;
+            translated.original = Some(Original::of(&flow_key));
+            request = translated;
         }
+        let id = self.peek_id(gw);
+        request.flow_id = Some(id);
+        // A callout may hand the id to another thread that completes the
+        // flow before it is pending: the store remembers such a decision.
+        gw.pend.classifying(self.worker, id);
         let decision = self.classify(&request);
-        if decision.action == Action::Block {
-            if let Some(plan) = &plan {
-                // Nothing is allocated for a flow that is not created.
-                Self::unacquire(gw, plan);
+        if decision.pend.is_none() {
+            gw.pend.classifying(self.worker, 0);
+        }
+        if let Some(plan) = &plan
+            && (decision.pend.is_some() || decision.action == Action::Block)
+        {
+            // Nothing is allocated for a flow that is not created; a
+            // translated flow is not pended (docs/deviations.md).
+            Self::unacquire(gw, plan);
+            if decision.pend.is_some() {
+                gw.pend.classifying(self.worker, 0);
+                return Err(DropReason::NatPended.into());
             }
+        }
+        if let Some(pend) = decision.pend {
+            let request = PendRequest {
+                tcp,
+                layer,
+                filter: decision.filter,
+                pend,
+                flags: request.flags,
+            };
+            return self.pend_new_flow(gw, a, shard, hash, pk, request);
+        }
+        if decision.action == Action::Block {
             return Err(Dropped::blocked(layer, decision));
         }
         let mcast_state = direction == Direction::Outbound && group;
@@ -235,7 +262,21 @@ impl Local {
         let with_flow = w.direction == Direction::Inbound;
         entry.orient(pk.swapped, with_flow);
         entry.count(Direction::Inbound, a.packet.len);
-        let slot = self.insert_entry(gw, a, shard, hash, entry, Some(w.parent_id))?;
+        self.insert(gw, a, shard, hash, entry, Some(w.parent_id))
+    }
+
+    /// Inserts a new flow and indicates it (created; established unless it
+    /// is a TCP flow still in its handshake or pending).
+    pub(super) fn insert(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        entry: FlowEntry,
+        parent: Option<u64>,
+    ) -> Result<u8, Dropped> {
+        let slot = self.insert_entry(gw, a, shard, hash, entry, parent)?;
         self.announce(gw, a, shard, slot);
         Ok(a.egress)
     }
@@ -261,7 +302,7 @@ impl Local {
     }
 
     /// Indicates a new flow: created; established unless it is a TCP flow
-    /// still in its handshake.
+    /// still in its handshake or pending.
     fn announce(
         &mut self,
         gw: &Gateway,
@@ -274,7 +315,11 @@ impl Local {
         let flow = shard.info(slot, a.now, &gw.config.flows, factor);
         self.emit(a.now, EventKind::FlowCreated(flow));
         let entry = shard.entry(slot);
-        if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
+        // A pending flow is indicated at `flow_established` once permitted.
+        if (!entry.is_tcp() || entry.tcp().handshake_done())
+            && !entry.is_pending()
+            && shard.mark_established(slot)
+        {
             self.established(gw, a.now, shard, slot);
         }
     }

@@ -23,9 +23,19 @@ pub(super) struct Arrival<'p> {
     pub packet: &'p Packet,
     pub egress: u8,
     pub egress_zone: Zone,
+    /// The packet's frame header and bytes, copied if its flow is pending.
+    pub header: &'p [u8],
+    pub bytes: &'p [u8],
     /// Why the destination does not route as it is (only while NAT is in
     /// use: a translated flow may still take it).
     pub route_error: Option<DropReason>,
+}
+
+/// A packet as it was read: its frame header (empty without offload) and
+/// the IP packet (rewritten in place if its flow is translated).
+pub(super) struct Frame<'p> {
+    pub header: &'p [u8],
+    pub bytes: &'p mut [u8],
 }
 
 impl Arrival<'_> {
@@ -70,7 +80,6 @@ fn newer(policy: u32, flow: u32) -> bool {
 
 impl Local {
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn route_and_process(
         &mut self,
         gw: &Gateway,
@@ -78,8 +87,7 @@ impl Local {
         port: u8,
         zone: Zone,
         packet: &Packet,
-        bytes: &mut [u8],
-        partial: bool,
+        frame: Frame<'_>,
     ) -> Result<u8, Dropped> {
         self.rewrite = None;
         let routed = match gw.routes.lookup(packet.version, &packet.dst) {
@@ -108,19 +116,23 @@ impl Local {
             packet,
             egress,
             egress_zone,
+            header: frame.header,
+            bytes: &*frame.bytes,
             route_error,
         };
-        let egress = self.dispatch(gw, &arrival, bytes)?;
+        let egress = self.dispatch(gw, &arrival)?;
         if let Some(rewrite) = self.rewrite.take() {
+            // virtio_net_hdr.flags bit 0: VIRTIO_NET_HDR_F_NEEDS_CSUM.
+            let partial = frame.header.first().is_some_and(|f| f & 1 != 0);
             rewrite
-                .apply(bytes, packet, partial)
+                .apply(frame.bytes, packet, partial)
                 .ok_or(DropReason::MalformedTransport)?;
         }
         Ok(egress)
     }
 
     #[inline]
-    fn dispatch(&mut self, gw: &Gateway, a: &Arrival<'_>, bytes: &[u8]) -> Result<u8, Dropped> {
+    fn dispatch(&mut self, gw: &Gateway, a: &Arrival<'_>) -> Result<u8, Dropped> {
         let packet = a.packet;
         let now = a.now;
         if let Fragment::Later { id } = packet.fragment {
@@ -145,13 +157,15 @@ impl Local {
             ..
         } = packet.transport
         {
-            return self.icmp_error(gw, a, bytes);
+            return self.icmp_error(gw, a);
         }
         let key =
             FlowKey::of_packet(packet, a.orientation()).ok_or(DropReason::MalformedTransport)?;
         let result = self.flow_packet(gw, a, key);
         if let Fragment::First { id } = packet.fragment {
             let verdict = match (&result, &self.rewrite) {
+                // Later fragments of a held first fragment cannot follow it.
+                (Ok(port), _) if *port == super::HELD => FirstVerdict::Dropped,
                 (Ok(port), Some(Rewrite::Packet(e))) => FirstVerdict::Translated {
                     port: *port,
                     src: e.src,
@@ -176,8 +190,8 @@ impl Local {
 
     /// An ICMP error: related to a flow (translated back through NAT for a
     /// translated one), or classified at `icmp_error`.
-    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>, bytes: &[u8]) -> Result<u8, Dropped> {
-        let packet = a.packet;
+    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>) -> Result<u8, Dropped> {
+        let (packet, bytes) = (a.packet, a.bytes);
         let quote = bytes
             .get(usize::from(packet.l4_offset) + 8..)
             .unwrap_or(&[]);
@@ -243,12 +257,14 @@ impl Local {
             icmp: Some((icmp_type, code)),
             arrival_port: Some(a.port),
             flags: self.packet_flags(gw, packet),
-            original: None,
             source: Some(SourceArrival {
                 local: a.direction() == Direction::Outbound,
                 port: a.port,
             }),
             now: a.now,
+            flow_id: None,
+            completed: None,
+            original: None,
         };
         let decision = self.classify(&request);
         match decision.action {
@@ -367,7 +383,7 @@ impl Local {
 
     /// A packet of an existing flow; `swapped` says how it lies on the key.
     #[inline]
-    fn ride(
+    pub(super) fn ride(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -379,6 +395,9 @@ impl Local {
         let translated = entry.is_translated();
         if a.route_error.is_some() && !translated {
             return Err(a.unrouted());
+        }
+        if entry.is_pending() {
+            return self.hold(gw, a, entry.id(), swapped);
         }
         let flow_direction = entry.direction();
         let with_flow = entry.with_flow(swapped);
@@ -410,7 +429,17 @@ impl Local {
             None
         };
         if let Some(trigger) = trigger {
-            self.reauthorize(gw, a, shard, slot, with_flow, trigger)?;
+            // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
+            let flags = self.packet_flags(gw, a.packet);
+            self.reauthorize(
+                gw,
+                a.now,
+                shard,
+                slot,
+                with_flow.then_some(a.port),
+                flags,
+                trigger,
+            )?;
         }
         if let Some(segment) = tcp_segment(a.packet)
             && is_tcp
@@ -453,14 +482,17 @@ impl Local {
         Ok(a.egress)
     }
 
-    /// SPEC §5: classify a live flow again at the layer that created it.
-    fn reauthorize(
+    /// SPEC §5: classify a live flow again at the layer that created it,
+    /// with `arrival_port` (`None`: unknown) and the packet's `flags`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reauthorize(
         &mut self,
         gw: &Gateway,
-        a: &Arrival<'_>,
+        now: Instant,
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
-        with_flow: bool,
+        arrival_port: Option<u8>,
+        flags: ClassifyFlags,
         trigger: ReauthTrigger,
     ) -> Result<(), Dropped> {
         let entry = *shard.entry(slot);
@@ -468,34 +500,30 @@ impl Local {
         let generation = self.policy.generation(layer);
         // A translated flow is classified on its translated tuple.
         let translated = shard.translation(slot).map(|t| t.key);
-        let mut request =
-            ClassifyRequest::for_flow(layer, &translated.unwrap_or(entry.key()), a.now);
-        // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
-        request.arrival_port = with_flow.then_some(a.port);
+        let mut request = ClassifyRequest::for_flow(layer, &translated.unwrap_or(entry.key()), now);
+        request.arrival_port = arrival_port;
+        // Against the flow's direction the packet's source arrived where
+        // the flow was authorized.
         request.source = Some(SourceArrival {
             local: entry.direction() == Direction::Outbound,
-            port: if with_flow {
-                a.port
-            } else {
-                entry.arrival_port()
-            },
+            port: arrival_port.unwrap_or(entry.arrival_port()),
         });
-        request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
+        request.flags = flags | ClassifyFlags::REAUTHORIZE;
         if translated.is_some() {
             request.flags.insert(ClassifyFlags::REDIRECTED);
             request.original = Some(crate::policy::Original::of(&entry.key()));
         }
+        request.flow_id = Some(entry.id());
+        request.completed = entry.completed();
         let decision = self.classify(&request);
         self.stats.reauthorizations += 1;
         let factor = gw.table.adaptive_factor();
         match decision.action {
             Action::Permit => {
-                shard
-                    .entry_mut(slot)
-                    .authorize(generation, with_flow.then_some(a.port));
-                let flow = shard.info(slot, a.now, &gw.config.flows, factor);
+                shard.entry_mut(slot).authorize(generation, arrival_port);
+                let flow = shard.info(slot, now, &gw.config.flows, factor);
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -507,9 +535,9 @@ impl Local {
             }
             Action::Block => {
                 let removed = shard.remove(slot);
-                let flow = FlowInfo::of_removed(&removed, a.now, &gw.config.flows, factor);
+                let flow = FlowInfo::of_removed(&removed, now, &gw.config.flows, factor);
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -517,7 +545,7 @@ impl Local {
                         filter: decision.filter.clone(),
                     },
                 );
-                self.closed(gw, a.now, factor, &removed, CloseReason::ReauthBlocked);
+                self.closed(gw, now, factor, &removed, CloseReason::ReauthBlocked);
                 let mut dropped = Dropped::blocked(layer, decision);
                 if dropped.reason != DropReason::Vetoed {
                     dropped.reason = DropReason::ReauthBlocked;

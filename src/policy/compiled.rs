@@ -20,8 +20,8 @@ use super::filter::{
 use super::identity::IdentityCond;
 use super::trace::{Trace, TraceStep};
 use super::{
-    Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer, Redirect,
-    RedirectAddress,
+    Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
+    Layer, Pend, Redirect, RedirectAddress,
 };
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
@@ -474,6 +474,10 @@ impl Policy {
         });
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
+        // SPEC §10: only an auth layer's initial authorization may pend.
+        let may_pend = matches!(request.layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+            && !request.flags.contains(ClassifyFlags::REAUTHORIZE);
+        let mut pended: Option<(usize, Pend)> = None;
         for &rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
@@ -507,6 +511,20 @@ impl Policy {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
                         CalloutResult::Continue => None,
+                        // The pending callout ends its sublayer without a
+                        // result; the other sublayers arbitrate as usual.
+                        CalloutResult::Pend if may_pend => {
+                            pended.get_or_insert((index, self.callouts[c].params.pend));
+                            decided_sublayer = Some(sublayer);
+                            trace.step(TraceStep::Pended {
+                                filter: &filter.name,
+                                sublayer: sublayer_name,
+                            });
+                            continue;
+                        }
+                        // At a reauthorization the pending callout returns
+                        // the flow's completed decision, or continues.
+                        CalloutResult::Pend => request.completed.map(|a| (a, false, true)),
                     }
                 }
                 // Validation keeps redirects at the redirect layers.
@@ -535,6 +553,19 @@ impl Policy {
                 decided_sublayer = Some(sublayer);
             }
         }
+        // A hard block decided elsewhere is final: nothing to wait for.
+        if let Some((index, pend)) = pended
+            && arbiter.current_action() != Some((Action::Block, true))
+        {
+            self.counters[index].decided();
+            return Decision {
+                action: Action::Block,
+                filter: Some(Arc::clone(&self.filters[index].name)),
+                options: FlowOptions::default(),
+                vetoed: false,
+                pend: Some(pend),
+            };
+        }
         let Some(verdict) = arbiter.finish() else {
             let action = self.defaults.action(request.layer);
             trace.step(TraceStep::Default { action });
@@ -559,6 +590,7 @@ impl Policy {
             filter: Some(Arc::clone(&filter.name)),
             options,
             vetoed: verdict.vetoed.is_some(),
+            pend: None,
         }
     }
 

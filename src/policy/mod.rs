@@ -18,7 +18,7 @@ pub mod identity_table;
 pub mod rate_limit;
 pub mod trace;
 
-pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
 pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
@@ -203,6 +203,14 @@ pub struct ClassifyRequest {
     pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
+    /// The flow's id: the id a new flow will get at its initial
+    /// authorization, the flow's own at a reauthorization (a callout that
+    /// pends keeps it to complete the flow later); `None` at `icmp_error`.
+    pub flow_id: Option<u64>,
+    /// The completed decision of a flow that was pending (SPEC §10): a
+    /// callout that answers `pend` at a reauthorization of this flow
+    /// returns it instead, for the flow's whole life.
+    pub completed: Option<Action>,
 }
 
 /// The endpoints of a flow before translation.
@@ -289,6 +297,8 @@ impl ClassifyRequest {
             original: None,
             source: None,
             now,
+            flow_id: None,
+            completed: None,
         }
     }
 }
@@ -317,6 +327,29 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A callout pended the flow (SPEC §10): `action` is block and `filter`
+    /// the pending callout's filter; the engine holds the flow instead.
+    pub pend: Option<Pend>,
+}
+
+/// How a pended flow completes when nobody decides (a callout filter's
+/// `pend_timeout` and `timeout_action`, SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pend {
+    /// How long the flow may stay pending.
+    pub timeout: Duration,
+    /// The decision when the timeout passes.
+    pub timeout_action: Action,
+}
+
+impl Default for Pend {
+    /// SPEC §10: 10 s, then block.
+    fn default() -> Self {
+        Pend {
+            timeout: Duration::from_secs(10),
+            timeout_action: Action::Block,
+        }
+    }
 }
 
 impl Decision {
@@ -327,6 +360,7 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            pend: None,
         }
     }
 }
