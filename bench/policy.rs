@@ -104,7 +104,10 @@ fn request(i: u32) -> ClassifyRequest {
         arrival_port: Some(0),
         source: None,
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 

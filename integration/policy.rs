@@ -50,7 +50,10 @@ fn req(
         arrival_port: Some(LAN),
         source: None,
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -760,7 +763,10 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                     ClassifyFlags::REAUTHORIZE,
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
+                original: None,
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -830,7 +836,10 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             arrival_port: Some(LAN),
             source: None,
             flags: ClassifyFlags::empty(),
+            original: None,
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());

@@ -99,6 +99,9 @@ pub(super) struct RawFlows {
     pub(super) tcp_loose_pickup: Option<bool>,
     pub(super) max_fragments: Option<Spanned<i64>>,
     pub(super) fragment_timeout: Option<Spanned<toml::Value>>,
+    pub(super) pend_queue_packets: Option<Spanned<i64>>,
+    pub(super) pend_queue_bytes: Option<Spanned<i64>>,
+    pub(super) pend_max_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +144,10 @@ pub(super) enum LayerName {
     FlowEstablished,
     EndpointClosure,
     IcmpError,
+    BindRedirect,
+    ConnectRedirect,
+    ResourceAssignment,
+    ResourceRelease,
 }
 
 impl From<LayerName> for Layer {
@@ -151,6 +158,10 @@ impl From<LayerName> for Layer {
             LayerName::FlowEstablished => Layer::FlowEstablished,
             LayerName::EndpointClosure => Layer::EndpointClosure,
             LayerName::IcmpError => Layer::IcmpError,
+            LayerName::BindRedirect => Layer::BindRedirect,
+            LayerName::ConnectRedirect => Layer::ConnectRedirect,
+            LayerName::ResourceAssignment => Layer::ResourceAssignment,
+            LayerName::ResourceRelease => Layer::ResourceRelease,
         }
     }
 }
@@ -161,6 +172,7 @@ pub(super) enum FilterActionName {
     Permit,
     Block,
     Callout,
+    Redirect,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +186,8 @@ pub(super) struct RawFilter {
     pub(super) hard: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
+    pub(super) pend_timeout: Option<Spanned<toml::Value>>,
+    pub(super) timeout_action: Option<Spanned<ActionName>>,
     pub(super) protocol: Option<Spanned<toml::Value>>,
     pub(super) ip_version: Option<Spanned<toml::Value>>,
     pub(super) local_address: Option<Spanned<toml::Value>>,
@@ -191,6 +205,12 @@ pub(super) struct RawFilter {
     pub(super) mcast_bcast_lifetime: Option<Spanned<toml::Value>>,
     pub(super) deny_multicast_state: Option<Spanned<bool>>,
     pub(super) loose_source_mapping: Option<Spanned<bool>>,
+    pub(super) to_address: Option<Spanned<toml::Value>>,
+    pub(super) to_port: Option<Spanned<toml::Value>>,
+    pub(super) original_local_address: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_address: Option<Spanned<toml::Value>>,
+    pub(super) original_local_port: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_port: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// A drop with what the discard event reports.
+#[derive(Clone)]
 pub(super) struct Dropped {
     pub reason: DropReason,
     pub layer: Option<Layer>,
@@ -53,7 +54,7 @@ impl Local {
     }
 
     /// Turns what the policy noted (vetoes, callout logs) into events.
-    fn take_notes(&mut self) {
+    pub(super) fn take_notes(&mut self) {
         self.events.extend(self.notes.drain(..).map(Event::from));
     }
 
@@ -83,13 +84,18 @@ impl Local {
     }
 
     pub(super) fn next_id(&mut self, gw: &Gateway) -> u64 {
+        let id = self.peek_id(gw);
+        self.ids.start += 1;
+        id
+    }
+
+    /// The id the next flow this worker creates will get.
+    pub(super) fn peek_id(&mut self, gw: &Gateway) -> u64 {
         if self.ids.is_empty() {
             let start = gw.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
             self.ids = start..start + ID_BLOCK;
         }
-        let id = self.ids.start;
-        self.ids.start += 1;
-        id
+        self.ids.start
     }
 
     /// Classifies and counts the layer's verdict.
@@ -98,6 +104,9 @@ impl Local {
         self.take_notes();
         let layer = request.layer.index();
         match decision.action {
+            // A pend is counted by the engine once the flow is pending (or
+            // blocked, beyond `pend_max_flows`).
+            _ if decision.pend.is_some() => {}
             Action::Permit => self.stats.layer_permit[layer] += 1,
             Action::Block => self.stats.layer_block[layer] += 1,
         }
@@ -126,6 +135,7 @@ impl Local {
         self.policy
             .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
         self.take_notes();
+        self.untranslate(gw, now, removed, &flow);
         self.emit(now, EventKind::FlowClosed { flow, reason });
     }
 
@@ -137,13 +147,7 @@ impl Local {
         shard: &ShardGuard<'_>,
         slot: SlotId,
     ) {
-        let flow = FlowInfo::of(
-            shard.entry(slot),
-            shard.parent(slot),
-            now,
-            &gw.config.flows,
-            gw.table.adaptive_factor(),
-        );
+        let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
         self.policy
             .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
         self.take_notes();

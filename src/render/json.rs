@@ -2,7 +2,7 @@
 //! the `stats --json` object. Every field name is written here and nowhere
 //! else; the text and Prometheus renderings read these values.
 
-use crate::engine::{Gateway, Stats};
+use crate::engine::{Gateway, PendingInfo, Stats};
 use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
@@ -50,7 +50,46 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
+        "translation": f.translation.as_ref().map(|t| {
+            let k = &t.key;
+            let ports = |p: u16| if icmp.is_some() { Value::Null } else { json!(p) };
+            json!({
+                "local_addr": to_ip_addr(version, &k.local).to_string(),
+                "local_port": ports(k.local_port),
+                "remote_addr": to_ip_addr(version, &k.remote).to_string(),
+                "remote_port": ports(k.remote_port),
+                "icmp_id": k.icmp().and_then(|i| i.id),
+                "filter": &*t.filter,
+            })
+        }),
     })
+}
+
+/// A pending flow as in `pending --json` (SPEC §10): the flow's fields,
+/// its age, what it holds and when its pend timeout completes it.
+pub fn pending(p: &PendingInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
+    let mut object = flow(&p.flow, ports, now);
+    let map = object.as_object_mut().expect("json! of an object");
+    map.insert("state".into(), json!("pending"));
+    map.insert("filter".into(), json!(p.filter.as_deref()));
+    map.insert("queued_packets".into(), json!(p.packets));
+    map.insert("queued_bytes".into(), json!(p.bytes));
+    map.insert(
+        "expires_in_ms".into(),
+        json!(millis(p.deadline.saturating_since(now))),
+    );
+    map.insert("timeout_action".into(), json!(p.timeout_action.as_str()));
+    map.insert("decision".into(), json!(p.decision.map(|d| d.as_str())));
+    for key in [
+        "idle_ms",
+        "packets_out",
+        "packets_in",
+        "bytes_out",
+        "bytes_in",
+    ] {
+        map.remove(key);
+    }
+    object
 }
 
 /// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
@@ -131,6 +170,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
     map.insert("event".into(), json!(e.name()));
     match &e.kind {
         EventKind::FlowCreated(_) | EventKind::FlowEstablished(_) => {}
+        EventKind::FlowPending {
+            filter,
+            layer,
+            timeout,
+            ..
+        } => {
+            map.insert("layer".into(), json!(layer.as_str()));
+            map.insert("filter".into(), json!(filter.as_deref()));
+            map.insert("pend_timeout_ms".into(), json!(millis(timeout.timeout)));
+            map.insert(
+                "timeout_action".into(),
+                json!(timeout.timeout_action.as_str()),
+            );
+        }
         EventKind::FlowReauthorized {
             trigger,
             result,
@@ -177,6 +230,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
                 map.insert("dst_port".into(), json!(p.ports.map(|(_, d)| d)));
                 map.insert("length".into(), json!(p.len));
             }
+        }
+        EventKind::PortAssigned(m) | EventKind::PortReleased(m) => {
+            map.insert("ip_version".into(), json!(m.version.number()));
+            map.insert("protocol".into(), protocol(m.protocol));
+            map.insert(
+                "inside_addr".into(),
+                json!(to_ip_addr(m.version, &m.inside_addr).to_string()),
+            );
+            map.insert("inside_port".into(), json!(m.inside_port));
+            map.insert(
+                "translated_addr".into(),
+                json!(to_ip_addr(m.version, &m.translated_addr).to_string()),
+            );
+            map.insert("translated_port".into(), json!(m.translated_port));
         }
         EventKind::Veto {
             layer,
@@ -287,7 +354,7 @@ pub fn stats(
         .map(|l| {
             (
                 l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
+                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()], "pend": s.layer_pend[l.index()]}),
             )
         })
         .collect();
@@ -304,6 +371,7 @@ pub fn stats(
         .collect();
     json!({
         "flows_active": gw.flows_active(),
+        "flows_pending": gw.pending_count(),
         "flows_created": s.flows_created,
         "flows_closed": closed,
         "discards": discards,
@@ -320,5 +388,9 @@ pub fn stats(
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
         "filters": filters,
+        "nat": {
+            "ports_in_use": gw.nat().ports_in_use(),
+            "ports_exhausted": s.discarded(DropReason::NatPortsExhausted),
+        },
     })
 }
