@@ -13,7 +13,8 @@ Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
 and measures, alternating the modes and repeating each at least 3 times:
 iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s, and (`--tests
 udpgso`, bench/udp_gso.py) UDP superframes: a UDP_SEGMENT sender against a
-UDP_GRO receiver, in Gbit/s and datagrams lost. Before every
+UDP_GRO receiver, in Gbit/s and datagrams lost, and (`--tests connrate`,
+bench/connrate.rs) complete TCP connections per second. Before every
 measurement it waits for an idle machine; a measurement whose wait timed out
 is marked disturbed and left out of the medians. Prints medians, min-max and
 the ratios tunwall/copy and tunwall/kernel, and writes everything as JSON.
@@ -34,6 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNWALL = os.path.join(ROOT, "target", "release", "tunwall")
 COPY = os.path.join(ROOT, "target", "release", "tunwall-copy")
+CONNRATE = os.path.join(ROOT, "target", "release", "tunwall-connrate")
 CLIENT, SERVER = "198.18.1.10", "198.18.2.20"
 
 
@@ -213,9 +215,31 @@ def measure_udp_gso(topo, seconds):
             "tun_drops": drops}
 
 
+def measure_connrate(topo, seconds):
+    """Complete TCP connections per second (bench/connrate.rs): 16 client
+    threads, each connect, a 32-byte request, a 64-byte answer, the server's
+    close, over and over."""
+    sh("ip", "netns", "exec", topo.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
+    server = subprocess.Popen(["ip", "netns", "exec", topo.server, CONNRATE, "server", f"{SERVER}:8080", "4"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cpu0 = process_cpu_seconds(topo.pid())
+        out = json.loads(sh("ip", "netns", "exec", topo.client, CONNRATE, "client", f"{SERVER}:8080", str(seconds),
+                            "16").stdout)
+        cpu1 = process_cpu_seconds(topo.pid())
+    finally:
+        server.kill()
+        server.wait()
+    return {"value": out["rate"], "unit": "connections/s", "failed": out["failed"],
+            "cpu_us_per_connection": (cpu1 - cpu0) * 1e6 / max(1, out["connections"]) if topo.pid() else None}
+
+
 def measure(topo, test, seconds):
     if test == "udpgso":
         return measure_udp_gso(topo, seconds)
+    if test == "connrate":
+        return measure_connrate(topo, seconds)
     server = subprocess.Popen(["ip", "netns", "exec", topo.server, "iperf3", "-s", "-1", "-B", SERVER],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
@@ -259,7 +283,7 @@ def main():
     for tool in ["iperf3", "nft", "ip"]:
         if sh("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
             sys.exit(f"throughput.py: {tool} is missing (make deps installs it)")
-    for binary in [TUNWALL, COPY]:
+    for binary in [TUNWALL, COPY, CONNRATE]:
         if not os.path.exists(binary):
             sys.exit(f"throughput.py: {binary} is missing: cargo build --release")
     offload = opts.offload == "on"
@@ -304,7 +328,7 @@ def main():
         for mode in table:
             s = table[mode].get(test)
             if s:
-                unit = "pps" if test == "udp64" else "Gbit/s"
+                unit = {"udp64": "pps", "connrate": "conn/s"}.get(test, "Gbit/s")
                 print(f"{test:<7} {mode:<11} {s['median']:>12.2f} {s['min']:>12.2f} {s['max']:>12.2f} {unit}")
     ratios = {}
     for test in tests:
