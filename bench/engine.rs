@@ -169,6 +169,18 @@ fn nat_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Creates `n` flows through `e` from lan, with the packets `packet_for` builds.
+fn fill(e: &mut Engine, n: usize, packet_for: impl Fn(usize) -> Vec<u8>) {
+    for i in 0..n {
+        let mut p = packet_for(i);
+        assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
+        if i % 4096 == 0 {
+            e.drain_events().for_each(drop);
+        }
+    }
+    e.drain_events().for_each(drop);
+}
+
 /// Bytes per flow with 1 000 000 masqueraded UDP flows: 60 000 mappings
 /// (3 750 hosts × 16 ports), each used towards 17 remotes.
 fn million_translated(_c: &mut Criterion) {
@@ -176,22 +188,17 @@ fn million_translated(_c: &mut Criterion) {
     let before = LIVE.load(Ordering::Relaxed);
     let gw = gateway_with(FLOWS, 1, masquerade());
     let mut e = gw.engine(0);
-    for i in 0..FLOWS {
+    fill(&mut e, FLOWS, |i| {
         let (m, remote) = (i % 60_000, i / 60_000);
         let host = m / 16;
-        let mut p = udp4(
+        udp4(
             [198, 18, (host >> 8) as u8, host as u8],
             [198, 19, 0, remote as u8 + 1],
             1024 + (m % 16) as u16,
             53,
             16,
-        );
-        assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
-        if i % 4096 == 0 {
-            e.drain_events().for_each(drop);
-        }
-    }
-    e.drain_events().for_each(drop);
+        )
+    });
     let after = LIVE.load(Ordering::Relaxed);
     assert_eq!(gw.flows_active(), FLOWS);
     assert_eq!(gw.nat().ports_in_use(), 60_000);
@@ -389,16 +396,7 @@ fn million_flows(c: &mut Criterion) {
     let before = LIVE.load(Ordering::Relaxed);
     let gw = gateway(FLOWS);
     let mut e = gw.engine(0);
-    let mut p = Vec::with_capacity(64);
-    for i in 0..FLOWS {
-        p.clear();
-        p.extend_from_slice(&packet_for(i));
-        assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
-        if i % 4096 == 0 {
-            e.drain_events().for_each(drop);
-        }
-    }
-    e.drain_events().for_each(drop);
+    fill(&mut e, FLOWS, packet_for);
     let after = LIVE.load(Ordering::Relaxed);
     assert_eq!(gw.flows_active(), FLOWS);
     println!(
