@@ -390,7 +390,7 @@ impl Local {
         }
         let slot = shard.find(hash, &pk.key).expect("just inserted");
         let factor = gw.table.adaptive_factor();
-        let flow = FlowInfo::of(shard.entry(slot), None, a.now, config, factor);
+        let flow = shard.info(slot, a.now, config, factor);
         self.emit(
             a.now,
             EventKind::FlowPending {
@@ -571,6 +571,7 @@ impl Local {
                 egress_zone: gw.config.ports[usize::from(held.egress)].zone,
                 header: &[],
                 bytes,
+                route_error: None,
             };
             match self.ride(gw, &a, shard, slot, held.swapped) {
                 Ok(egress) => {
@@ -648,6 +649,7 @@ mod tests {
             egress_zone: crate::flow::Zone::Outside,
             header: &header,
             bytes: &bytes[..len],
+            route_error: None,
         };
         assert!(queue.push(&config, &arrival(40), false));
         assert!(queue.push(&config, &arrival(40), false));

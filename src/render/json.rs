@@ -50,6 +50,18 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
+        "translation": f.translation.as_ref().map(|t| {
+            let k = &t.key;
+            let ports = |p: u16| if icmp.is_some() { Value::Null } else { json!(p) };
+            json!({
+                "local_addr": to_ip_addr(version, &k.local).to_string(),
+                "local_port": ports(k.local_port),
+                "remote_addr": to_ip_addr(version, &k.remote).to_string(),
+                "remote_port": ports(k.remote_port),
+                "icmp_id": k.icmp().and_then(|i| i.id),
+                "filter": &*t.filter,
+            })
+        }),
     })
 }
 
@@ -206,6 +218,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
                 map.insert("length".into(), json!(p.len));
             }
         }
+        EventKind::PortAssigned(m) | EventKind::PortReleased(m) => {
+            map.insert("ip_version".into(), json!(m.version.number()));
+            map.insert("protocol".into(), protocol(m.protocol));
+            map.insert(
+                "inside_addr".into(),
+                json!(to_ip_addr(m.version, &m.inside_addr).to_string()),
+            );
+            map.insert("inside_port".into(), json!(m.inside_port));
+            map.insert(
+                "translated_addr".into(),
+                json!(to_ip_addr(m.version, &m.translated_addr).to_string()),
+            );
+            map.insert("translated_port".into(), json!(m.translated_port));
+        }
         EventKind::Veto {
             layer,
             filter,
@@ -349,5 +375,9 @@ pub fn stats(
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
         "filters": filters,
+        "nat": {
+            "ports_in_use": gw.nat().ports_in_use(),
+            "ports_exhausted": s.discarded(DropReason::NatPortsExhausted),
+        },
     })
 }

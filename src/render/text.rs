@@ -199,6 +199,17 @@ pub fn stats(stats: &Value) -> String {
         get("reauthorizations"),
         get("vetoes")
     ));
+    if stats
+        .get("wireguard_read_errors")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        out.push_str(&format!(
+            "wireguard reads failed {} (the last known peers stay)
+",
+            get("wireguard_read_errors")
+        ));
+    }
     for (title, key) in [("closed flows", "flows_closed"), ("discards", "discards")] {
         if let Some(map) = stats.get(key).and_then(Value::as_object)
             && !map.is_empty()

@@ -202,3 +202,45 @@ pub fn fragments(packet: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// The packet with every checksum (IPv4 header; TCP, UDP, ICMP, ICMPv6 of
+/// an unfragmented packet) computed from scratch: equal to the input
+/// exactly when the input's checksums are right. A UDP/IPv4 checksum of
+/// zero ("none") is kept.
+pub fn recompute(b: &[u8]) -> Vec<u8> {
+    use crate::packet::rewrite::{finish, pseudo_sum, sum};
+    use crate::packet::{Fragment, IpVersion, parse, proto};
+    let mut b = b.to_vec();
+    let p = parse(&b).expect("parses");
+    if p.version == IpVersion::V4 {
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        b[10..12].fill(0);
+        let c = finish(sum(&b[..ihl]));
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    if p.fragment != Fragment::No {
+        return b;
+    }
+    let l4 = usize::from(p.l4_offset);
+    let end = p.len as usize;
+    let at = match (p.protocol, p.version) {
+        (proto::TCP, _) => l4 + 16,
+        (proto::UDP, _) => l4 + 6,
+        (proto::ICMP, IpVersion::V4) | (proto::ICMPV6, IpVersion::V6) => l4 + 2,
+        _ => return b,
+    };
+    if p.protocol == proto::UDP && p.version == IpVersion::V4 && b[at..at + 2] == [0, 0] {
+        return b;
+    }
+    b[at..at + 2].fill(0);
+    let mut s = sum(&b[l4..end]);
+    if p.protocol != proto::ICMP {
+        s += pseudo_sum(p.version, &p.src, &p.dst, p.protocol, (end - l4) as u32);
+    }
+    let mut c = finish(s);
+    if c == 0 && p.protocol == proto::UDP {
+        c = 0xffff;
+    }
+    b[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    b
+}
