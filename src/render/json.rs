@@ -146,6 +146,19 @@ pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
     }
 }
 
+/// Adds each port's offloads (`tcp+udp`, `tcp`, `off`) to its entry in
+/// `stats --json`: `tcp` alone means the kernel refused UDP segmentation
+/// offload and UDP superframes are split before tunwall reads them.
+pub fn offload_stats(stats: &mut Value, names: &[String], offloads: &[&str]) {
+    if let Some(ports) = stats.get_mut("ports").and_then(Value::as_object_mut) {
+        for (name, offload) in names.iter().zip(offloads) {
+            if let Some(port) = ports.get_mut(name).and_then(Value::as_object_mut) {
+                port.insert("offload".into(), json!(offload));
+            }
+        }
+    }
+}
+
 /// An event as a JSON object (without `ts`, which the shell adds from the
 /// wall clock). `ports` maps port indices to names.
 pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
