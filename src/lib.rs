@@ -32,5 +32,6 @@ pub mod policy;
 pub mod reason;
 pub mod render;
 pub mod route;
+pub mod state;
 pub mod testkit;
 pub mod time;

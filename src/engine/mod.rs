@@ -29,11 +29,13 @@
 //! Events and counters are kept by `report`.
 
 mod admission;
+mod carry;
 mod gateway;
 mod pipeline;
 mod report;
 mod stats;
 
+pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use stats::{PortCounters, Stats};
 

@@ -6,6 +6,7 @@ pub mod fragment;
 pub mod info;
 pub mod key;
 pub mod lifetime;
+pub mod record;
 pub mod table;
 pub mod tcp;
 pub mod wildcard;

@@ -118,7 +118,7 @@ fn width(kind: u8) -> u8 {
 
 /// One layer, ready to classify.
 #[derive(Default)]
-struct LayerIndex {
+pub(super) struct LayerIndex {
     /// Filter indices in evaluation order; a filter's rank is its position here.
     order: Vec<usize>,
     /// The sublayer of each rank.
@@ -130,7 +130,7 @@ struct LayerIndex {
     /// Ranks of filters with no indexable condition.
     unindexed: Vec<u32>,
     /// The layer's definition as text: a change means a new generation.
-    canonical: String,
+    pub(super) canonical: String,
 }
 
 impl LayerIndex {
@@ -217,15 +217,15 @@ impl LayerIndex {
 
 /// The compiled policy.
 pub struct Policy {
-    generation: u64,
-    layer_generations: [u32; Layer::COUNT],
-    changed: Vec<Layer>,
+    pub(super) generation: u64,
+    pub(super) layer_generations: [u32; Layer::COUNT],
+    pub(super) changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
     filters: Vec<Filter>,
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
-    layers: Vec<LayerIndex>,
+    pub(super) layers: Vec<LayerIndex>,
 }
 
 /// A callout instance and what it was built for: a reload reuses the

@@ -12,11 +12,13 @@ pub mod arbitration;
 pub mod callout;
 pub mod compiled;
 pub mod filter;
+pub mod lineage;
 pub mod rate_limit;
 
 pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+pub use lineage::Lineage;
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
