@@ -25,6 +25,16 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn reload(&self) -> Value;
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
+    /// `upgrade`: hand over to a new process running `binary` (SPEC §13);
+    /// `{"ok": true, "flows", "to_pid"}` or `{"ok": false, "error"}`.
+    fn upgrade(&self, _binary: Option<PathBuf>) -> Value {
+        json!({"ok": false, "error": "upgrade is not supported here"})
+    }
+    /// Whether to go on accepting connections (false once handed over:
+    /// the socket belongs to the new process).
+    fn serving(&self) -> bool {
+        true
+    }
 }
 
 /// The listening control socket.
@@ -149,6 +159,22 @@ impl BoundSocket {
         })
     }
 
+    /// A socket another process listened on and handed over (SPEC §13):
+    /// it is already at `path`.
+    pub fn adopt(path: &Path, listener: UnixListener) -> std::io::Result<BoundSocket> {
+        listener.set_nonblocking(true)?;
+        Ok(BoundSocket {
+            path: path.to_path_buf(),
+            temporary: path.to_path_buf(),
+            listener,
+        })
+    }
+
+    /// The listening socket, to hand over.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
     /// Removes the socket without serving it (start-up failed later).
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.temporary);
@@ -166,17 +192,23 @@ impl ControlServer {
     }
 
     /// Stops serving and removes the socket file.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        let path = self.path.clone();
+        self.release();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Stops serving and leaves the socket file: another process serves it.
+    pub fn release(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
 fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && handler.serving() {
         match listener.accept() {
             Ok((stream, _)) => {
                 if let Err(e) = answer(stream, &*handler) {
@@ -205,6 +237,12 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         "flows" => handler.flows(),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "upgrade" => handler.upgrade(
+            request
+                .get("binary")
+                .and_then(Value::as_str)
+                .map(PathBuf::from),
+        ),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
@@ -217,9 +255,14 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
 
 /// Sends `command` to the daemon at `socket` and returns its answer.
 pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    request_with(socket, json!({"command": command}))
+}
+
+/// Sends a request object (`{"command": …, …}`) and returns the answer.
+pub fn request_with(socket: &Path, request: Value) -> std::io::Result<Value> {
     let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(stream, "{}", json!({"command": command}))?;
+    writeln!(stream, "{request}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     serde_json::from_str(&line)
