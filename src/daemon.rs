@@ -214,14 +214,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         // Everything that can fail without a device is checked before the
         // first device is touched: the control socket and the event file.
         let bound = BoundSocket::bind(&socket, config.gateway.control_socket_group.as_deref())?;
-        let ports = match crate::io::open_ports(&config.ports, workers, config.gateway.offload, persist)
-        {
-            Ok(p) => p,
-            Err(e) => {
-                bound.remove();
-                return Err(e.into());
-            }
-        };
+        let ports =
+            match crate::io::open_ports(&config.ports, workers, config.gateway.offload, persist) {
+                Ok(p) => p,
+                Err(e) => {
+                    bound.remove();
+                    return Err(e.into());
+                }
+            };
         (carried, bound, ports)
     };
     let header = carried
@@ -438,7 +438,12 @@ fn take_over(
     let offer = &received.offer;
     let names: Vec<&str> = offer.ports.iter().map(|p| p.name.as_str()).collect();
     anyhow::ensure!(
-        names == config.ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        names
+            == config
+                .ports
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
         "the ports handed over ({}) are not this configuration's",
         names.join(", ")
     );
@@ -452,7 +457,11 @@ fn take_over(
     let mut fds = received.fds.into_iter();
     let mut ports = Vec::new();
     for (offered, port) in offer.ports.iter().zip(&config.ports) {
-        let queues = fds.by_ref().take(workers).map(crate::io::Queue::from).collect();
+        let queues = fds
+            .by_ref()
+            .take(workers)
+            .map(crate::io::Queue::from)
+            .collect();
         ports.push(Port::adopt(
             port,
             queues,

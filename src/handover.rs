@@ -139,10 +139,7 @@ pub fn hand_over(
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
-            return Err(fail(
-                format!("starting {}: {e}", binary.display()),
-                false,
-            ));
+            return Err(fail(format!("starting {}: {e}", binary.display()), false));
         }
     };
     let result = converse(&listener, &mut child, started, pause);
@@ -196,7 +193,11 @@ fn converse(
 }
 
 /// Accepts the child's connection, watching for its early death.
-fn accept(listener: &UnixListener, child: &mut Child, started: Instant) -> Result<UnixStream, Failed> {
+fn accept(
+    listener: &UnixListener,
+    child: &mut Child,
+    started: Instant,
+) -> Result<UnixStream, Failed> {
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(e.to_string(), false))?;
@@ -243,7 +244,12 @@ fn read_message(reader: &mut impl BufRead) -> Result<Value, String> {
     match reader.take(64 * 1024).read_line(&mut line) {
         Ok(0) => return Err("the new process closed the handover connection".into()),
         Ok(_) => {}
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             return Err("the new process did not take over within 10 s".into());
         }
         Err(e) => return Err(format!("handover: {e}")),
@@ -315,7 +321,12 @@ impl Incoming {
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut head)];
-        let got = rustix::net::recvmsg(&self.stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+        let got = rustix::net::recvmsg(
+            &self.stream,
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
         let mut fds = Vec::new();
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = message {

@@ -50,10 +50,7 @@ pub fn header(gateway: &Gateway, config: &Config, ports: &[Port], policy: &Polic
 /// ports are the configuration's.
 pub fn check(data: &[u8], config: &Config) -> Result<Header, StateError> {
     let container = Container::parse(data)?;
-    if let Some(why) = container
-        .header
-        .ports_mismatch(&port_ids(config, &[]))
-    {
+    if let Some(why) = container.header.ports_mismatch(&port_ids(config, &[])) {
         return Err(StateError::Corrupt(why));
     }
     Ok(container.header)
@@ -85,9 +82,8 @@ pub fn read_state_file(path: &Path, config: &Config) -> Option<Vec<u8>> {
 /// Restores checked state `data` into `gateway` (before any worker runs).
 pub fn restore(gateway: &Gateway, clock: &Clock, data: &[u8]) -> Result<Restored, StateError> {
     let container = Container::parse(data)?;
-    let elapsed = Duration::from_millis(
-        state::unix_ms().saturating_sub(container.header.saved_at_ms),
-    );
+    let elapsed =
+        Duration::from_millis(state::unix_ms().saturating_sub(container.header.saved_at_ms));
     let done = gateway.restore(clock.now(), &container, elapsed)?;
     info!(
         flows = done.flows,
@@ -254,7 +250,12 @@ impl Daemon {
     /// The new side, once it forwards: the `handover` event (and
     /// `policy_reloaded` if the re-read file changed the policy), then
     /// `running` to the old process.
-    pub(crate) fn announce_takeover(&self, incoming: &Incoming, flows: usize, from: Option<&Header>) {
+    pub(crate) fn announce_takeover(
+        &self,
+        incoming: &Incoming,
+        flows: usize,
+        from: Option<&Header>,
+    ) {
         let policy = Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()));
         self.hub.emit(json!({
             "event": "handover",

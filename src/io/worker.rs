@@ -13,8 +13,8 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
-pub use super::clock::Clock;
 use super::Queue;
+pub use super::clock::Clock;
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
