@@ -78,6 +78,9 @@ impl Gateway {
                 "flows can only be restored into an empty table".into(),
             ));
         }
+        if container.header.next_id >= record::MAX_ID {
+            return Err(StateError::Corrupt("next flow id out of range".into()));
+        }
         let ports = self.config.ports.len();
         for record in container.records() {
             let (_, payload) = record?;

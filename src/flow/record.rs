@@ -19,6 +19,10 @@ use crate::packet::proto;
 use crate::time::Instant;
 use std::time::Duration;
 
+/// Flow ids stay below this (2^62), so a carried id can never bring the
+/// id counter near wrapping.
+pub const MAX_ID: u64 = 1 << 62;
+
 /// The payload length of a flow record.
 pub const FLOW_RECORD_LEN: usize = 143;
 
@@ -137,8 +141,8 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
     }
     let mut f = Fields(bytes);
     let id = f.u64();
-    if id == 0 {
-        return Err("flow id 0");
+    if id == 0 || id >= MAX_ID {
+        return Err("flow id out of range");
     }
     let parent = match f.u64() {
         0 => None,
@@ -244,6 +248,6 @@ mod tests {
         assert_eq!(decode(&out, 1).err(), Some("arrival port out of range"));
         let mut zero = out.clone();
         zero[..8].fill(0);
-        assert_eq!(decode(&zero, 2).err(), Some("flow id 0"));
+        assert_eq!(decode(&zero, 2).err(), Some("flow id out of range"));
     }
 }

@@ -263,7 +263,7 @@ impl<'a> Container<'a> {
             // length says it should be.
             return Err(StateError::Truncated);
         }
-        if crc32fast::hash(signed) != crc {
+        if checksum(signed) != crc {
             return Err(StateError::Checksum);
         }
         let header: Header = serde_json::from_slice(&data[16..body])
@@ -324,6 +324,11 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         data.get(at..at.checked_add(4)?)?.try_into().ok()?,
     ))
+}
+
+/// The checksum a container ends with, over every byte before it.
+pub fn checksum(signed: &[u8]) -> u32 {
+    crc32fast::hash(signed)
 }
 
 /// This host's name, for headers.
