@@ -82,10 +82,19 @@ impl Gateway {
             return Err(StateError::Corrupt("next flow id out of range".into()));
         }
         let ports = self.config.ports.len();
+        let mut ids = std::collections::HashSet::with_capacity(container.len() as usize);
         for record in container.records() {
             let (_, payload) = record?;
-            record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
+            let carried =
+                record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
+            if !ids.insert(carried.entry.id()) {
+                return Err(StateError::Corrupt(format!(
+                    "flow id {} twice",
+                    carried.entry.id()
+                )));
+            }
         }
+        drop(ids);
         let config = &self.config.flows;
         let factor = config.adaptive_factor(container.header.flows as usize);
         let groups = self.table.groups();

@@ -225,6 +225,7 @@ pub struct Container<'a> {
     /// Its header.
     pub header: Header,
     records: &'a [u8],
+    count: u64,
 }
 
 impl<'a> Container<'a> {
@@ -279,6 +280,16 @@ impl<'a> Container<'a> {
             return Err(StateError::Corrupt("record count mismatch".into()));
         }
         Ok(container)
+    }
+
+    /// The number of records (of every kind).
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// The records in order, as (kind, payload); unknown optional kinds are
