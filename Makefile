@@ -5,9 +5,11 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
-TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3
+# (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
+TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
+	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev
 
-.PHONY: all build release test lint unit bench demo deps deps-build clean fuzz fuzz-cmin
+.PHONY: all build release test lint unit unit-verify bench demo deps deps-build clean fuzz fuzz-cmin deb deb-test
 
 all: build
 
@@ -33,7 +35,7 @@ release: deps-build
 # Every test: formatting, lints, unit tests, engine scenarios, property tests,
 # policy tests and the end-to-end tests in network namespaces (these skip
 # with a message without /dev/net/tun or CAP_NET_ADMIN).
-test: deps deps-build lint unit
+test: deps deps-build lint unit unit-verify
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -41,6 +43,34 @@ lint:
 
 unit:
 	$(CARGO) test --locked --all-targets
+
+# `systemd-analyze verify` of packaging/tunwall.service in a scratch root
+# with the debug binary (seconds; part of `make test`).
+unit-verify: build
+	./scripts/verify-unit.sh
+
+# The Debian package: tunwall (not tunwall-copy), its unit, man pages,
+# completions (bash, zsh, fish), /etc/tunwall/tunwall.toml (a conffile) and a
+# logrotate rule, in target/debian/. A release build (minutes), so not part
+# of `make test`: `make deb-test` builds and tests it.
+DEB_EXTRA := target/deb-extra
+
+deb: deps deps-build
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) build --locked --release --bin tunwall
+	rm -rf $(DEB_EXTRA) && mkdir -p $(DEB_EXTRA)/man $(DEB_EXTRA)/completions
+	target/release/tunwall man --dir $(DEB_EXTRA)/man
+	gzip -9n $(DEB_EXTRA)/man/*.1
+	target/release/tunwall completions bash > $(DEB_EXTRA)/completions/tunwall.bash
+	target/release/tunwall completions zsh > $(DEB_EXTRA)/completions/_tunwall
+	target/release/tunwall completions fish > $(DEB_EXTRA)/completions/tunwall.fish
+	$(CARGO) deb --no-build --locked --strip -o target/debian/
+
+# Installs the package into a scratch root (dpkg -x), checks its contents,
+# runs the installed `tunwall check` on the installed config and verifies
+# the installed unit.
+deb-test: deb
+	./scripts/deb-test.sh
 
 # Criterion micro-benchmarks of the engine and the policy (figures in docs/benchmarks.md).
 bench: deps-build

@@ -2,7 +2,8 @@
 //! the control socket and signals together, and taking them apart again.
 //!
 //! Start-up validates and compiles everything before touching a device; a
-//! failure after some ports are open closes them again. Shutdown (SIGINT or
+//! failure after some ports are open closes them again. SIGHUP reloads,
+//! SIGUSR1 reopens the event file (logrotate). Shutdown (SIGINT or
 //! SIGTERM) stops the workers — each closes the flows of its shards with
 //! reason `shutdown` — flushes the events, removes the socket and the
 //! devices tunwall created, and exits 0. With `[gateway] state_file`, a
@@ -11,10 +12,12 @@
 //! (SPEC §13, [`crate::restart`], [`crate::handover`]).
 
 use crate::config::Config;
+use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
+use crate::flow::FlowSelector;
 use crate::handover::{self, Incoming};
 use crate::io::Port;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
@@ -22,6 +25,7 @@ use crate::policy::{Authorizer, CalloutRegistry, Policy};
 use crate::render;
 use crate::restart;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +99,7 @@ impl Daemon {
         let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
         info!(generation = policy.policy_generation(), changed_layers = ?changed, "policy reloaded");
         running.policy = config.policy;
+        running.identities = config.identities;
         self.hub.emit(json!({
             "event": "policy_reloaded",
             "generation": policy.policy_generation(),
@@ -115,27 +120,60 @@ impl Daemon {
     }
 }
 
-impl ControlHandler for Daemon {
-    fn flows(&self) -> Value {
-        let now = self.clock.now();
-        let ports = self.gateway.port_names();
-        Value::Array(
-            self.gateway
-                .flows(now)
-                .iter()
-                .map(|f| render::json::flow(f, &ports, now))
-                .collect(),
+impl Daemon {
+    /// The flows a request's `select` object picks, names resolved against
+    /// the running configuration.
+    fn selector(&self, request: &Value) -> Result<FlowSelector, String> {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        FlowSelector::from_json(
+            request.get("select"),
+            &self.gateway.port_names(),
+            &config.identities,
         )
+    }
+}
+
+impl ControlHandler for Daemon {
+    fn flows(&self, request: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+        let selector = match self.selector(request) {
+            Ok(s) => s,
+            Err(error) => return writeln!(out, "{}", json!({"ok": false, "error": error})),
+        };
+        let listing = Listing::of_request(request, selector);
+        write_flows(&self.gateway, self.clock.now(), &listing, out).map(|_| ())
+    }
+
+    fn kill(&self, request: &Value) -> Value {
+        let selector = match self.selector(request) {
+            Ok(s) => Arc::new(s),
+            Err(error) => return json!({"ok": false, "error": error}),
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            w.send(Control::Kill(Arc::clone(&selector), tx.clone()));
+        }
+        let mut closed = 0;
+        for _ in &self.workers {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(n) => closed += n,
+                Err(_) => warn!("a worker did not answer a kill request"),
+            }
+        }
+        info!(closed, "flows closed by the operator");
+        json!({"ok": true, "closed": closed})
     }
 
     fn stats(&self) -> Value {
         let (s, io) = self.gather();
-        let generation = self
-            .policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy_generation();
-        render::json::stats(&s, &io, &self.gateway, generation, self.workers.len())
+        let policy = Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()));
+        render::json::stats(
+            &s,
+            &io,
+            &self.gateway,
+            policy.policy_generation(),
+            self.workers.len(),
+            &policy.filter_counts(),
+        )
     }
 
     fn reload(&self) -> Value {
@@ -186,6 +224,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
     ])?;
     let workers = config.gateway.workers.count();
     let socket = config.gateway.control_socket.clone();
@@ -356,7 +395,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     };
     info!(workers, socket = %socket.display(), "tunwall running");
     if let Some(incoming) = &incoming {
+        // The service manager learns the new main pid from the old process.
         daemon.announce_takeover(incoming, carried_flows, header.as_ref());
+    } else if server.is_some()
+        && let Err(e) = crate::io::notify::notify("READY=1\nSTATUS=forwarding")
+    {
+        // Every port is up and the policy loaded: only now is the service ready
+        // for systemd (`Type=notify`), so units ordered after it find a gateway.
+        warn!(error = %e, "telling the service manager we are ready");
     }
 
     let mut failed = server.is_none();
@@ -366,6 +412,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 signal_hook::consts::SIGHUP => {
                     daemon.reload();
                 }
+                signal_hook::consts::SIGUSR1 => {
+                    let config = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(path) = &config.events.file {
+                        let _ = hub.control.send(HubMessage::Reopen(path.clone()));
+                    }
+                }
                 _ => {
                     info!(signal, "shutting down");
                     break;
@@ -373,11 +425,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let handed_over = daemon.handed_over.load(Ordering::Relaxed);
+    if !handed_over {
+        // Handed over, this process is no longer the service's.
+        let _ = crate::io::notify::notify("STOPPING=1");
+    }
     if worker_failed.load(Ordering::Relaxed) {
         error!("a worker stopped: the gateway stopped with it");
         failed = true;
     }
-    let handed_over = daemon.handed_over.load(Ordering::Relaxed);
     // Shutdown: the control thread goes first (it holds the daemon), then
     // the workers close (or keep) their flows, then everything else goes.
     if let Some(server) = server {

@@ -25,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod explain;
 pub mod flow;
 pub mod handover;
 pub mod io;

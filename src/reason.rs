@@ -101,5 +101,7 @@ named_enum! {
         Evicted => "evicted",
         /// The gateway shut down.
         Shutdown => "shutdown",
+        /// An operator closed it (`tunwall kill`).
+        Admin => "admin",
     }
 }

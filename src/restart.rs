@@ -187,6 +187,10 @@ impl Daemon {
         match handover::hand_over(&binary, &socket, || self.pack()) {
             Ok(done) => {
                 info!(to_pid = done.pid, flows = done.flows, "handed over");
+                // Under systemd (`Type=notify`) the new process is the service now.
+                if let Err(e) = crate::io::notify::notify(&format!("MAINPID={}", done.pid)) {
+                    warn!(error = %e, "telling the service manager the new main pid");
+                }
                 self.hub.emit(json!({
                     "event": "handover",
                     "flows": done.flows,

@@ -202,7 +202,7 @@ fn print_flows(sim: &Sim, json: bool) {
 
 fn print_stats(sim: &Sim, json: bool) {
     let stats: &Stats = sim.h.engine.stats();
-    let value = render::json::stats(stats, &IoStats::default(), &sim.h.gw, 1, 1);
+    let value = render::json::stats(stats, &IoStats::default(), &sim.h.gw, 1, 1, &[]);
     if json {
         println!("{value}");
     } else {

@@ -110,12 +110,30 @@ impl Topology {
         flows: &str,
         extra: &str,
     ) -> Topology {
+        let mut t = Topology::prepare_with(offload, existing_lan, gateway, flows, extra);
+        t.start();
+        t
+    }
+
+    /// The namespaces and the config of [`Topology::new`], with the gateway
+    /// not started yet ([`Topology::start`]).
+    pub fn prepare(offload: bool, existing_lan: bool, flows: &str, extra: &str) -> Topology {
+        Topology::prepare_with(offload, existing_lan, "", flows, extra)
+    }
+
+    fn prepare_with(
+        offload: bool,
+        existing_lan: bool,
+        gateway: &str,
+        flows: &str,
+        extra: &str,
+    ) -> Topology {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{}", std::process::id() % 100_000, n);
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut t = Topology {
+        let t = Topology {
             client: format!("twc{tag}"),
             server: format!("tws{tag}"),
             lan_dev: format!("twl{tag}"),
@@ -199,20 +217,30 @@ discard_rate = 1000
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        t.start();
         t
     }
 
     /// Starts `tunwall run` and waits until it answers on its socket.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// As [`Topology::start`], with more environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.join("tunwall.log")).expect("log file");
         // The widest umask: the modes of what tunwall creates (socket 0600,
-        // event file 0640) must not depend on the caller's.
+        // event file 0640) must not depend on the caller's. An empty PATH:
+        // the gateway configures its devices itself, iproute2 is no
+        // run-time dependency.
         let child = Command::new("sh")
-            .args(["-c", "umask 000; exec \"$0\" run -c \"$1\""])
+            .args([
+                "-c",
+                "umask 000; PATH=/nonexistent exec \"$0\" run -c \"$1\"",
+            ])
             .arg(env!("CARGO_BIN_EXE_tunwall"))
             .arg(&self.config)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -444,6 +472,28 @@ fn wait_gone(pid: u32) -> bool {
         }
     }
     false
+}
+
+/// Runs `tunwall ARGS` (with `stdin` as its input) with its standard output a pipe nobody reads.
+pub fn tunwall_into_closed_pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tunwall");
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        input.write_all(text.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
 }
 
 impl Drop for Topology {

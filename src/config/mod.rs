@@ -8,11 +8,13 @@
 //! policy.
 
 mod conditions;
+mod lint;
 mod live;
 mod policy;
 mod schema;
 mod validate;
 
+pub use lint::warnings;
 pub(crate) use validate::{Loader, parse_prefix};
 
 use crate::engine::{GatewayConfig, HostModel};
@@ -54,6 +56,15 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+fn cannot_read(path: &Path, e: std::io::Error) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    }
+}
 
 /// `workers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,18 +148,29 @@ pub struct Config {
     pub policy: PolicySpec,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[identities]`: name → address group (`tunwall flows --identity`).
+    pub identities: std::collections::HashMap<String, crate::policy::AddrSet>,
 }
 
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path, registry: &CalloutRegistry) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| cannot_read(path, e))?;
         Config::parse(path, &text, registry)
+    }
+
+    /// The text of `path` for `tunwall check`, where `-` is standard input,
+    /// and the name to give it in messages (`<stdin>`).
+    pub fn read_text(path: &Path) -> Result<(PathBuf, String)> {
+        if path.as_os_str() != "-" {
+            let text = std::fs::read_to_string(path).map_err(|e| cannot_read(path, e))?;
+            return Ok((path.to_path_buf(), text));
+        }
+        let name = PathBuf::from("<stdin>");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| cannot_read(&name, e))?;
+        Ok((name, text))
     }
 
     /// Validates `text`; `path` names the file in messages.

@@ -34,7 +34,7 @@ pub(super) struct Raw {
 pub(super) struct RawGateway {
     pub(super) workers: Option<Spanned<toml::Value>>,
     pub(super) host_model: Option<HostModelName>,
-    pub(super) control_socket: Option<PathBuf>,
+    pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) control_socket_group: Option<String>,
     pub(super) offload: Option<bool>,
     pub(super) state_file: Option<PathBuf>,

@@ -118,6 +118,7 @@ impl Loader<'_> {
                 file: raw.events.file.clone(),
                 discard_rate,
             },
+            identities,
         })
     }
 
@@ -143,7 +144,8 @@ impl Loader<'_> {
             },
             control_socket: g
                 .control_socket
-                .clone()
+                .as_ref()
+                .map(|s| s.get_ref().clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             control_socket_group: g.control_socket_group.clone(),
             offload: g.offload.unwrap_or(true),

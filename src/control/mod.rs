@@ -1,7 +1,9 @@
 //! The control socket: a Unix socket speaking one JSON request per
-//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
+//! connection (`{"command": "flows"}`, `kill`, `stats`, `reload`,
+//! `upgrade`, `events`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod flows;
 pub mod hub;
 pub mod queue;
 
@@ -17,8 +19,11 @@ use tracing::{debug, warn};
 
 /// What the control server asks of the daemon.
 pub trait ControlHandler: Send + Sync + 'static {
-    /// `flows --json`: the JSON array of flows.
-    fn flows(&self) -> Value;
+    /// `flows`: writes the answer to `request` (see [`flows`]) to `out`.
+    fn flows(&self, request: &Value, out: &mut dyn Write) -> std::io::Result<()>;
+    /// `kill`: closes the flows `request` selects;
+    /// `{"ok": true, "closed": N}` or `{"ok": false, "error"}`.
+    fn kill(&self, request: &Value) -> Value;
     /// `stats --json`: the counters object.
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
@@ -234,7 +239,13 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
     let command = request.get("command").and_then(Value::as_str).unwrap_or("");
     let response = match command {
-        "flows" => handler.flows(),
+        "flows" => {
+            // A reader that stops reading is cut off after the timeout.
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let mut out = std::io::BufWriter::with_capacity(flows::OUTPUT_BUFFER, &stream);
+            return handler.flows(&request, &mut out);
+        }
+        "kill" => handler.kill(&request),
         "stats" => handler.stats(),
         "reload" => handler.reload(),
         "upgrade" => handler.upgrade(
@@ -255,11 +266,11 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
 
 /// Sends `command` to the daemon at `socket` and returns its answer.
 pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
-    request_with(socket, json!({"command": command}))
+    send(socket, &json!({ "command": command }))
 }
 
-/// Sends a request object (`{"command": …, …}`) and returns the answer.
-pub fn request_with(socket: &Path, request: Value) -> std::io::Result<Value> {
+/// Sends a whole request object to the daemon and returns its answer.
+pub fn send(socket: &Path, request: &Value) -> std::io::Result<Value> {
     let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     writeln!(stream, "{request}")?;

@@ -110,6 +110,9 @@ impl Local {
             entry.set_wildcard_owner();
         }
         let egress = self.insert(gw, a, shard, hash, entry, None)?;
+        if let Some(filter) = &decision.filter {
+            self.policy.flow_created(filter);
+        }
         if mcast_state || loose_source {
             let owner_key = entry.key();
             gw.wildcards.add(

@@ -5,7 +5,7 @@ use super::{Engine, Local, Stats};
 use crate::event::FlowInfo;
 use crate::flow::fragment::FragmentTable;
 use crate::flow::wildcard::Wildcards;
-use crate::flow::{FlowConfig, FlowTable};
+use crate::flow::{FlowConfig, FlowSelector, FlowTable};
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
@@ -140,13 +140,29 @@ impl Gateway {
         self.policy.store(Arc::new(policy));
     }
 
-    /// Snapshots every flow (one shard lock at a time).
+    /// Snapshots every flow (one shard lock at a time), by id.
     pub fn flows(&self, now: Instant) -> Vec<FlowInfo> {
-        let factor = self.table.adaptive_factor();
         let mut out = Vec::with_capacity(self.table.len());
         for i in 0..self.table.shard_count() {
-            let shard = self.table.lock_shard(i);
-            for (slot, entry) in shard.iter() {
+            self.shard_flows(i, now, &FlowSelector::default(), &mut out);
+        }
+        out.sort_by_key(|f| f.id);
+        out
+    }
+
+    /// Appends snapshots of the flows of shard `idx` that `selector` picks
+    /// to `out` (the lock is held only while copying them).
+    pub fn shard_flows(
+        &self,
+        idx: usize,
+        now: Instant,
+        selector: &FlowSelector,
+        out: &mut Vec<FlowInfo>,
+    ) {
+        let factor = self.table.adaptive_factor();
+        let shard = self.table.lock_shard(idx);
+        for (slot, entry) in shard.iter() {
+            if selector.matches(entry) {
                 out.push(FlowInfo::of(
                     entry,
                     shard.parent(slot),
@@ -156,8 +172,6 @@ impl Gateway {
                 ));
             }
         }
-        out.sort_by_key(|f| f.id);
-        out
     }
 
     /// Creates the engine of worker `worker` (of [`Gateway::workers`]).

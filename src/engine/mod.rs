@@ -40,6 +40,7 @@ pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
+use crate::flow::FlowSelector;
 use crate::flow::table::SlotId;
 use crate::policy::Authorizer;
 use crate::reason::{CloseReason, DropReason};
@@ -162,7 +163,7 @@ impl Engine {
 
     /// The shards this worker sweeps and closes at shutdown: its group, or,
     /// when workers share one group, every `workers`-th shard of it.
-    fn owned_shards(&self) -> Vec<usize> {
+    pub fn owned_shards(&self) -> Vec<usize> {
         let table = &self.gw.table;
         let group = table.group_shards(self.local.group);
         let sharing = self.gw.workers().div_ceil(table.groups());
@@ -188,21 +189,53 @@ impl Engine {
     /// Removes every flow of the shards this worker owns with reason
     /// `shutdown` (or all shards when `all`).
     pub fn close_all(&mut self, now: Instant, all: bool) {
+        self.close_matching(now, all, &FlowSelector::default(), CloseReason::Shutdown);
+    }
+
+    /// Closes the flows `selector` picks in the shards this worker owns (or
+    /// all shards when `all`) with `reason`; returns how many.
+    pub fn close_matching(
+        &mut self,
+        now: Instant,
+        all: bool,
+        selector: &FlowSelector,
+        reason: CloseReason,
+    ) -> usize {
         let shards: Vec<usize> = if all {
             (0..self.gw.table.shard_count()).collect()
         } else {
             self.owned_shards()
         };
+        shards
+            .into_iter()
+            .map(|idx| self.close_in_shard(now, idx, selector, reason))
+            .sum()
+    }
+
+    /// Closes the flows `selector` picks in shard `idx` with `reason`,
+    /// indicating each at `endpoint_closure`; returns how many. A worker
+    /// closing many flows (`tunwall kill`) goes shard by shard and flushes
+    /// the events in between, so they never pile up.
+    pub fn close_in_shard(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        selector: &FlowSelector,
+        reason: CloseReason,
+    ) -> usize {
         let gw = &*self.gw;
         let local = &mut self.local;
         let factor = gw.table.adaptive_factor();
-        for idx in shards {
-            let mut shard = gw.table.lock_shard(idx);
-            let slots: Vec<SlotId> = shard.iter().map(|(slot, _)| slot).collect();
-            for slot in slots {
-                let removed = shard.remove(slot);
-                local.closed(gw, now, factor, &removed, CloseReason::Shutdown);
-            }
+        let mut shard = gw.table.lock_shard(idx);
+        let slots: Vec<SlotId> = shard
+            .iter()
+            .filter(|(_, entry)| selector.matches(entry))
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &slots {
+            let removed = shard.remove(slot);
+            local.closed(gw, now, factor, &removed, reason);
         }
+        slots.len()
     }
 }

@@ -18,6 +18,8 @@ pub use super::clock::Clock;
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
+use crate::flow::FlowSelector;
+use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
@@ -54,6 +56,15 @@ pub trait Processor: Send {
     }
     /// Shutdown: close what the processor owns.
     fn close_all(&mut self, _now: Instant) {}
+    /// The shards whose flows this processor closes (`tunwall kill`).
+    fn owned_shards(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// Closes the flows of shard `idx` that `selector` picks with reason
+    /// `admin`; returns how many.
+    fn kill(&mut self, _now: Instant, _idx: usize, _selector: &FlowSelector) -> usize {
+        0
+    }
 }
 
 impl Processor for Engine {
@@ -80,6 +91,14 @@ impl Processor for Engine {
     fn close_all(&mut self, now: Instant) {
         Engine::close_all(self, now, false);
     }
+
+    fn owned_shards(&self) -> Vec<usize> {
+        Engine::owned_shards(self)
+    }
+
+    fn kill(&mut self, now: Instant, idx: usize, selector: &FlowSelector) -> usize {
+        self.close_in_shard(now, idx, selector, CloseReason::Admin)
+    }
 }
 
 /// I/O counters of one worker, beside the engine's.
@@ -95,6 +114,9 @@ pub struct IoStats {
 pub enum Control {
     /// Send a copy of the counters.
     Stats(Sender<(Stats, IoStats)>),
+    /// Close the selected flows of the owned shards (reason `admin`) and
+    /// send how many.
+    Kill(Arc<FlowSelector>, Sender<usize>),
     /// Close every flow of the owned shards (reason shutdown) and exit.
     Shutdown,
     /// Stop reading (packets wait in the TUN queues) and answer once
@@ -272,6 +294,15 @@ impl<P: Processor> Worker<P> {
             match message {
                 Control::Stats(reply) => {
                     let _ = reply.send((self.engine.stats(), self.io));
+                }
+                Control::Kill(selector, reply) => {
+                    let now = self.clock.now();
+                    let mut closed = 0;
+                    for idx in self.engine.owned_shards() {
+                        closed += self.engine.kill(now, idx, &selector);
+                        self.flush_events();
+                    }
+                    let _ = reply.send(closed);
                 }
                 Control::Shutdown => {
                     let now = self.clock.now();

@@ -13,7 +13,9 @@
 use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+use super::counters::{FilterCounters, FilterCounts};
 use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
+use super::trace::{Trace, TraceStep};
 use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
@@ -226,6 +228,10 @@ pub struct Policy {
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
     pub(super) layers: Vec<LayerIndex>,
+    /// Per filter, by index: shared with the previous policy for a filter
+    /// that kept its name.
+    counters: Vec<Arc<FilterCounters>>,
+    by_name: HashMap<Arc<str>, usize, ahash::RandomState>,
 }
 
 /// A callout instance and what it was built for: a reload reuses the
@@ -372,7 +378,22 @@ impl Policy {
         } else {
             changed.extend(Layer::ALL);
         }
+        let counters = filters
+            .iter()
+            .map(|f| {
+                previous
+                    .and_then(|p| p.by_name.get(&f.name).map(|&i| Arc::clone(&p.counters[i])))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let by_name = filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (Arc::clone(&f.name), i))
+            .collect();
         Ok(Policy {
+            counters,
+            by_name,
             generation: previous.map_or(1, |p| p.generation + 1),
             layer_generations,
             changed,
@@ -400,27 +421,44 @@ impl Policy {
         self.filters.len()
     }
 
-    /// Classifies with arbitration over the candidates from the index.
-    fn arbitrate(
+    /// Classifies with arbitration over the candidates from the index,
+    /// reporting every step to `trace`.
+    fn arbitrate<T: Trace>(
         &self,
         request: &ClassifyRequest,
-        ranks: impl Iterator<Item = u32>,
+        ranks: &[u32],
         notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
     ) -> Decision {
         let layer = &self.layers[request.layer.index()];
+        trace.step(TraceStep::Candidates {
+            layer: request.layer,
+            ranks,
+        });
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
-        for rank in ranks {
+        for &rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
-            if decided_sublayer == Some(sublayer) {
-                continue;
-            }
             let index = layer.order[rank];
             let filter = &self.filters[index];
-            if !filter.conditions.matches(request) {
+            let sublayer_name = &self.sublayers[sublayer].name;
+            if decided_sublayer == Some(sublayer) {
+                trace.step(TraceStep::SublayerDecided {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                });
                 continue;
             }
+            if let Some(condition) = filter.conditions.mismatch(request) {
+                trace.step(TraceStep::Mismatch {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                    condition,
+                });
+                continue;
+            }
+            self.counters[index].matched();
             let result = match filter.action {
                 FilterAction::Permit { hard } => Some((Action::Permit, hard, false)),
                 FilterAction::Block { hard } => Some((Action::Block, hard, false)),
@@ -435,19 +473,35 @@ impl Policy {
                     }
                 }
             };
+            trace.step(TraceStep::Matched {
+                filter: &filter.name,
+                sublayer: sublayer_name,
+                result,
+            });
             if let Some((action, hard, callout)) = result {
+                let before = arbiter.current_action();
+                let vetoed_before = arbiter.vetoed();
                 arbiter.merge(SublayerResult {
                     action,
                     hard,
                     callout,
                     filter: index,
                 });
+                trace.step(TraceStep::Arbitrated {
+                    filter: &filter.name,
+                    before,
+                    after: arbiter.current_action(),
+                    veto: !vetoed_before && arbiter.vetoed(),
+                });
                 decided_sublayer = Some(sublayer);
             }
         }
         let Some(verdict) = arbiter.finish() else {
-            return Decision::default_action(self.defaults.action(request.layer));
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
         };
+        self.counters[verdict.filter].decided();
         let filter = &self.filters[verdict.filter];
         if let Some(overridden) = verdict.vetoed {
             notes.push(PolicyNote::Veto {
@@ -469,6 +523,50 @@ impl Policy {
         }
     }
 
+    /// Classifies `request` exactly as the gateway does (the index, then
+    /// arbitration), reporting each step to `trace` (`tunwall explain`).
+    pub fn classify_traced<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
+    ) -> Decision {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Candidates {
+                layer: request.layer,
+                ranks: &[],
+            });
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        self.arbitrate(request, &candidates, notes, trace)
+    }
+
+    /// The filters of `layer` in evaluation order: (name, sublayer name).
+    pub fn layer_filters(&self, layer: Layer) -> Vec<(&str, &str)> {
+        self.layers[layer.index()]
+            .order
+            .iter()
+            .map(|&i| {
+                let f = &self.filters[i];
+                (&*f.name, self.sublayers[f.sublayer].name.as_str())
+            })
+            .collect()
+    }
+
+    /// Every filter's counters: (name, layer, counts), in file order.
+    pub fn filter_counts(&self) -> Vec<(&str, Layer, FilterCounts)> {
+        self.filters
+            .iter()
+            .zip(&self.counters)
+            .map(|(f, c)| (&*f.name, f.layer, c.get()))
+            .collect()
+    }
+
     /// The reference classification: every filter of the layer in order, no
     /// index. The indexed path must always agree with it.
     pub fn classify_unindexed(
@@ -477,7 +575,8 @@ impl Policy {
         notes: &mut Vec<PolicyNote>,
     ) -> Decision {
         let n = self.layers[request.layer.index()].order.len() as u32;
-        self.arbitrate(request, 0..n, notes)
+        let ranks: Vec<u32> = (0..n).collect();
+        self.arbitrate(request, &ranks, notes, &mut ())
     }
 
     /// The compiled policy, readably: layers → sublayers → filters in
@@ -547,13 +646,13 @@ impl Authorizer for Policy {
     }
 
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
-        let layer = &self.layers[request.layer.index()];
-        if layer.order.is_empty() {
-            return Decision::default_action(self.defaults.action(request.layer));
+        self.classify_traced(request, notes, &mut ())
+    }
+
+    fn flow_created(&self, filter: &Arc<str>) {
+        if let Some(&i) = self.by_name.get(filter) {
+            self.counters[i].created();
         }
-        let mut candidates = Vec::with_capacity(16);
-        layer.candidates(request, &mut candidates);
-        self.arbitrate(request, candidates.into_iter(), notes)
     }
 
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {

@@ -215,39 +215,51 @@ pub struct Conditions {
 
 impl Conditions {
     /// Whether every given condition matches `r`.
+    #[inline]
     pub fn matches(&self, r: &ClassifyRequest) -> bool {
+        self.mismatch(r).is_none()
+    }
+
+    /// The first given condition that does not match `r` (its name in the
+    /// configuration file), or `None` when all match: `matches` and
+    /// `tunwall explain` share this one evaluation.
+    #[inline]
+    pub fn mismatch(&self, r: &ClassifyRequest) -> Option<&'static str> {
         if let Some(v) = self.ip_version
             && v != r.version
         {
-            return false;
+            return Some("ip_version");
         }
         if let Some(p) = &self.protocol
             && !p.contains(u16::from(r.protocol))
         {
-            return false;
+            return Some("protocol");
         }
         if let Some(ports) = &self.local_port
             && (r.icmp.is_some() || !ports.contains(r.local_port))
         {
-            return false;
+            return Some("local_port");
         }
         if let Some(ports) = &self.remote_port
             && (r.icmp.is_some() || !ports.contains(r.remote_port))
         {
-            return false;
+            return Some("remote_port");
         }
         if let Some(types) = &self.icmp_type
             && !r.icmp.is_some_and(|(t, _)| types.contains(u16::from(t)))
         {
-            return false;
+            return Some("icmp_type");
         }
         if let Some(codes) = &self.icmp_code
             && !r.icmp.is_some_and(|(_, c)| codes.contains(u16::from(c)))
         {
-            return false;
+            return Some("icmp_code");
         }
-        if !r.flags.contains(self.flags) || r.flags.intersects(self.not_flags) {
-            return false;
+        if !r.flags.contains(self.flags) {
+            return Some("flags");
+        }
+        if r.flags.intersects(self.not_flags) {
+            return Some("not_flags");
         }
         if let Some(ports) = &self.arrival_port {
             let arrival = match r.arrival_port {
@@ -255,22 +267,22 @@ impl Conditions {
                 None => ArrivalPort::Empty,
             };
             if !ports.contains(&arrival) {
-                return false;
+                return Some("arrival_port");
             }
         }
-        for (set, addr) in [
-            (&self.local_address, &r.local_addr),
-            (&self.remote_address, &r.remote_addr),
-            (&self.local_identity, &r.local_addr),
-            (&self.remote_identity, &r.remote_addr),
+        for (name, set, addr) in [
+            ("local_address", &self.local_address, &r.local_addr),
+            ("remote_address", &self.remote_address, &r.remote_addr),
+            ("local_identity", &self.local_identity, &r.local_addr),
+            ("remote_identity", &self.remote_identity, &r.remote_addr),
         ] {
             if let Some(set) = set
                 && !set.contains(r.version, addr)
             {
-                return false;
+                return Some(name);
             }
         }
-        true
+        None
     }
 }
 

@@ -11,9 +11,11 @@
 pub mod arbitration;
 pub mod callout;
 pub mod compiled;
+pub mod counters;
 pub mod filter;
 pub mod lineage;
 pub mod rate_limit;
+pub mod trace;
 
 pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
@@ -250,6 +252,10 @@ pub trait Authorizer: Send + Sync {
 
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;
+
+    /// A flow was admitted with `filter` as the deciding filter (its
+    /// `flows_created` counter).
+    fn flow_created(&self, _filter: &Arc<str>) {}
 
     /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow` at `now`.
     fn indicate(

@@ -8,6 +8,7 @@ use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
 use crate::policy::Layer;
+use crate::policy::counters::FilterCounts;
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use serde_json::{Map, Value, json};
@@ -175,16 +176,40 @@ fn millis(d: Duration) -> u64 {
     crate::time::millis(d)
 }
 
-/// The `stats --json` object of SPEC §7.
-pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: usize) -> Value {
+/// Per-filter counters as `stats --json` reports them: (name, layer, counts).
+pub type FilterStats<'a> = [(&'a str, Layer, FilterCounts)];
+
+/// The `stats --json` object of SPEC §7 and §12. Every known drop and
+/// closure reason is present, at zero too.
+pub fn stats(
+    s: &Stats,
+    io: &IoStats,
+    gw: &Gateway,
+    generation: u64,
+    workers: usize,
+    filter_stats: &FilterStats<'_>,
+) -> Value {
     let by_reason =
         |counts: &[u64], names: &mut dyn Iterator<Item = &'static str>| -> Map<String, Value> {
             names
                 .zip(counts)
-                .filter(|(_, n)| **n > 0)
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect()
         };
+    let filters: Map<String, Value> = filter_stats
+        .iter()
+        .map(|(name, layer, c)| {
+            (
+                name.to_string(),
+                json!({
+                    "layer": layer.as_str(),
+                    "matches": c.matches,
+                    "decisions": c.decisions,
+                    "flows_created": c.flows_created,
+                }),
+            )
+        })
+        .collect();
     let closed = by_reason(
         &s.flows_closed,
         &mut CloseReason::ALL.iter().map(|r| r.as_str()),
@@ -227,5 +252,6 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         "events_dropped": s.events_dropped,
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
+        "filters": filters,
     })
 }

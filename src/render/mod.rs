@@ -3,6 +3,7 @@
 //! Prometheus exposition ([`prometheus`]). The daemon, the CLI and the
 //! simulator all render through here.
 
+pub mod explain;
 pub mod json;
 pub mod prometheus;
 pub mod text;

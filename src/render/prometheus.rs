@@ -96,6 +96,47 @@ pub fn prometheus(stats: &Value) -> String {
     );
     metric("workers", "gauge", "Worker threads.", plain("workers"));
     for (key, help) in [
+        ("read_errors", "Failed reads from the ports."),
+        (
+            "write_errors",
+            "Failed writes to the ports (the packet is lost).",
+        ),
+        (
+            "events_dropped",
+            "Events lost: a full queue or a slow reader.",
+        ),
+    ] {
+        metric(&format!("{key}_total"), "counter", help, plain(key));
+    }
+    for (key, help) in [
+        (
+            "matches",
+            "Times the filter's conditions matched a packet being classified.",
+        ),
+        (
+            "decisions",
+            "Times the filter's action was its layer's final result.",
+        ),
+        ("flows_created", "Flows admitted with the filter deciding."),
+    ] {
+        let samples = stats
+            .get("filters")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(filter, v)| {
+                        let layer = v.get("layer").and_then(Value::as_str).unwrap_or("");
+                        (
+                            format!("{{layer=\"{layer}\",filter=\"{}\"}}", label(filter)),
+                            v.get(key).cloned().unwrap_or(json!(0)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(&format!("filter_{key}_total"), "counter", help, samples);
+    }
+    for (key, help) in [
         ("rx_packets", "Packets read from the port."),
         ("rx_bytes", "Bytes read from the port."),
         ("tx_packets", "Packets written to the port."),
@@ -118,4 +159,13 @@ pub fn prometheus(stats: &Value) -> String {
         metric(&format!("port_{key}_total"), "counter", help, samples);
     }
     out
+}
+
+/// A label value escaped as the exposition format asks (`\\`, `\"`, `\n`):
+/// filter names come from the configuration file.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -9,56 +9,65 @@ use std::fmt::Write as _;
 
 /// `tunwall flows` without `--json`: one line per flow, like `conntrack -L`.
 pub fn flows(flows: &Value) -> String {
-    let mut out = String::new();
+    let mut out = flows_header();
     let Some(list) = flows.as_array() else {
         return out;
     };
-    out.push_str(&format!(
-        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
-        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
-    ));
     for f in list {
-        let s = |k: &str| {
-            f.get(k)
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .unwrap_or_default()
-        };
-        let endpoint = |addr: &str, port: &str| {
-            let a = s(addr);
-            match f.get(port) {
-                Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
-                Some(Value::Number(p)) => format!("{a}:{p}"),
-                _ => a,
-            }
-        };
-        let mut remote = endpoint("remote_addr", "remote_port");
-        if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
-            remote.push_str(&format!(" type {t}"));
-            if let Some(id) = f.get("icmp_id").and_then(Value::as_u64) {
-                remote.push_str(&format!(" id {id}"));
-            }
-        }
-        let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
-        out.push_str(&format!(
-            "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
-            s("id"),
-            s("protocol"),
-            s("direction"),
-            endpoint("local_addr", "local_port"),
-            remote,
-            s("state"),
-            s("packets_out"),
-            s("packets_in"),
-            expires / 1000,
-            s("arrival_port"),
-        ));
+        out.push_str(&flow_line(f));
     }
     out.push_str(&format!("{} flows\n", list.len()));
     out
+}
+
+/// The column headings of `tunwall flows`.
+pub fn flows_header() -> String {
+    format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
+        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
+    )
+}
+
+/// One flow (its `flows --json` object) as a line of `tunwall flows`.
+pub fn flow_line(f: &Value) -> String {
+    let s = |k: &str| {
+        f.get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
+    let endpoint = |addr: &str, port: &str| {
+        let a = s(addr);
+        match f.get(port) {
+            Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
+            Some(Value::Number(p)) => format!("{a}:{p}"),
+            _ => a,
+        }
+    };
+    let mut remote = endpoint("remote_addr", "remote_port");
+    if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
+        remote.push_str(&format!(" type {t}"));
+        if let Some(id) = f.get("icmp_id").and_then(Value::as_u64) {
+            remote.push_str(&format!(" id {id}"));
+        }
+    }
+    let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
+        s("id"),
+        s("protocol"),
+        s("direction"),
+        endpoint("local_addr", "local_port"),
+        remote,
+        s("state"),
+        s("packets_out"),
+        s("packets_in"),
+        expires / 1000,
+        s("arrival_port"),
+    )
 }
 
 /// `tunwall stats` without flags.

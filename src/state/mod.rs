@@ -359,5 +359,5 @@ pub fn node_name() -> String {
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| crate::time::millis(d))
+        .map_or(0, crate::time::millis)
 }
