@@ -239,7 +239,8 @@ fn an_upgrade_that_cannot_happen_leaves_the_gateway_running() {
 
     // A binary that never takes over is stopped after 10 s.
     let stuck = t.dir.join("stuck.sh");
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 60\n").expect("script");
+    // (absolute: the gateway runs with an empty PATH)
+    std::fs::write(&stuck, "#!/bin/sh\nexec /bin/sleep 60\n").expect("script");
     std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let started = std::time::Instant::now();
