@@ -7,9 +7,10 @@ export CARGO_TERM_COLOR ?= never
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
 # (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
-	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev
+	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
+	wireguard-go:wireguard-go wg:wireguard-tools jq:jq
 
-.PHONY: all build release test lint unit unit-verify bench demo deps deps-build clean fuzz fuzz-cmin deb deb-test
+.PHONY: all build release test lint unit unit-verify bench demo demo-vpn deps deps-build clean fuzz fuzz-cmin deb deb-test
 
 all: build
 
@@ -80,6 +81,13 @@ bench: deps-build
 # telnet and inbound attempts, `tunwall flows`, `tunwall stats`, teardown.
 demo: deps release
 	./scripts/demo.sh
+
+# tunwall as a VPN gateway behind wireguard-go (configs/vpn-gateway.toml):
+# identities from WireGuard peers, permitted and refused traffic per
+# identity, iperf3, `tunwall identities` and `tunwall flows`, a peer
+# removed live, teardown (README "Deploying as a VPN gateway").
+demo-vpn: deps release
+	./scripts/demo-vpn.sh
 
 # Coverage-guided fuzzing with cargo-fuzz/libFuzzer (docs/fuzzing.md): runs
 # each of FUZZ_TARGETS for FUZZ_SECONDS and prints libFuzzer's executions.

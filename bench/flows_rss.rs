@@ -60,6 +60,12 @@ impl ControlHandler for Handler {
         json!({})
     }
     fn subscribe(&self, _: std::os::unix::net::UnixStream) {}
+    fn decide(&self, _: u64, _: tunwall::policy::Action) -> Value {
+        json!({})
+    }
+    fn pending(&self) -> Value {
+        json!([])
+    }
 }
 
 fn status_kb(field: &str) -> u64 {

@@ -48,8 +48,11 @@ fn req(
         remote_port: rport,
         icmp: None,
         arrival_port: Some(LAN),
+        source: None,
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -753,12 +756,15 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                 remote_port: rport,
                 icmp: (protocol == 1).then_some((8, 0)),
                 arrival_port: arrival,
+                source: None,
                 flags: [
                     ClassifyFlags::empty(),
                     ClassifyFlags::REAUTHORIZE,
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -826,8 +832,11 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             remote_port: 995 + (seed >> 40) as u16 % 110,
             icmp: None,
             arrival_port: Some(LAN),
+            source: None,
             flags: ClassifyFlags::empty(),
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());

@@ -21,14 +21,15 @@ use crate::flow::FlowSelector;
 use crate::handover::{self, Incoming};
 use crate::io::Port;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, Policy};
+use crate::policy::{Action, Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
 use crate::restart;
+use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -52,6 +53,10 @@ pub struct Daemon {
     pub(crate) handed_over: AtomicBool,
     /// Ends the signal loop.
     pub(crate) signals: signal_hook::iterator::Handle,
+    /// The WireGuard peers last read (SPEC §11).
+    peers: Mutex<PeerSnapshot>,
+    /// WireGuard reads that failed since start.
+    wireguard_errors: Arc<AtomicU64>,
 }
 
 impl Daemon {
@@ -84,10 +89,14 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),
         };
+        let mut config = config;
         let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = running.reloadable_from(&config) {
             return self.reload_failed(e);
         }
+        config
+            .policy
+            .resolve_identities(&self.peers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let policy = match Policy::compile(&config.policy, &self.registry, Some(&current)) {
             Ok(p) => Arc::new(p),
@@ -99,7 +108,6 @@ impl Daemon {
         let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
         info!(generation = policy.policy_generation(), changed_layers = ?changed, "policy reloaded");
         running.policy = config.policy;
-        running.identities = config.identities;
         self.hub.emit(json!({
             "event": "policy_reloaded",
             "generation": policy.policy_generation(),
@@ -110,6 +118,39 @@ impl Daemon {
             "generation": policy.policy_generation(),
             "changed_layers": changed,
         })
+    }
+
+    /// A WireGuard interface's peers changed: the identities naming its
+    /// peers get new addresses, a policy change of the layers whose filters
+    /// name them, installed as a reload installs one.
+    pub fn peers_changed(&self, peers: &PeerSnapshot) {
+        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers.clone();
+        let mut spec = running.policy.clone();
+        let identities = spec.resolve_identities(peers);
+        if identities.is_empty() {
+            return;
+        }
+        let policy = match Policy::compile(&spec, &self.registry, Some(&current)) {
+            Ok(p) => Arc::new(p.identity_change(&current)),
+            Err(e) => {
+                error!(error = %e, "identities changed but the policy did not compile; the running policy stays");
+                return;
+            }
+        };
+        *current = Arc::clone(&policy);
+        self.gateway
+            .set_policy(Arc::clone(&policy) as Arc<dyn Authorizer>);
+        running.policy = spec;
+        let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
+        info!(?identities, generation = policy.policy_generation(), changed_layers = ?changed, "identities changed");
+        self.hub.emit(json!({
+            "event": "identities_changed",
+            "identities": identities,
+            "generation": policy.policy_generation(),
+            "changed_layers": changed,
+        }));
     }
 
     fn reload_failed(&self, error: String) -> Value {
@@ -128,7 +169,7 @@ impl Daemon {
         FlowSelector::from_json(
             request.get("select"),
             &self.gateway.port_names(),
-            &config.identities,
+            &config.policy.identities.address_groups(),
         )
     }
 }
@@ -139,7 +180,14 @@ impl ControlHandler for Daemon {
             Ok(s) => s,
             Err(error) => return writeln!(out, "{}", json!({"ok": false, "error": error})),
         };
-        let listing = Listing::of_request(request, selector);
+        let mut listing = Listing::of_request(request, selector);
+        listing.identities = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .identities
+            .clone();
         write_flows(&self.gateway, self.clock.now(), &listing, out).map(|_| ())
     }
 
@@ -163,21 +211,47 @@ impl ControlHandler for Daemon {
         json!({"ok": true, "closed": closed})
     }
 
+    fn identities(&self) -> Value {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        render::json::identities(&config.policy.identities, &config.port_names())
+    }
+
     fn stats(&self) -> Value {
         let (s, io) = self.gather();
         let policy = Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()));
-        render::json::stats(
+        let mut stats = render::json::stats(
             &s,
             &io,
             &self.gateway,
             policy.policy_generation(),
             self.workers.len(),
             &policy.filter_counts(),
-        )
+        );
+        render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        stats
     }
 
     fn reload(&self) -> Value {
         Daemon::reload(self)
+    }
+
+    fn decide(&self, id: u64, decision: Action) -> Value {
+        match self.gateway.complete(id, decision) {
+            Ok(()) => json!({"ok": true, "id": id, "decision": decision.as_str()}),
+            Err(e) => json!({"ok": false, "error": format!("flow {id}: {e}")}),
+        }
+    }
+
+    fn pending(&self) -> Value {
+        let now = self.clock.now();
+        let ports = self.gateway.port_names();
+        Value::Array(
+            self.gateway
+                .pending()
+                .iter()
+                .map(|p| render::json::pending(p, &ports, now))
+                .collect(),
+        )
     }
 
     fn subscribe(&self, stream: UnixStream) {
@@ -217,7 +291,10 @@ impl Drop for WorkerWatch {
 /// a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = CalloutRegistry::default();
-    let config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first read of the WireGuard peers, before any device is touched.
+    let peers = wireguard::read_all(&config.wireguard).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.policy.resolve_identities(&peers);
     let mut policy = Policy::compile(&config.policy, &registry, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([
@@ -343,6 +420,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = gateway.engine(i);
+        let wake = Arc::clone(&waker);
+        gateway.set_waker(i, move || {
+            if let Err(e) = wake.wake() {
+                warn!(error = %e, "waking a worker");
+            }
+        });
         let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
         let watch = WorkerWatch {
             worker: i,
@@ -371,10 +454,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .try_clone()
         .ok()
         .map(std::os::fd::OwnedFd::from);
+    let wireguard_configs = config.wireguard.clone();
+    let wireguard_errors = Arc::new(AtomicU64::new(0));
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
         config: Mutex::new(config),
+        peers: Mutex::new(peers.clone()),
+        wireguard_errors: Arc::clone(&wireguard_errors),
         policy: Mutex::new(Arc::clone(&policy)),
         gateway,
         workers: handles,
@@ -392,6 +479,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             error!(error = %e, "control socket");
             None
         }
+    };
+    let weak = Arc::downgrade(&daemon);
+    let watch = if wireguard_configs.is_empty() {
+        None
+    } else {
+        // The watch holds the daemon weakly: shutdown stops it first.
+        let watch = Watch::spawn(wireguard_configs, peers, wireguard_errors, move |peers| {
+            if let Some(daemon) = weak.upgrade() {
+                daemon.peers_changed(peers);
+            }
+        })?;
+        Some(watch)
     };
     info!(workers, socket = %socket.display(), "tunwall running");
     if let Some(incoming) = &incoming {
@@ -442,6 +541,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         } else {
             server.stop();
         }
+    }
+    if let Some(watch) = watch {
+        watch.stop();
     }
     // With a state file the flows are saved and the devices kept.
     let saved = !handed_over && !failed && daemon.save_state();

@@ -38,3 +38,4 @@ pub mod route;
 pub mod state;
 pub mod testkit;
 pub mod time;
+pub mod wireguard;

@@ -20,6 +20,8 @@ pub const SERVER4: &str = "198.18.2.20";
 pub const CLIENT6: &str = "fd00:1::10";
 pub const SERVER6: &str = "fd00:2::20";
 
+pub mod vpn;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Why this machine cannot run the end-to-end tests, if it cannot.
@@ -133,19 +135,10 @@ impl Topology {
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let t = Topology {
-            client: format!("twc{tag}"),
-            server: format!("tws{tag}"),
-            lan_dev: format!("twl{tag}"),
-            wan_dev: format!("tww{tag}"),
-            config: dir.join("tunwall.toml"),
-            socket: dir.join("control.sock"),
-            events: dir.join("events.jsonl"),
+        let t = Topology::at(
             dir,
-            child: None,
-            adopted: None,
-            background: Vec::new(),
-        };
+            ["twc", "tws", "twl", "tww"].map(|p| format!("{p}{tag}")),
+        );
         for ns in [&t.client, &t.server] {
             let out = run(Command::new("ip").args(["netns", "add", ns]));
             assert!(
@@ -217,6 +210,44 @@ discard_rate = 1000
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        t
+    }
+
+    /// A topology not yet started in `dir`: client and server namespaces,
+    /// inside and outside devices.
+    fn at(dir: PathBuf, [client, server, lan_dev, wan_dev]: [String; 4]) -> Topology {
+        Topology {
+            client,
+            server,
+            lan_dev,
+            wan_dev,
+            config: dir.join("tunwall.toml"),
+            socket: dir.join("control.sock"),
+            events: dir.join("events.jsonl"),
+            dir,
+            child: None,
+            adopted: None,
+            background: Vec::new(),
+        }
+    }
+
+    /// tunwall alone, on namespaces the caller built: `body` is the
+    /// configuration without `[gateway]` and `[events]`, which this adds
+    /// (the control socket and event file in the run's directory).
+    pub fn external(body: &str) -> Topology {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("tunwall-e2e-x{}{n}", std::process::id() % 100_000));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut t = Topology::at(dir, ["", "", "", ""].map(String::from));
+        let config = format!(
+            "[gateway]\ncontrol_socket = \"{}\"\n\n[events]\nfile = \"{}\"\ndiscard_rate = 1000\n\n{body}",
+            t.socket.display(),
+            t.events.display()
+        );
+        std::fs::write(&t.config, config).expect("write config");
+        t.start();
         t
     }
 
@@ -523,7 +554,10 @@ impl Drop for Topology {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in [&self.client, &self.server] {
+        for ns in [&self.client, &self.server]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+        {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())

@@ -3,8 +3,9 @@
 use super::schema::{LayerName, RawFilter};
 use super::{ConfigError, Loader, parse_prefix};
 use crate::packet::IpVersion;
-use crate::policy::{AddrSet, ArrivalPort, ClassifyFlags, Conditions, ValueSet};
-use std::collections::HashMap;
+use crate::policy::{
+    Action, AddrSet, ArrivalPort, ClassifyFlags, Conditions, Identities, IdentityCond, ValueSet,
+};
 use toml::{Spanned, Value};
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -138,7 +139,7 @@ pub(super) fn parse(
     f: &RawFilter,
     name: &str,
     ports: &[&str],
-    identities: &HashMap<String, AddrSet>,
+    identities: &Identities,
 ) -> Result<(Conditions, String)> {
     let err = |v: &Spanned<Value>, key: &str, msg: String| {
         loader.error(v.span(), format!("filter \"{name}\": {key}: {msg}"))
@@ -270,18 +271,21 @@ pub(super) fn parse(
     ] {
         if let Some(v) = value {
             show(key, v);
-            let mut set = AddrSet::default();
+            let mut groups = Vec::new();
             for group in strings(v.get_ref(), "identity").map_err(|m| err(v, key, m))? {
-                let members = identities.get(group).ok_or_else(|| {
-                    err(
+                if !identities.defs.contains_key(group) {
+                    return Err(err(
                         v,
                         key,
                         format!("unknown identity \"{group}\" (define it under [identities])"),
-                    )
-                })?;
-                set.extend(members);
+                    ));
+                }
+                groups.push(group.to_string());
             }
-            *slot = Some(set);
+            *slot = Some(IdentityCond {
+                groups,
+                addrs: Default::default(),
+            });
         }
     }
     for (key, value, slot) in [
@@ -349,6 +353,7 @@ pub(super) fn parse(
     }
     for option in [
         f.unicast_lifetime.as_ref().map(|v| ("unicast_lifetime", v)),
+        f.pend_timeout.as_ref().map(|v| ("pend_timeout", v)),
         f.mcast_bcast_lifetime
             .as_ref()
             .map(|v| ("mcast_bcast_lifetime", v)),
@@ -369,6 +374,12 @@ pub(super) fn parse(
         .is_some_and(|v| *v.get_ref())
     {
         summary.push("loose_source_mapping".into());
+    }
+    if let Some(a) = &f.timeout_action {
+        summary.push(format!(
+            "timeout_action = \"{}\"",
+            Action::from(*a.get_ref()).as_str()
+        ));
     }
     if let Some(r) = &f.rate {
         summary.push(format!("rate = \"{}\"", r.get_ref()));

@@ -49,9 +49,12 @@ pub fn warnings(path: &Path, text: &str) -> Vec<ConfigError> {
             ),
         ));
     }
-    for members in raw.identities.values() {
-        for m in members {
-            host_bits(&loader, m.get_ref(), m.span(), &mut out);
+    for value in raw.identities.values() {
+        for m in value.get_ref().as_array().into_iter().flatten() {
+            if let Some(m) = m.as_str() {
+                let span = loader.within(value.span(), &format!("\"{m}\""));
+                host_bits(&loader, m, span, &mut out);
+            }
         }
     }
     for f in &raw.filters {

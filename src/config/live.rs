@@ -22,6 +22,10 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        // The identity watcher reads the interfaces it started with.
+        if self.wireguard != new.wireguard {
+            changes.push("[[wireguard]]".to_string());
+        }
         if changes.is_empty() {
             Ok(())
         } else {

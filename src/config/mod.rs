@@ -8,6 +8,7 @@
 //! policy.
 
 mod conditions;
+mod identities;
 mod lint;
 mod live;
 mod policy;
@@ -124,6 +125,19 @@ pub struct PortConfig {
     pub kernel_routes: Vec<IpNet>,
 }
 
+/// One `[[wireguard]]` (SPEC §11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireguardConfig {
+    /// The WireGuard interface.
+    pub interface: String,
+    /// The network namespace it lives in.
+    pub netns: Option<String>,
+    /// How often its peers are read.
+    pub refresh: std::time::Duration,
+    /// The index of the port its traffic arrives on, if bound to one.
+    pub port: Option<u8>,
+}
+
 /// `[events]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
@@ -144,12 +158,13 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     /// `[flows]`.
     pub flows: FlowConfig,
-    /// `[defaults]`, `[[sublayer]]`, `[[filter]]` (identities resolved).
+    /// `[defaults]`, `[identities]`, `[[sublayer]]`, `[[filter]]` (address
+    /// groups resolved; WireGuard identities once their peers are read).
     pub policy: PolicySpec,
+    /// `[[wireguard]]`.
+    pub wireguard: Vec<WireguardConfig>,
     /// `[events]`.
     pub events: EventsConfig,
-    /// `[identities]`: name → address group (`tunwall flows --identity`).
-    pub identities: std::collections::HashMap<String, crate::policy::AddrSet>,
 }
 
 impl Config {
@@ -218,5 +233,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunwall/control.sock";
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;

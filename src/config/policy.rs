@@ -7,43 +7,20 @@ use super::validate::{Loader, parse_rate, valid_name};
 use super::{ConfigError, PortConfig, Result, conditions};
 use crate::flow::MAX_TIMEOUT;
 use crate::policy::{
-    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Layer,
-    PolicySpec, SpecAction, Sublayer,
+    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Identities,
+    Layer, Pend, PolicySpec, SpecAction, Sublayer,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
 impl Loader<'_> {
-    pub(super) fn identities(
-        &self,
-        raw: &BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
-    ) -> Result<HashMap<String, crate::policy::AddrSet>> {
-        let mut out = HashMap::new();
-        for (name, members) in raw {
-            let mut set = crate::policy::AddrSet::default();
-            for m in members {
-                conditions::add_address(self, &mut set, m.get_ref()).map_err(|msg| {
-                    self.error(m.span(), format!("identity \"{}\": {msg}", name.get_ref()))
-                })?;
-            }
-            if set.is_empty() {
-                return Err(self.error(
-                    name.span(),
-                    format!("identity \"{}\" is empty", name.get_ref()),
-                ));
-            }
-            out.insert(name.get_ref().clone(), set);
-        }
-        Ok(out)
-    }
-
     pub(super) fn policy(
         &self,
         raw: &Raw,
         ports: &[PortConfig],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: Identities,
         registry: &CalloutRegistry,
     ) -> Result<PolicySpec> {
         let d = &raw.defaults;
@@ -96,12 +73,13 @@ impl Loader<'_> {
             if names.insert(name, ()).is_some() {
                 return Err(self.error(f.name.span(), format!("duplicate filter name \"{name}\"")));
             }
-            filters.push(self.filter(f, &sublayers, &port_names, identities, registry)?);
+            filters.push(self.filter(f, &sublayers, &port_names, &identities, registry)?);
         }
         Ok(PolicySpec {
             defaults,
             sublayers,
             filters,
+            identities,
         })
     }
 
@@ -110,7 +88,7 @@ impl Loader<'_> {
         f: &RawFilter,
         sublayers: &[Sublayer],
         ports: &[&str],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: &Identities,
         registry: &CalloutRegistry,
     ) -> Result<FilterSpec> {
         let name = f.name.get_ref().clone();
@@ -147,6 +125,26 @@ impl Loader<'_> {
                     layer.as_str()
                 ),
             ));
+        }
+        let pend_keys = [
+            ("pend_timeout", f.pend_timeout.as_ref().map(|v| v.span())),
+            (
+                "timeout_action",
+                f.timeout_action.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in pend_keys {
+            if let Some(span) = span
+                && (kind != FilterActionName::Callout
+                    || !matches!(layer, Layer::AuthConnect | Layer::AuthRecvAccept))
+            {
+                return Err(here(
+                    span,
+                    format!(
+                        "{key} belongs to a callout filter at auth_connect or auth_recv_accept (only there may a callout pend a flow)"
+                    ),
+                ));
+            }
         }
         let action = match kind {
             FilterActionName::Permit | FilterActionName::Block => {
@@ -192,7 +190,17 @@ impl Loader<'_> {
                         here(r.span(), format!("rate \"{}\" must look like \"100/s\" (a positive number per second)", r.get_ref()))
                     })?),
                 };
-                let params = CalloutParams { rate };
+                let mut pend = Pend::default();
+                pend.timeout = self
+                    .duration(&f.pend_timeout, "pend_timeout", pend.timeout)
+                    .map_err(|e| ConfigError {
+                        message: format!("filter \"{name}\": {}", e.message),
+                        ..e
+                    })?;
+                if let Some(a) = &f.timeout_action {
+                    pend.timeout_action = (*a.get_ref()).into();
+                }
+                let params = CalloutParams { rate, pend };
                 match registry.build(callout.get_ref(), &params) {
                     None => {
                         let known: Vec<&str> = registry.names().collect();

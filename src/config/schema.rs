@@ -20,7 +20,9 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
     #[serde(default)]
-    pub(super) identities: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    pub(super) identities: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub(super) wireguard: Vec<RawWireguard>,
     #[serde(default, rename = "sublayer")]
     pub(super) sublayers: Vec<RawSublayer>,
     #[serde(default, rename = "filter")]
@@ -70,6 +72,15 @@ pub(super) struct RawPort {
     pub(super) kernel_routes: Vec<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWireguard {
+    pub(super) interface: Spanned<String>,
+    pub(super) netns: Option<Spanned<String>>,
+    pub(super) refresh: Option<Spanned<toml::Value>>,
+    pub(super) port: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFlows {
@@ -89,6 +100,9 @@ pub(super) struct RawFlows {
     pub(super) tcp_loose_pickup: Option<bool>,
     pub(super) max_fragments: Option<Spanned<i64>>,
     pub(super) fragment_timeout: Option<Spanned<toml::Value>>,
+    pub(super) pend_queue_packets: Option<Spanned<i64>>,
+    pub(super) pend_queue_bytes: Option<Spanned<i64>>,
+    pub(super) pend_max_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +178,8 @@ pub(super) struct RawFilter {
     pub(super) hard: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
+    pub(super) pend_timeout: Option<Spanned<toml::Value>>,
+    pub(super) timeout_action: Option<Spanned<ActionName>>,
     pub(super) protocol: Option<Spanned<toml::Value>>,
     pub(super) ip_version: Option<Spanned<toml::Value>>,
     pub(super) local_address: Option<Spanned<toml::Value>>,

@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket speaking one JSON request per
 //! connection (`{"command": "flows"}`, `kill`, `stats`, `reload`,
-//! `upgrade`, `events`), and the
+//! `upgrade`, `events`, `pending`,
+//! `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
 pub mod flows;
@@ -28,8 +29,17 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
+    /// `decide`: completes pending flow `id`; `{"ok": true, …}` or `{"ok": false, "error"}`.
+    fn decide(&self, id: u64, decision: crate::policy::Action) -> Value;
+    /// `pending --json`: the JSON array of pending flows.
+    fn pending(&self) -> Value;
     /// `upgrade`: hand over to a new process running `binary` (SPEC §13);
     /// `{"ok": true, "flows", "to_pid"}` or `{"ok": false, "error"}`.
     fn upgrade(&self, _binary: Option<PathBuf>) -> Value {
@@ -254,6 +264,9 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
                 .and_then(Value::as_str)
                 .map(PathBuf::from),
         ),
+        "pending" => handler.pending(),
+        "decide" => decide(&request, handler),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
@@ -262,6 +275,23 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     };
     let mut stream = stream;
     writeln!(stream, "{response}")
+}
+
+/// `{"command": "decide", "id": N, "decision": "permit"|"block"}`.
+fn decide(request: &Value, handler: &dyn ControlHandler) -> Value {
+    use crate::policy::Action;
+    let id = request.get("id").and_then(Value::as_u64);
+    let decision = match request.get("decision").and_then(Value::as_str) {
+        Some("permit") => Some(Action::Permit),
+        Some("block") => Some(Action::Block),
+        _ => None,
+    };
+    match (id, decision) {
+        (Some(id), Some(decision)) => handler.decide(id, decision),
+        _ => {
+            json!({"ok": false, "error": "decide needs \"id\" (a flow id) and \"decision\" (\"permit\" or \"block\")"})
+        }
+    }
 }
 
 /// Sends `command` to the daemon at `socket` and returns its answer.

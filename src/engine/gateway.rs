@@ -54,6 +54,8 @@ pub struct Gateway {
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
     workers: usize,
+    /// Pending flows and their held packets (SPEC §10).
+    pub(super) pend: super::pend::PendStore,
 }
 
 impl Gateway {
@@ -89,6 +91,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(policy),
             workers,
+            pend: super::pend::PendStore::new(workers),
             config,
         })
     }
@@ -181,11 +184,14 @@ impl Gateway {
             local: Local {
                 policy: self.policy(),
                 group: worker % self.table.groups(),
+                worker,
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 notes: Vec::new(),
                 queued_discards: 0,
                 ids: 0..0,
+                released: Vec::new(),
+                completing: Vec::new(),
             },
             worker,
             sweep_budget: super::DEFAULT_SWEEP_BUDGET,

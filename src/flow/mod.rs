@@ -37,6 +37,8 @@ pub enum FlowState {
     Tcp(TcpState),
     /// Any flow that is not TCP.
     Active,
+    /// Waiting for a pending callout's decision (SPEC §10).
+    Pending,
 }
 
 impl FlowState {
@@ -45,6 +47,7 @@ impl FlowState {
         match self {
             FlowState::Tcp(s) => s.as_str(),
             FlowState::Active => "active",
+            FlowState::Pending => "pending",
         }
     }
 }

@@ -25,6 +25,9 @@ use std::io;
 /// when it fails): far below this.
 const RECV_BUFFER: usize = 16 * 1024;
 
+/// How long a request may wait for the kernel's acknowledgement.
+const ACK_TIMEOUT_SECS: i64 = 5;
+
 /// One device of the calling thread's network namespace, and a netlink
 /// socket to configure it with.
 pub struct Link {
@@ -49,6 +52,13 @@ impl Link {
             .bind_auto()
             .map_err(|e| io::Error::new(e.kind(), format!("binding a netlink socket: {e}")))?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // The kernel acknowledges at once; never wait on it without bound.
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(ACK_TIMEOUT_SECS, 0),
+        )
+        .map_err(|e| io::Error::other(format!("setting a netlink socket timeout: {e}")))?;
         Ok(Link {
             device: device.to_string(),
             index,
@@ -179,7 +189,13 @@ impl Link {
         self.socket.send(&out, 0)?;
         loop {
             let mut buf = Vec::with_capacity(RECV_BUFFER);
-            self.socket.recv(&mut buf, 0)?;
+            self.socket.recv(&mut buf, 0).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from the kernel within 5 s",
+                ),
+                _ => e,
+            })?;
             let mut rest = &buf[..];
             while !rest.is_empty() {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)

@@ -13,13 +13,19 @@ pub mod callout;
 pub mod compiled;
 pub mod counters;
 pub mod filter;
+pub mod identity;
+pub mod identity_table;
 pub mod lineage;
 pub mod rate_limit;
 pub mod trace;
 
-pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
+pub use identity_table::{
+    Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
+};
 pub use lineage::Lineage;
 
 use crate::flow::FlowInfo;
@@ -177,8 +183,19 @@ pub struct ClassifyRequest {
     pub arrival_port: Option<u8>,
     /// Condition flags.
     pub flags: ClassifyFlags,
+    /// Where the packet's source came in (SPEC §11), `None` when unknown:
+    /// WireGuard identities with a `port` then match by address alone.
+    pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
+    /// The flow's id: the id a new flow will get at its initial
+    /// authorization, the flow's own at a reauthorization (a callout that
+    /// pends keeps it to complete the flow later); `None` at `icmp_error`.
+    pub flow_id: Option<u64>,
+    /// The completed decision of a flow that was pending (SPEC §10): a
+    /// callout that answers `pend` at a reauthorization of this flow
+    /// returns it instead, for the flow's whole life.
+    pub completed: Option<Action>,
 }
 
 impl ClassifyRequest {
@@ -197,7 +214,10 @@ impl ClassifyRequest {
             icmp: icmp.map(|i| (i.icmp_type, i.code)),
             arrival_port: None,
             flags: ClassifyFlags::empty(),
+            source: None,
             now,
+            flow_id: None,
+            completed: None,
         }
     }
 }
@@ -226,6 +246,29 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A callout pended the flow (SPEC §10): `action` is block and `filter`
+    /// the pending callout's filter; the engine holds the flow instead.
+    pub pend: Option<Pend>,
+}
+
+/// How a pended flow completes when nobody decides (a callout filter's
+/// `pend_timeout` and `timeout_action`, SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pend {
+    /// How long the flow may stay pending.
+    pub timeout: Duration,
+    /// The decision when the timeout passes.
+    pub timeout_action: Action,
+}
+
+impl Default for Pend {
+    /// SPEC §10: 10 s, then block.
+    fn default() -> Self {
+        Pend {
+            timeout: Duration::from_secs(10),
+            timeout_action: Action::Block,
+        }
+    }
 }
 
 impl Decision {
@@ -236,6 +279,7 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            pend: None,
         }
     }
 }
@@ -249,6 +293,13 @@ pub trait Authorizer: Send + Sync {
     /// The policy generation of `layer`. A flow authorized under another
     /// generation of its layer is reauthorized on its next packet.
     fn generation(&self, layer: Layer) -> u32;
+
+    /// Whether every change of `layer` since generation `since` came from
+    /// an identity's addresses changing (SPEC §11), not from a reload: the
+    /// reauthorization's trigger is then `identity_change`.
+    fn identity_change_only(&self, _layer: Layer, _since: u32) -> bool {
+        false
+    }
 
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;

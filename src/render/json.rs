@@ -2,13 +2,13 @@
 //! the `stats --json` object. Every field name is written here and nowhere
 //! else; the text and Prometheus renderings read these values.
 
-use crate::engine::{Gateway, Stats};
+use crate::engine::{Gateway, PendingInfo, Stats};
 use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
-use crate::policy::Layer;
 use crate::policy::counters::FilterCounts;
+use crate::policy::{Identities, IdentitySource, Layer, key_base64};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use serde_json::{Map, Value, json};
@@ -53,6 +53,87 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
     })
 }
 
+/// A pending flow as in `pending --json` (SPEC §10): the flow's fields,
+/// its age, what it holds and when its pend timeout completes it.
+pub fn pending(p: &PendingInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
+    let mut object = flow(&p.flow, ports, now);
+    let map = object.as_object_mut().expect("json! of an object");
+    map.insert("state".into(), json!("pending"));
+    map.insert("filter".into(), json!(p.filter.as_deref()));
+    map.insert("queued_packets".into(), json!(p.packets));
+    map.insert("queued_bytes".into(), json!(p.bytes));
+    map.insert(
+        "expires_in_ms".into(),
+        json!(millis(p.deadline.saturating_since(now))),
+    );
+    map.insert("timeout_action".into(), json!(p.timeout_action.as_str()));
+    map.insert("decision".into(), json!(p.decision.map(|d| d.as_str())));
+    for key in [
+        "idle_ms",
+        "packets_out",
+        "packets_in",
+        "bytes_out",
+        "bytes_in",
+    ] {
+        map.remove(key);
+    }
+    object
+}
+
+/// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
+pub fn flow_identities(flow: &mut Value, local: Vec<String>, remote: Vec<String>) {
+    if let Some(map) = flow.as_object_mut() {
+        map.insert("local_identity".into(), json!(local));
+        map.insert("remote_identity".into(), json!(remote));
+    }
+}
+
+/// `identities --json`: each identity, its source and current addresses.
+pub fn identities(ids: &Identities, ports: &[impl AsRef<str>]) -> Value {
+    let list: Vec<Value> = ids
+        .defs
+        .iter()
+        .map(|(name, source)| {
+            let resolved = ids.resolved.get(name).cloned().unwrap_or_default();
+            let addresses: Vec<String> = resolved
+                .all()
+                .prefixes()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut v = json!({"name": name, "addresses": addresses});
+            let map = v.as_object_mut().expect("json! of an object");
+            match source {
+                IdentitySource::Addresses(_) => {
+                    map.insert("source".into(), json!("addresses"));
+                }
+                IdentitySource::WireGuard { interface, peers } => {
+                    let port = ids.ports.get(interface).copied().flatten();
+                    map.insert("source".into(), json!("wireguard"));
+                    map.insert("interface".into(), json!(interface));
+                    map.insert(
+                        "peers".into(),
+                        json!(peers.iter().map(key_base64).collect::<Vec<_>>()),
+                    );
+                    map.insert(
+                        "port".into(),
+                        json!(port.and_then(|p| ports.get(usize::from(p)).map(|p| p.as_ref()))),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Adds the WireGuard counters to `stats --json`.
+pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
+    if let Some(map) = stats.as_object_mut() {
+        map.insert("wireguard_read_errors".into(), json!(read_errors));
+    }
+}
+
 /// An event as a JSON object (without `ts`, which the shell adds from the
 /// wall clock). `ports` maps port indices to names.
 pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
@@ -64,6 +145,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
     map.insert("event".into(), json!(e.name()));
     match &e.kind {
         EventKind::FlowCreated(_) | EventKind::FlowEstablished(_) => {}
+        EventKind::FlowPending {
+            filter,
+            layer,
+            timeout,
+            ..
+        } => {
+            map.insert("layer".into(), json!(layer.as_str()));
+            map.insert("filter".into(), json!(filter.as_deref()));
+            map.insert("pend_timeout_ms".into(), json!(millis(timeout.timeout)));
+            map.insert(
+                "timeout_action".into(),
+                json!(timeout.timeout_action.as_str()),
+            );
+        }
         EventKind::FlowReauthorized {
             trigger,
             result,
@@ -220,7 +315,7 @@ pub fn stats(
         .map(|l| {
             (
                 l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
+                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()], "pend": s.layer_pend[l.index()]}),
             )
         })
         .collect();
@@ -237,6 +332,7 @@ pub fn stats(
         .collect();
     json!({
         "flows_active": gw.flows_active(),
+        "flows_pending": gw.pending_count(),
         "flows_created": s.flows_created,
         "flows_closed": closed,
         "discards": discards,
