@@ -57,6 +57,8 @@ pub struct Daemon {
     peers: Mutex<PeerSnapshot>,
     /// WireGuard reads that failed since start.
     wireguard_errors: Arc<AtomicU64>,
+    /// The offloads each port got from the kernel ([`crate::io::Port::offload`]), by port index.
+    offloads: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -228,6 +230,7 @@ impl ControlHandler for Daemon {
             &policy.filter_counts(),
         );
         render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        render::json::offload_stats(&mut stats, &self.gateway.port_names(), &self.offloads);
         stats
     }
 
@@ -374,6 +377,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     };
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
+    let offloads = ports.iter().map(crate::io::Port::offload).collect();
 
     let clock = Clock::start();
     let gateway = Gateway::new(
@@ -462,6 +466,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config: Mutex::new(config),
         peers: Mutex::new(peers.clone()),
         wireguard_errors: Arc::clone(&wireguard_errors),
+        offloads,
         policy: Mutex::new(Arc::clone(&policy)),
         gateway,
         workers: handles,
@@ -626,6 +631,7 @@ fn take_over(
             offered.created,
             offered.persistent,
             offer.vnet_hdr,
+            offer.udp_gso,
         ));
     }
     let listener = std::os::unix::net::UnixListener::from(

@@ -29,6 +29,7 @@ pub mod explain;
 pub mod flow;
 pub mod handover;
 pub mod io;
+pub mod nat;
 pub mod packet;
 pub mod policy;
 pub mod reason;

@@ -243,6 +243,7 @@ impl Daemon {
                     .collect(),
                 queues: self.ports.first().map_or(0, |p| p.queues.len()),
                 vnet_hdr: self.ports.first().is_some_and(|p| p.vnet_hdr),
+                udp_gso: self.ports.first().is_some_and(|p| p.udp_gso),
                 socket: config.gateway.control_socket.clone(),
                 state_len: state.len() as u64,
             },

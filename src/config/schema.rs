@@ -145,6 +145,10 @@ pub(super) enum LayerName {
     FlowEstablished,
     EndpointClosure,
     IcmpError,
+    BindRedirect,
+    ConnectRedirect,
+    ResourceAssignment,
+    ResourceRelease,
 }
 
 impl From<LayerName> for Layer {
@@ -155,6 +159,10 @@ impl From<LayerName> for Layer {
             LayerName::FlowEstablished => Layer::FlowEstablished,
             LayerName::EndpointClosure => Layer::EndpointClosure,
             LayerName::IcmpError => Layer::IcmpError,
+            LayerName::BindRedirect => Layer::BindRedirect,
+            LayerName::ConnectRedirect => Layer::ConnectRedirect,
+            LayerName::ResourceAssignment => Layer::ResourceAssignment,
+            LayerName::ResourceRelease => Layer::ResourceRelease,
         }
     }
 }
@@ -165,6 +173,7 @@ pub(super) enum FilterActionName {
     Permit,
     Block,
     Callout,
+    Redirect,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +206,12 @@ pub(super) struct RawFilter {
     pub(super) mcast_bcast_lifetime: Option<Spanned<toml::Value>>,
     pub(super) deny_multicast_state: Option<Spanned<bool>>,
     pub(super) loose_source_mapping: Option<Spanned<bool>>,
+    pub(super) to_address: Option<Spanned<toml::Value>>,
+    pub(super) to_port: Option<Spanned<toml::Value>>,
+    pub(super) original_local_address: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_address: Option<Spanned<toml::Value>>,
+    pub(super) original_local_port: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_port: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

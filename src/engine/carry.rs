@@ -153,6 +153,11 @@ impl Gateway {
                 let shard = self.table.lock_shard(idx);
                 buf.reserve(shard.len() * FLOW_RECORD_LEN);
                 for (slot, entry) in shard.iter() {
+                    // Translations (SPEC §9) are not carried yet: such a
+                    // flow would ride on untranslated, so it stays behind.
+                    if shard.translation(slot).is_some() {
+                        continue;
+                    }
                     record::encode(entry, shard.parent(slot), group, now, &mut buf);
                 }
             }
@@ -283,6 +288,7 @@ impl Gateway {
             let flow = FlowInfo::of(
                 shard.entry(slot),
                 shard.parent(slot),
+                shard.translation(slot),
                 now,
                 config,
                 self.table.adaptive_factor(),

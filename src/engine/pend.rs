@@ -161,6 +161,13 @@ impl PendStore {
         }
     }
 
+    /// Wakes `worker`'s loop, if the shell set a waker.
+    fn wake(&self, worker: usize) {
+        if let Some(wake) = self.wakers.get(worker).and_then(OnceLock::get) {
+            wake();
+        }
+    }
+
     /// Records that `worker` classifies the new flow `id` (0: done).
     pub fn classifying(&self, worker: usize, id: u64) {
         if let Some(slot) = self.classifying.get(worker) {
@@ -282,9 +289,7 @@ impl Gateway {
             queue_for(completed, pending.owner, id);
             pending.owner
         };
-        if let Some(wake) = self.pend.wakers.get(owner).and_then(OnceLock::get) {
-            wake();
-        }
+        self.pend.wake(owner);
         Ok(())
     }
 
@@ -390,7 +395,7 @@ impl Local {
         }
         let slot = shard.find(hash, &pk.key).expect("just inserted");
         let factor = gw.table.adaptive_factor();
-        let flow = FlowInfo::of(shard.entry(slot), None, a.now, config, factor);
+        let flow = shard.info(slot, a.now, config, factor);
         self.emit(
             a.now,
             EventKind::FlowPending {
@@ -420,6 +425,9 @@ impl Local {
         );
         if early.is_some() {
             queue_for(&mut inner.completed, self.worker, id);
+            drop(inner);
+            // The loop applies it as soon as this batch ends.
+            gw.pend.wake(self.worker);
         }
         if held {
             Ok(HELD)
@@ -571,6 +579,7 @@ impl Local {
                 egress_zone: gw.config.ports[usize::from(held.egress)].zone,
                 header: &[],
                 bytes,
+                route_error: None,
             };
             match self.ride(gw, &a, shard, slot, held.swapped) {
                 Ok(egress) => {
@@ -648,6 +657,7 @@ mod tests {
             egress_zone: crate::flow::Zone::Outside,
             header: &header,
             bytes: &bytes[..len],
+            route_error: None,
         };
         assert!(queue.push(&config, &arrival(40), false));
         assert!(queue.push(&config, &arrival(40), false));

@@ -235,8 +235,13 @@ pub fn stats(stats: &Value) -> String {
         out.push_str("ports:\n");
         for (port, v) in ports {
             let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            let offload = v
+                .get("offload")
+                .and_then(Value::as_str)
+                .map(|o| format!(", offload {o}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {port:<10} rx {} packets / {} bytes, tx {} packets / {} bytes\n",
+                "  {port:<10} rx {} packets / {} bytes, tx {} packets / {} bytes{offload}\n",
                 g("rx_packets"),
                 g("rx_bytes"),
                 g("tx_packets"),
