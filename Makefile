@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
-TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3
+TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 tcpdump:tcpdump tshark:tshark curl:curl
 
 .PHONY: all build release test lint unit bench demo deps deps-build clean fuzz fuzz-cmin
 
@@ -20,6 +20,7 @@ deps:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi

@@ -60,6 +60,7 @@ impl ControlHandler for Handler {
         json!({})
     }
     fn subscribe(&self, _: std::os::unix::net::UnixStream) {}
+    fn capture(&self, _: std::os::unix::net::UnixStream, _: &Value) {}
 }
 
 fn status_kb(field: &str) -> u64 {

@@ -133,3 +133,111 @@ fn flows_filters_kill_and_filter_counters() {
     );
     assert!(prom.contains("tunwall_events_dropped_total 0"), "{prom}");
 }
+
+/// Starts `tunwall capture` with `args` against the gateway.
+fn start_capture(t: &Topology, args: &[&str]) -> std::process::Child {
+    let started = t.log().matches("capture started").count();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .arg("capture")
+        .arg("-s")
+        .arg(&t.socket)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn capture");
+    // The capture is on once the daemon logged it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while t.log().matches("capture started").count() == started {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no capture:\n{}",
+            t.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+fn finish(child: std::process::Child) -> std::process::Output {
+    let mut child = child;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("capture did not end after its count");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn capture_streams_pcapng_that_tcpdump_and_tshark_read() {
+    require_netns!();
+    let t = Topology::new("max_flows = 1000", "");
+    // Dropped packets, to a file, with their reasons.
+    let file = t.dir.join("drops.pcapng");
+    let capture = start_capture(&t, &["--discards", "-c", "2", "-w", file.to_str().unwrap()]);
+    let refused = t.in_server(&["ping", "-c", "2", "-i", "0.2", "-W", "1", CLIENT4]);
+    assert!(!refused.status.success(), "inbound ping is blocked");
+    let out = finish(capture);
+    assert!(out.status.success(), "{}", text(&out));
+    let read = std::process::Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump");
+    let shown = text(&read);
+    assert!(read.status.success(), "{shown}");
+    assert_eq!(
+        shown
+            .matches(&format!("{SERVER4} > {CLIENT4}: ICMP echo request"))
+            .count(),
+        2,
+        "{shown}"
+    );
+    let comments = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(&file)
+        .args(["-T", "fields", "-e", "frame.comment"])
+        .output()
+        .expect("tshark");
+    let shown = text(&comments);
+    assert!(comments.status.success(), "{shown}");
+    assert_eq!(
+        shown
+            .matches("reason=auth_recv_accept_blocked layer=auth_recv_accept filter=- port=wan")
+            .count(),
+        2,
+        "{shown}"
+    );
+
+    // Everything, to standard output, piped into tcpdump -r -; the capture
+    // is interrupted (it writes whole blocks, so the stream stays readable).
+    let mut capture = start_capture(&t, &[]);
+    let ok = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    capture.kill().expect("interrupt the capture");
+    let out = capture.wait_with_output().expect("output");
+    let mut tcpdump = std::process::Command::new("tcpdump")
+        .args(["-n", "-r", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    use std::io::Write;
+    tcpdump
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&out.stdout)
+        .unwrap();
+    let read = tcpdump.wait_with_output().unwrap();
+    let shown = text(&read);
+    assert!(shown.contains("ICMP echo request"), "{shown}");
+    assert!(shown.contains("ICMP echo reply"), "{shown}");
+    assert_eq!(t.stats()["capture_lost"], 0);
+}

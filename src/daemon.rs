@@ -8,12 +8,14 @@
 //! devices tunwall created, and exits 0.
 
 use crate::config::Config;
+use crate::control::capture::Capture;
 use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
 use crate::flow::FlowSelector;
+use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
 use crate::policy::{Authorizer, CalloutRegistry, Policy};
 use crate::render;
@@ -37,6 +39,7 @@ pub struct Daemon {
     clock: Clock,
     hub: Hub,
     events: Arc<EventCounters>,
+    capture: Capture,
 }
 
 impl Daemon {
@@ -57,6 +60,7 @@ impl Daemon {
                 Err(_) => warn!("a worker did not answer a stats request"),
             }
         }
+        io.capture_lost = self.capture.lost();
         // Events lost after the engines: a full queue, a slow reader.
         total.events_dropped += self.events.dropped();
         (total, io)
@@ -165,6 +169,10 @@ impl ControlHandler for Daemon {
         Daemon::reload(self)
     }
 
+    fn capture(&self, stream: UnixStream, request: &Value) {
+        self.capture.start(stream, request);
+    }
+
     fn subscribe(&self, stream: UnixStream) {
         let _ = self.hub.control.send(HubMessage::Subscribe(stream));
     }
@@ -249,6 +257,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
+    let tap = Arc::new(CaptureTap::default());
     let worker_failed = Arc::new(AtomicBool::new(false));
     let queues_by_worker = crate::io::queues_by_worker(&mut ports, workers);
     let mut handles = Vec::new();
@@ -256,7 +265,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = gateway.engine(i);
-        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
+        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr)
+            .with_capture(Arc::clone(&tap));
         let watch = WorkerWatch {
             worker: i,
             failed: Arc::clone(&worker_failed),
@@ -279,6 +289,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    let config_ports = config.port_names();
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
@@ -289,6 +300,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         clock,
         hub: hub.clone(),
         events: event_counters,
+        capture: Capture::new(tap, config_ports),
     });
     let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
         Ok(s) => Some(s),

@@ -2,6 +2,7 @@
 //! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod capture;
 pub mod flows;
 pub mod hub;
 pub mod queue;
@@ -27,6 +28,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `capture`: stream packets as pcapng to this connection.
+    fn capture(&self, stream: UnixStream, request: &Value);
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
 }
@@ -213,6 +216,10 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
             return handler.flows(&request, &mut out);
         }
         "kill" => handler.kill(&request),
+        "capture" => {
+            handler.capture(stream, &request);
+            return Ok(());
+        }
         "stats" => handler.stats(),
         "reload" => handler.reload(),
         "events" => {

@@ -186,6 +186,8 @@ impl Gateway {
                 notes: Vec::new(),
                 queued_discards: 0,
                 ids: 0..0,
+                note_drops: false,
+                last_drop: None,
             },
             worker,
             sweep_budget: super::DEFAULT_SWEEP_BUDGET,

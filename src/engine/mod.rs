@@ -84,6 +84,10 @@ struct Local {
     notes: Vec<crate::policy::PolicyNote>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
+    /// Whether to keep the layer and filter of the last drop (a capture
+    /// client wants them).
+    note_drops: bool,
+    last_drop: Option<(Option<crate::policy::Layer>, Option<Arc<str>>)>,
 }
 
 impl Engine {
@@ -121,6 +125,18 @@ impl Engine {
     /// This worker's counters.
     pub fn stats(&self) -> &Stats {
         &self.local.stats
+    }
+
+    /// Keeps (or stops keeping) the layer and filter of each drop for
+    /// [`Engine::take_drop`]; the shell turns it on while a capture runs.
+    pub fn note_drops(&mut self, on: bool) {
+        self.local.note_drops = on;
+    }
+
+    /// The layer and deciding filter of the last dropped packet, when
+    /// [`Engine::note_drops`] is on.
+    pub fn take_drop(&mut self) -> Option<(Option<crate::policy::Layer>, Option<Arc<str>>)> {
+        self.local.last_drop.take()
     }
 
     /// Takes the queued events.

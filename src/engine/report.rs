@@ -65,6 +65,9 @@ impl Local {
         dropped: Dropped,
     ) {
         self.stats.discards[dropped.reason.index()] += 1;
+        if self.note_drops {
+            self.last_drop = Some((dropped.layer, dropped.filter.clone()));
+        }
         if self.queued_discards >= MAX_QUEUED_DISCARDS {
             self.stats.events_dropped += 1;
             return;

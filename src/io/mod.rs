@@ -7,6 +7,7 @@
 //! txqueuelen and kernel routes are set with `ip -n NS`, which enters the
 //! namespace itself.
 
+pub mod capture;
 pub mod clock;
 pub mod worker;
 

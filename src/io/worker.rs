@@ -13,11 +13,13 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
+use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
 use crate::flow::FlowSelector;
+use crate::policy::Layer;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
@@ -26,7 +28,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 
@@ -65,6 +67,12 @@ pub trait Processor: Send {
     fn kill(&mut self, _now: Instant, _idx: usize, _selector: &FlowSelector) -> usize {
         0
     }
+    /// Keep the layer and filter of drops for [`Processor::take_drop`].
+    fn note_drops(&mut self, _on: bool) {}
+    /// The layer and filter of the last drop.
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        None
+    }
 }
 
 impl Processor for Engine {
@@ -99,6 +107,14 @@ impl Processor for Engine {
     fn kill(&mut self, now: Instant, idx: usize, selector: &FlowSelector) -> usize {
         self.close_in_shard(now, idx, selector, CloseReason::Admin)
     }
+
+    fn note_drops(&mut self, on: bool) {
+        Engine::note_drops(self, on);
+    }
+
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        Engine::take_drop(self)
+    }
 }
 
 /// I/O counters of one worker, beside the engine's.
@@ -108,6 +124,9 @@ pub struct IoStats {
     pub read_errors: u64,
     /// Writes that failed (the packet is lost).
     pub write_errors: u64,
+    /// Packets a capture lost because its reader was behind (for the
+    /// whole gateway, filled in by the daemon).
+    pub capture_lost: u64,
 }
 
 /// What the control thread asks of a worker.
@@ -132,6 +151,8 @@ pub struct Worker<P: Processor = Engine> {
     io: IoStats,
     /// Bytes of virtio-net header in front of every packet (0 without offload).
     header: usize,
+    /// Where packets go while `tunwall capture` runs.
+    capture: Arc<CaptureTap>,
 }
 
 impl Worker {
@@ -167,7 +188,14 @@ impl<P: Processor> Worker<P> {
             } else {
                 0
             },
+            capture: Arc::new(CaptureTap::default()),
         }
+    }
+
+    /// Hands packets to `tap` while a capture runs.
+    pub fn with_capture(mut self, tap: Arc<CaptureTap>) -> Worker<P> {
+        self.capture = tap;
+        self
     }
 
     /// Runs until told to shut down.
@@ -184,6 +212,7 @@ impl<P: Processor> Worker<P> {
         // Edge-triggered readiness: a port stays pending until a read would block.
         let mut pending = vec![true; self.queues.len()];
         let mut next_tick = self.clock.now() + TICK;
+        let mut capturing = CaptureMode::Off;
         loop {
             let now = self.clock.now();
             let timeout = if pending.iter().any(|p| *p) {
@@ -207,9 +236,20 @@ impl<P: Processor> Worker<P> {
             }
             let now = self.clock.now();
             self.engine.begin_batch();
+            // The one look at the capture per batch.
+            let mode = self.capture.mode();
+            if mode != capturing {
+                self.engine.note_drops(mode != CaptureMode::Off);
+                capturing = mode;
+            }
+            let wall = if mode == CaptureMode::Off {
+                SystemTime::UNIX_EPOCH
+            } else {
+                SystemTime::now()
+            };
             for (port, pending) in pending.iter_mut().enumerate() {
                 if *pending {
-                    *pending = self.pump(now, port, &mut buf);
+                    *pending = self.pump(now, port, &mut buf, mode, wall);
                 }
             }
             if now >= next_tick {
@@ -229,7 +269,14 @@ impl<P: Processor> Worker<P> {
     /// sequence range, and the superframe leaves whole, header and all,
     /// through the egress queue, which has the same offloads: nothing is
     /// split and re-coalesced in between.
-    fn pump(&mut self, now: Instant, port: usize, buf: &mut [u8]) -> bool {
+    fn pump(
+        &mut self,
+        now: Instant,
+        port: usize,
+        buf: &mut [u8],
+        capture: CaptureMode,
+        wall: SystemTime,
+    ) -> bool {
         for _ in 0..BATCH {
             let n = match self.queues[port].recv(buf) {
                 Ok(n) => n,
@@ -248,6 +295,9 @@ impl<P: Processor> Worker<P> {
             let verdict = self
                 .engine
                 .process(now, port as u8, &mut buf[self.header..n]);
+            if capture != CaptureMode::Off {
+                self.capture(capture, wall, port as u8, &buf[self.header..n], verdict);
+            }
             if let Verdict::Forward(out) = verdict
                 && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
@@ -256,6 +306,32 @@ impl<P: Processor> Worker<P> {
             }
         }
         true
+    }
+
+    /// Hands a copy of a packet to the capture.
+    fn capture(
+        &mut self,
+        mode: CaptureMode,
+        at: SystemTime,
+        port: u8,
+        packet: &[u8],
+        verdict: Verdict,
+    ) {
+        let dropped = match verdict {
+            Verdict::Drop(reason) => {
+                let (layer, filter) = self.engine.take_drop().unwrap_or((None, None));
+                Some(DropNote {
+                    reason,
+                    layer,
+                    filter,
+                })
+            }
+            Verdict::Forward(_) => None,
+        };
+        if mode == CaptureMode::Discards && dropped.is_none() {
+            return;
+        }
+        self.capture.offer(at, port, packet, dropped);
     }
 
     fn flush_events(&mut self) {

@@ -252,6 +252,7 @@ pub fn stats(
         "events_dropped": s.events_dropped,
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
+        "capture_lost": io.capture_lost,
         "filters": filters,
     })
 }
