@@ -241,3 +241,61 @@ fn capture_streams_pcapng_that_tcpdump_and_tshark_read() {
     assert!(shown.contains("ICMP echo reply"), "{shown}");
     assert_eq!(t.stats()["capture_lost"], 0);
 }
+
+/// Rejecting filters (`reject_rate` keeps its default, 100/s).
+const REJECT: &str = r#"
+[[filter]]
+name = "no-2323"
+layer = "auth_connect"
+action = "block"
+reject = true
+protocol = "tcp"
+remote_port = 2323
+
+[[filter]]
+name = "no-udp-9999"
+layer = "auth_connect"
+action = "block"
+reject = true
+protocol = "udp"
+remote_port = 9999
+"#;
+
+#[test]
+fn rejected_connections_are_refused_at_once() {
+    require_netns!();
+    let t = Topology::new("max_flows = 1000", REJECT);
+    // TCP: the SYN is answered with a RST: "connection refused", not a time-out.
+    let code = format!(
+        "import socket\ntry:\n socket.create_connection(('{SERVER4}',2323),timeout=5)\n print('connected')\nexcept ConnectionRefusedError:\n print('refused')\nexcept socket.timeout:\n print('timeout')\n"
+    );
+    let out = t.python(&t.client, &code);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "{}",
+        text(&out)
+    );
+    // UDP: the ICMP error reaches the connected socket (administratively
+    // prohibited is EHOSTUNREACH for IPv4, EACCES for IPv6 on Linux).
+    for (dst, v6, errno) in [(SERVER4, false, 113), (netns::SERVER6, true, 13)] {
+        let family = if v6 {
+            "socket.AF_INET6"
+        } else {
+            "socket.AF_INET"
+        };
+        let code = format!(
+            "import socket\ns=socket.socket({family},socket.SOCK_DGRAM)\ns.settimeout(5)\ns.connect(('{dst}',9999))\ns.send(b'x')\ntry:\n s.recv(100)\n print('answer')\nexcept socket.timeout:\n print('timeout')\nexcept OSError as e:\n print('errno', e.errno)\n"
+        );
+        let out = t.python(&t.client, &code);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("errno {errno}"),
+            "{dst}: {}",
+            text(&out)
+        );
+    }
+    let stats = t.stats();
+    assert_eq!(stats["rejects"]["sent"], 3, "{stats}");
+    assert_eq!(stats["discards"]["auth_connect_blocked"], 3, "{stats}");
+}

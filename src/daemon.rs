@@ -242,6 +242,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Arc::clone(&policy) as Arc<dyn Authorizer>,
         workers,
     );
+    gateway.set_reject_rate(config.events.reject_rate);
     let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
     let event_counters = Arc::clone(events_tx.counters());
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();

@@ -117,6 +117,8 @@ pub struct EventsConfig {
     pub file: Option<PathBuf>,
     /// Discard events per second (the first of each reason always goes out).
     pub discard_rate: u32,
+    /// `reject_rate`: rejections (RSTs, ICMP errors) sent per second at most.
+    pub reject_rate: u32,
 }
 
 /// A validated configuration.

@@ -161,6 +161,7 @@ pub(super) struct RawFilter {
     pub(super) weight: Option<Spanned<i64>>,
     pub(super) action: Spanned<FilterActionName>,
     pub(super) hard: Option<Spanned<bool>>,
+    pub(super) reject: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
     pub(super) protocol: Option<Spanned<toml::Value>>,
@@ -187,4 +188,5 @@ pub(super) struct RawFilter {
 pub(super) struct RawEvents {
     pub(super) file: Option<PathBuf>,
     pub(super) discard_rate: Option<Spanned<i64>>,
+    pub(super) reject_rate: Option<Spanned<i64>>,
 }

@@ -108,6 +108,8 @@ impl Loader<'_> {
         let policy = self.policy(&raw, &ports, &identities, registry)?;
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
+        let reject_rate =
+            self.count(&raw.events.reject_rate, "reject_rate", 0, 1_000_000, 100)? as u32;
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -117,6 +119,7 @@ impl Loader<'_> {
             events: EventsConfig {
                 file: raw.events.file.clone(),
                 discard_rate,
+                reject_rate,
             },
             identities,
         })

@@ -12,7 +12,10 @@ use crate::route::{PortSpec, RouteTable};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// `[events] reject_rate` unless configured.
+pub const DEFAULT_REJECT_RATE: u32 = 100;
 
 /// `host_model` (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub struct Gateway {
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
     workers: usize,
+    /// `[events] reject_rate`: answers to rejected packets per second.
+    reject_rate: AtomicU32,
 }
 
 impl Gateway {
@@ -90,6 +95,7 @@ impl Gateway {
             policy: ArcSwap::from_pointee(policy),
             workers,
             config,
+            reject_rate: AtomicU32::new(DEFAULT_REJECT_RATE),
         })
     }
 
@@ -126,6 +132,16 @@ impl Gateway {
     /// The current adaptive timeout factor.
     pub fn adaptive_factor(&self) -> f64 {
         self.table.adaptive_factor()
+    }
+
+    /// Answers to rejected packets sent per second at most (all workers).
+    pub fn reject_rate(&self) -> u32 {
+        self.reject_rate.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gateway::reject_rate`].
+    pub fn set_reject_rate(&self, rate: u32) {
+        self.reject_rate.store(rate, Ordering::Relaxed);
     }
 
     /// The policy in force.
@@ -188,6 +204,9 @@ impl Gateway {
                 ids: 0..0,
                 note_drops: false,
                 last_drop: None,
+                reply: None,
+                reject_tokens: f64::from(self.reject_rate()),
+                reject_refilled: Instant::ZERO,
             },
             worker,
             sweep_budget: super::DEFAULT_SWEEP_BUDGET,

@@ -88,6 +88,11 @@ struct Local {
     /// client wants them).
     note_drops: bool,
     last_drop: Option<(Option<crate::policy::Layer>, Option<Arc<str>>)>,
+    /// The answer to a rejected packet: (port, packet), taken by the shell.
+    reply: Option<(u8, Vec<u8>)>,
+    /// The reject rate limit's bucket.
+    reject_tokens: f64,
+    reject_refilled: Instant,
 }
 
 impl Engine {
@@ -139,6 +144,12 @@ impl Engine {
         self.local.last_drop.take()
     }
 
+    /// The answer to the last packet, if a `reject = true` filter blocked
+    /// it: the port to write it to and the packet (SPEC §12).
+    pub fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.local.reply.take()
+    }
+
     /// Takes the queued events.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
         self.local.queued_discards = 0;
@@ -169,6 +180,14 @@ impl Engine {
             }
             Err(dropped) => {
                 let reason = dropped.reason;
+                if dropped.reject
+                    && matches!(
+                        reason,
+                        DropReason::AuthConnectBlocked | DropReason::AuthRecvAcceptBlocked
+                    )
+                {
+                    local.reject(gw, now, port, &packet, bytes);
+                }
                 local.discard(now, port, Some(&packet), dropped);
                 Verdict::Drop(reason)
             }

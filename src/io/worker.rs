@@ -73,6 +73,10 @@ pub trait Processor: Send {
     fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
         None
     }
+    /// The answer to a rejected packet: (port, packet).
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        None
+    }
 }
 
 impl Processor for Engine {
@@ -114,6 +118,10 @@ impl Processor for Engine {
 
     fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
         Engine::take_drop(self)
+    }
+
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        Engine::take_reply(self)
     }
 }
 
@@ -298,6 +306,11 @@ impl<P: Processor> Worker<P> {
             if capture != CaptureMode::Off {
                 self.capture(capture, wall, port as u8, &buf[self.header..n], verdict);
             }
+            if let Verdict::Drop(_) = verdict
+                && let Some((out, answer)) = self.engine.take_reply()
+            {
+                self.send_reply(out, &answer);
+            }
             if let Verdict::Forward(out) = verdict
                 && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
@@ -306,6 +319,19 @@ impl<P: Processor> Worker<P> {
             }
         }
         true
+    }
+
+    /// Writes the answer to a rejected packet (behind a zeroed virtio
+    /// header with offload: no GSO, checksums already complete).
+    fn send_reply(&mut self, port: u8, answer: &[u8]) {
+        let mut frame = vec![0u8; self.header];
+        frame.extend_from_slice(answer);
+        if let Some(queue) = self.queues.get(usize::from(port))
+            && let Err(e) = queue.send(&frame)
+        {
+            self.io.write_errors += 1;
+            debug!(port, error = %e, "write of a reject");
+        }
     }
 
     /// Hands a copy of a packet to the capture.

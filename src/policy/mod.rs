@@ -224,6 +224,8 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A block by a `reject = true` filter: the gateway answers the packet.
+    pub reject: bool,
 }
 
 impl Decision {
@@ -234,6 +236,7 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            reject: false,
         }
     }
 }

@@ -244,6 +244,7 @@ pub fn stats(
         "reauthorizations": s.reauthorizations,
         "vetoes": s.vetoes,
         "related_icmp": s.related_icmp,
+        "rejects": {"sent": s.rejects_sent, "rate_limited": s.rejects_limited},
         "adaptive_factor": gw.adaptive_factor(),
         "policy_generation": generation,
         "ports": ports,
