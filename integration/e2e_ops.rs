@@ -299,3 +299,144 @@ fn rejected_connections_are_refused_at_once() {
     assert_eq!(stats["rejects"]["sent"], 3, "{stats}");
     assert_eq!(stats["discards"]["auth_connect_blocked"], 3, "{stats}");
 }
+
+/// A namespace of the test's own, removed on drop, with the gateway
+/// process started in it (so its loopback is the namespace's).
+struct Isolated {
+    ns: String,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "log:\n{}",
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn metrics_are_served_over_http() {
+    require_netns!();
+    let tag = std::process::id() % 100_000;
+    let t = Isolated {
+        ns: format!("twm{tag}"),
+        dir: std::env::temp_dir().join(format!("tunwall-metrics-{tag}")),
+        child: None,
+    };
+    let mut t = t;
+    std::fs::create_dir_all(&t.dir).unwrap();
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    };
+    ip(&["netns", "add", &t.ns]);
+    ip(&["-n", &t.ns, "link", "set", "lo", "up"]);
+    let socket = t.dir.join("control.sock");
+    let config = t.dir.join("tunwall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+control_socket = "{socket}"
+
+[[port]]
+name = "lan"
+device = "twml{tag}"
+zone = "inside"
+addresses = ["198.18.1.1/24"]
+routes = ["198.18.1.0/24"]
+
+[[port]]
+name = "wan"
+device = "twmw{tag}"
+zone = "outside"
+addresses = ["198.18.2.1/24"]
+routes = ["198.18.2.0/24"]
+
+[metrics]
+listen = "127.0.0.1:9560"
+
+{UDP_FILTER}
+"#,
+            socket = socket.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(t.dir.join("log")).unwrap();
+    t.child = Some(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &t.ns])
+            .arg(env!("CARGO_BIN_EXE_tunwall"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .expect("tunwall"),
+    );
+    let curl = |path: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.ns,
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://127.0.0.1:9560{path}"))
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = curl("/metrics");
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let page = text(&out);
+    assert!(out.status.success(), "{page}");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("Content-Type: text/plain; version=0.0.4"),
+        "{page}"
+    );
+    assert!(page.contains("# TYPE tunwall_flows_active gauge"), "{page}");
+    assert!(
+        page.contains("tunwall_filter_matches_total{layer=\"auth_connect\",filter=\"udp-out\"} 0"),
+        "{page}"
+    );
+    assert!(
+        page.contains("tunwall_discards_total{reason=\"vetoed\"} 0"),
+        "{page}"
+    );
+    let missing = text(&curl("/"));
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}

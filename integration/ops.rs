@@ -572,3 +572,24 @@ fn explain_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown arrival port \"dmz\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn metrics_listen_must_be_an_address_and_port() {
+    let registry = CalloutRegistry::default();
+    let text = format!("{PORTS_TOML}\n[metrics]\nlisten = \"localhost\"\n");
+    let e = Config::parse(Path::new("m.toml"), &text, &registry)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("m.toml") && e.contains("ADDRESS:PORT"), "{e}");
+    let text = format!("{PORTS_TOML}\n[metrics]\nlisten = \"[::1]:9560\"\n");
+    let c = Config::parse(Path::new("m.toml"), &text, &registry).unwrap();
+    assert_eq!(c.metrics_listen, Some("[::1]:9560".parse().unwrap()));
+    // A reload cannot move it.
+    let moved = Config::parse(
+        Path::new("m.toml"),
+        &text.replace("9560", "9561"),
+        &registry,
+    )
+    .unwrap();
+    assert!(c.reloadable_from(&moved).unwrap_err().contains("[metrics]"));
+}

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::control::capture::Capture;
 use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
+use crate::control::metrics::MetricsListener;
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
@@ -225,6 +226,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         },
         None => None,
     };
+    let metrics = match config.metrics_listen.map(MetricsListener::bind).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            bound.remove();
+            return Err(e.into());
+        }
+    };
     let workers = config.gateway.workers.count();
     let mut ports = match crate::io::open_ports(&config.ports, workers, config.gateway.offload) {
         Ok(p) => p,
@@ -310,6 +318,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             None
         }
     };
+    let metrics = match metrics.map(|m| m.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            error!(error = %e, "metrics");
+            None
+        }
+        None => None,
+    };
     info!(workers, socket = %socket.display(), "tunwall running");
 
     let mut failed = server.is_none();
@@ -335,6 +351,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     // the workers close their flows, then everything else goes.
     if let Some(server) = server {
         server.stop();
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
     }
     let daemon =
         Arc::try_unwrap(daemon).map_err(|_| anyhow::anyhow!("the control thread did not stop"))?;

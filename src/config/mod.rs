@@ -136,6 +136,8 @@ pub struct Config {
     pub policy: PolicySpec,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[metrics] listen`: where Prometheus reads `GET /metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[identities]`: name → address group (`tunwall flows --identity`).
     pub identities: std::collections::HashMap<String, crate::policy::AddrSet>,
 }

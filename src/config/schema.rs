@@ -27,6 +27,14 @@ pub(super) struct Raw {
     pub(super) filters: Vec<RawFilter>,
     #[serde(default)]
     pub(super) events: RawEvents,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod flows;
 pub mod hub;
+pub mod metrics;
 pub mod queue;
 
 use serde_json::{Value, json};
