@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 /// The largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -47,22 +47,12 @@ impl MetricsListener {
         let thread = std::thread::Builder::new()
             .name("tunwall-metrics".into())
             .spawn(move || {
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = answer(stream, &*handler) {
-                                debug!(error = %e, "metrics connection");
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "metrics accept");
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
+                super::accept_until(
+                    &stop2,
+                    "metrics",
+                    || listener.accept().map(|(s, _)| s),
+                    |stream| answer(stream, &*handler),
+                );
             })?;
         Ok(MetricsServer {
             stop,

@@ -184,18 +184,34 @@ impl ControlServer {
 }
 
 fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
+    accept_until(
+        &stop,
+        "control socket",
+        || listener.accept().map(|(s, _)| s),
+        |stream| answer(stream, &*handler),
+    );
+}
+
+/// Accepts connections from a non-blocking listener and answers each in
+/// turn until `stop` is set (the control socket, the metrics listener).
+pub(crate) fn accept_until<S>(
+    stop: &AtomicBool,
+    what: &str,
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    mut answer: impl FnMut(S) -> std::io::Result<()>,
+) {
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*handler) {
-                    debug!(error = %e, "control connection");
+        match accept() {
+            Ok(stream) => {
+                if let Err(e) = answer(stream) {
+                    debug!(error = %e, "{what} connection");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                warn!(error = %e, "control socket accept");
+                warn!(error = %e, "{what} accept");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
