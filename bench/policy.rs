@@ -102,6 +102,7 @@ fn request(i: u32) -> ClassifyRequest {
         remote_port: 443,
         icmp: None,
         arrival_port: Some(0),
+        source: None,
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
     }

@@ -64,6 +64,7 @@ fn listing(h: &Harness, request: Value, limit: Option<u64>) -> Value {
         selector: select(h, request).expect("selector"),
         limit,
         count: false,
+        identities: Default::default(),
     };
     let mut out = Vec::new();
     write_flows(&h.gw, h.now, &listing, &mut out).expect("write");
@@ -165,6 +166,7 @@ fn flows_limit_and_count() {
             selector: select(&h, serde_json::json!({"protocol": "udp"})).unwrap(),
             limit: None,
             count: true,
+            identities: Default::default(),
         },
         &mut out,
     )

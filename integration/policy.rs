@@ -48,6 +48,7 @@ fn req(
         remote_port: rport,
         icmp: None,
         arrival_port: Some(LAN),
+        source: None,
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
     }
@@ -753,6 +754,7 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                 remote_port: rport,
                 icmp: (protocol == 1).then_some((8, 0)),
                 arrival_port: arrival,
+                source: None,
                 flags: [
                     ClassifyFlags::empty(),
                     ClassifyFlags::REAUTHORIZE,
@@ -826,6 +828,7 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             remote_port: 995 + (seed >> 40) as u16 % 110,
             icmp: None,
             arrival_port: Some(LAN),
+            source: None,
             flags: ClassifyFlags::empty(),
             now: Instant::ZERO,
         };

@@ -2,7 +2,8 @@
 //! the control socket and signals together, and taking them apart again.
 //!
 //! Start-up validates and compiles everything before touching a device; a
-//! failure after some ports are open closes them again. Shutdown (SIGINT or
+//! failure after some ports are open closes them again. SIGHUP reloads,
+//! SIGUSR1 reopens the event file (logrotate). Shutdown (SIGINT or
 //! SIGTERM) stops the workers — each closes the flows of its shards with
 //! reason `shutdown` — flushes the events, removes the socket and the
 //! devices tunwall created, and exits 0.
@@ -18,13 +19,14 @@ use crate::engine::{Gateway, Stats};
 use crate::flow::FlowSelector;
 use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, Policy};
+use crate::policy::{Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
+use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -41,6 +43,10 @@ pub struct Daemon {
     hub: Hub,
     events: Arc<EventCounters>,
     capture: Capture,
+    /// The WireGuard peers last read (SPEC §11).
+    peers: Mutex<PeerSnapshot>,
+    /// WireGuard reads that failed since start.
+    wireguard_errors: Arc<AtomicU64>,
 }
 
 impl Daemon {
@@ -74,10 +80,14 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),
         };
+        let mut config = config;
         let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = running.reloadable_from(&config) {
             return self.reload_failed(e);
         }
+        config
+            .policy
+            .resolve_identities(&self.peers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let policy = match Policy::compile(&config.policy, &self.registry, Some(&current)) {
             Ok(p) => Arc::new(p),
@@ -89,7 +99,6 @@ impl Daemon {
         let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
         info!(generation = policy.policy_generation(), changed_layers = ?changed, "policy reloaded");
         running.policy = config.policy;
-        running.identities = config.identities;
         self.hub.emit(json!({
             "event": "policy_reloaded",
             "generation": policy.policy_generation(),
@@ -100,6 +109,39 @@ impl Daemon {
             "generation": policy.policy_generation(),
             "changed_layers": changed,
         })
+    }
+
+    /// A WireGuard interface's peers changed: the identities naming its
+    /// peers get new addresses, a policy change of the layers whose filters
+    /// name them, installed as a reload installs one.
+    pub fn peers_changed(&self, peers: &PeerSnapshot) {
+        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers.clone();
+        let mut spec = running.policy.clone();
+        let identities = spec.resolve_identities(peers);
+        if identities.is_empty() {
+            return;
+        }
+        let policy = match Policy::compile(&spec, &self.registry, Some(&current)) {
+            Ok(p) => Arc::new(p.identity_change(&current)),
+            Err(e) => {
+                error!(error = %e, "identities changed but the policy did not compile; the running policy stays");
+                return;
+            }
+        };
+        *current = Arc::clone(&policy);
+        self.gateway
+            .set_policy(Arc::clone(&policy) as Arc<dyn Authorizer>);
+        running.policy = spec;
+        let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
+        info!(?identities, generation = policy.policy_generation(), changed_layers = ?changed, "identities changed");
+        self.hub.emit(json!({
+            "event": "identities_changed",
+            "identities": identities,
+            "generation": policy.policy_generation(),
+            "changed_layers": changed,
+        }));
     }
 
     fn reload_failed(&self, error: String) -> Value {
@@ -118,7 +160,7 @@ impl Daemon {
         FlowSelector::from_json(
             request.get("select"),
             &self.gateway.port_names(),
-            &config.identities,
+            &config.policy.identities.address_groups(),
         )
     }
 }
@@ -129,7 +171,14 @@ impl ControlHandler for Daemon {
             Ok(s) => s,
             Err(error) => return writeln!(out, "{}", json!({"ok": false, "error": error})),
         };
-        let listing = Listing::of_request(request, selector);
+        let mut listing = Listing::of_request(request, selector);
+        listing.identities = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .identities
+            .clone();
         write_flows(&self.gateway, self.clock.now(), &listing, out).map(|_| ())
     }
 
@@ -153,17 +202,24 @@ impl ControlHandler for Daemon {
         json!({"ok": true, "closed": closed})
     }
 
+    fn identities(&self) -> Value {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        render::json::identities(&config.policy.identities, &config.port_names())
+    }
+
     fn stats(&self) -> Value {
         let (s, io) = self.gather();
         let policy = Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()));
-        render::json::stats(
+        let mut stats = render::json::stats(
             &s,
             &io,
             &self.gateway,
             policy.policy_generation(),
             self.workers.len(),
             &policy.filter_counts(),
-        )
+        );
+        render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        stats
     }
 
     fn reload(&self) -> Value {
@@ -202,7 +258,10 @@ impl Drop for WorkerWatch {
 /// gateway runs come back as `Err` with a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = CalloutRegistry::default();
-    let config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first read of the WireGuard peers, before any device is touched.
+    let peers = wireguard::read_all(&config.wireguard).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.policy.resolve_identities(&peers);
     let policy = Arc::new(
         Policy::compile(&config.policy, &registry, None)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
@@ -211,6 +270,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
     ])?;
     // Everything that can fail without a device is checked before the
     // first device is touched: the control socket and the event file.
@@ -299,10 +359,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     drop(events_tx);
 
     let config_ports = config.port_names();
+    let wireguard_configs = config.wireguard.clone();
+    let wireguard_errors = Arc::new(AtomicU64::new(0));
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
         config: Mutex::new(config),
+        peers: Mutex::new(peers.clone()),
+        wireguard_errors: Arc::clone(&wireguard_errors),
         policy: Mutex::new(policy),
         gateway,
         workers: handles,
@@ -326,7 +390,26 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let weak = Arc::downgrade(&daemon);
+    let watch = if wireguard_configs.is_empty() {
+        None
+    } else {
+        // The watch holds the daemon weakly: shutdown stops it first.
+        let watch = Watch::spawn(wireguard_configs, peers, wireguard_errors, move |peers| {
+            if let Some(daemon) = weak.upgrade() {
+                daemon.peers_changed(peers);
+            }
+        })?;
+        Some(watch)
+    };
     info!(workers, socket = %socket.display(), "tunwall running");
+    // Every port is up and the policy loaded: only now is the service ready
+    // for systemd (`Type=notify`), so units ordered after it find a gateway.
+    if server.is_some()
+        && let Err(e) = crate::io::notify::notify("READY=1\nSTATUS=forwarding")
+    {
+        warn!(error = %e, "telling the service manager we are ready");
+    }
 
     let mut failed = server.is_none();
     if !failed {
@@ -335,6 +418,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 signal_hook::consts::SIGHUP => {
                     daemon.reload();
                 }
+                signal_hook::consts::SIGUSR1 => {
+                    let config = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(path) = &config.events.file {
+                        let _ = hub.control.send(HubMessage::Reopen(path.clone()));
+                    }
+                }
                 _ => {
                     info!(signal, "shutting down");
                     break;
@@ -342,6 +431,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let _ = crate::io::notify::notify("STOPPING=1");
     if worker_failed.load(Ordering::Relaxed) {
         error!("a worker stopped: the gateway stopped with it");
         failed = true;
@@ -354,6 +444,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     if let Some(metrics) = metrics {
         metrics.stop();
+    }
+    if let Some(watch) = watch {
+        watch.stop();
     }
     let daemon =
         Arc::try_unwrap(daemon).map_err(|_| anyhow::anyhow!("the control thread did not stop"))?;

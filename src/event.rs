@@ -52,6 +52,9 @@ named_enum! {
         PolicyChange => "policy_change",
         /// A packet arrived on another port of the flow's direction.
         ArrivalInterface => "arrival_interface",
+        /// The addresses of an identity a filter of the flow's layer names
+        /// changed (SPEC §11).
+        IdentityChange => "identity_change",
     }
 }
 

@@ -35,3 +35,4 @@ pub mod render;
 pub mod route;
 pub mod testkit;
 pub mod time;
+pub mod wireguard;

@@ -1,8 +1,19 @@
 //! The `tunwall` command line.
 
+// Every `print!`/`println!` of the command line (simulate's too, declared
+// after these) goes through `stdout_or_quit`: `tunwall … | head` must end
+// quietly when the reader closes the pipe, not panic as std's macros do.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::stdout_or_quit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod simulate;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tunwall::config::Config;
@@ -12,7 +23,8 @@ use tunwall::policy::{CalloutRegistry, Policy};
 #[command(
     name = "tunwall",
     version,
-    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics"
+    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics",
+    after_long_help = "Signals to `tunwall run`: SIGHUP reloads the configuration; SIGUSR1 reopens the event file (logrotate); SIGINT and SIGTERM stop the gateway, closing every flow.\n\nEnvironment: RUST_LOG filters the log (e.g. RUST_LOG=debug); NOTIFY_SOCKET (set by systemd) receives READY=1 once every port is up and the policy loaded.\n\nFiles: /etc/tunwall/tunwall.toml, the configuration of the packaged service; /run/tunwall/control.sock, the default control socket."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -156,6 +168,15 @@ enum Command {
         #[arg(short = 'c', long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Lists the identities: each one's source (addresses, or a WireGuard
+    /// interface and peers) and its current addresses.
+    Identities {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
         #[command(flatten)]
@@ -164,7 +185,7 @@ enum Command {
     /// Validates a configuration file and prints the compiled policy
     /// (layers → sublayers → filters in evaluation order). Exits 1 if invalid.
     Check {
-        /// The configuration file.
+        /// The configuration file; `-` reads it from standard input.
         #[arg(short, long)]
         config: PathBuf,
     },
@@ -190,6 +211,20 @@ enum Command {
         /// Print the flow table and counters as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Prints the shell completion script for SHELL, e.g.
+    /// `tunwall completions bash > /usr/share/bash-completion/completions/tunwall`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page tunwall(1) (roff), generated from this command
+    /// line; with --dir, writes it and one page per command (tunwall-run(1), …)
+    /// into DIR.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -247,6 +282,13 @@ fn main() -> ExitCode {
             discards,
             count,
         } => capture(&socket.socket, file.as_deref(), discards, count),
+        Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::identities(v)
+            }
+        }),
         Command::Events { socket } => {
             match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +300,29 @@ fn main() -> ExitCode {
             }
         }
         Command::Simulate { json } => simulate::run(json),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tunwall", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let rendered = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut page),
+            };
+            match rendered {
+                Ok(()) => {
+                    print!("{}", String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunwall: writing the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Explain {
             config,
             packet,
@@ -266,9 +331,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to standard output; a reader that has gone away (EPIPE) ends the
+/// command with success, as nothing more can be shown to anyone.
+fn stdout_or_quit(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tunwall: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `tunwall check -c FILE` (`-c -`: standard input, named `<stdin>` in messages).
 fn check(path: &std::path::Path) -> ExitCode {
+    let (name, text) = match Config::read_text(path) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let registry = CalloutRegistry::default();
-    let config = match Config::load(path, &registry) {
+    let config = match Config::parse(&name, &text, &registry) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tunwall: {e}");
@@ -278,10 +366,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     let policy = match Policy::compile(&config.policy, &registry, None) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("tunwall: {}: {e}", path.display());
+            eprintln!("tunwall: {}: {e}", name.display());
             return ExitCode::FAILURE;
         }
     };
+    for warning in tunwall::config::warnings(&name, &text) {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
 }
@@ -316,8 +407,10 @@ fn explain(path: &std::path::Path, packet: &str, json: bool) -> ExitCode {
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -3,8 +3,9 @@
 use super::schema::{LayerName, RawFilter};
 use super::{ConfigError, Loader, parse_prefix};
 use crate::packet::IpVersion;
-use crate::policy::{AddrSet, ArrivalPort, ClassifyFlags, Conditions, ValueSet};
-use std::collections::HashMap;
+use crate::policy::{
+    AddrSet, ArrivalPort, ClassifyFlags, Conditions, Identities, IdentityCond, ValueSet,
+};
 use toml::{Spanned, Value};
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -138,7 +139,7 @@ pub(super) fn parse(
     f: &RawFilter,
     name: &str,
     ports: &[&str],
-    identities: &HashMap<String, AddrSet>,
+    identities: &Identities,
 ) -> Result<(Conditions, String)> {
     let err = |v: &Spanned<Value>, key: &str, msg: String| {
         loader.error(v.span(), format!("filter \"{name}\": {key}: {msg}"))
@@ -270,18 +271,21 @@ pub(super) fn parse(
     ] {
         if let Some(v) = value {
             show(key, v);
-            let mut set = AddrSet::default();
+            let mut groups = Vec::new();
             for group in strings(v.get_ref(), "identity").map_err(|m| err(v, key, m))? {
-                let members = identities.get(group).ok_or_else(|| {
-                    err(
+                if !identities.defs.contains_key(group) {
+                    return Err(err(
                         v,
                         key,
                         format!("unknown identity \"{group}\" (define it under [identities])"),
-                    )
-                })?;
-                set.extend(members);
+                    ));
+                }
+                groups.push(group.to_string());
             }
-            *slot = Some(set);
+            *slot = Some(IdentityCond {
+                groups,
+                addrs: Default::default(),
+            });
         }
     }
     for (key, value, slot) in [

@@ -7,43 +7,20 @@ use super::validate::{Loader, parse_rate, valid_name};
 use super::{ConfigError, PortConfig, Result, conditions};
 use crate::flow::MAX_TIMEOUT;
 use crate::policy::{
-    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Layer,
-    PolicySpec, SpecAction, Sublayer,
+    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Identities,
+    Layer, PolicySpec, SpecAction, Sublayer,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
 impl Loader<'_> {
-    pub(super) fn identities(
-        &self,
-        raw: &BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
-    ) -> Result<HashMap<String, crate::policy::AddrSet>> {
-        let mut out = HashMap::new();
-        for (name, members) in raw {
-            let mut set = crate::policy::AddrSet::default();
-            for m in members {
-                conditions::add_address(self, &mut set, m.get_ref()).map_err(|msg| {
-                    self.error(m.span(), format!("identity \"{}\": {msg}", name.get_ref()))
-                })?;
-            }
-            if set.is_empty() {
-                return Err(self.error(
-                    name.span(),
-                    format!("identity \"{}\" is empty", name.get_ref()),
-                ));
-            }
-            out.insert(name.get_ref().clone(), set);
-        }
-        Ok(out)
-    }
-
     pub(super) fn policy(
         &self,
         raw: &Raw,
         ports: &[PortConfig],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: Identities,
         registry: &CalloutRegistry,
     ) -> Result<PolicySpec> {
         let d = &raw.defaults;
@@ -96,12 +73,13 @@ impl Loader<'_> {
             if names.insert(name, ()).is_some() {
                 return Err(self.error(f.name.span(), format!("duplicate filter name \"{name}\"")));
             }
-            filters.push(self.filter(f, &sublayers, &port_names, identities, registry)?);
+            filters.push(self.filter(f, &sublayers, &port_names, &identities, registry)?);
         }
         Ok(PolicySpec {
             defaults,
             sublayers,
             filters,
+            identities,
         })
     }
 
@@ -110,7 +88,7 @@ impl Loader<'_> {
         f: &RawFilter,
         sublayers: &[Sublayer],
         ports: &[&str],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: &Identities,
         registry: &CalloutRegistry,
     ) -> Result<FilterSpec> {
         let name = f.name.get_ref().clone();

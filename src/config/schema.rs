@@ -20,7 +20,9 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
     #[serde(default)]
-    pub(super) identities: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    pub(super) identities: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub(super) wireguard: Vec<RawWireguard>,
     #[serde(default, rename = "sublayer")]
     pub(super) sublayers: Vec<RawSublayer>,
     #[serde(default, rename = "filter")]
@@ -42,7 +44,7 @@ pub(super) struct RawMetrics {
 pub(super) struct RawGateway {
     pub(super) workers: Option<Spanned<toml::Value>>,
     pub(super) host_model: Option<HostModelName>,
-    pub(super) control_socket: Option<PathBuf>,
+    pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) control_socket_group: Option<String>,
     pub(super) offload: Option<bool>,
 }
@@ -75,6 +77,15 @@ pub(super) struct RawPort {
     pub(super) routes: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) kernel_routes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWireguard {
+    pub(super) interface: Spanned<String>,
+    pub(super) netns: Option<Spanned<String>>,
+    pub(super) refresh: Option<Spanned<toml::Value>>,
+    pub(super) port: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

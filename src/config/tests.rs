@@ -5,7 +5,7 @@ use crate::policy::DefaultPolicy;
 use std::path::Path;
 use std::time::Duration;
 
-const PORTS: &str = r#"
+pub(super) const PORTS: &str = r#"
 [[port]]
 name = "lan"
 device = "tw-lan"
@@ -19,13 +19,13 @@ zone = "outside"
 routes = ["0.0.0.0/0"]
 "#;
 
-fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
     Config::parse(Path::new("test.toml"), text, &CalloutRegistry::default())
 }
 
 /// Asserts that `text` fails at `line:column` with a message containing `what`.
 #[track_caller]
-fn fails(text: &str, line: usize, column: usize, what: &str) {
+pub(super) fn fails(text: &str, line: usize, column: usize, what: &str) {
     let e = parse(text).expect_err("the config must be rejected");
     assert_eq!((e.line, e.column), (line, column), "position of: {e}");
     assert!(

@@ -40,6 +40,18 @@ impl Loader<'_> {
         }
     }
 
+    /// Where `needle` first occurs inside `span` (the start of `span` if
+    /// nowhere): values inside arrays and inline tables have no span of
+    /// their own.
+    pub(super) fn within(&self, span: Range<usize>, needle: &str) -> Range<usize> {
+        let start = self
+            .text
+            .get(span.clone())
+            .and_then(|t| t.find(needle))
+            .map_or(span.start, |i| span.start + i);
+        start..start
+    }
+
     pub(super) fn prefix(&self, s: &Spanned<String>, what: &str) -> Result<IpNet> {
         parse_prefix(s.get_ref()).ok_or_else(|| {
             self.error(
@@ -104,8 +116,10 @@ impl Loader<'_> {
         let gateway = self.gateway(&raw.gateway)?;
         let ports = self.ports(&raw.ports)?;
         let flows = self.flows(&raw.flows)?;
-        let identities = self.identities(&raw.identities)?;
-        let policy = self.policy(&raw, &ports, &identities, registry)?;
+        let wireguard = self.wireguard(&raw.wireguard, &ports)?;
+        let identities = self.identities(&raw.identities, &wireguard)?;
+        let mut policy = self.policy(&raw, &ports, identities, registry)?;
+        policy.resolve_identities(&Default::default());
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
         let reject_rate =
@@ -128,12 +142,12 @@ impl Loader<'_> {
             ports,
             flows,
             policy,
+            wireguard,
             events: EventsConfig {
                 file: raw.events.file.clone(),
                 discard_rate,
                 reject_rate,
             },
-            identities,
             metrics_listen,
         })
     }
@@ -160,7 +174,8 @@ impl Loader<'_> {
             },
             control_socket: g
                 .control_socket
-                .clone()
+                .as_ref()
+                .map(|s| s.get_ref().clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             control_socket_group: g.control_socket_group.clone(),
             offload: g.offload.unwrap_or(true),

@@ -11,6 +11,7 @@
 
 use crate::engine::Gateway;
 use crate::flow::FlowSelector;
+use crate::policy::Identities;
 use crate::render;
 use crate::time::Instant;
 use serde_json::{Value, json};
@@ -30,6 +31,8 @@ pub struct Listing {
     pub limit: Option<u64>,
     /// Only the number of flows.
     pub count: bool,
+    /// The identities, for each flow's `local_identity` / `remote_identity`.
+    pub identities: Identities,
 }
 
 impl Listing {
@@ -39,6 +42,7 @@ impl Listing {
             selector,
             limit: request.get("limit").and_then(Value::as_u64),
             count: request.get("count").and_then(Value::as_bool) == Some(true),
+            identities: Identities::default(),
         }
     }
 }
@@ -69,7 +73,10 @@ pub fn write_flows(
         {
             if !listing.count {
                 out.write_all(if n == 0 { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut *out, &render::json::flow(f, &ports, now))?;
+                let mut flow = render::json::flow(f, &ports, now);
+                let (local, remote) = listing.identities.of_flow(f);
+                render::json::flow_identities(&mut flow, local, remote);
+                serde_json::to_writer(&mut *out, &flow)?;
             }
             n += 1;
         }

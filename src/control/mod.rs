@@ -31,6 +31,11 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn reload(&self) -> Value;
     /// `capture`: stream packets as pcapng to this connection.
     fn capture(&self, stream: UnixStream, request: &Value);
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
 }
@@ -239,6 +244,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         }
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());

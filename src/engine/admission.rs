@@ -10,7 +10,7 @@ use crate::flow::table::ShardGuard;
 use crate::flow::wildcard::{Wildcard, WildcardKey};
 use crate::flow::{Direction, FlowClass, FlowEntry, FlowKey, TcpTracker};
 use crate::packet::Transport;
-use crate::policy::{Action, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyRequest, Layer, SourceArrival};
 use crate::reason::DropReason;
 
 pub(super) fn wildcard_key(key: &FlowKey) -> WildcardKey {
@@ -65,6 +65,10 @@ impl Local {
             request.icmp = Some((icmp_type, code));
         }
         request.arrival_port = Some(a.port);
+        request.source = Some(SourceArrival {
+            local: direction == Direction::Outbound,
+            port: a.port,
+        });
         request.flags = self.packet_flags(gw, packet);
         let decision = self.classify(&request);
         if decision.action == Action::Block {

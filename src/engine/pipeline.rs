@@ -9,7 +9,7 @@ use crate::flow::key::{Orientation, PacketKey};
 use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::{Direction, FlowClass, FlowKey, Zone};
 use crate::packet::{Fragment, IcmpClass, Packet, TcpSegment, Transport, parse_quoted};
-use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, SourceArrival};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 
@@ -167,6 +167,10 @@ impl Local {
             icmp: Some((icmp_type, code)),
             arrival_port: Some(a.port),
             flags: self.packet_flags(gw, packet),
+            source: Some(SourceArrival {
+                local: a.direction() == Direction::Outbound,
+                port: a.port,
+            }),
             now: a.now,
         };
         let decision = self.classify(&request);
@@ -279,7 +283,13 @@ impl Local {
         // Monotonic: a worker still on an older policy (its batch began
         // before a reload) never reauthorizes a flow stamped with a newer one.
         let trigger = if newer(generation, flow_generation) {
-            Some(ReauthTrigger::PolicyChange)
+            Some(
+                if self.policy.identity_change_only(layer, flow_generation) {
+                    ReauthTrigger::IdentityChange
+                } else {
+                    ReauthTrigger::PolicyChange
+                },
+            )
         } else if port_changed {
             Some(ReauthTrigger::ArrivalInterface)
         } else {
@@ -340,6 +350,14 @@ impl Local {
         let mut request = ClassifyRequest::for_flow(layer, &entry.key(), a.now);
         // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
         request.arrival_port = with_flow.then_some(a.port);
+        request.source = Some(SourceArrival {
+            local: entry.direction() == Direction::Outbound,
+            port: if with_flow {
+                a.port
+            } else {
+                entry.arrival_port()
+            },
+        });
         request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
         let decision = self.classify(&request);
         self.stats.reauthorizations += 1;

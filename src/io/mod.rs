@@ -4,18 +4,20 @@
 //! namespace of the thread that opens `/dev/net/tun`. So a port that lives in
 //! a namespace is opened on a short-lived thread that first calls `setns`;
 //! the file descriptors work from any thread afterwards. Addresses, MTU,
-//! txqueuelen and kernel routes are set with `ip -n NS`, which enters the
-//! namespace itself.
+//! txqueuelen and kernel routes are set over netlink ([`netlink`]) from such
+//! a thread too.
 
 pub mod capture;
 pub mod clock;
+pub mod netlink;
+pub mod notify;
 pub mod worker;
 
 use crate::config::PortConfig;
 use ipnet::IpNet;
+use netlink::Link;
 use std::io;
-use std::process::Command;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// The txqueuelen tunwall sets on its devices: the default 500 overflows
@@ -42,25 +44,23 @@ pub fn in_netns<T: Send + 'static>(
     .unwrap_or_else(|_| Err(io::Error::other("network namespace thread panicked")))
 }
 
-/// Runs `ip [-n NETNS] ARGS…`, failing with its stderr.
-pub fn ip(netns: Option<&str>, args: &[&str]) -> io::Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    cmd.args(args);
-    debug!(?cmd, "ip");
-    let out = cmd
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("running ip: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+/// What tunwall added to a device it did not create, to take away at exit.
+#[derive(Clone, Copy)]
+enum Added {
+    Address(IpNet),
+    Route(IpNet),
+}
+
+/// Takes away, newest first, what tunwall added to a device.
+fn undo(link: &mut Link, added: Vec<Added>) {
+    for item in added.into_iter().rev() {
+        let result = match item {
+            Added::Address(a) => link.delete_address(a),
+            Added::Route(r) => link.delete_route(r),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "cleanup");
+        }
     }
 }
 
@@ -77,7 +77,7 @@ pub struct Port {
     pub vnet_hdr: bool,
     /// Addresses and routes tunwall added to a device it did not create,
     /// removed again at shutdown.
-    added: Vec<Vec<String>>,
+    added: Vec<Added>,
 }
 
 impl Port {
@@ -98,7 +98,18 @@ impl Port {
                 .inherit_enable_state()
                 .build_sync()
                 .map_err(|e| {
-                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}"))
+                    // The kernel's EINVAL/EBUSY alone do not tell the operator
+                    // that the name is taken.
+                    let hint = match e.raw_os_error() {
+                        Some(nix::libc::EINVAL) if existed => {
+                            " (a device of this name exists and is not a multi-queue TUN device: remove it or choose another name)"
+                        }
+                        Some(nix::libc::EBUSY) => {
+                            " (the device is in use by another process, e.g. another tunwall)"
+                        }
+                        _ => "",
+                    };
+                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}{hint}"))
                 })?;
             let mut devices = Vec::with_capacity(queues);
             for _ in 1..queues {
@@ -133,51 +144,58 @@ impl Port {
         Ok(port)
     }
 
+    /// Brings the device up with tunwall's txqueuelen, the MTU, addresses
+    /// and kernel routes of its configuration, inside its namespace.
     fn configure(&mut self) -> io::Result<()> {
-        let ns = self.config.netns.clone();
-        let dev = self.config.device.clone();
-        let ns = ns.as_deref();
-        let qlen = TX_QUEUE_LEN.to_string();
-        let mut link = vec!["link", "set", "dev", &dev, "up", "txqueuelen", &qlen];
-        let mtu = self.config.mtu.map(|m| m.to_string());
-        if let Some(mtu) = &mtu {
-            link.extend(["mtu", mtu.as_str()]);
-        }
-        ip(ns, &link)?;
-        for addr in &self.config.addresses.clone() {
-            let a = addr.to_string();
-            let mut args = vec!["addr", "replace", a.as_str(), "dev", dev.as_str()];
-            if matches!(addr, IpNet::V6(_)) {
-                // A TUN device has no link layer to detect duplicates on.
-                args.push("nodad");
+        let config = self.config.clone();
+        let created = self.created;
+        self.added = in_netns(config.netns.as_deref(), move || {
+            let mut link = Link::open(&config.device)?;
+            link.set_txqueuelen(TX_QUEUE_LEN)?;
+            if let Some(mtu) = config.mtu {
+                link.set_mtu(mtu)?;
             }
-            ip(ns, &args)?;
-            self.remember(&["addr", "del", &a, "dev", &dev]);
-        }
-        for route in &self.config.kernel_routes.clone() {
-            let r = route.to_string();
-            ip(ns, &["route", "replace", &r, "dev", &dev])?;
-            self.remember(&["route", "del", &r, "dev", &dev]);
-        }
+            link.set_up()?;
+            let mut added = Vec::new();
+            let all = config
+                .addresses
+                .iter()
+                .map(|&a| Added::Address(a))
+                .chain(config.kernel_routes.iter().map(|&r| Added::Route(r)));
+            for item in all {
+                let result = match item {
+                    Added::Address(a) => link.replace_address(a),
+                    Added::Route(r) => link.replace_route(r),
+                };
+                if let Err(e) = result {
+                    if !created {
+                        undo(&mut link, added);
+                    }
+                    return Err(e);
+                }
+                added.push(item);
+            }
+            // A device tunwall created takes its addresses and routes with it.
+            Ok(if created { Vec::new() } else { added })
+        })?;
         Ok(())
-    }
-
-    fn remember(&mut self, undo: &[&str]) {
-        if !self.created {
-            self.added
-                .push(undo.iter().map(|s| s.to_string()).collect());
-        }
     }
 
     /// Closes the queues; removes what tunwall added to a device it did not
     /// create (a device it created vanishes with its last queue).
     pub fn close(mut self) {
         self.queues.clear();
-        for undo in self.added.drain(..).rev() {
-            let args: Vec<&str> = undo.iter().map(String::as_str).collect();
-            if let Err(e) = ip(self.config.netns.as_deref(), &args) {
-                warn!(port = %self.config.name, error = %e, "cleanup");
-            }
+        let added = std::mem::take(&mut self.added);
+        if added.is_empty() {
+            return;
+        }
+        let device = self.config.device.clone();
+        let undone = in_netns(self.config.netns.as_deref(), move || {
+            undo(&mut Link::open(&device)?, added);
+            Ok(())
+        });
+        if let Err(e) = undone {
+            warn!(port = %self.config.name, error = %e, "cleanup");
         }
     }
 }

@@ -15,6 +15,7 @@ use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 use super::counters::{FilterCounters, FilterCounts};
 use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
+use super::identity::IdentityCond;
 use super::trace::{Trace, TraceStep};
 use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
 use crate::flow::FlowInfo;
@@ -87,6 +88,8 @@ pub struct PolicySpec {
     pub sublayers: Vec<Sublayer>,
     /// Filters in file order.
     pub filters: Vec<FilterSpec>,
+    /// `[identities]`, which the filters' identity conditions name.
+    pub identities: super::Identities,
 }
 
 impl Default for PolicySpec {
@@ -98,6 +101,7 @@ impl Default for PolicySpec {
                 weight: 0,
             }],
             filters: Vec::new(),
+            identities: super::Identities::default(),
         }
     }
 }
@@ -156,8 +160,11 @@ impl LayerIndex {
                 .filter(|s| !s.is_empty() && !s.v4.iter().chain(&s.v6).any(|b| b.len == 0))
                 .cloned()
         };
-        let remote = addr(&conditions.remote_address).or_else(|| addr(&conditions.remote_identity));
-        let local = addr(&conditions.local_address).or_else(|| addr(&conditions.local_identity));
+        let identity = |c: &Option<IdentityCond>| addr(&c.as_ref().map(|c| c.addrs.all()));
+        let remote =
+            addr(&conditions.remote_address).or_else(|| identity(&conditions.remote_identity));
+        let local =
+            addr(&conditions.local_address).or_else(|| identity(&conditions.local_identity));
         for (dim, set) in [(DIM_REMOTE_ADDR, remote), (DIM_LOCAL_ADDR, local)] {
             if let Some(set) = set {
                 for b in &set.v4 {
@@ -223,6 +230,9 @@ impl LayerIndex {
 pub struct Policy {
     generation: u64,
     layer_generations: [u32; Layer::COUNT],
+    /// Per layer, the generation of its last change by a reload (the later
+    /// ones came from identities changing).
+    reloaded_at: [u32; Layer::COUNT],
     changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
@@ -388,6 +398,14 @@ impl Policy {
         } else {
             changed.extend(Layer::ALL);
         }
+        let mut reloaded_at = layer_generations;
+        if let Some(prev) = previous {
+            for &layer in Layer::ALL {
+                if !changed.contains(&layer) {
+                    reloaded_at[layer.index()] = prev.reloaded_at[layer.index()];
+                }
+            }
+        }
         let counters = filters
             .iter()
             .map(|f| {
@@ -406,6 +424,7 @@ impl Policy {
             by_name,
             generation: previous.map_or(1, |p| p.generation + 1),
             layer_generations,
+            reloaded_at,
             changed,
             defaults: spec.defaults,
             sublayers: spec.sublayers.clone(),
@@ -419,6 +438,16 @@ impl Policy {
     /// The policy generation: 1 for the first policy, +1 per reload.
     pub fn policy_generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Marks this policy, compiled against `previous`, as changed only by
+    /// identities' addresses: its flows are reauthorized with the trigger
+    /// `identity_change` (unless a reload changed their layer meanwhile).
+    pub fn identity_change(mut self, previous: &Policy) -> Policy {
+        for &layer in &self.changed {
+            self.reloaded_at[layer.index()] = previous.reloaded_at[layer.index()];
+        }
+        self
     }
 
     /// The layers whose definition changed relative to the previous policy.
@@ -656,6 +685,12 @@ impl Authorizer for Policy {
         self.layer_generations[layer.index()]
     }
 
+    fn identity_change_only(&self, layer: Layer, since: u32) -> bool {
+        // Wrapping order, as the engine compares generations.
+        let reloaded = self.reloaded_at[layer.index()];
+        (since.wrapping_sub(reloaded) as i32) >= 0
+    }
+
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
         self.classify_traced(request, notes, &mut ())
     }
@@ -673,6 +708,10 @@ impl Authorizer for Policy {
         }
         let mut request = ClassifyRequest::for_flow(layer, &flow.key, now);
         request.arrival_port = Some(flow.arrival_port);
+        request.source = Some(super::SourceArrival {
+            local: flow.direction == crate::flow::Direction::Outbound,
+            port: flow.arrival_port,
+        });
         let mut candidates = Vec::new();
         index.candidates(&request, &mut candidates);
         for rank in candidates {

@@ -5,6 +5,7 @@
 //! blocks (an `a-b` range becomes the few prefixes that cover it exactly), so
 //! the same representation serves matching and the classification index.
 
+use super::identity::IdentityCond;
 use super::{Action, ClassifyFlags, ClassifyRequest, FlowOptions, Layer};
 use crate::packet::{IpVersion, RawAddr};
 use ipnet::IpNet;
@@ -144,6 +145,19 @@ impl AddrSet {
             .any(|b| b.contains(value, width))
     }
 
+    /// The set as prefixes, IPv4 first.
+    pub fn prefixes(&self) -> Vec<IpNet> {
+        let v4 = self.v4.iter().filter_map(|b| {
+            let a = std::net::Ipv4Addr::from(u32::try_from(b.value).ok()?);
+            ipnet::Ipv4Net::new(a, b.len).ok().map(IpNet::V4)
+        });
+        let v6 = self.v6.iter().filter_map(|b| {
+            let a = std::net::Ipv6Addr::from(b.value);
+            ipnet::Ipv6Net::new(a, b.len).ok().map(IpNet::V6)
+        });
+        v4.chain(v6).collect()
+    }
+
     /// Whether the set holds no address of either family.
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
@@ -204,9 +218,9 @@ pub struct Conditions {
     /// Arrival ports.
     pub arrival_port: Option<Vec<ArrivalPort>>,
     /// Local identity (the union of the groups listed).
-    pub local_identity: Option<AddrSet>,
+    pub local_identity: Option<IdentityCond>,
     /// Remote identity (the union of the groups listed).
-    pub remote_identity: Option<AddrSet>,
+    pub remote_identity: Option<IdentityCond>,
     /// Flags that must all be set.
     pub flags: ClassifyFlags,
     /// Flags that must all be clear.
@@ -273,11 +287,19 @@ impl Conditions {
         for (name, set, addr) in [
             ("local_address", &self.local_address, &r.local_addr),
             ("remote_address", &self.remote_address, &r.remote_addr),
-            ("local_identity", &self.local_identity, &r.local_addr),
-            ("remote_identity", &self.remote_identity, &r.remote_addr),
         ] {
             if let Some(set) = set
                 && !set.contains(r.version, addr)
+            {
+                return Some(name);
+            }
+        }
+        for (name, cond, local) in [
+            ("local_identity", &self.local_identity, true),
+            ("remote_identity", &self.remote_identity, false),
+        ] {
+            if let Some(cond) = cond
+                && !cond.matches(r, local)
             {
                 return Some(name);
             }

@@ -13,12 +13,18 @@ pub mod callout;
 pub mod compiled;
 pub mod counters;
 pub mod filter;
+pub mod identity;
+pub mod identity_table;
 pub mod rate_limit;
 pub mod trace;
 
 pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
+pub use identity_table::{
+    Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
+};
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
@@ -175,6 +181,9 @@ pub struct ClassifyRequest {
     pub arrival_port: Option<u8>,
     /// Condition flags.
     pub flags: ClassifyFlags,
+    /// Where the packet's source came in (SPEC §11), `None` when unknown:
+    /// WireGuard identities with a `port` then match by address alone.
+    pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
 }
@@ -195,6 +204,7 @@ impl ClassifyRequest {
             icmp: icmp.map(|i| (i.icmp_type, i.code)),
             arrival_port: None,
             flags: ClassifyFlags::empty(),
+            source: None,
             now,
         }
     }
@@ -250,6 +260,13 @@ pub trait Authorizer: Send + Sync {
     /// The policy generation of `layer`. A flow authorized under another
     /// generation of its layer is reauthorized on its next packet.
     fn generation(&self, layer: Layer) -> u32;
+
+    /// Whether every change of `layer` since generation `since` came from
+    /// an identity's addresses changing (SPEC §11), not from a reload: the
+    /// reauthorization's trigger is then `identity_change`.
+    fn identity_change_only(&self, _layer: Layer, _since: u32) -> bool {
+        false
+    }
 
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;

@@ -7,8 +7,8 @@ use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
-use crate::policy::Layer;
 use crate::policy::counters::FilterCounts;
+use crate::policy::{Identities, IdentitySource, Layer, key_base64};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use serde_json::{Map, Value, json};
@@ -51,6 +51,60 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
     })
+}
+
+/// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
+pub fn flow_identities(flow: &mut Value, local: Vec<String>, remote: Vec<String>) {
+    if let Some(map) = flow.as_object_mut() {
+        map.insert("local_identity".into(), json!(local));
+        map.insert("remote_identity".into(), json!(remote));
+    }
+}
+
+/// `identities --json`: each identity, its source and current addresses.
+pub fn identities(ids: &Identities, ports: &[impl AsRef<str>]) -> Value {
+    let list: Vec<Value> = ids
+        .defs
+        .iter()
+        .map(|(name, source)| {
+            let resolved = ids.resolved.get(name).cloned().unwrap_or_default();
+            let addresses: Vec<String> = resolved
+                .all()
+                .prefixes()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut v = json!({"name": name, "addresses": addresses});
+            let map = v.as_object_mut().expect("json! of an object");
+            match source {
+                IdentitySource::Addresses(_) => {
+                    map.insert("source".into(), json!("addresses"));
+                }
+                IdentitySource::WireGuard { interface, peers } => {
+                    let port = ids.ports.get(interface).copied().flatten();
+                    map.insert("source".into(), json!("wireguard"));
+                    map.insert("interface".into(), json!(interface));
+                    map.insert(
+                        "peers".into(),
+                        json!(peers.iter().map(key_base64).collect::<Vec<_>>()),
+                    );
+                    map.insert(
+                        "port".into(),
+                        json!(port.and_then(|p| ports.get(usize::from(p)).map(|p| p.as_ref()))),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Adds the WireGuard counters to `stats --json`.
+pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
+    if let Some(map) = stats.as_object_mut() {
+        map.insert("wireguard_read_errors".into(), json!(read_errors));
+    }
 }
 
 /// An event as a JSON object (without `ts`, which the shell adds from the

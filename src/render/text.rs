@@ -23,8 +23,18 @@ pub fn flows(flows: &Value) -> String {
 /// The column headings of `tunwall flows`.
 pub fn flows_header() -> String {
     format!(
-        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6}\n",
-        "ID", "PROTO", "DIR", "LOCAL", "REMOTE", "STATE", "PKTS OUT", "PKTS IN", "EXPIRES", "PORT"
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>8} {:<6} {}\n",
+        "ID",
+        "PROTO",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PKTS OUT",
+        "PKTS IN",
+        "EXPIRES",
+        "PORT",
+        "IDENTITY (LOCAL/REMOTE)"
     )
 }
 
@@ -56,7 +66,7 @@ pub fn flow_line(f: &Value) -> String {
     }
     let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
     format!(
-        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6}\n",
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6} {}/{}\n",
         s("id"),
         s("protocol"),
         s("direction"),
@@ -67,7 +77,52 @@ pub fn flow_line(f: &Value) -> String {
         s("packets_in"),
         expires / 1000,
         s("arrival_port"),
+        names(f.get("local_identity")),
+        names(f.get("remote_identity")),
     )
+}
+
+/// A list of names, comma-separated, or "-".
+fn names(v: Option<&Value>) -> String {
+    let list: Vec<&str> = v
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// `tunwall identities` without `--json`: one block per identity.
+pub fn identities(list: &Value) -> String {
+    let mut out = String::new();
+    for i in list.as_array().into_iter().flatten() {
+        let s = |k: &str| i.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let source = match s("source").as_str() {
+            "wireguard" => {
+                let port = match s("port") {
+                    p if p.is_empty() => String::new(),
+                    p => format!(", port {p}"),
+                };
+                format!(
+                    "wireguard {} ({} peer(s){port})",
+                    s("interface"),
+                    i.get("peers").and_then(Value::as_array).map_or(0, Vec::len)
+                )
+            }
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "{:<20} {source}", s("name"));
+        if let Some(peers) = i.get("peers").and_then(Value::as_array) {
+            for p in peers.iter().filter_map(Value::as_str) {
+                let _ = writeln!(out, "{:<20}   peer {p}", "");
+            }
+        }
+        let _ = writeln!(out, "{:<20}   addresses {}", "", names(i.get("addresses")));
+    }
+    out
 }
 
 /// `tunwall stats` without flags.
@@ -168,6 +223,21 @@ pub fn check(config: &Config, policy: &Policy) -> String {
             } else {
                 format!(", kernel_routes [{}]", list(&p.kernel_routes))
             },
+        );
+    }
+    for w in &config.wireguard {
+        let port = w.port.and_then(|i| config.ports.get(usize::from(i)));
+        let _ = writeln!(
+            out,
+            "wireguard {}{}: peers read every {}{}",
+            w.interface,
+            w.netns
+                .as_ref()
+                .map(|n| format!(" in netns {n}"))
+                .unwrap_or_default(),
+            humantime::format_duration(w.refresh),
+            port.map(|p| format!(", traffic arrives on port {}", p.name))
+                .unwrap_or_default(),
         );
     }
     let settings: Vec<String> = config

@@ -6,9 +6,9 @@
 
 use super::packets::{ACK, Ep, FIN, RST, SYN, tcp};
 use crate::engine::{Engine, Gateway, GatewayConfig, HostModel, Verdict};
-use crate::event::{Event, EventKind, FlowInfo};
+use crate::event::{Event, EventKind, FlowInfo, ReauthTrigger};
 use crate::flow::{FlowConfig, Zone};
-use crate::policy::{Authorizer, DefaultPolicy};
+use crate::policy::{Action, Authorizer, DefaultPolicy};
 use crate::reason::{CloseReason, DropReason};
 use crate::route::PortSpec;
 use crate::time::Instant;
@@ -162,6 +162,19 @@ impl Harness {
             .iter()
             .filter_map(|e| match &e.kind {
                 EventKind::FlowClosed { flow, reason } => Some((flow.id, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The reauthorizations so far: trigger and result.
+    pub fn reauthorizations(&self) -> Vec<(ReauthTrigger, Action)> {
+        self.events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::FlowReauthorized {
+                    trigger, result, ..
+                } => Some((*trigger, *result)),
                 _ => None,
             })
             .collect()
