@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
 	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
-	wireguard-go:wireguard-go wg:wireguard-tools tcpdump:tcpdump tshark:tshark curl:curl
+	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl
 
 .PHONY: all build release test lint unit unit-verify bench demo demo-vpn deps deps-build clean fuzz fuzz-cmin deb deb-test
 

@@ -61,6 +61,12 @@ impl ControlHandler for Handler {
     }
     fn subscribe(&self, _: std::os::unix::net::UnixStream) {}
     fn capture(&self, _: std::os::unix::net::UnixStream, _: &Value) {}
+    fn decide(&self, _: u64, _: tunwall::policy::Action) -> Value {
+        json!({})
+    }
+    fn pending(&self) -> Value {
+        json!([])
+    }
 }
 
 fn status_kb(field: &str) -> u64 {

@@ -105,6 +105,8 @@ fn request(i: u32) -> ClassifyRequest {
         source: None,
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 

@@ -51,6 +51,8 @@ fn req(
         source: None,
         flags: ClassifyFlags::empty(),
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -761,6 +763,8 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -831,6 +835,8 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             source: None,
             flags: ClassifyFlags::empty(),
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());

@@ -19,7 +19,7 @@ use crate::engine::{Gateway, Stats};
 use crate::flow::FlowSelector;
 use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, PeerSnapshot, Policy};
+use crate::policy::{Action, Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
 use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
@@ -230,6 +230,25 @@ impl ControlHandler for Daemon {
         self.capture.start(stream, request);
     }
 
+    fn decide(&self, id: u64, decision: Action) -> Value {
+        match self.gateway.complete(id, decision) {
+            Ok(()) => json!({"ok": true, "id": id, "decision": decision.as_str()}),
+            Err(e) => json!({"ok": false, "error": format!("flow {id}: {e}")}),
+        }
+    }
+
+    fn pending(&self) -> Value {
+        let now = self.clock.now();
+        let ports = self.gateway.port_names();
+        Value::Array(
+            self.gateway
+                .pending()
+                .iter()
+                .map(|p| render::json::pending(p, &ports, now))
+                .collect(),
+        )
+    }
+
     fn subscribe(&self, stream: UnixStream) {
         let _ = self.hub.control.send(HubMessage::Subscribe(stream));
     }
@@ -334,6 +353,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = gateway.engine(i);
+        let wake = Arc::clone(&waker);
+        gateway.set_waker(i, move || {
+            if let Err(e) = wake.wake() {
+                warn!(error = %e, "waking a worker");
+            }
+        });
         let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr)
             .with_capture(Arc::clone(&tap));
         let watch = WorkerWatch {

@@ -52,6 +52,8 @@ named_enum! {
         PolicyChange => "policy_change",
         /// A packet arrived on another port of the flow's direction.
         ArrivalInterface => "arrival_interface",
+        /// A pending flow was completed (SPEC §10).
+        PendComplete => "pend_complete",
         /// The addresses of an identity a filter of the flow's layer names
         /// changed (SPEC §11).
         IdentityChange => "identity_change",
@@ -74,6 +76,17 @@ pub enum EventKind {
     FlowCreated(FlowInfo),
     /// A flow was indicated at `flow_established`.
     FlowEstablished(FlowInfo),
+    /// A callout pended a new flow (SPEC §10).
+    FlowPending {
+        /// The flow, in state `pending`.
+        flow: FlowInfo,
+        /// The pending callout's filter.
+        filter: Option<Arc<str>>,
+        /// The layer.
+        layer: Layer,
+        /// When the pend timeout completes it, and how.
+        timeout: crate::policy::Pend,
+    },
     /// A flow was classified again.
     FlowReauthorized {
         /// The flow after reauthorization.
@@ -133,6 +146,7 @@ impl Event {
         match self.kind {
             EventKind::FlowCreated(_) => "flow_created",
             EventKind::FlowEstablished(_) => "flow_established",
+            EventKind::FlowPending { .. } => "flow_pending",
             EventKind::FlowReauthorized { .. } => "flow_reauthorized",
             EventKind::FlowClosed { .. } => "flow_closed",
             EventKind::Discard { .. } => "discard",
@@ -145,9 +159,9 @@ impl Event {
     pub fn flow(&self) -> Option<&FlowInfo> {
         match &self.kind {
             EventKind::FlowCreated(f) | EventKind::FlowEstablished(f) => Some(f),
-            EventKind::FlowReauthorized { flow, .. } | EventKind::FlowClosed { flow, .. } => {
-                Some(flow)
-            }
+            EventKind::FlowReauthorized { flow, .. }
+            | EventKind::FlowClosed { flow, .. }
+            | EventKind::FlowPending { flow, .. } => Some(flow),
             EventKind::CalloutLog { flow, .. } => flow.as_ref(),
             _ => None,
         }

@@ -246,6 +246,8 @@ pub enum Step {
     },
     /// The layer default applied.
     Default(Action),
+    /// Its callout pended the flow.
+    Pended(String),
 }
 
 /// One classification the engine asked for while deciding the packet.
@@ -293,6 +295,7 @@ impl Trace for Recorder {
                 veto,
             },
             TraceStep::Default { action } => Step::Default(action),
+            TraceStep::Pended { filter, .. } => Step::Pended(filter.into()),
         };
         self.steps.push(step);
     }
@@ -421,7 +424,7 @@ impl Explanation {
     pub fn dropped(&self) -> Option<DropReason> {
         match self.verdict {
             Verdict::Drop(r) => Some(r),
-            Verdict::Forward(_) => None,
+            Verdict::Forward(_) | Verdict::Held => None,
         }
     }
 }

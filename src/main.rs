@@ -45,7 +45,7 @@ struct FlowFilterArgs {
     /// Protocol: tcp, udp, icmp, icmpv6 or a number.
     #[arg(long)]
     protocol: Option<String>,
-    /// State: active (not TCP) or a TCP state (established, syn_sent, …).
+    /// State: active (not TCP), pending (held by a callout) or a TCP state (established, syn_sent, …).
     #[arg(long)]
     state: Option<String>,
     /// outbound or inbound.
@@ -90,6 +90,12 @@ impl FlowFilterArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DecisionArg {
+    Permit,
+    Block,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +173,27 @@ enum Command {
         /// Stop after N packets.
         #[arg(short = 'c', long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Lists the flows a callout pended (waiting for `tunwall decide`), with
+    /// their age, the packets they hold and their pend timeout.
+    Pending {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Completes a pending flow: `permit` releases its held packets, `block`
+    /// drops them and closes it. Exits 1 if no pending flow has the id or it
+    /// was already decided.
+    Decide {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The flow id (from `tunwall pending` or a `flow_pending` event).
+        id: u64,
+        /// The decision.
+        #[arg(value_enum)]
+        decision: DecisionArg,
     },
     /// Lists the identities: each one's source (addresses, or a WireGuard
     /// interface and peers) and its current addresses.
@@ -282,6 +309,18 @@ fn main() -> ExitCode {
             discards,
             count,
         } => capture(&socket.socket, file.as_deref(), discards, count),
+        Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::pending(v)
+            }
+        }),
+        Command::Decide {
+            socket,
+            id,
+            decision,
+        } => decide(&socket.socket, id, decision),
         Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
             if json {
                 v.to_string() + "\n"
@@ -495,21 +534,45 @@ fn capture(
     }
 }
 
+fn decide(socket: &std::path::Path, id: u64, decision: DecisionArg) -> ExitCode {
+    let decision = match decision {
+        DecisionArg::Permit => "permit",
+        DecisionArg::Block => "block",
+    };
+    let request = serde_json::json!({"command": "decide", "id": id, "decision": decision});
+    command(socket, &request, "decide", |_| {
+        format!("flow {id}: {decision}")
+    })
+}
+
 fn kill(socket: &std::path::Path, select: serde_json::Value, all: bool) -> ExitCode {
     if !all && select.as_object().is_some_and(|m| m.is_empty()) {
         eprintln!("tunwall: kill: give a filter, --id N, or --all to close every flow");
         return ExitCode::FAILURE;
     }
     let request = serde_json::json!({"command": "kill", "select": select});
-    match tunwall::control::send(socket, &request) {
+    command(socket, &request, "kill", |v| {
+        let closed = v.get("closed").and_then(|n| n.as_u64()).unwrap_or(0);
+        format!("{closed} flows closed")
+    })
+}
+
+/// Sends a command that answers `{"ok": true, …}` or `{"ok": false,
+/// "error"}`; prints `done(answer)`, or the error and exits 1.
+fn command(
+    socket: &std::path::Path,
+    request: &serde_json::Value,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    match tunwall::control::send(socket, request) {
         Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
-            let closed = v.get("closed").and_then(|n| n.as_u64()).unwrap_or(0);
-            println!("{closed} flows closed");
+            println!("{}", done(&v));
             ExitCode::SUCCESS
         }
         Ok(v) => {
             eprintln!(
-                "tunwall: kill: {}",
+                "tunwall: {name}: {}",
                 v.get("error").and_then(|e| e.as_str()).unwrap_or("failed")
             );
             ExitCode::FAILURE

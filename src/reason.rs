@@ -83,6 +83,10 @@ named_enum! {
         WrongInterface => "wrong_interface",
         /// The arrival port index is not a configured port.
         UnknownPort => "unknown_port",
+        /// A packet of a pending flow beyond its queue's bounds (SPEC §10).
+        PendQueueFull => "pend_queue_full",
+        /// A new flow a callout pended while `pend_max_flows` flows were pending.
+        PendLimit => "pend_limit",
     }
 }
 

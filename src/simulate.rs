@@ -31,6 +31,7 @@ impl Sim {
         let shown = match verdict {
             Verdict::Forward(out) => format!("forwarded to {}", self.ports[usize::from(out)]),
             Verdict::Drop(reason) => format!("DROPPED ({reason})"),
+            Verdict::Held => "held (pending)".to_string(),
         };
         println!(
             "  t={:>6} ms  {:<4} → {:<46} {}",

@@ -4,7 +4,7 @@ use super::schema::{LayerName, RawFilter};
 use super::{ConfigError, Loader, parse_prefix};
 use crate::packet::IpVersion;
 use crate::policy::{
-    AddrSet, ArrivalPort, ClassifyFlags, Conditions, Identities, IdentityCond, ValueSet,
+    Action, AddrSet, ArrivalPort, ClassifyFlags, Conditions, Identities, IdentityCond, ValueSet,
 };
 use toml::{Spanned, Value};
 
@@ -353,6 +353,7 @@ pub(super) fn parse(
     }
     for option in [
         f.unicast_lifetime.as_ref().map(|v| ("unicast_lifetime", v)),
+        f.pend_timeout.as_ref().map(|v| ("pend_timeout", v)),
         f.mcast_bcast_lifetime
             .as_ref()
             .map(|v| ("mcast_bcast_lifetime", v)),
@@ -373,6 +374,12 @@ pub(super) fn parse(
         .is_some_and(|v| *v.get_ref())
     {
         summary.push("loose_source_mapping".into());
+    }
+    if let Some(a) = &f.timeout_action {
+        summary.push(format!(
+            "timeout_action = \"{}\"",
+            Action::from(*a.get_ref()).as_str()
+        ));
     }
     if let Some(r) = &f.rate {
         summary.push(format!("rate = \"{}\"", r.get_ref()));

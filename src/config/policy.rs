@@ -8,7 +8,7 @@ use super::{ConfigError, PortConfig, Result, conditions};
 use crate::flow::MAX_TIMEOUT;
 use crate::policy::{
     Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Identities,
-    Layer, PolicySpec, SpecAction, Sublayer,
+    Layer, Pend, PolicySpec, SpecAction, Sublayer,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -126,6 +126,26 @@ impl Loader<'_> {
                 ),
             ));
         }
+        let pend_keys = [
+            ("pend_timeout", f.pend_timeout.as_ref().map(|v| v.span())),
+            (
+                "timeout_action",
+                f.timeout_action.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in pend_keys {
+            if let Some(span) = span
+                && (kind != FilterActionName::Callout
+                    || !matches!(layer, Layer::AuthConnect | Layer::AuthRecvAccept))
+            {
+                return Err(here(
+                    span,
+                    format!(
+                        "{key} belongs to a callout filter at auth_connect or auth_recv_accept (only there may a callout pend a flow)"
+                    ),
+                ));
+            }
+        }
         let action = match kind {
             FilterActionName::Permit | FilterActionName::Block => {
                 if let Some(c) = &f.callout {
@@ -170,7 +190,17 @@ impl Loader<'_> {
                         here(r.span(), format!("rate \"{}\" must look like \"100/s\" (a positive number per second)", r.get_ref()))
                     })?),
                 };
-                let params = CalloutParams { rate };
+                let mut pend = Pend::default();
+                pend.timeout = self
+                    .duration(&f.pend_timeout, "pend_timeout", pend.timeout)
+                    .map_err(|e| ConfigError {
+                        message: format!("filter \"{name}\": {}", e.message),
+                        ..e
+                    })?;
+                if let Some(a) = &f.timeout_action {
+                    pend.timeout_action = (*a.get_ref()).into();
+                }
+                let params = CalloutParams { rate, pend };
                 match registry.build(callout.get_ref(), &params) {
                     None => {
                         let known: Vec<&str> = registry.names().collect();

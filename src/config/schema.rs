@@ -107,6 +107,9 @@ pub(super) struct RawFlows {
     pub(super) tcp_loose_pickup: Option<bool>,
     pub(super) max_fragments: Option<Spanned<i64>>,
     pub(super) fragment_timeout: Option<Spanned<toml::Value>>,
+    pub(super) pend_queue_packets: Option<Spanned<i64>>,
+    pub(super) pend_queue_bytes: Option<Spanned<i64>>,
+    pub(super) pend_max_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +186,8 @@ pub(super) struct RawFilter {
     pub(super) reject: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
+    pub(super) pend_timeout: Option<Spanned<toml::Value>>,
+    pub(super) timeout_action: Option<Spanned<ActionName>>,
     pub(super) protocol: Option<Spanned<toml::Value>>,
     pub(super) ip_version: Option<Spanned<toml::Value>>,
     pub(super) local_address: Option<Spanned<toml::Value>>,

@@ -309,7 +309,7 @@ fn callout_rules() {
         &f("action = \"callout\"\ncallout = \"dpi\""),
         19,
         11,
-        "unknown callout \"dpi\" (known: log, rate_limit)",
+        "unknown callout \"dpi\" (known: ask, log, rate_limit)",
     );
     fails(
         &f("action = \"callout\"\ncallout = \"rate_limit\""),
@@ -576,4 +576,92 @@ fn dot_names_and_ports_on_icmp_only_filters_are_refused() {
     );
     // With another protocol in the list, ports can match.
     assert!(parse(&filter("name = \"x\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = [\"icmp\", \"udp\"]\nremote_port = 22")).is_ok());
+}
+
+#[test]
+fn pend_rules() {
+    let f = |layer: &str, body: &str| filter(&format!("name = \"f\"\nlayer = \"{layer}\"\n{body}"));
+    let config = parse(&f(
+        "auth_recv_accept",
+        "action = \"callout\"\ncallout = \"ask\"\npend_timeout = \"30s\"\ntimeout_action = \"permit\"",
+    ))
+    .expect("valid");
+    match &config.policy.filters[0].action {
+        crate::policy::SpecAction::Callout { params, .. } => {
+            assert_eq!(params.pend.timeout, Duration::from_secs(30));
+            assert_eq!(params.pend.timeout_action, crate::policy::Action::Permit);
+        }
+        other => panic!("{other:?}"),
+    }
+    let config = parse(&f(
+        "auth_connect",
+        "action = \"callout\"\ncallout = \"ask\"",
+    ))
+    .expect("valid");
+    match &config.policy.filters[0].action {
+        crate::policy::SpecAction::Callout { params, .. } => {
+            assert_eq!(params.pend, crate::policy::Pend::default());
+        }
+        other => panic!("{other:?}"),
+    }
+    fails(
+        &f("auth_connect", "action = \"permit\"\npend_timeout = \"5s\""),
+        19,
+        16,
+        "pend_timeout belongs to a callout filter at auth_connect or auth_recv_accept",
+    );
+    fails(
+        &f(
+            "flow_established",
+            "action = \"callout\"\ncallout = \"log\"\ntimeout_action = \"permit\"",
+        ),
+        20,
+        18,
+        "timeout_action belongs to a callout filter",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\npend_timeout = \"soon\"",
+        ),
+        20,
+        16,
+        "filter \"f\": pend_timeout: \"soon\" is not a duration",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\ntimeout_action = \"maybe\"",
+        ),
+        20,
+        18,
+        "unknown variant `maybe`",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\nrate = \"5/s\"",
+        ),
+        19,
+        11,
+        "the ask callout takes no `rate`",
+    );
+    fails(
+        "[flows]\npend_queue_packets = 0\n",
+        2,
+        22,
+        "pend_queue_packets must be between 1 and 65536, not 0",
+    );
+    let config = parse(&format!(
+        "{PORTS}\n[flows]\npend_queue_packets = 4\npend_queue_bytes = 3000\npend_max_flows = 7\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        (
+            config.flows.pend_queue_packets,
+            config.flows.pend_queue_bytes,
+            config.flows.pend_max_flows
+        ),
+        (4, 3000, 7)
+    );
 }

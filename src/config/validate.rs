@@ -338,6 +338,27 @@ impl Loader<'_> {
             10_000_000,
             c.max_fragments as i64,
         )? as usize;
+        c.pend_queue_packets = self.count(
+            &f.pend_queue_packets,
+            "pend_queue_packets",
+            1,
+            65_536,
+            c.pend_queue_packets as i64,
+        )? as usize;
+        c.pend_queue_bytes = self.count(
+            &f.pend_queue_bytes,
+            "pend_queue_bytes",
+            1,
+            16 << 20,
+            c.pend_queue_bytes as i64,
+        )? as usize;
+        c.pend_max_flows = self.count(
+            &f.pend_max_flows,
+            "pend_max_flows",
+            0,
+            1_000_000,
+            c.pend_max_flows as i64,
+        )? as usize;
         c.tcp_window_tracking = f.tcp_window_tracking.unwrap_or(true);
         c.tcp_loose_pickup = f.tcp_loose_pickup.unwrap_or(false);
         Ok(c)

@@ -1,5 +1,6 @@
 //! The control socket: a Unix socket speaking one JSON request per
-//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
+//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`,
+//! `pending`, `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
 pub mod capture;
@@ -38,6 +39,10 @@ pub trait ControlHandler: Send + Sync + 'static {
     }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
+    /// `decide`: completes pending flow `id`; `{"ok": true, …}` or `{"ok": false, "error"}`.
+    fn decide(&self, id: u64, decision: crate::policy::Action) -> Value;
+    /// `pending --json`: the JSON array of pending flows.
+    fn pending(&self) -> Value;
 }
 
 /// The listening control socket.
@@ -244,6 +249,8 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
         }
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "pending" => handler.pending(),
+        "decide" => decide(&request, handler),
         "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
@@ -253,6 +260,23 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     };
     let mut stream = stream;
     writeln!(stream, "{response}")
+}
+
+/// `{"command": "decide", "id": N, "decision": "permit"|"block"}`.
+fn decide(request: &Value, handler: &dyn ControlHandler) -> Value {
+    use crate::policy::Action;
+    let id = request.get("id").and_then(Value::as_u64);
+    let decision = match request.get("decision").and_then(Value::as_str) {
+        Some("permit") => Some(Action::Permit),
+        Some("block") => Some(Action::Block),
+        _ => None,
+    };
+    match (id, decision) {
+        (Some(id), Some(decision)) => handler.decide(id, decision),
+        _ => {
+            json!({"ok": false, "error": "decide needs \"id\" (a flow id) and \"decision\" (\"permit\" or \"block\")"})
+        }
+    }
 }
 
 /// Sends `command` to the daemon at `socket` and returns its answer.

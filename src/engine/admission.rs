@@ -1,6 +1,7 @@
 //! Flow admission: the first packet of a would-be flow, and the flows
 //! admitted by multicast/broadcast or loose-source state.
 
+use super::pend::PendRequest;
 use super::pipeline::{Arrival, tcp_segment};
 use super::report::Dropped;
 use super::{Gateway, Local};
@@ -70,7 +71,25 @@ impl Local {
             port: a.port,
         });
         request.flags = self.packet_flags(gw, packet);
+        let id = self.peek_id(gw);
+        request.flow_id = Some(id);
+        // A callout may hand the id to another thread that completes the
+        // flow before it is pending: the store remembers such a decision.
+        gw.pend.classifying(self.worker, id);
         let decision = self.classify(&request);
+        if decision.pend.is_none() {
+            gw.pend.classifying(self.worker, 0);
+        }
+        if let Some(pend) = decision.pend {
+            let request = PendRequest {
+                tcp,
+                layer,
+                filter: decision.filter,
+                pend,
+                flags: request.flags,
+            };
+            return self.pend_new_flow(gw, a, shard, hash, pk, request);
+        }
         if decision.action == Action::Block {
             return Err(Dropped::blocked(layer, decision));
         }
@@ -195,8 +214,8 @@ impl Local {
     }
 
     /// Inserts a new flow and indicates it (created; established unless it
-    /// is a TCP flow still in its handshake).
-    fn insert(
+    /// is a TCP flow still in its handshake or pending).
+    pub(super) fn insert(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -215,7 +234,11 @@ impl Local {
         self.stats.flows_created += 1;
         let flow = FlowInfo::of(shard.entry(slot), parent, a.now, &gw.config.flows, factor);
         self.emit(a.now, EventKind::FlowCreated(flow));
-        if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
+        // A pending flow is indicated at `flow_established` once permitted.
+        if (!entry.is_tcp() || entry.tcp().handshake_done())
+            && !entry.is_pending()
+            && shard.mark_established(slot)
+        {
             self.established(gw, a.now, shard, slot);
         }
         Ok(a.egress)

@@ -59,6 +59,8 @@ pub struct Gateway {
     workers: usize,
     /// `[events] reject_rate`: answers to rejected packets per second.
     reject_rate: AtomicU32,
+    /// Pending flows and their held packets (SPEC §10).
+    pub(super) pend: super::pend::PendStore,
 }
 
 impl Gateway {
@@ -94,6 +96,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(policy),
             workers,
+            pend: super::pend::PendStore::new(workers),
             config,
             reject_rate: AtomicU32::new(DEFAULT_REJECT_RATE),
         })
@@ -197,6 +200,7 @@ impl Gateway {
             local: Local {
                 policy: self.policy(),
                 group: worker % self.table.groups(),
+                worker,
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 notes: Vec::new(),
@@ -207,6 +211,8 @@ impl Gateway {
                 reply: None,
                 reject_tokens: f64::from(self.reject_rate()),
                 reject_refilled: Instant::ZERO,
+                released: Vec::new(),
+                completing: Vec::new(),
             },
             worker,
             sweep_budget: super::DEFAULT_SWEEP_BUDGET,

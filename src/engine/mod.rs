@@ -26,15 +26,21 @@
 //!      `auth_connect` (inside port) or `auth_recv_accept` (outside port) and
 //!      on permit create the flow, making room if the table is full.
 //!
+//! A callout may pend a new flow instead (`pend`): its packets are held
+//! until the flow is completed, then released or dropped by the worker that
+//! holds them (SPEC §10).
+//!
 //! Events and counters are kept by `report`.
 
 mod admission;
 mod gateway;
+mod pend;
 mod pipeline;
 mod report;
 mod stats;
 
 pub use gateway::{Gateway, GatewayConfig, HostModel};
+pub use pend::{PendError, PendingInfo};
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
@@ -52,7 +58,14 @@ pub enum Verdict {
     Forward(u8),
     /// Drop it.
     Drop(DropReason),
+    /// The engine copied it: its flow is pending (SPEC §10). It leaves
+    /// later through [`Engine::drain_released`], or is dropped and counted.
+    Held,
 }
+
+/// The egress the pipeline reports for a held packet: no port has this
+/// index (ports are at most 255, numbered from 0).
+pub(crate) const HELD: u8 = u8::MAX;
 
 /// Flow ids are taken from the shared counter in blocks so that creating a
 /// flow does not touch a shared cache line.
@@ -78,6 +91,8 @@ struct Local {
     policy: Arc<dyn Authorizer>,
     /// The flow-table shard group this worker creates its flows in.
     group: usize,
+    /// This worker's index: the owner of the flows it pends.
+    worker: usize,
     stats: Stats,
     events: Vec<Event>,
     /// Scratch space for the policy's notes, turned into events at once.
@@ -93,6 +108,10 @@ struct Local {
     /// The reject rate limit's bucket.
     reject_tokens: f64,
     reject_refilled: Instant,
+    /// Permitted pending flows' packets, ready to be written.
+    released: Vec<pend::Queue>,
+    /// Scratch list of the completions being applied.
+    completing: Vec<(u64, crate::flow::FlowKey, u64)>,
 }
 
 impl Engine {
@@ -158,6 +177,19 @@ impl Engine {
 
     /// Decides what happens to one packet that arrived on port `port` at `now`.
     pub fn process(&mut self, now: Instant, port: u8, bytes: &mut [u8]) -> Verdict {
+        self.process_framed(now, port, &[], bytes)
+    }
+
+    /// [`Engine::process`] for a packet that came behind a frame header (the
+    /// virtio-net header): a held packet keeps its header, so it is released
+    /// exactly as it came.
+    pub fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        header: &[u8],
+        bytes: &mut [u8],
+    ) -> Verdict {
         let gw = &*self.gw;
         let local = &mut self.local;
         let len = bytes.len() as u64;
@@ -173,7 +205,9 @@ impl Engine {
                 return Verdict::Drop(reason);
             }
         };
-        match local.route_and_process(gw, now, port, spec.zone, &packet, bytes) {
+        let frame = pipeline::Frame { header, bytes };
+        match local.route_and_process(gw, now, port, spec.zone, &packet, frame) {
+            Ok(HELD) => Verdict::Held,
             Ok(egress) => {
                 local.stats.ports[usize::from(egress)].tx(len);
                 Verdict::Forward(egress)
@@ -217,6 +251,25 @@ impl Engine {
             });
         }
         gw.fragments.expire(now, self.worker, gw.workers());
+        local.expire_pending(gw, now);
+        self.apply_completions(now);
+    }
+
+    /// Applies the completions of the pending flows this worker holds
+    /// (decided by `tunwall decide`, [`Gateway::complete`] or their pend
+    /// timeout): each is reauthorized, and a permitted flow's held packets
+    /// go through its normal path, to be written by
+    /// [`Engine::drain_released`]. The shell calls this when woken (see
+    /// [`Gateway::set_waker`]); [`Engine::handle_timeout`] calls it too.
+    pub fn apply_completions(&mut self, now: Instant) {
+        self.refresh_policy();
+        self.local.apply_completions(&self.gw, now);
+    }
+
+    /// Hands every released packet to `out` as (egress port, frame), in
+    /// the order its flow held them.
+    pub fn drain_released(&mut self, out: impl FnMut(u8, &[u8])) {
+        self.local.drain_released(&self.gw, out);
     }
 
     /// Removes every flow of the shards this worker owns with reason
@@ -267,6 +320,11 @@ impl Engine {
             .collect();
         for &slot in &slots {
             let removed = shard.remove(slot);
+            if removed.entry.is_pending() {
+                // SPEC §10: a pending flow closed here (shutdown, `kill`)
+                // completes as blocked: its held packets are dropped.
+                local.drop_pending(gw, now, removed.entry.id());
+            }
             local.closed(gw, now, factor, &removed, reason);
         }
         slots.len()

@@ -21,6 +21,16 @@ pub(super) struct Arrival<'p> {
     pub packet: &'p Packet,
     pub egress: u8,
     pub egress_zone: Zone,
+    /// The packet's frame header and bytes, copied if its flow is pending.
+    pub header: &'p [u8],
+    pub bytes: &'p [u8],
+}
+
+/// A packet as it was read: its frame header (empty without offload) and
+/// the IP packet.
+pub(super) struct Frame<'p> {
+    pub header: &'p [u8],
+    pub bytes: &'p [u8],
 }
 
 impl Arrival<'_> {
@@ -67,8 +77,9 @@ impl Local {
         port: u8,
         zone: Zone,
         packet: &Packet,
-        bytes: &[u8],
+        frame: Frame<'_>,
     ) -> Result<u8, Dropped> {
+        let bytes = frame.bytes;
         let egress = gw
             .routes
             .lookup(packet.version, &packet.dst)
@@ -83,6 +94,8 @@ impl Local {
             packet,
             egress,
             egress_zone: gw.config.ports[usize::from(egress)].zone,
+            header: frame.header,
+            bytes,
         };
         if let Fragment::Later { id } = packet.fragment {
             return match gw.fragments.lookup(&fragment_key(packet, id), now) {
@@ -96,15 +109,16 @@ impl Local {
             ..
         } = packet.transport
         {
-            return self.icmp_error(gw, &arrival, bytes);
+            return self.icmp_error(gw, &arrival);
         }
         let key = FlowKey::of_packet(packet, arrival.orientation())
             .ok_or(DropReason::MalformedTransport)?;
         let result = self.flow_packet(gw, &arrival, key);
         if let Fragment::First { id } = packet.fragment {
             let verdict = match result {
-                Ok(port) => FirstVerdict::Forwarded(port),
-                Err(_) => FirstVerdict::Dropped,
+                // Later fragments of a held first fragment cannot follow it.
+                Ok(port) if port != super::HELD => FirstVerdict::Forwarded(port),
+                _ => FirstVerdict::Dropped,
             };
             if gw
                 .fragments
@@ -121,8 +135,8 @@ impl Local {
     }
 
     /// An ICMP error: related to a flow, or classified at `icmp_error`.
-    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>, bytes: &[u8]) -> Result<u8, Dropped> {
-        let packet = a.packet;
+    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>) -> Result<u8, Dropped> {
+        let (packet, bytes) = (a.packet, a.bytes);
         let quote = bytes
             .get(usize::from(packet.l4_offset) + 8..)
             .unwrap_or(&[]);
@@ -172,6 +186,8 @@ impl Local {
                 port: a.port,
             }),
             now: a.now,
+            flow_id: None,
+            completed: None,
         };
         let decision = self.classify(&request);
         match decision.action {
@@ -257,7 +273,7 @@ impl Local {
 
     /// A packet of an existing flow; `swapped` says how it lies on the key.
     #[inline]
-    fn ride(
+    pub(super) fn ride(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -266,6 +282,9 @@ impl Local {
         swapped: bool,
     ) -> Result<u8, Dropped> {
         let entry = shard.entry(slot);
+        if entry.is_pending() {
+            return self.hold(gw, a, entry.id(), swapped);
+        }
         let flow_direction = entry.direction();
         let with_flow = entry.with_flow(swapped);
         let (arrival_port, flow_generation, is_tcp, established) = (
@@ -296,7 +315,17 @@ impl Local {
             None
         };
         if let Some(trigger) = trigger {
-            self.reauthorize(gw, a, shard, slot, with_flow, trigger)?;
+            // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
+            let flags = self.packet_flags(gw, a.packet);
+            self.reauthorize(
+                gw,
+                a.now,
+                shard,
+                slot,
+                with_flow.then_some(a.port),
+                flags,
+                trigger,
+            )?;
         }
         if let Some(segment) = tcp_segment(a.packet)
             && is_tcp
@@ -334,48 +363,48 @@ impl Local {
         Ok(a.egress)
     }
 
-    /// SPEC §5: classify a live flow again at the layer that created it.
-    fn reauthorize(
+    /// SPEC §5: classify a live flow again at the layer that created it,
+    /// with `arrival_port` (`None`: unknown) and the packet's `flags`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reauthorize(
         &mut self,
         gw: &Gateway,
-        a: &Arrival<'_>,
+        now: Instant,
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
-        with_flow: bool,
+        arrival_port: Option<u8>,
+        flags: ClassifyFlags,
         trigger: ReauthTrigger,
     ) -> Result<(), Dropped> {
         let entry = *shard.entry(slot);
         let layer = Layer::auth(entry.direction());
         let generation = self.policy.generation(layer);
-        let mut request = ClassifyRequest::for_flow(layer, &entry.key(), a.now);
-        // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
-        request.arrival_port = with_flow.then_some(a.port);
+        let mut request = ClassifyRequest::for_flow(layer, &entry.key(), now);
+        request.arrival_port = arrival_port;
+        // Against the flow's direction the packet's source arrived where
+        // the flow was authorized.
         request.source = Some(SourceArrival {
             local: entry.direction() == Direction::Outbound,
-            port: if with_flow {
-                a.port
-            } else {
-                entry.arrival_port()
-            },
+            port: arrival_port.unwrap_or(entry.arrival_port()),
         });
-        request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
+        request.flags = flags | ClassifyFlags::REAUTHORIZE;
+        request.flow_id = Some(entry.id());
+        request.completed = entry.completed();
         let decision = self.classify(&request);
         self.stats.reauthorizations += 1;
         let factor = gw.table.adaptive_factor();
         match decision.action {
             Action::Permit => {
-                shard
-                    .entry_mut(slot)
-                    .authorize(generation, with_flow.then_some(a.port));
+                shard.entry_mut(slot).authorize(generation, arrival_port);
                 let flow = FlowInfo::of(
                     shard.entry(slot),
                     shard.parent(slot),
-                    a.now,
+                    now,
                     &gw.config.flows,
                     factor,
                 );
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -387,9 +416,9 @@ impl Local {
             }
             Action::Block => {
                 let removed = shard.remove(slot);
-                let flow = FlowInfo::of_removed(&removed, a.now, &gw.config.flows, factor);
+                let flow = FlowInfo::of_removed(&removed, now, &gw.config.flows, factor);
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -397,7 +426,7 @@ impl Local {
                         filter: decision.filter.clone(),
                     },
                 );
-                self.closed(gw, a.now, factor, &removed, CloseReason::ReauthBlocked);
+                self.closed(gw, now, factor, &removed, CloseReason::ReauthBlocked);
                 let mut dropped = Dropped::blocked(layer, decision);
                 if dropped.reason != DropReason::Vetoed {
                     dropped.reason = DropReason::ReauthBlocked;

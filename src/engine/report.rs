@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// A drop with what the discard event reports.
+#[derive(Clone)]
 pub(super) struct Dropped {
     pub reason: DropReason,
     pub layer: Option<Layer>,
@@ -118,13 +119,18 @@ impl Local {
     }
 
     pub(super) fn next_id(&mut self, gw: &Gateway) -> u64 {
+        let id = self.peek_id(gw);
+        self.ids.start += 1;
+        id
+    }
+
+    /// The id the next flow this worker creates will get.
+    pub(super) fn peek_id(&mut self, gw: &Gateway) -> u64 {
         if self.ids.is_empty() {
             let start = gw.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
             self.ids = start..start + ID_BLOCK;
         }
-        let id = self.ids.start;
-        self.ids.start += 1;
-        id
+        self.ids.start
     }
 
     /// Classifies and counts the layer's verdict.
@@ -133,6 +139,9 @@ impl Local {
         self.take_notes();
         let layer = request.layer.index();
         match decision.action {
+            // A pend is counted by the engine once the flow is pending (or
+            // blocked, beyond `pend_max_flows`).
+            _ if decision.pend.is_some() => {}
             Action::Permit => self.stats.layer_permit[layer] += 1,
             Action::Block => self.stats.layer_block[layer] += 1,
         }

@@ -43,6 +43,8 @@ pub struct Stats {
     pub layer_permit: [u64; Layer::COUNT],
     /// Blocks per layer.
     pub layer_block: [u64; Layer::COUNT],
+    /// Pends per layer (a callout put a new flow in state pending).
+    pub layer_pend: [u64; Layer::COUNT],
     /// Reauthorizations performed.
     pub reauthorizations: u64,
     /// Callout vetoes of hard permits.
@@ -67,6 +69,7 @@ impl Stats {
             flows_closed: [0; CloseReason::COUNT],
             layer_permit: [0; Layer::COUNT],
             layer_block: [0; Layer::COUNT],
+            layer_pend: [0; Layer::COUNT],
             reauthorizations: 0,
             vetoes: 0,
             related_icmp: 0,
@@ -95,6 +98,7 @@ impl Stats {
         add(&mut self.flows_closed, &other.flows_closed);
         add(&mut self.layer_permit, &other.layer_permit);
         add(&mut self.layer_block, &other.layer_block);
+        add(&mut self.layer_pend, &other.layer_pend);
         self.flows_created += other.flows_created;
         self.reauthorizations += other.reauthorizations;
         self.vetoes += other.vetoes;

@@ -8,6 +8,7 @@
 use super::key::{Direction, FlowKey};
 use super::tcp::{TcpState, TcpTracker};
 use super::{FlowClass, FlowState};
+use crate::policy::Action;
 use crate::time::{Instant, millis};
 use std::time::Duration;
 
@@ -22,6 +23,13 @@ pub(super) const F_WILDCARD_OWNER: u8 = 0x20;
 pub(super) const F_REVERSED: u8 = 0x40;
 
 const STATE_ACTIVE: u8 = 0xff;
+
+// The `pend` byte (SPEC §10): never pended, pending, or completed with a
+// decision the pending callout returns for the flow's whole life.
+const PEND_NONE: u8 = 0;
+const PEND_WAITING: u8 = 1;
+const PEND_PERMIT: u8 = 2;
+const PEND_BLOCK: u8 = 3;
 
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
@@ -44,7 +52,7 @@ pub struct FlowEntry {
     pub(super) state: u8,
     pub(super) flags: u8,
     arrival_port: u8,
-    _reserved: u8,
+    pend: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
@@ -62,7 +70,7 @@ impl FlowEntry {
         state: 0,
         flags: 0,
         arrival_port: 0,
-        _reserved: 0,
+        pend: PEND_NONE,
     };
 
     /// A new flow. `tcp` is `Some` for TCP flows.
@@ -102,7 +110,7 @@ impl FlowEntry {
             state,
             flags,
             arrival_port,
-            _reserved: 0,
+            pend: PEND_NONE,
         }
     }
 
@@ -192,9 +200,19 @@ impl FlowEntry {
         self.flags & F_HAS_PARENT != 0
     }
 
-    /// The TCP state, or `Active`.
+    /// The state shown: `Pending`, a TCP state, or `Active`.
     #[inline]
     pub fn state(&self) -> FlowState {
+        if self.is_pending() {
+            return FlowState::Pending;
+        }
+        self.tracked_state()
+    }
+
+    /// The TCP state, or `Active`, also while the flow is pending (which
+    /// timeout applies once it is not).
+    #[inline]
+    pub(super) fn tracked_state(&self) -> FlowState {
         match self.state {
             STATE_ACTIVE => FlowState::Active,
             _ => FlowState::Tcp(self.tcp.state()),
@@ -284,6 +302,35 @@ impl FlowEntry {
         self.generation = generation;
         if let Some(port) = arrival_port {
             self.arrival_port = port;
+        }
+    }
+
+    /// Whether the flow waits for a pending callout's decision.
+    #[inline]
+    pub fn is_pending(&self) -> bool {
+        self.pend == PEND_WAITING
+    }
+
+    /// Puts the flow in state `pending`.
+    pub fn set_pending(&mut self) {
+        self.pend = PEND_WAITING;
+    }
+
+    /// Records a pending flow's completed decision.
+    pub(super) fn set_completed(&mut self, decision: Action) {
+        self.pend = match decision {
+            Action::Permit => PEND_PERMIT,
+            Action::Block => PEND_BLOCK,
+        };
+    }
+
+    /// The decision a pending flow was completed with, if it was pended.
+    #[inline]
+    pub fn completed(&self) -> Option<Action> {
+        match self.pend {
+            PEND_PERMIT => Some(Action::Permit),
+            PEND_BLOCK => Some(Action::Block),
+            _ => None,
         }
     }
 

@@ -36,6 +36,8 @@ pub enum FlowState {
     Tcp(TcpState),
     /// Any flow that is not TCP.
     Active,
+    /// Waiting for a pending callout's decision (SPEC §10).
+    Pending,
 }
 
 impl FlowState {
@@ -44,6 +46,7 @@ impl FlowState {
         match self {
             FlowState::Tcp(s) => s.as_str(),
             FlowState::Active => "active",
+            FlowState::Pending => "pending",
         }
     }
 }

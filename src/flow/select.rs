@@ -34,8 +34,8 @@ pub struct FlowSelector {
 
 /// The state names a flow can show.
 fn state_name(name: &str) -> Option<&'static str> {
-    if name == "active" {
-        return Some("active");
+    if let Some(name) = ["active", "pending"].into_iter().find(|n| *n == name) {
+        return Some(name);
     }
     TcpState::ALL
         .iter()

@@ -149,7 +149,9 @@ impl Shard {
             entry.flags |= F_HAS_PARENT;
             self.parents.insert(entry.id, parent);
         }
-        if entry.is_tcp() && !entry.tcp.handshake_done() {
+        // Pending flows are never evicted; they become evictable embryos
+        // when they are permitted (`complete_pending`).
+        if entry.is_tcp() && !entry.tcp.handshake_done() && !entry.is_pending() {
             entry.flags |= F_EMBRYONIC;
             self.embryos.push_back((slot, entry.id as u32));
             self.embryo_count += 1;
@@ -198,6 +200,23 @@ impl Shard {
             self.embryo_count -= 1;
         }
         true
+    }
+
+    /// Records a pending flow's decision; a permitted TCP flow still in its
+    /// handshake joins the evictable embryos from now on.
+    pub fn complete_pending(&mut self, slot: SlotId, decision: crate::policy::Action) {
+        let entry = self.entry_mut(slot);
+        entry.set_completed(decision);
+        if entry.is_tcp()
+            && !entry.tcp.handshake_done()
+            && entry.flags & (F_EMBRYONIC | F_ESTABLISHED) == 0
+        {
+            entry.flags |= F_EMBRYONIC;
+            let id = entry.id as u32;
+            self.embryos.push_back((slot, id));
+            self.embryo_count += 1;
+            self.compact_embryos();
+        }
     }
 
     /// Gives back the empty chunks at the top of the slab once the shard

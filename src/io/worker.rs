@@ -5,7 +5,9 @@
 //! flows and the shard locks it takes are nearly never contended. Packets
 //! never cross a thread: a worker reads a packet, asks its engine, and writes
 //! it to its own queue of the egress port. Control messages (a new policy, a
-//! stats request, shutdown) arrive on a channel with a mio `Waker`.
+//! stats request, shutdown) arrive on a channel with a mio `Waker`; the same
+//! waker tells the worker that a pending flow it holds was decided, and the
+//! worker itself releases that flow's held packets (SPEC §10).
 //!
 //! The loop reads in bounded batches per port (fairness between ports),
 //! reads the clock once per batch, and drives expiry from the same loop. The
@@ -46,8 +48,24 @@ const MAX_READ: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
 pub trait Processor: Send {
     /// The verdict for one packet that arrived on `port`.
     fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict;
+    /// The verdict for a packet read behind a frame header (`header` is
+    /// empty without offload).
+    fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        _header: &[u8],
+        packet: &mut [u8],
+    ) -> Verdict {
+        self.process(now, port, packet)
+    }
     /// Periodic work (expiry).
     fn handle_timeout(&mut self, _now: Instant) {}
+    /// Applies decisions on held packets made elsewhere (pending flows).
+    fn apply_completions(&mut self, _now: Instant) {}
+    /// Hands the packets released since the last call to `out` (egress
+    /// port, frame as it was read).
+    fn drain_released(&mut self, _out: &mut dyn FnMut(u8, &[u8])) {}
     /// Moves the pending events to `out`.
     fn drain_events(&mut self, _out: &mut Vec<Event>) {}
     /// The start of a batch: pick up the gateway's policy.
@@ -84,8 +102,26 @@ impl Processor for Engine {
         Engine::process(self, now, port, packet)
     }
 
+    fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        header: &[u8],
+        packet: &mut [u8],
+    ) -> Verdict {
+        Engine::process_framed(self, now, port, header, packet)
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         Engine::handle_timeout(self, now);
+    }
+
+    fn apply_completions(&mut self, now: Instant) {
+        Engine::apply_completions(self, now);
+    }
+
+    fn drain_released(&mut self, out: &mut dyn FnMut(u8, &[u8])) {
+        Engine::drain_released(self, out);
     }
 
     fn drain_events(&mut self, out: &mut Vec<Event>) {
@@ -233,11 +269,13 @@ impl<P: Processor> Worker<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let mut woken = false;
             for event in events.iter() {
                 if event.token() == WAKE {
                     if self.handle_control() {
                         return Ok(());
                     }
+                    woken = true;
                 } else if let Some(p) = pending.get_mut(event.token().0) {
                     *p = true;
                 }
@@ -263,7 +301,11 @@ impl<P: Processor> Worker<P> {
             if now >= next_tick {
                 self.engine.handle_timeout(now);
                 next_tick = now + TICK;
+            } else if woken {
+                // A pending flow of this worker may have been decided.
+                self.engine.apply_completions(now);
             }
+            self.release();
             self.flush_events();
         }
     }
@@ -300,9 +342,8 @@ impl<P: Processor> Worker<P> {
                 self.io.read_errors += 1;
                 continue;
             }
-            let verdict = self
-                .engine
-                .process(now, port as u8, &mut buf[self.header..n]);
+            let (header, packet) = buf[..n].split_at_mut(self.header);
+            let verdict = self.engine.process_framed(now, port as u8, header, packet);
             if capture != CaptureMode::Off {
                 self.capture(capture, wall, port as u8, &buf[self.header..n], verdict);
             }
@@ -352,12 +393,24 @@ impl<P: Processor> Worker<P> {
                     filter,
                 })
             }
-            Verdict::Forward(_) => None,
+            Verdict::Forward(_) | Verdict::Held => None,
         };
         if mode == CaptureMode::Discards && dropped.is_none() {
             return;
         }
         self.capture.offer(at, port, packet, dropped);
+    }
+
+    /// Writes the packets of pending flows this worker permitted: they
+    /// leave from the worker that held them, as any other packet does.
+    fn release(&mut self) {
+        let (queues, io) = (&self.queues, &mut self.io);
+        self.engine.drain_released(&mut |out, frame| {
+            if let Err(e) = queues[usize::from(out)].send(frame) {
+                io.write_errors += 1;
+                debug!(port = out, error = %e, "write");
+            }
+        });
     }
 
     fn flush_events(&mut self) {
@@ -385,6 +438,7 @@ impl<P: Processor> Worker<P> {
                 }
                 Control::Shutdown => {
                     let now = self.clock.now();
+                    self.release();
                     self.engine.close_all(now);
                     self.flush_events();
                     return true;

@@ -17,7 +17,10 @@ use super::counters::{FilterCounters, FilterCounts};
 use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
 use super::identity::IdentityCond;
 use super::trace::{Trace, TraceStep};
-use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
+use super::{
+    Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
+    Layer, Pend,
+};
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
 use crate::time::Instant;
@@ -476,6 +479,10 @@ impl Policy {
         });
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
+        // SPEC §10: only an auth layer's initial authorization may pend.
+        let may_pend = matches!(request.layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+            && !request.flags.contains(ClassifyFlags::REAUTHORIZE);
+        let mut pended: Option<(usize, Pend)> = None;
         for &rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
@@ -509,6 +516,20 @@ impl Policy {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
                         CalloutResult::Continue => None,
+                        // The pending callout ends its sublayer without a
+                        // result; the other sublayers arbitrate as usual.
+                        CalloutResult::Pend if may_pend => {
+                            pended.get_or_insert((index, self.callouts[c].params.pend));
+                            decided_sublayer = Some(sublayer);
+                            trace.step(TraceStep::Pended {
+                                filter: &filter.name,
+                                sublayer: sublayer_name,
+                            });
+                            continue;
+                        }
+                        // At a reauthorization the pending callout returns
+                        // the flow's completed decision, or continues.
+                        CalloutResult::Pend => request.completed.map(|a| (a, false, true)),
                     }
                 }
             };
@@ -535,6 +556,20 @@ impl Policy {
                 decided_sublayer = Some(sublayer);
             }
         }
+        // A hard block decided elsewhere is final: nothing to wait for.
+        if let Some((index, pend)) = pended
+            && arbiter.current_action() != Some((Action::Block, true))
+        {
+            self.counters[index].decided();
+            return Decision {
+                action: Action::Block,
+                filter: Some(Arc::clone(&self.filters[index].name)),
+                options: FlowOptions::default(),
+                vetoed: false,
+                reject: false,
+                pend: Some(pend),
+            };
+        }
         let Some(verdict) = arbiter.finish() else {
             let action = self.defaults.action(request.layer);
             trace.step(TraceStep::Default { action });
@@ -560,6 +595,7 @@ impl Policy {
             options,
             vetoed: verdict.vetoed.is_some(),
             reject: verdict.action == Action::Block && filter.reject,
+            pend: None,
         }
     }
 

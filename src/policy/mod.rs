@@ -18,7 +18,7 @@ pub mod identity_table;
 pub mod rate_limit;
 pub mod trace;
 
-pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
 pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
 pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
@@ -186,6 +186,14 @@ pub struct ClassifyRequest {
     pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
+    /// The flow's id: the id a new flow will get at its initial
+    /// authorization, the flow's own at a reauthorization (a callout that
+    /// pends keeps it to complete the flow later); `None` at `icmp_error`.
+    pub flow_id: Option<u64>,
+    /// The completed decision of a flow that was pending (SPEC §10): a
+    /// callout that answers `pend` at a reauthorization of this flow
+    /// returns it instead, for the flow's whole life.
+    pub completed: Option<Action>,
 }
 
 impl ClassifyRequest {
@@ -206,6 +214,8 @@ impl ClassifyRequest {
             flags: ClassifyFlags::empty(),
             source: None,
             now,
+            flow_id: None,
+            completed: None,
         }
     }
 }
@@ -236,6 +246,29 @@ pub struct Decision {
     pub vetoed: bool,
     /// A block by a `reject = true` filter: the gateway answers the packet.
     pub reject: bool,
+    /// A callout pended the flow (SPEC §10): `action` is block and `filter`
+    /// the pending callout's filter; the engine holds the flow instead.
+    pub pend: Option<Pend>,
+}
+
+/// How a pended flow completes when nobody decides (a callout filter's
+/// `pend_timeout` and `timeout_action`, SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pend {
+    /// How long the flow may stay pending.
+    pub timeout: Duration,
+    /// The decision when the timeout passes.
+    pub timeout_action: Action,
+}
+
+impl Default for Pend {
+    /// SPEC §10: 10 s, then block.
+    fn default() -> Self {
+        Pend {
+            timeout: Duration::from_secs(10),
+            timeout_action: Action::Block,
+        }
+    }
 }
 
 impl Decision {
@@ -247,6 +280,7 @@ impl Decision {
             options: FlowOptions::default(),
             vetoed: false,
             reject: false,
+            pend: None,
         }
     }
 }

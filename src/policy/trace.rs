@@ -44,6 +44,13 @@ pub enum TraceStep<'a> {
         /// (action, hard, from a callout).
         result: Option<(Action, bool, bool)>,
     },
+    /// A callout pended the flow (SPEC §10): its sublayer has no result.
+    Pended {
+        /// The filter.
+        filter: &'a str,
+        /// Its sublayer.
+        sublayer: &'a str,
+    },
     /// Arbitration merged a sublayer's result.
     Arbitrated {
         /// The sublayer's deciding filter.

@@ -29,7 +29,10 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
     let r = &c.request;
     let find = |name: &str| {
         c.steps.iter().find(|s| match s {
-            Step::SublayerDecided(f) | Step::Mismatch(f, _) | Step::Matched(f, _) => f == name,
+            Step::SublayerDecided(f)
+            | Step::Mismatch(f, _)
+            | Step::Matched(f, _)
+            | Step::Pended(f) => f == name,
             _ => false,
         })
     };
@@ -41,6 +44,7 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
             let candidate = c.candidates.contains(&(rank as u32));
             let (evaluated, matched, why) = match find(name) {
                 Some(Step::Matched(_, res)) => (true, json!(true), result(*res)),
+                Some(Step::Pended(_)) => (true, json!(true), json!("pend")),
                 Some(Step::Mismatch(_, cond)) => {
                     (true, json!(false), json!(format!("{cond} does not match")))
                 }
@@ -111,7 +115,7 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
         "filters": filters,
         "arbitration": arbitration,
         "decision": {
-            "action": c.decision.action.as_str(),
+            "action": if c.decision.pend.is_some() { "pend" } else { c.decision.action.as_str() },
             "filter": c.decision.filter.as_deref(),
             "default": default,
             "vetoed": c.decision.vetoed,
@@ -125,6 +129,10 @@ pub fn json(e: &Explanation) -> Value {
         Verdict::Forward(port) => json!({
             "action": "forward",
             "egress_port": e.ports.get(usize::from(port)),
+        }),
+        Verdict::Held => json!({
+            "action": "hold",
+            "filter": e.classifications.last().and_then(|c| c.decision.filter.as_deref()),
         }),
         Verdict::Drop(reason) => {
             let (layer, filter) = e.discard.clone().unwrap_or((None, None));
@@ -200,7 +208,9 @@ pub fn text(v: &Value) -> String {
             }
             let what = if f["matched"] == json!(true) {
                 let res = &f["result"];
-                if res.is_string() {
+                if res == "pend" {
+                    "matched: its callout pended the flow".to_string()
+                } else if res.is_string() {
                     "matched: callout returned continue".to_string()
                 } else {
                     format!(
@@ -269,6 +279,12 @@ pub fn text(v: &Value) -> String {
             out,
             "verdict: permit, forwarded out of {}",
             s(&verdict["egress_port"])
+        );
+    } else if verdict["action"] == "hold" {
+        let _ = writeln!(
+            out,
+            "verdict: held, the flow pending until decided (filter {})",
+            s(&verdict["filter"])
         );
     } else {
         let _ = writeln!(

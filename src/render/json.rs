@@ -2,7 +2,7 @@
 //! the `stats --json` object. Every field name is written here and nowhere
 //! else; the text and Prometheus renderings read these values.
 
-use crate::engine::{Gateway, Stats};
+use crate::engine::{Gateway, PendingInfo, Stats};
 use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
@@ -51,6 +51,33 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
     })
+}
+
+/// A pending flow as in `pending --json` (SPEC §10): the flow's fields,
+/// its age, what it holds and when its pend timeout completes it.
+pub fn pending(p: &PendingInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
+    let mut object = flow(&p.flow, ports, now);
+    let map = object.as_object_mut().expect("json! of an object");
+    map.insert("state".into(), json!("pending"));
+    map.insert("filter".into(), json!(p.filter.as_deref()));
+    map.insert("queued_packets".into(), json!(p.packets));
+    map.insert("queued_bytes".into(), json!(p.bytes));
+    map.insert(
+        "expires_in_ms".into(),
+        json!(millis(p.deadline.saturating_since(now))),
+    );
+    map.insert("timeout_action".into(), json!(p.timeout_action.as_str()));
+    map.insert("decision".into(), json!(p.decision.map(|d| d.as_str())));
+    for key in [
+        "idle_ms",
+        "packets_out",
+        "packets_in",
+        "bytes_out",
+        "bytes_in",
+    ] {
+        map.remove(key);
+    }
+    object
 }
 
 /// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
@@ -118,6 +145,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
     map.insert("event".into(), json!(e.name()));
     match &e.kind {
         EventKind::FlowCreated(_) | EventKind::FlowEstablished(_) => {}
+        EventKind::FlowPending {
+            filter,
+            layer,
+            timeout,
+            ..
+        } => {
+            map.insert("layer".into(), json!(layer.as_str()));
+            map.insert("filter".into(), json!(filter.as_deref()));
+            map.insert("pend_timeout_ms".into(), json!(millis(timeout.timeout)));
+            map.insert(
+                "timeout_action".into(),
+                json!(timeout.timeout_action.as_str()),
+            );
+        }
         EventKind::FlowReauthorized {
             trigger,
             result,
@@ -274,7 +315,7 @@ pub fn stats(
         .map(|l| {
             (
                 l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
+                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()], "pend": s.layer_pend[l.index()]}),
             )
         })
         .collect();
@@ -291,6 +332,7 @@ pub fn stats(
         .collect();
     json!({
         "flows_active": gw.flows_active(),
+        "flows_pending": gw.pending_count(),
         "flows_created": s.flows_created,
         "flows_closed": closed,
         "discards": discards,

@@ -36,6 +36,12 @@ pub fn prometheus(stats: &Value) -> String {
         plain("flows_active"),
     );
     metric(
+        "flows_pending",
+        "gauge",
+        "Flows waiting for a pending callout's decision.",
+        plain("flows_pending"),
+    );
+    metric(
         "flows_created_total",
         "counter",
         "Flows created.",
@@ -56,7 +62,7 @@ pub fn prometheus(stats: &Value) -> String {
     let mut decisions = Vec::new();
     if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
         for (layer, v) in layers {
-            for action in ["permit", "block"] {
+            for action in ["permit", "block", "pend"] {
                 decisions.push((
                     format!("{{layer=\"{layer}\",action=\"{action}\"}}"),
                     v.get(action).cloned().unwrap_or(json!(0)),

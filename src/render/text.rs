@@ -7,6 +7,62 @@ use crate::policy::Policy;
 use serde_json::Value;
 use std::fmt::Write as _;
 
+/// `tunwall pending` without `--json`: one line per pending flow.
+pub fn pending(pending: &Value) -> String {
+    let mut out = String::new();
+    let Some(list) = pending.as_array() else {
+        return out;
+    };
+    out.push_str(&format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<30} {:>7} {:>6} {:>7} {:>8} {:<7} {}\n",
+        "ID",
+        "PROTO",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "AGE",
+        "PKTS",
+        "BYTES",
+        "TIMEOUT",
+        "THEN",
+        "FILTER"
+    ));
+    for p in list {
+        let s = |k: &str| match p.get(k) {
+            Some(Value::String(v)) => v.clone(),
+            Some(Value::Null) | None => "-".to_string(),
+            Some(v) => v.to_string(),
+        };
+        let endpoint = |addr: &str, port: &str| match p.get(port) {
+            Some(Value::Number(n)) if s(addr).contains(':') => format!("[{}]:{n}", s(addr)),
+            Some(Value::Number(n)) => format!("{}:{n}", s(addr)),
+            _ => s(addr),
+        };
+        let secs = |k: &str| {
+            format!(
+                "{:.1}s",
+                p.get(k).and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0
+            )
+        };
+        out.push_str(&format!(
+            "{:>6} {:<6} {:<8} {:<30} {:<30} {:>7} {:>6} {:>7} {:>8} {:<7} {}\n",
+            s("id"),
+            s("protocol"),
+            s("direction"),
+            endpoint("local_addr", "local_port"),
+            endpoint("remote_addr", "remote_port"),
+            secs("age_ms"),
+            s("queued_packets"),
+            s("queued_bytes"),
+            secs("expires_in_ms"),
+            s("timeout_action"),
+            s("filter"),
+        ));
+    }
+    out.push_str(&format!("{} pending flows\n", list.len()));
+    out
+}
+
 /// `tunwall flows` without `--json`: one line per flow, like `conntrack -L`.
 pub fn flows(flows: &Value) -> String {
     let mut out = flows_header();
@@ -130,8 +186,9 @@ pub fn stats(stats: &Value) -> String {
     let mut out = String::new();
     let get = |k: &str| stats.get(k).cloned().unwrap_or(Value::Null);
     out.push_str(&format!(
-        "flows: {} active, {} created; workers {}; policy generation {}; adaptive factor {}\n",
+        "flows: {} active ({} pending), {} created; workers {}; policy generation {}; adaptive factor {}\n",
         get("flows_active"),
+        get("flows_pending"),
         get("flows_created"),
         get("workers"),
         get("policy_generation"),
@@ -156,9 +213,10 @@ pub fn stats(stats: &Value) -> String {
         out.push_str("layers:\n");
         for (layer, v) in layers {
             out.push_str(&format!(
-                "  {layer:<28} permit {:<10} block {}\n",
+                "  {layer:<28} permit {:<10} block {:<10} pend {}\n",
                 v.get("permit").cloned().unwrap_or(Value::Null),
-                v.get("block").cloned().unwrap_or(Value::Null)
+                v.get("block").cloned().unwrap_or(Value::Null),
+                v.get("pend").cloned().unwrap_or(Value::from(0))
             ));
         }
     }

@@ -60,6 +60,8 @@ pub struct Harness {
     pub engine: Engine,
     pub now: Instant,
     pub events: Vec<Event>,
+    /// Packets of pending flows the engine released, as (egress port, frame).
+    pub released: Vec<(u8, Vec<u8>)>,
 }
 
 pub fn ports() -> Vec<PortSpec> {
@@ -97,6 +99,7 @@ impl Harness {
             engine,
             now: Instant::ZERO,
             events: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -116,11 +119,31 @@ impl Harness {
         self.send(WAN, packet)
     }
 
-    /// Moves the clock and runs expiry.
+    /// Moves the clock and runs expiry (pend timeouts and completions
+    /// included), collecting released packets.
     pub fn advance(&mut self, d: Duration) {
         self.now = self.now + d;
         self.engine.handle_timeout(self.now);
+        self.collect();
+    }
+
+    /// Applies completed pending flows as a woken worker does, collecting
+    /// released packets.
+    pub fn apply_completions(&mut self) {
+        self.engine.apply_completions(self.now);
+        self.collect();
+    }
+
+    fn collect(&mut self) {
         self.events.extend(self.engine.drain_events());
+        let released = &mut self.released;
+        self.engine
+            .drain_released(|port, frame| released.push((port, frame.to_vec())));
+    }
+
+    /// The events named `name`.
+    pub fn named(&self, name: &str) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.name() == name).collect()
     }
 
     pub fn advance_ms(&mut self, ms: u64) {
