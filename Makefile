@@ -9,8 +9,10 @@ export CARGO_TERM_COLOR ?= never
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
 	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
 	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl
+# What bench/throughput.py drives besides TOOLS (not needed by `make test`).
+BENCH_TOOLS := nft:nftables
 
-.PHONY: all build release test lint unit unit-verify bench demo demo-vpn deps deps-build clean fuzz fuzz-cmin deb deb-test
+.PHONY: all build release test lint unit unit-verify bench bench-e2e deps-bench demo demo-vpn deps deps-build clean fuzz fuzz-cmin deb deb-test
 
 all: build
 
@@ -77,6 +79,15 @@ deb-test: deb
 # Criterion micro-benchmarks of the engine and the policy (figures in docs/benchmarks.md).
 bench: deps-build
 	$(CARGO) bench --locked --bench engine --bench policy
+
+deps-bench:
+	$(MAKE) deps TOOLS="$(TOOLS) $(BENCH_TOOLS)"
+
+# The end-to-end benchmark (bench/throughput.py: tunwall, the plain copy and
+# the kernel with nftables conntrack, side by side; as root). Pass options
+# with ARGS, e.g. ARGS="--tests udpgso --reps 5".
+bench-e2e: deps-bench release
+	python3 bench/throughput.py $(ARGS)
 
 # Two namespaces joined only through tunwall: ping, a TCP transfer, refused
 # telnet and inbound attempts, `tunwall flows`, `tunwall stats`, teardown.

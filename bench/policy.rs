@@ -104,6 +104,7 @@ fn request(i: u32) -> ClassifyRequest {
         arrival_port: Some(0),
         source: None,
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
         flow_id: None,
         completed: None,

@@ -206,6 +206,18 @@ fn identities_from_wireguard_peers_decide_who_reaches_what() {
         .expect("the datagram from alice's address made a flow");
     assert_eq!(strings(&injected["local_identity"]), vec!["alice"]);
 
+    // A reload resolves the file's identities against the peers last read:
+    // alice keeps her address (and port A), the new filter is in force.
+    let gw = lab.gw();
+    gw.rewrite_config(|text| {
+        format!("{text}\n[[filter]]\nname = \"bob-a\"\nlayer = \"auth_connect\"\naction = \"permit\"\nlocal_identity = \"bob\"\nremote_port = {PORT_A}\n")
+    });
+    let out = gw.cli(&["reload"]);
+    assert!(out.status.success(), "reload: {out:?}");
+    assert!(reaches(&lab, "NS_ALICE", PORT_A));
+    assert!(reaches(&lab, "NS_BOB", PORT_A));
+    assert!(!reaches(&lab, "NS_CAROL", PORT_A));
+
     // Throughput over WireGuard, through tunwall and around it (not asserted).
     let through = iperf(&mut lab);
     lab.bypass(true);

@@ -47,6 +47,8 @@ pub struct Daemon {
     peers: Mutex<PeerSnapshot>,
     /// WireGuard reads that failed since start.
     wireguard_errors: Arc<AtomicU64>,
+    /// The offloads each port got from the kernel ([`crate::io::Port::offload`]), by port index.
+    offloads: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -219,6 +221,7 @@ impl ControlHandler for Daemon {
             &policy.filter_counts(),
         );
         render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        render::json::offload_stats(&mut stats, &self.gateway.port_names(), &self.offloads);
         stats
     }
 
@@ -322,6 +325,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     };
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
+    let offloads = ports.iter().map(crate::io::Port::offload).collect();
 
     let clock = Clock::start();
     let gateway = Gateway::new(
@@ -392,6 +396,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config: Mutex::new(config),
         peers: Mutex::new(peers.clone()),
         wireguard_errors: Arc::clone(&wireguard_errors),
+        offloads,
         policy: Mutex::new(policy),
         gateway,
         workers: handles,

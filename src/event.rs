@@ -45,6 +45,23 @@ impl PacketSummary {
     }
 }
 
+/// One line of the NAT log: a port mapping assigned or released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    /// IP version.
+    pub version: IpVersion,
+    /// Protocol.
+    pub protocol: u8,
+    /// The inside host.
+    pub inside_addr: RawAddr,
+    /// Its port (or ICMP query id).
+    pub inside_port: u16,
+    /// The translated address.
+    pub translated_addr: RawAddr,
+    /// The translated port (or ICMP query id).
+    pub translated_port: u16,
+}
+
 named_enum! {
     /// Why a flow was reauthorized.
     pub enum ReauthTrigger {
@@ -127,6 +144,10 @@ pub enum EventKind {
         /// The hard permit it overrode.
         overridden_filter: Arc<str>,
     },
+    /// A translated port was allocated (a new mapping).
+    PortAssigned(PortMapping),
+    /// A mapping's last flow closed: its port is free again.
+    PortReleased(PortMapping),
     /// The `log` callout ran.
     CalloutLog {
         /// The layer.
@@ -152,6 +173,8 @@ impl Event {
             EventKind::Discard { .. } => "discard",
             EventKind::Veto { .. } => "veto",
             EventKind::CalloutLog { .. } => "callout_log",
+            EventKind::PortAssigned(_) => "port_assigned",
+            EventKind::PortReleased(_) => "port_released",
         }
     }
 

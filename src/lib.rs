@@ -28,6 +28,7 @@ pub mod event;
 pub mod explain;
 pub mod flow;
 pub mod io;
+pub mod nat;
 pub mod packet;
 pub mod policy;
 pub mod reason;

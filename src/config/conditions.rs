@@ -133,6 +133,9 @@ fn protocol_number(name: &str) -> Option<u8> {
     })
 }
 
+const ORIGINAL_AT_AUTH: &str =
+    "original_* conditions match at the auth layers (auth_connect, auth_recv_accept) only";
+
 /// Parses every condition of `f` and renders them for `tunwall check`.
 pub(super) fn parse(
     loader: &Loader<'_>,
@@ -203,6 +206,50 @@ pub(super) fn parse(
         show("remote_port", v);
         c.remote_port =
             Some(values(v.get_ref(), u16::MAX, "port").map_err(|m| err(v, "remote_port", m))?);
+    }
+    let auth_layer = matches!(
+        f.layer.get_ref(),
+        LayerName::AuthConnect | LayerName::AuthRecvAccept
+    );
+    for (key, value, slot) in [
+        (
+            "original_local_address",
+            &f.original_local_address,
+            &mut c.original_local_address,
+        ),
+        (
+            "original_remote_address",
+            &f.original_remote_address,
+            &mut c.original_remote_address,
+        ),
+    ] {
+        if let Some(v) = value {
+            show(key, v);
+            if !auth_layer {
+                return Err(err(v, key, ORIGINAL_AT_AUTH.into()));
+            }
+            *slot = Some(address(v, key)?);
+        }
+    }
+    for (key, value, slot) in [
+        (
+            "original_local_port",
+            &f.original_local_port,
+            &mut c.original_local_port,
+        ),
+        (
+            "original_remote_port",
+            &f.original_remote_port,
+            &mut c.original_remote_port,
+        ),
+    ] {
+        if let Some(v) = value {
+            show(key, v);
+            if !auth_layer {
+                return Err(err(v, key, ORIGINAL_AT_AUTH.into()));
+            }
+            *slot = Some(values(v.get_ref(), u16::MAX, "port").map_err(|m| err(v, key, m))?);
+        }
     }
     let icmp_only = c.protocol.as_ref().is_some_and(|p| {
         !p.ranges.is_empty() && p.ranges.iter().all(|&(lo, _)| lo == 1 || lo == 58)
@@ -310,11 +357,12 @@ pub(super) fn parse(
                     "fragment" => ClassifyFlags::FRAGMENT,
                     "multicast" => ClassifyFlags::MULTICAST,
                     "broadcast" => ClassifyFlags::BROADCAST,
+                    "redirected" => ClassifyFlags::REDIRECTED,
                     other => {
                         return Err(err(
                             v,
                             key,
-                            format!("unknown flag \"{other}\" (reauthorize, fragment, multicast, broadcast)"),
+                            format!("unknown flag \"{other}\" (reauthorize, fragment, multicast, broadcast, redirected)"),
                         ));
                     }
                 });

@@ -12,6 +12,7 @@ mod identities;
 mod lint;
 mod live;
 mod policy;
+mod redirect;
 mod schema;
 mod validate;
 

@@ -4,7 +4,7 @@
 
 use super::schema::*;
 use super::validate::{Loader, parse_rate, valid_name};
-use super::{ConfigError, PortConfig, Result, conditions};
+use super::{ConfigError, PortConfig, Result, conditions, redirect};
 use crate::flow::MAX_TIMEOUT;
 use crate::policy::{
     Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Identities,
@@ -95,7 +95,13 @@ impl Loader<'_> {
         let here =
             |span: Range<usize>, msg: String| self.error(span, format!("filter \"{name}\": {msg}"));
         let layer = Layer::from(*f.layer.get_ref());
-        let callout_only = matches!(layer, Layer::FlowEstablished | Layer::EndpointClosure);
+        let callout_only = matches!(
+            layer,
+            Layer::FlowEstablished
+                | Layer::EndpointClosure
+                | Layer::ResourceAssignment
+                | Layer::ResourceRelease
+        );
         let sublayer = match &f.sublayer {
             None => 0,
             Some(s) => sublayers
@@ -147,7 +153,7 @@ impl Loader<'_> {
             }
         }
         let action = match kind {
-            FilterActionName::Permit | FilterActionName::Block => {
+            FilterActionName::Permit | FilterActionName::Block | FilterActionName::Redirect => {
                 if let Some(c) = &f.callout {
                     return Err(here(
                         c.span(),
@@ -161,7 +167,10 @@ impl Loader<'_> {
                     ));
                 }
                 let hard = f.hard.as_ref().map(|h| *h.get_ref());
-                if kind == FilterActionName::Permit {
+                if kind == FilterActionName::Redirect {
+                    // Filled in below, once the conditions are known.
+                    SpecAction::Redirect(Default::default())
+                } else if kind == FilterActionName::Permit {
                     SpecAction::Permit {
                         hard: hard.unwrap_or(false),
                     }
@@ -304,6 +313,16 @@ impl Loader<'_> {
             } else {
                 format!("{summary} reject")
             };
+        }
+        let mut action = action;
+        if let Some(target) = redirect::target(self, f, &name, layer, &conditions)? {
+            action = SpecAction::Redirect(target);
+            for (key, v) in [("to_address", &f.to_address), ("to_port", &f.to_port)] {
+                if let Some(v) = v {
+                    let sep = if summary.is_empty() { "" } else { ", " };
+                    summary = format!("{summary}{sep}{key} = {}", v.get_ref());
+                }
+            }
         }
         Ok(FilterSpec {
             name,

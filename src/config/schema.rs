@@ -152,6 +152,10 @@ pub(super) enum LayerName {
     FlowEstablished,
     EndpointClosure,
     IcmpError,
+    BindRedirect,
+    ConnectRedirect,
+    ResourceAssignment,
+    ResourceRelease,
 }
 
 impl From<LayerName> for Layer {
@@ -162,6 +166,10 @@ impl From<LayerName> for Layer {
             LayerName::FlowEstablished => Layer::FlowEstablished,
             LayerName::EndpointClosure => Layer::EndpointClosure,
             LayerName::IcmpError => Layer::IcmpError,
+            LayerName::BindRedirect => Layer::BindRedirect,
+            LayerName::ConnectRedirect => Layer::ConnectRedirect,
+            LayerName::ResourceAssignment => Layer::ResourceAssignment,
+            LayerName::ResourceRelease => Layer::ResourceRelease,
         }
     }
 }
@@ -172,6 +180,7 @@ pub(super) enum FilterActionName {
     Permit,
     Block,
     Callout,
+    Redirect,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +214,12 @@ pub(super) struct RawFilter {
     pub(super) mcast_bcast_lifetime: Option<Spanned<toml::Value>>,
     pub(super) deny_multicast_state: Option<Spanned<bool>>,
     pub(super) loose_source_mapping: Option<Spanned<bool>>,
+    pub(super) to_address: Option<Spanned<toml::Value>>,
+    pub(super) to_port: Option<Spanned<toml::Value>>,
+    pub(super) original_local_address: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_address: Option<Spanned<toml::Value>>,
+    pub(super) original_local_port: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_port: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

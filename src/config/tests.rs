@@ -42,7 +42,7 @@ pub(super) fn fails(text: &str, line: usize, column: usize, what: &str) {
 
 /// A config with the two ports and one filter of the given body (the filter
 /// starts at line 15; its first body line is line 16).
-fn filter(body: &str) -> String {
+pub(super) fn filter(body: &str) -> String {
     format!("{PORTS}\n\n[[filter]]\n{body}\n")
 }
 

@@ -6,6 +6,7 @@ use crate::event::FlowInfo;
 use crate::flow::fragment::FragmentTable;
 use crate::flow::wildcard::Wildcards;
 use crate::flow::{FlowConfig, FlowSelector, FlowTable};
+use crate::nat::Nat;
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
@@ -51,6 +52,7 @@ pub struct Gateway {
     pub(super) fragments: FragmentTable,
     pub(super) routes: RouteTable,
     pub(super) wildcards: Wildcards,
+    pub(super) nat: Nat,
     broadcast: Vec<RawAddr>,
     pub(super) next_id: AtomicU64,
     /// The one policy of every worker (SPEC §14: a reload is atomic across
@@ -92,6 +94,7 @@ impl Gateway {
             ),
             routes: RouteTable::new(&config.ports),
             wildcards: Wildcards::default(),
+            nat: Nat::default(),
             broadcast,
             next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(policy),
@@ -120,6 +123,11 @@ impl Gateway {
     /// The flow table.
     pub fn table(&self) -> &FlowTable {
         &self.table
+    }
+
+    /// The NAT state.
+    pub fn nat(&self) -> &Nat {
+        &self.nat
     }
 
     /// The fragment table.
@@ -182,13 +190,7 @@ impl Gateway {
         let shard = self.table.lock_shard(idx);
         for (slot, entry) in shard.iter() {
             if selector.matches(entry) {
-                out.push(FlowInfo::of(
-                    entry,
-                    shard.parent(slot),
-                    now,
-                    &self.config.flows,
-                    factor,
-                ));
+                out.push(shard.info(slot, now, &self.config.flows, factor));
             }
         }
     }
@@ -204,6 +206,7 @@ impl Gateway {
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 notes: Vec::new(),
+                rewrite: None,
                 queued_discards: 0,
                 ids: 0..0,
                 note_drops: false,

@@ -38,6 +38,7 @@ mod pend;
 mod pipeline;
 mod report;
 mod stats;
+mod translate;
 
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
@@ -97,6 +98,8 @@ struct Local {
     events: Vec<Event>,
     /// Scratch space for the policy's notes, turned into events at once.
     notes: Vec<crate::policy::PolicyNote>,
+    /// The rewrite of the packet being processed (translated flows).
+    rewrite: Option<translate::Rewrite>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
     /// Whether to keep the layer and filter of the last drop (a capture
@@ -175,14 +178,17 @@ impl Engine {
         self.local.events.drain(..)
     }
 
-    /// Decides what happens to one packet that arrived on port `port` at `now`.
+    /// Decides what happens to one packet that arrived on port `port` at
+    /// `now`; a packet of a translated flow is rewritten in place.
     pub fn process(&mut self, now: Instant, port: u8, bytes: &mut [u8]) -> Verdict {
         self.process_framed(now, port, &[], bytes)
     }
 
     /// [`Engine::process`] for a packet that came behind a frame header (the
     /// virtio-net header): a held packet keeps its header, so it is released
-    /// exactly as it came.
+    /// exactly as it came; a header with `NEEDS_CSUM` says the transport
+    /// checksum field holds the pseudo-header sum, which translation updates
+    /// as such.
     pub fn process_framed(
         &mut self,
         now: Instant,

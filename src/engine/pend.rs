@@ -391,7 +391,7 @@ impl Local {
         }
         let slot = shard.find(hash, &pk.key).expect("just inserted");
         let factor = gw.table.adaptive_factor();
-        let flow = FlowInfo::of(shard.entry(slot), None, a.now, config, factor);
+        let flow = shard.info(slot, a.now, config, factor);
         self.emit(
             a.now,
             EventKind::FlowPending {
@@ -572,6 +572,7 @@ impl Local {
                 egress_zone: gw.config.ports[usize::from(held.egress)].zone,
                 header: &[],
                 bytes,
+                route_error: None,
             };
             match self.ride(gw, &a, shard, slot, held.swapped) {
                 Ok(egress) => {
@@ -650,6 +651,7 @@ mod tests {
             egress_zone: crate::flow::Zone::Outside,
             header: &header,
             bytes: &bytes[..len],
+            route_error: None,
         };
         assert!(queue.push(&config, &arrival(40), false));
         assert!(queue.push(&config, &arrival(40), false));

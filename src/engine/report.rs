@@ -58,7 +58,7 @@ impl Local {
     }
 
     /// Turns what the policy noted (vetoes, callout logs) into events.
-    fn take_notes(&mut self) {
+    pub(super) fn take_notes(&mut self) {
         self.events.extend(self.notes.drain(..).map(Event::from));
     }
 
@@ -170,6 +170,7 @@ impl Local {
         self.policy
             .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
         self.take_notes();
+        self.untranslate(gw, now, removed, &flow);
         self.emit(now, EventKind::FlowClosed { flow, reason });
     }
 
@@ -181,13 +182,7 @@ impl Local {
         shard: &ShardGuard<'_>,
         slot: SlotId,
     ) {
-        let flow = FlowInfo::of(
-            shard.entry(slot),
-            shard.parent(slot),
-            now,
-            &gw.config.flows,
-            gw.table.adaptive_factor(),
-        );
+        let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
         self.policy
             .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
         self.take_notes();

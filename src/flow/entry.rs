@@ -21,6 +21,8 @@ pub(super) const F_WILDCARD_OWNER: u8 = 0x20;
 /// The flow's local host is the key's remote endpoint (same-zone keys are in
 /// canonical order, not the flow's).
 pub(super) const F_REVERSED: u8 = 0x40;
+/// The flow is translated; its [`crate::nat::Translation`] is in the shard's side map.
+pub(super) const F_TRANSLATED: u8 = 0x80;
 
 const STATE_ACTIVE: u8 = 0xff;
 
@@ -194,6 +196,12 @@ impl FlowEntry {
         self.flags & F_WILDCARD_OWNER != 0
     }
 
+    /// Whether the flow is translated (SPEC §9).
+    #[inline]
+    pub fn is_translated(&self) -> bool {
+        self.flags & F_TRANSLATED != 0
+    }
+
     /// Whether the flow has a parent (see [`Shard::parent`]).
     #[inline]
     pub fn has_parent(&self) -> bool {
@@ -251,8 +259,7 @@ impl FlowEntry {
 
     /// When the last packet refreshed the flow, given the current time.
     pub fn last_seen(&self, now: Instant) -> Instant {
-        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
-        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
+        Instant::from_millis(now.as_millis().saturating_sub(millis(self.idle(now))))
     }
 
     /// The idle-timeout override set by classify options.

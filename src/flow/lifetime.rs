@@ -171,9 +171,12 @@ impl FlowEntry {
     /// How long the flow has been idle at `now`.
     #[inline]
     pub fn idle(&self, now: Instant) -> Duration {
-        Duration::from_millis(u64::from(
-            (now.as_millis() as u32).wrapping_sub(self.last_seen),
-        ))
+        // Workers read the clock once per batch: another worker may have
+        // touched the flow after this one's `now` (common for translated
+        // flows, whose two sides the kernel steers to different queues).
+        // That is no idle time, not 49 days of it.
+        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen) as i32;
+        Duration::from_millis(idle.max(0) as u64)
     }
 
     /// Whether the flow's idle timeout has passed at `now`.

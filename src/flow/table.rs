@@ -28,8 +28,9 @@
 //! chosen by attackers.
 
 use super::FlowConfig;
-use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, FlowEntry};
+use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
 use super::key::FlowKey;
+use crate::nat::Translation;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_utils::CachePadded;
@@ -64,6 +65,9 @@ pub struct Shard {
     embryos: VecDeque<(SlotId, u32)>,
     embryo_count: usize,
     parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
+    /// The translated side of translated flows, by flow id: untranslated
+    /// flows carry nothing for NAT.
+    translations: hashbrown::HashMap<u64, Translation, ahash::RandomState>,
     sweep_cursor: SlotId,
     hasher: ahash::RandomState,
 }
@@ -80,6 +84,7 @@ impl Shard {
             embryos: VecDeque::new(),
             embryo_count: 0,
             parents: hashbrown::HashMap::with_hasher(hasher.clone()),
+            translations: hashbrown::HashMap::with_hasher(hasher.clone()),
             sweep_cursor: 0,
             hasher,
         }
@@ -132,6 +137,43 @@ impl Shard {
         }
     }
 
+    /// The translation of the flow in `slot`, if it is translated.
+    #[inline]
+    pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
+        let entry = self.entry(slot);
+        if entry.is_translated() {
+            self.translations.get(&entry.id())
+        } else {
+            None
+        }
+    }
+
+    /// Makes the flow in `slot` a translated one.
+    pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
+        let entry = self.entry_mut(slot);
+        entry.flags |= F_TRANSLATED;
+        let id = entry.id();
+        self.translations.insert(id, translation);
+    }
+
+    /// A snapshot of the flow in `slot`.
+    pub fn info(
+        &self,
+        slot: SlotId,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+    ) -> super::FlowInfo {
+        super::FlowInfo::of(
+            self.entry(slot),
+            self.parent(slot),
+            self.translation(slot),
+            now,
+            config,
+            factor,
+        )
+    }
+
     fn insert(&mut self, hash: u64, mut entry: FlowEntry, parent: Option<u64>) -> SlotId {
         let slot = match self.free.pop() {
             Some(Reverse(slot)) => slot,
@@ -166,7 +208,7 @@ impl Shard {
         slot
     }
 
-    fn remove(&mut self, slot: SlotId) -> (FlowEntry, Option<u64>) {
+    fn remove(&mut self, slot: SlotId) -> Removed {
         let entry = *self.entry(slot);
         let hash = self.hasher.hash_one(entry.key);
         if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
@@ -180,11 +222,20 @@ impl Shard {
         } else {
             None
         };
+        let translation = if entry.is_translated() {
+            self.translations.remove(&entry.id())
+        } else {
+            None
+        };
         *self.entry_mut(slot) = FlowEntry::VACANT;
         self.free.push(Reverse(slot));
         self.live[slot as usize / CHUNK] -= 1;
         self.len -= 1;
-        (entry, parent)
+        Removed {
+            entry,
+            parent,
+            translation,
+        }
     }
 
     /// Records that the flow in `slot` completed its handshake (it may no
@@ -248,6 +299,7 @@ impl Shard {
         self.index
             .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
         self.parents.shrink_to_fit();
+        self.translations.shrink_to_fit();
     }
 
     fn compact_embryos(&mut self) {
@@ -314,16 +366,19 @@ impl Shard {
             + self.free.capacity() * 4
             + self.embryos.capacity() * 8
             + self.parents.allocation_size()
+            + self.translations.allocation_size()
     }
 }
 
 /// A flow removed from the table, with what its closure indication needs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Removed {
     /// The entry as it was.
     pub entry: FlowEntry,
     /// Its parent id, if any.
     pub parent: Option<u64>,
+    /// Its translation, if it was translated.
+    pub translation: Option<Translation>,
 }
 
 /// The flow table shared by every worker.
@@ -388,23 +443,16 @@ impl ShardGuard<'_> {
             let (slot, reason) = victim?;
             // Removing and re-adding under this shard's lock keeps the count
             // at or below the limit: the freed place goes to this flow.
-            let (old, old_parent) = self.shard.remove(slot);
-            made_room = Some((
-                Removed {
-                    entry: old,
-                    parent: old_parent,
-                },
-                reason,
-            ));
+            made_room = Some((self.shard.remove(slot), reason));
         }
         Some((self.shard.insert(hash, entry, parent), made_room))
     }
 
     /// Removes the flow in `slot`.
     pub fn remove(&mut self, slot: SlotId) -> Removed {
-        let (entry, parent) = self.shard.remove(slot);
+        let removed = self.shard.remove(slot);
         self.table.count.fetch_sub(1, Ordering::Relaxed);
-        Removed { entry, parent }
+        removed
     }
 
     /// Inspects up to `budget` slots from the sweep cursor and removes the
@@ -497,10 +545,16 @@ impl FlowTable {
     /// Locks the shard of `group` that holds keys of `hash`.
     #[inline]
     pub fn lock(&self, group: usize, hash: u64) -> ShardGuard<'_> {
+        self.lock_shard(self.shard_index(group, hash))
+    }
+
+    /// The index of the shard of `group` that holds keys of `hash`.
+    #[inline]
+    pub fn shard_index(&self, group: usize, hash: u64) -> usize {
         // Bits 24..56: hashbrown uses the low bits for the bucket and the top
         // seven as the tag, so the shard choice stays independent of both.
         let within = ((hash >> 24) as u32 as u64 * self.per_group as u64) >> 32;
-        self.lock_shard((group % self.groups) * self.per_group + within as usize)
+        (group % self.groups) * self.per_group + within as usize
     }
 
     /// Locks shard number `idx`.

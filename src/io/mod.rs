@@ -75,6 +75,11 @@ pub struct Port {
     /// Whether the queues carry a virtio-net header (offload on): reads
     /// return GSO superframes behind it, and writes must carry one.
     pub vnet_hdr: bool,
+    /// Whether the kernel also took UDP segmentation offload (TUN_F_USO4/6,
+    /// Linux 6.2+): a sender's UDP_SEGMENT superframes then reach tunwall
+    /// whole (virtio gso_type UDP_L4) and are classified once, like TCP's.
+    /// Without it the sender's kernel splits them before the device.
+    pub udp_gso: bool,
     /// Addresses and routes tunwall added to a device it did not create,
     /// removed again at shutdown.
     added: Vec<Added>,
@@ -88,7 +93,7 @@ impl Port {
     pub fn open(config: &PortConfig, queues: usize, offload: bool) -> io::Result<Port> {
         let device = config.device.clone();
         let netns = config.netns.clone();
-        let (devices, created, vnet_hdr) = in_netns(netns.as_deref(), move || {
+        let (devices, created, vnet_hdr, udp_gso) = in_netns(netns.as_deref(), move || {
             let existed = nix::net::if_::if_nametoindex(device.as_str()).is_ok();
             let first = DeviceBuilder::new()
                 .name(&device)
@@ -122,13 +127,17 @@ impl Port {
                 d.set_nonblocking(true)?;
             }
             let vnet_hdr = offload && devices[0].tcp_gso();
-            Ok((devices, !existed, vnet_hdr))
+            // tun-rs asks for USO after TSO and keeps TSO alone when the
+            // kernel refuses it (TUNSETOFFLOAD EINVAL before 6.2).
+            let udp_gso = vnet_hdr && devices[0].udp_gso();
+            Ok((devices, !existed, vnet_hdr, udp_gso))
         })?;
         let mut port = Port {
             config: config.clone(),
             queues: devices,
             created,
             vnet_hdr,
+            udp_gso,
             added: Vec::new(),
         };
         port.configure()?;
@@ -139,9 +148,26 @@ impl Port {
             queues,
             created,
             offload = vnet_hdr,
+            udp_offload = udp_gso,
             "port open"
         );
+        if vnet_hdr && !udp_gso {
+            warn!(
+                port = %config.name,
+                "the kernel refused UDP segmentation offload (TUN_F_USO4/6, Linux 6.2+): UDP superframes are split before tunwall"
+            );
+        }
         Ok(port)
+    }
+
+    /// The offloads the kernel granted, as `stats` shows them per port:
+    /// `tcp+udp`, `tcp` (UDP segmentation refused) or `off`.
+    pub fn offload(&self) -> &'static str {
+        match (self.vnet_hdr, self.udp_gso) {
+            (true, true) => "tcp+udp",
+            (true, false) => "tcp",
+            (false, _) => "off",
+        }
     }
 
     /// Brings the device up with tunwall's txqueuelen, the MTU, addresses

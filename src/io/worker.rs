@@ -338,14 +338,20 @@ impl<P: Processor> Worker<P> {
                     return false;
                 }
             };
-            if n < self.header {
+            let Some(verdict) = process_frame(
+                &mut self.engine,
+                now,
+                port as u8,
+                self.header,
+                &mut buf[..n],
+            ) else {
                 self.io.read_errors += 1;
                 continue;
-            }
-            let (header, packet) = buf[..n].split_at_mut(self.header);
-            let verdict = self.engine.process_framed(now, port as u8, header, packet);
-            if capture != CaptureMode::Off {
-                self.capture(capture, wall, port as u8, &buf[self.header..n], verdict);
+            };
+            if capture != CaptureMode::Off
+                && let Some(packet) = buf.get(self.header..n)
+            {
+                self.capture(capture, wall, port as u8, packet, verdict);
             }
             if let Verdict::Drop(_) = verdict
                 && let Some((out, answer)) = self.engine.take_reply()
@@ -447,6 +453,27 @@ impl<P: Processor> Worker<P> {
         }
         false
     }
+}
+
+/// One frame as a queue returns it: `header` bytes of virtio-net header
+/// (0 without offload), then the IP packet. The processor sees the IP packet
+/// only: a TCP or UDP GSO superframe (gso_type TCPV4/TCPV6/UDP_L4) is one IP
+/// packet whose length fields cover all its segments, so it is classified
+/// and counted once, and leaves whole with its header unchanged (the egress
+/// queue has the same offloads, and the receiving kernel segments it).
+/// `None` for a frame shorter than its header.
+pub fn process_frame<P: Processor>(
+    processor: &mut P,
+    now: Instant,
+    port: u8,
+    header: usize,
+    frame: &mut [u8],
+) -> Option<Verdict> {
+    if frame.len() < header {
+        return None;
+    }
+    let (header, packet) = frame.split_at_mut(header);
+    Some(processor.process_framed(now, port, header, packet))
 }
 
 /// A worker thread as the control side holds it.

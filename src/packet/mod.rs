@@ -12,6 +12,7 @@
 
 mod icmp;
 pub mod reject;
+pub mod rewrite;
 
 pub use icmp::{IcmpClass, QuotedPacket, icmp_class, parse_quoted};
 

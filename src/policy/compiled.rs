@@ -14,12 +14,14 @@ use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 use super::counters::{FilterCounters, FilterCounts};
-use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
+use super::filter::{
+    AddrSet, Block, Conditions, Filter, FilterAction, RedirectTarget, ValueSet, addr_value,
+};
 use super::identity::IdentityCond;
 use super::trace::{Trace, TraceStep};
 use super::{
     Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
-    Layer, Pend,
+    Layer, Pend, Redirect, RedirectAddress,
 };
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
@@ -57,6 +59,8 @@ pub enum SpecAction {
         /// Its parameters.
         params: CalloutParams,
     },
+    /// `action = "redirect"` (redirect layers).
+    Redirect(RedirectTarget),
 }
 
 /// A validated filter, before compilation.
@@ -301,6 +305,7 @@ impl Policy {
             let action = match &f.action {
                 SpecAction::Permit { hard } => FilterAction::Permit { hard: *hard },
                 SpecAction::Block { hard } => FilterAction::Block { hard: *hard },
+                SpecAction::Redirect(target) => FilterAction::Redirect(*target),
                 SpecAction::Callout { name, params } => {
                     let kept = previous.and_then(|p| {
                         p.callouts
@@ -532,6 +537,8 @@ impl Policy {
                         CalloutResult::Pend => request.completed.map(|a| (a, false, true)),
                     }
                 }
+                // Validation keeps redirects at the redirect layers.
+                FilterAction::Redirect(_) => None,
             };
             trace.step(TraceStep::Matched {
                 filter: &filter.name,
@@ -668,7 +675,11 @@ impl Policy {
         for &layer in Layer::ALL {
             let index = &self.layers[layer.index()];
             let default = match layer {
-                Layer::FlowEstablished | Layer::EndpointClosure => "callouts only".to_string(),
+                Layer::FlowEstablished
+                | Layer::EndpointClosure
+                | Layer::ResourceAssignment
+                | Layer::ResourceRelease => "callouts only".to_string(),
+                Layer::BindRedirect | Layer::ConnectRedirect => "first match decides".to_string(),
                 _ => format!("default {}", self.defaults.action(layer).as_str()),
             };
             let _ = writeln!(
@@ -695,6 +706,7 @@ impl Policy {
                     FilterAction::Block { hard: true } => "block".to_string(),
                     FilterAction::Block { hard: false } => "block (soft)".to_string(),
                     FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].name),
+                    FilterAction::Redirect(_) => "redirect".to_string(),
                 };
                 let summary = &self.summaries[f];
                 let _ = writeln!(
@@ -716,9 +728,62 @@ impl Policy {
     }
 }
 
+/// The first port of the range of `set` that holds `port`, if that range
+/// is wider than one port.
+fn range_base(set: &Option<ValueSet>, port: u16) -> Option<u16> {
+    set.as_ref()?
+        .ranges
+        .iter()
+        .find(|&&(lo, hi)| lo <= port && port <= hi && lo < hi)
+        .map(|&(lo, _)| lo)
+}
+
 impl Authorizer for Policy {
     fn generation(&self, layer: Layer) -> u32 {
         self.layer_generations[layer.index()]
+    }
+
+    fn has_redirects(&self) -> bool {
+        [Layer::BindRedirect, Layer::ConnectRedirect]
+            .iter()
+            .any(|l| !self.layers[l.index()].order.is_empty())
+    }
+
+    fn redirect(&self, request: &ClassifyRequest) -> Option<Redirect> {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            return None;
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        for rank in candidates {
+            let filter = &self.filters[layer.order[rank as usize]];
+            if !filter.conditions.matches(request) {
+                continue;
+            }
+            let FilterAction::Redirect(target) = filter.action else {
+                // A permit exempts the flow from translation.
+                return None;
+            };
+            let address = match (target.v4, target.v6) {
+                (None, None) => RedirectAddress::Keep,
+                (v4, v6) => match request.version {
+                    IpVersion::V4 => v4.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                    IpVersion::V6 => v6.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                },
+            };
+            let (condition, port) = match request.layer {
+                Layer::ConnectRedirect => (&filter.conditions.remote_port, request.remote_port),
+                _ => (&filter.conditions.local_port, request.local_port),
+            };
+            return Some(Redirect {
+                filter: Arc::clone(&filter.name),
+                address,
+                to_port: target.port,
+                port_base: range_base(condition, port),
+            });
+        }
+        None
     }
 
     fn identity_change_only(&self, layer: Layer, since: u32) -> bool {

@@ -225,6 +225,14 @@ pub struct Conditions {
     pub flags: ClassifyFlags,
     /// Flags that must all be clear.
     pub not_flags: ClassifyFlags,
+    /// Untranslated local addresses (SPEC §9).
+    pub original_local_address: Option<AddrSet>,
+    /// Untranslated remote addresses.
+    pub original_remote_address: Option<AddrSet>,
+    /// Untranslated local ports.
+    pub original_local_port: Option<ValueSet>,
+    /// Untranslated remote ports.
+    pub original_remote_port: Option<ValueSet>,
 }
 
 impl Conditions {
@@ -284,9 +292,43 @@ impl Conditions {
                 return Some("arrival_port");
             }
         }
+        let original = r.original.unwrap_or(super::Original {
+            local_addr: r.local_addr,
+            remote_addr: r.remote_addr,
+            local_port: r.local_port,
+            remote_port: r.remote_port,
+        });
+        for (name, ports, port) in [
+            (
+                "original_local_port",
+                &self.original_local_port,
+                original.local_port,
+            ),
+            (
+                "original_remote_port",
+                &self.original_remote_port,
+                original.remote_port,
+            ),
+        ] {
+            if let Some(ports) = ports
+                && (r.icmp.is_some() || !ports.contains(port))
+            {
+                return Some(name);
+            }
+        }
         for (name, set, addr) in [
             ("local_address", &self.local_address, &r.local_addr),
             ("remote_address", &self.remote_address, &r.remote_addr),
+            (
+                "original_local_address",
+                &self.original_local_address,
+                &original.local_addr,
+            ),
+            (
+                "original_remote_address",
+                &self.original_remote_address,
+                &original.remote_addr,
+            ),
         ] {
             if let Some(set) = set
                 && !set.contains(r.version, addr)
@@ -323,6 +365,19 @@ pub enum FilterAction {
     },
     /// Run the callout with this index in the policy's callout list.
     Callout(usize),
+    /// Translate (at a redirect layer).
+    Redirect(RedirectTarget),
+}
+
+/// `to_address` and `to_port` of a redirect filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectTarget {
+    /// The IPv4 target address.
+    pub v4: Option<RawAddr>,
+    /// The IPv6 target address.
+    pub v6: Option<RawAddr>,
+    /// A port or an inclusive range.
+    pub port: Option<(u16, u16)>,
 }
 
 /// A filter as compiled.
@@ -354,7 +409,7 @@ impl Filter {
         match self.action {
             FilterAction::Permit { hard } => Some((Action::Permit, hard)),
             FilterAction::Block { hard } => Some((Action::Block, hard)),
-            FilterAction::Callout(_) => None,
+            FilterAction::Callout(_) | FilterAction::Redirect(_) => None,
         }
     }
 }

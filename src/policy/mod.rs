@@ -20,7 +20,7 @@ pub mod trace;
 
 pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
-pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
 pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
 pub use identity_table::{
     Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
@@ -47,6 +47,16 @@ named_enum! {
         EndpointClosure => "endpoint_closure",
         /// An ICMP error that matches no flow.
         IcmpError => "icmp_error",
+        /// First packet of a flow, before its auth layer: may rewrite the
+        /// flow's local endpoint (masquerade, port forwarding).
+        BindRedirect => "bind_redirect",
+        /// First packet of an outbound flow, after `bind_redirect`: may
+        /// rewrite its remote endpoint.
+        ConnectRedirect => "connect_redirect",
+        /// A translated port was allocated (callouts only).
+        ResourceAssignment => "resource_assignment",
+        /// A translated port was released (callouts only).
+        ResourceRelease => "resource_release",
     }
 }
 
@@ -60,6 +70,8 @@ impl FlowInfo {
 /// What the policy reports besides its decisions; the engine turns each
 /// note into an event.
 #[derive(Clone, Debug, PartialEq)]
+// Notes are rare (vetoes, log callouts) and moved straight into events.
+#[allow(clippy::large_enum_variant)]
 pub enum PolicyNote {
     /// A callout blocked against a hard permit.
     Veto {
@@ -129,6 +141,8 @@ impl ClassifyFlags {
     pub const MULTICAST: ClassifyFlags = ClassifyFlags(4);
     /// The destination is a broadcast address.
     pub const BROADCAST: ClassifyFlags = ClassifyFlags(8);
+    /// The flow is translated (FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED).
+    pub const REDIRECTED: ClassifyFlags = ClassifyFlags(16);
 
     /// No flag.
     pub const fn empty() -> Self {
@@ -181,6 +195,9 @@ pub struct ClassifyRequest {
     pub arrival_port: Option<u8>,
     /// Condition flags.
     pub flags: ClassifyFlags,
+    /// The untranslated endpoints of a translated flow (`original_*`
+    /// conditions); `None`: the same as the translated ones.
+    pub original: Option<Original>,
     /// Where the packet's source came in (SPEC §11), `None` when unknown:
     /// WireGuard identities with a `port` then match by address alone.
     pub source: Option<SourceArrival>,
@@ -194,6 +211,71 @@ pub struct ClassifyRequest {
     /// callout that answers `pend` at a reauthorization of this flow
     /// returns it instead, for the flow's whole life.
     pub completed: Option<Action>,
+}
+
+/// The endpoints of a flow before translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Original {
+    /// Local address.
+    pub local_addr: RawAddr,
+    /// Remote address.
+    pub remote_addr: RawAddr,
+    /// Local port (0 for ICMP).
+    pub local_port: u16,
+    /// Remote port (0 for ICMP).
+    pub remote_port: u16,
+}
+
+impl Original {
+    /// The endpoints of `key` as a classify request shows them.
+    pub fn of(key: &FlowKey) -> Original {
+        let r = ClassifyRequest::for_flow(Layer::AuthConnect, key, Instant::ZERO);
+        Original {
+            local_addr: r.local_addr,
+            remote_addr: r.remote_addr,
+            local_port: r.local_port,
+            remote_port: r.remote_port,
+        }
+    }
+}
+
+/// Where a redirect sends the address it rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectAddress {
+    /// No `to_address`: the address stays.
+    Keep,
+    /// The `to_address` of the flow's family.
+    To(RawAddr),
+    /// `to_address` has none of the flow's family (`nat_no_address`).
+    Missing,
+}
+
+/// The answer of a redirect layer that translates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// The redirect filter.
+    pub filter: Arc<str>,
+    /// The new address.
+    pub address: RedirectAddress,
+    /// `to_port`: the allocation range (masquerade) or target range.
+    pub to_port: Option<(u16, u16)>,
+    /// The first port of the match range the rewritten port fell in, when
+    /// that range is wider than one port (it maps onto `to_port` in order).
+    pub port_base: Option<u16>,
+}
+
+impl Redirect {
+    /// The target port for `port` (port forwarding, connect redirection).
+    pub fn target_port(&self, port: u16) -> u16 {
+        match (self.to_port, self.port_base) {
+            (None, _) => port,
+            (Some((lo, hi)), Some(base)) => {
+                let p = u32::from(lo) + u32::from(port.saturating_sub(base));
+                if p <= u32::from(hi) { p as u16 } else { lo }
+            }
+            (Some((lo, _)), None) => lo,
+        }
+    }
 }
 
 impl ClassifyRequest {
@@ -212,6 +294,7 @@ impl ClassifyRequest {
             icmp: icmp.map(|i| (i.icmp_type, i.code)),
             arrival_port: None,
             flags: ClassifyFlags::empty(),
+            original: None,
             source: None,
             now,
             flow_id: None,
@@ -305,11 +388,24 @@ pub trait Authorizer: Send + Sync {
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;
 
+    /// Classifies at a redirect layer: the first matching filter in
+    /// arbitration order decides; `None` for no match or an exempting permit.
+    fn redirect(&self, _request: &ClassifyRequest) -> Option<Redirect> {
+        None
+    }
+
+    /// Whether any filter sits at a redirect layer.
+    fn has_redirects(&self) -> bool {
+        false
+    }
+
     /// A flow was admitted with `filter` as the deciding filter (its
     /// `flows_created` counter).
     fn flow_created(&self, _filter: &Arc<str>) {}
 
-    /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow` at `now`.
+    /// Runs the callouts of a callout-only layer (`flow_established`,
+    /// `endpoint_closure`, `resource_assignment`, `resource_release`) for
+    /// `flow` at `now`.
     fn indicate(
         &self,
         _layer: Layer,
@@ -349,7 +445,12 @@ impl DefaultPolicy {
             Layer::AuthConnect => self.auth_connect,
             Layer::AuthRecvAccept => self.auth_recv_accept,
             Layer::IcmpError => self.icmp_error,
-            Layer::FlowEstablished | Layer::EndpointClosure => Action::Permit,
+            Layer::FlowEstablished
+            | Layer::EndpointClosure
+            | Layer::BindRedirect
+            | Layer::ConnectRedirect
+            | Layer::ResourceAssignment
+            | Layer::ResourceRelease => Action::Permit,
         }
     }
 }

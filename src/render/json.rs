@@ -50,6 +50,18 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
+        "translation": f.translation.as_ref().map(|t| {
+            let k = &t.key;
+            let ports = |p: u16| if icmp.is_some() { Value::Null } else { json!(p) };
+            json!({
+                "local_addr": to_ip_addr(version, &k.local).to_string(),
+                "local_port": ports(k.local_port),
+                "remote_addr": to_ip_addr(version, &k.remote).to_string(),
+                "remote_port": ports(k.remote_port),
+                "icmp_id": k.icmp().and_then(|i| i.id),
+                "filter": &*t.filter,
+            })
+        }),
     })
 }
 
@@ -134,6 +146,19 @@ pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
     }
 }
 
+/// Adds each port's offloads (`tcp+udp`, `tcp`, `off`) to its entry in
+/// `stats --json`: `tcp` alone means the kernel refused UDP segmentation
+/// offload and UDP superframes are split before tunwall reads them.
+pub fn offload_stats(stats: &mut Value, names: &[String], offloads: &[&str]) {
+    if let Some(ports) = stats.get_mut("ports").and_then(Value::as_object_mut) {
+        for (name, offload) in names.iter().zip(offloads) {
+            if let Some(port) = ports.get_mut(name).and_then(Value::as_object_mut) {
+                port.insert("offload".into(), json!(offload));
+            }
+        }
+    }
+}
+
 /// An event as a JSON object (without `ts`, which the shell adds from the
 /// wall clock). `ports` maps port indices to names.
 pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
@@ -205,6 +230,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
                 map.insert("dst_port".into(), json!(p.ports.map(|(_, d)| d)));
                 map.insert("length".into(), json!(p.len));
             }
+        }
+        EventKind::PortAssigned(m) | EventKind::PortReleased(m) => {
+            map.insert("ip_version".into(), json!(m.version.number()));
+            map.insert("protocol".into(), protocol(m.protocol));
+            map.insert(
+                "inside_addr".into(),
+                json!(to_ip_addr(m.version, &m.inside_addr).to_string()),
+            );
+            map.insert("inside_port".into(), json!(m.inside_port));
+            map.insert(
+                "translated_addr".into(),
+                json!(to_ip_addr(m.version, &m.translated_addr).to_string()),
+            );
+            map.insert("translated_port".into(), json!(m.translated_port));
         }
         EventKind::Veto {
             layer,
@@ -351,5 +390,9 @@ pub fn stats(
         "write_errors": io.write_errors,
         "capture_lost": io.capture_lost,
         "filters": filters,
+        "nat": {
+            "ports_in_use": gw.nat().ports_in_use(),
+            "ports_exhausted": s.discarded(DropReason::NatPortsExhausted),
+        },
     })
 }

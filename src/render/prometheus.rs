@@ -83,6 +83,12 @@ pub fn prometheus(stats: &Value) -> String {
         plain("reauthorizations"),
     );
     metric(
+        "wireguard_read_errors_total",
+        "counter",
+        "Reads of a WireGuard interface's peers that failed (the last known peers stay).",
+        plain("wireguard_read_errors"),
+    );
+    metric(
         "vetoes_total",
         "counter",
         "Hard permits vetoed by a callout.",

@@ -199,6 +199,17 @@ pub fn stats(stats: &Value) -> String {
         get("reauthorizations"),
         get("vetoes")
     ));
+    if stats
+        .get("wireguard_read_errors")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        out.push_str(&format!(
+            "wireguard reads failed {} (the last known peers stay)
+",
+            get("wireguard_read_errors")
+        ));
+    }
     for (title, key) in [("closed flows", "flows_closed"), ("discards", "discards")] {
         if let Some(map) = stats.get(key).and_then(Value::as_object)
             && !map.is_empty()
@@ -224,8 +235,13 @@ pub fn stats(stats: &Value) -> String {
         out.push_str("ports:\n");
         for (port, v) in ports {
             let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            let offload = v
+                .get("offload")
+                .and_then(Value::as_str)
+                .map(|o| format!(", offload {o}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {port:<10} rx {} packets / {} bytes, tx {} packets / {} bytes\n",
+                "  {port:<10} rx {} packets / {} bytes, tx {} packets / {} bytes{offload}\n",
                 g("rx_packets"),
                 g("rx_bytes"),
                 g("tx_packets"),

@@ -109,6 +109,14 @@ impl Harness {
         verdict
     }
 
+    /// Sends a packet and returns the verdict with the packet as it leaves
+    /// (rewritten if its flow is translated).
+    pub fn pass(&mut self, port: u8, mut packet: Vec<u8>) -> (Verdict, Vec<u8>) {
+        let verdict = self.engine.process(self.now, port, &mut packet);
+        self.events.extend(self.engine.drain_events());
+        (verdict, packet)
+    }
+
     /// A packet arriving on the inside port.
     pub fn out(&mut self, packet: Vec<u8>) -> Verdict {
         self.send(LAN, packet)
