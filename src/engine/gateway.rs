@@ -189,7 +189,7 @@ impl Gateway {
         let factor = self.table.adaptive_factor();
         let shard = self.table.lock_shard(idx);
         for (slot, entry) in shard.iter() {
-            if selector.matches(entry) {
+            if selector.matches_translated(entry, shard.translation(slot).map(|t| &t.key)) {
                 out.push(shard.info(slot, now, &self.config.flows, factor));
             }
         }

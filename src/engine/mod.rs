@@ -321,7 +321,9 @@ impl Engine {
         let mut shard = gw.table.lock_shard(idx);
         let slots: Vec<SlotId> = shard
             .iter()
-            .filter(|(_, entry)| selector.matches(entry))
+            .filter(|(slot, entry)| {
+                selector.matches_translated(entry, shard.translation(*slot).map(|t| &t.key))
+            })
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &slots {
