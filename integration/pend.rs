@@ -538,6 +538,30 @@ fn shutdown_completes_pending_flows_as_blocked() {
     assert_eq!(h.gw.complete(id, Action::Permit), Err(PendError::Unknown));
 }
 
+#[test]
+fn kill_closes_pending_flows_and_drops_what_they_hold() {
+    let mut h = asked();
+    assert_eq!(h.out(ssh().syn()), Verdict::Held);
+    assert_eq!(
+        h.out(udp(ep(C4, 5000), ep(S4, 443), b"not asked")),
+        Verdict::Forward(WAN)
+    );
+    let id = pending_id(&h);
+    let selector = tunwall::flow::FlowSelector {
+        state: Some("pending"),
+        ..Default::default()
+    };
+    let closed = h
+        .engine
+        .close_matching(h.now, false, &selector, CloseReason::Admin);
+    h.events.extend(h.engine.drain_events());
+    assert_eq!(closed, 1, "only the pending flow");
+    assert_eq!(h.closed(), vec![(id, CloseReason::Admin)]);
+    assert_eq!(h.discards(DropReason::ReauthBlocked), 1);
+    assert!(h.gw.pending().is_empty());
+    assert_eq!(h.flows().len(), 1);
+}
+
 /// An embedder's callout pends every flow and hands its id to an
 /// authorizer thread, which completes it: the worker is woken and releases
 /// the packets itself.

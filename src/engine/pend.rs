@@ -161,6 +161,13 @@ impl PendStore {
         }
     }
 
+    /// Wakes `worker`'s loop, if the shell set a waker.
+    fn wake(&self, worker: usize) {
+        if let Some(wake) = self.wakers.get(worker).and_then(OnceLock::get) {
+            wake();
+        }
+    }
+
     /// Records that `worker` classifies the new flow `id` (0: done).
     pub fn classifying(&self, worker: usize, id: u64) {
         if let Some(slot) = self.classifying.get(worker) {
@@ -282,9 +289,7 @@ impl Gateway {
             queue_for(completed, pending.owner, id);
             pending.owner
         };
-        if let Some(wake) = self.pend.wakers.get(owner).and_then(OnceLock::get) {
-            wake();
-        }
+        self.pend.wake(owner);
         Ok(())
     }
 
@@ -421,6 +426,9 @@ impl Local {
         );
         if early.is_some() {
             queue_for(&mut inner.completed, self.worker, id);
+            drop(inner);
+            // The loop applies it as soon as this batch ends.
+            gw.pend.wake(self.worker);
         }
         if held {
             Ok(HELD)
