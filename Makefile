@@ -111,7 +111,7 @@ demo-vpn: deps release
 # A crash stops its target: the input is in fuzz/artifacts/<target>/ and
 # the log in fuzz/artifacts/<target>.log.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= parse engine config
+FUZZ_TARGETS ?= parse engine config state
 FUZZ_FLAGS ?= --sanitizer none
 
 fuzz:

@@ -117,6 +117,18 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Hands the running gateway over to a new process (the same or a new
+    /// binary) without losing a flow: the new process re-reads the file and
+    /// takes the TUN queues, the control socket and the flow table. Exits 1
+    /// (the running gateway stays) if the ports changed or the new process
+    /// fails or has not taken over within 10 s.
+    Upgrade {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The binary to start (default: the running one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Lists the flows, like `conntrack -L`, streamed from the gateway.
     Flows {
         #[command(flatten)]
@@ -261,6 +273,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Reload { socket } => reload(&socket.socket),
+        Command::Upgrade { socket, binary } => upgrade(&socket.socket, binary),
         Command::Flows {
             socket,
             json,
@@ -529,6 +542,38 @@ fn capture(
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tunwall: capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
+    let mut request = serde_json::json!({"command": "upgrade"});
+    if let Some(binary) = binary {
+        // The gateway starts it: a relative path means the caller's.
+        let binary = std::path::absolute(&binary).unwrap_or(binary);
+        request["binary"] = binary.to_string_lossy().into();
+    }
+    match tunwall::control::send(socket, &request) {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            println!(
+                "handed over to pid {}: {} flows carried",
+                v.get("to_pid").cloned().unwrap_or_default(),
+                v.get("flows").cloned().unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: {}",
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("upgrade failed")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
             ExitCode::FAILURE
         }
     }

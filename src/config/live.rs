@@ -43,6 +43,32 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks that a new process running `new` can take over from one
+    /// running `self` (SPEC §13): the ports (their queues move as they are)
+    /// and the worker count and offload (the queues' number and framing)
+    /// stay; everything else may change.
+    pub fn upgradable_to(&self, new: &Config) -> Result<(), String> {
+        let mut changes = port_changes(&self.ports, &new.ports);
+        if self.gateway.workers.count() != new.gateway.workers.count() {
+            changes.push("[gateway] workers".to_string());
+        }
+        if self.gateway.offload != new.gateway.offload {
+            changes.push("[gateway] offload".to_string());
+        }
+        if changes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: an upgrade keeps the ports, their queues and their framing; \
+                 this file changes {} (stop and start to apply them); the running gateway stays",
+                new.path.display(),
+                changes.join(", ")
+            ))
+        }
+    }
+}
+
 /// What changed in `[[port]]`: ports added, removed or reordered, and the
 /// settings changed on a port that kept its name and place.
 fn port_changes(old: &[PortConfig], new: &[PortConfig]) -> Vec<String> {

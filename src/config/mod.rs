@@ -100,6 +100,9 @@ pub struct GatewaySettings {
     pub control_socket_group: Option<String>,
     /// TUN offloads where the kernel supports them.
     pub offload: bool,
+    /// Where a clean stop saves the flow table and the next start reads
+    /// it back (SPEC §13); `None`: flows end at a stop.
+    pub state_file: Option<PathBuf>,
 }
 
 /// One `[[port]]`.

@@ -47,6 +47,7 @@ pub(super) struct RawGateway {
     pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) control_socket_group: Option<String>,
     pub(super) offload: Option<bool>,
+    pub(super) state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy)]

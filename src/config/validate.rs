@@ -179,6 +179,7 @@ impl Loader<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             control_socket_group: g.control_socket_group.clone(),
             offload: g.offload.unwrap_or(true),
+            state_file: g.state_file.clone(),
         })
     }
 

@@ -52,6 +52,7 @@ impl MetricsListener {
                     "metrics",
                     || listener.accept().map(|(s, _)| s),
                     |stream| answer(stream, &*handler),
+                    || true,
                 );
             })?;
         Ok(MetricsServer {

@@ -33,6 +33,7 @@
 //! Events and counters are kept by `report`.
 
 mod admission;
+mod carry;
 mod gateway;
 mod pend;
 mod pipeline;
@@ -40,6 +41,7 @@ mod report;
 mod stats;
 mod translate;
 
+pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
 pub use stats::{PortCounters, Stats};

@@ -15,6 +15,7 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
+use super::Queue;
 use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
 use crate::control::queue::EventSender;
@@ -32,7 +33,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
-use tun_rs::SyncDevice;
 
 /// The token of the control waker.
 pub const WAKE: Token = Token(usize::MAX);
@@ -182,12 +182,21 @@ pub enum Control {
     Kill(Arc<FlowSelector>, Sender<usize>),
     /// Close every flow of the owned shards (reason shutdown) and exit.
     Shutdown,
+    /// Stop reading (packets wait in the TUN queues) and answer once
+    /// stopped; then only control messages are handled, until `Resume`,
+    /// `Detach` or `Shutdown`.
+    Pause(Sender<()>),
+    /// Read again after a `Pause`.
+    Resume,
+    /// Exit without closing any flow: another process, or the state file,
+    /// carries them on (SPEC §13).
+    Detach,
 }
 
 /// One worker.
 pub struct Worker<P: Processor = Engine> {
     engine: P,
-    queues: Vec<SyncDevice>,
+    queues: Vec<Queue>,
     poll: Poll,
     control: Receiver<Control>,
     events: EventSender,
@@ -212,7 +221,7 @@ impl<P: Processor> Worker<P> {
     /// A worker over `queues` (its queue of every port, by port index).
     pub fn new(
         engine: P,
-        queues: Vec<SyncDevice>,
+        queues: Vec<Queue>,
         poll: Poll,
         control: Receiver<Control>,
         events: EventSender,
@@ -275,6 +284,8 @@ impl<P: Processor> Worker<P> {
                     if self.handle_control() {
                         return Ok(());
                     }
+                    // After a pause the queues filled without a new edge.
+                    pending.fill(true);
                     woken = true;
                 } else if let Some(p) = pending.get_mut(event.token().0) {
                     *p = true;
@@ -426,9 +437,21 @@ impl<P: Processor> Worker<P> {
         self.events.send(batch);
     }
 
-    /// Handles queued control messages; returns true on shutdown.
+    /// Handles queued control messages; returns true when the worker exits.
     fn handle_control(&mut self) -> bool {
-        while let Ok(message) = self.control.try_recv() {
+        let mut paused = false;
+        loop {
+            let message = if paused {
+                match self.control.recv() {
+                    Ok(m) => m,
+                    Err(_) => return true,
+                }
+            } else {
+                match self.control.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return false,
+                }
+            };
             match message {
                 Control::Stats(reply) => {
                     let _ = reply.send((self.engine.stats(), self.io));
@@ -449,9 +472,18 @@ impl<P: Processor> Worker<P> {
                     self.flush_events();
                     return true;
                 }
+                Control::Pause(done) => {
+                    self.flush_events();
+                    paused = true;
+                    let _ = done.send(());
+                }
+                Control::Resume => paused = false,
+                Control::Detach => {
+                    self.flush_events();
+                    return true;
+                }
             }
         }
-        false
     }
 }
 

@@ -133,7 +133,7 @@ fn width(kind: u8) -> u8 {
 
 /// One layer, ready to classify.
 #[derive(Default)]
-struct LayerIndex {
+pub(super) struct LayerIndex {
     /// Filter indices in evaluation order; a filter's rank is its position here.
     order: Vec<usize>,
     /// The sublayer of each rank.
@@ -145,7 +145,7 @@ struct LayerIndex {
     /// Ranks of filters with no indexable condition.
     unindexed: Vec<u32>,
     /// The layer's definition as text: a change means a new generation.
-    canonical: String,
+    pub(super) canonical: String,
 }
 
 impl LayerIndex {
@@ -235,18 +235,18 @@ impl LayerIndex {
 
 /// The compiled policy.
 pub struct Policy {
-    generation: u64,
-    layer_generations: [u32; Layer::COUNT],
+    pub(super) generation: u64,
+    pub(super) layer_generations: [u32; Layer::COUNT],
     /// Per layer, the generation of its last change by a reload (the later
     /// ones came from identities changing).
     reloaded_at: [u32; Layer::COUNT],
-    changed: Vec<Layer>,
+    pub(super) changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
     filters: Vec<Filter>,
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
-    layers: Vec<LayerIndex>,
+    pub(super) layers: Vec<LayerIndex>,
     /// Per filter, by index: shared with the previous policy for a filter
     /// that kept its name.
     counters: Vec<Arc<FilterCounters>>,

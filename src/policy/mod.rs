@@ -15,6 +15,7 @@ pub mod counters;
 pub mod filter;
 pub mod identity;
 pub mod identity_table;
+pub mod lineage;
 pub mod rate_limit;
 pub mod trace;
 
@@ -25,6 +26,7 @@ pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
 pub use identity_table::{
     Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
 };
+pub use lineage::Lineage;
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
