@@ -12,14 +12,17 @@
 //! (SPEC §13, [`crate::restart`], [`crate::handover`]).
 
 use crate::config::Config;
+use crate::control::capture::Capture;
 use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
+use crate::control::metrics::MetricsListener;
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
 use crate::flow::FlowSelector;
 use crate::handover::{self, Incoming};
 use crate::io::Port;
+use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
 use crate::policy::{Action, Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
@@ -45,6 +48,7 @@ pub struct Daemon {
     pub(crate) clock: Clock,
     pub(crate) hub: Hub,
     events: Arc<EventCounters>,
+    capture: Capture,
     /// The open ports (their queues are handed over by an upgrade).
     pub(crate) ports: Vec<Port>,
     /// A copy of the listening control socket, to hand over.
@@ -79,6 +83,7 @@ impl Daemon {
                 Err(_) => warn!("a worker did not answer a stats request"),
             }
         }
+        io.capture_lost = self.capture.lost();
         // Events lost after the engines: a full queue, a slow reader.
         total.events_dropped += self.events.dropped();
         (total, io)
@@ -238,6 +243,10 @@ impl ControlHandler for Daemon {
         Daemon::reload(self)
     }
 
+    fn capture(&self, stream: UnixStream, request: &Value) {
+        self.capture.start(stream, request);
+    }
+
     fn decide(&self, id: u64, decision: Action) -> Value {
         match self.gateway.complete(id, decision) {
             Ok(()) => json!({"ok": true, "id": id, "decision": decision.as_str()}),
@@ -375,6 +384,19 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         },
         None => None,
     };
+    let metrics = match config.metrics_listen.map(MetricsListener::bind).transpose() {
+        Ok(m) => m,
+        // During an upgrade the old process still listens: the new one
+        // goes without metrics rather than failing the hand-over.
+        Err(e) if incoming.is_some() => {
+            warn!(error = %e, "metrics not served after the upgrade");
+            None
+        }
+        Err(e) => {
+            fail(ports, bound, false);
+            return Err(e.into());
+        }
+    };
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
     let offloads = ports.iter().map(crate::io::Port::offload).collect();
@@ -385,6 +407,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Arc::clone(&policy) as Arc<dyn Authorizer>,
         workers,
     );
+    gateway.set_reject_rate(config.events.reject_rate);
     let mut carried_flows = 0;
     if let Some(data) = &carried {
         match restart::restore(&gateway, &clock, data) {
@@ -417,6 +440,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
+    let tap = Arc::new(CaptureTap::default());
     let worker_failed = Arc::new(AtomicBool::new(false));
     let queues_by_worker = crate::io::queues_by_worker(&ports, workers)?;
     let mut handles = Vec::new();
@@ -430,7 +454,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 warn!(error = %e, "waking a worker");
             }
         });
-        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
+        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr)
+            .with_capture(Arc::clone(&tap));
         let watch = WorkerWatch {
             worker: i,
             failed: Arc::clone(&worker_failed),
@@ -453,6 +478,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    let config_ports = config.port_names();
     let listener = bound
         .listener()
         .try_clone()
@@ -473,6 +499,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         clock,
         hub: hub.clone(),
         events: event_counters,
+        capture: Capture::new(tap, config_ports),
         ports,
         listener,
         handed_over: AtomicBool::new(false),
@@ -484,6 +511,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             error!(error = %e, "control socket");
             None
         }
+    };
+    let metrics = match metrics.map(|m| m.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            error!(error = %e, "metrics");
+            None
+        }
+        None => None,
     };
     let weak = Arc::downgrade(&daemon);
     let watch = if wireguard_configs.is_empty() {
@@ -546,6 +581,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         } else {
             server.stop();
         }
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
     }
     if let Some(watch) = watch {
         watch.stop();

@@ -170,6 +170,22 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Streams packets as pcapng (to FILE or standard output, for
+    /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
+    /// carries the comment `reason=… layer=… filter=…`.
+    Capture {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Only the dropped packets.
+        #[arg(long)]
+        discards: bool,
+        /// Stop after N packets.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Lists the flows a callout pended (waiting for `tunwall decide`), with
     /// their age, the packets they hold and their pend timeout.
     Pending {
@@ -300,6 +316,12 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Capture {
+            socket,
+            file,
+            discards,
+            count,
+        } => capture(&socket.socket, file.as_deref(), discards, count),
         Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
             if json {
                 v.to_string() + "\n"
@@ -497,6 +519,29 @@ fn reload(socket: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn capture(
+    socket: &std::path::Path,
+    file: Option<&std::path::Path>,
+    discards: bool,
+    count: Option<u64>,
+) -> ExitCode {
+    let request = serde_json::json!({"command": "capture", "discards": discards, "count": count});
+    let copied = match file {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            .and_then(|mut f| tunwall::control::capture::print_capture(socket, &request, &mut f)),
+        None => tunwall::control::capture::print_capture(socket, &request, &mut std::io::stdout()),
+    };
+    match copied {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunwall: capture: {e}");
             ExitCode::FAILURE
         }
     }

@@ -22,6 +22,9 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        if self.metrics_listen != new.metrics_listen {
+            changes.push("[metrics]".to_string());
+        }
         // The identity watcher reads the interfaces it started with.
         if self.wireguard != new.wireguard {
             changes.push("[[wireguard]]".to_string());

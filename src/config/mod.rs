@@ -146,6 +146,8 @@ pub struct EventsConfig {
     pub file: Option<PathBuf>,
     /// Discard events per second (the first of each reason always goes out).
     pub discard_rate: u32,
+    /// `reject_rate`: rejections (RSTs, ICMP errors) sent per second at most.
+    pub reject_rate: u32,
 }
 
 /// A validated configuration.
@@ -166,6 +168,8 @@ pub struct Config {
     pub wireguard: Vec<WireguardConfig>,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[metrics] listen`: where Prometheus reads `GET /metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {

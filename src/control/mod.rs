@@ -4,8 +4,10 @@
 //! `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod capture;
 pub mod flows;
 pub mod hub;
+pub mod metrics;
 pub mod queue;
 
 use serde_json::{Value, json};
@@ -29,6 +31,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `capture`: stream packets as pcapng to this connection.
+    fn capture(&self, stream: UnixStream, request: &Value);
     /// `identities`: each identity with its source and current addresses
     /// (none unless the handler has a configuration).
     fn identities(&self) -> Value {
@@ -223,18 +227,37 @@ impl ControlServer {
 }
 
 fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) && handler.serving() {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*handler) {
-                    debug!(error = %e, "control connection");
+    accept_until(
+        &stop,
+        "control socket",
+        || listener.accept().map(|(s, _)| s),
+        |stream| answer(stream, &*handler),
+        || handler.serving(),
+    );
+}
+
+/// Accepts connections from a non-blocking listener and answers each in
+/// turn until `stop` is set or `serving` says no more (the control socket,
+/// the metrics listener).
+pub(crate) fn accept_until<S>(
+    stop: &AtomicBool,
+    what: &str,
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    mut answer: impl FnMut(S) -> std::io::Result<()>,
+    serving: impl Fn() -> bool,
+) {
+    while !stop.load(Ordering::Relaxed) && serving() {
+        match accept() {
+            Ok(stream) => {
+                if let Err(e) = answer(stream) {
+                    debug!(error = %e, "{what} connection");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                warn!(error = %e, "control socket accept");
+                warn!(error = %e, "{what} accept");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -256,6 +279,10 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
             return handler.flows(&request, &mut out);
         }
         "kill" => handler.kill(&request),
+        "capture" => {
+            handler.capture(stream, &request);
+            return Ok(());
+        }
         "stats" => handler.stats(),
         "reload" => handler.reload(),
         "upgrade" => handler.upgrade(

@@ -368,6 +368,7 @@ impl Local {
                 reason: DropReason::PendLimit,
                 layer: Some(request.layer),
                 filter: request.filter,
+                reject: false,
             });
         }
         self.next_id(gw);
@@ -606,6 +607,7 @@ impl Local {
                 reason: DropReason::ReauthBlocked,
                 layer: Some(pending.layer),
                 filter: pending.filter,
+                reject: false,
             };
             self.drop_held(now, &pending.queue, &dropped);
             gw.pend.recycle([pending.queue]);

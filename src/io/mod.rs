@@ -7,6 +7,7 @@
 //! txqueuelen and kernel routes are set over netlink ([`netlink`]) from such
 //! a thread too.
 
+pub mod capture;
 pub mod clock;
 pub mod netlink;
 pub mod notify;

@@ -82,6 +82,8 @@ pub struct FilterSpec {
     pub options: FlowOptions,
     /// The conditions and options as written, for `tunwall check`.
     pub summary: String,
+    /// A block that answers the blocked first packet (`reject = true`).
+    pub reject: bool,
 }
 
 /// A validated policy, before compilation.
@@ -342,6 +344,7 @@ impl Policy {
                 action,
                 conditions: f.conditions.clone(),
                 options: f.options,
+                reject: f.reject,
             });
         }
 
@@ -369,8 +372,15 @@ impl Policy {
             let sub = &spec.sublayers[f.sublayer];
             let _ = writeln!(
                 layer.canonical,
-                "{}|{}:{}|{}|{:?}|{:?}|{:?}",
-                f.name, sub.name, sub.weight, f.weight, spec_f.action, f.conditions, f.options
+                "{}|{}:{}|{}|{:?}|{:?}|{:?}|{}",
+                f.name,
+                sub.name,
+                sub.weight,
+                f.weight,
+                spec_f.action,
+                f.conditions,
+                f.options,
+                f.reject
             );
         }
         for &layer in Layer::ALL {
@@ -563,6 +573,7 @@ impl Policy {
                 filter: Some(Arc::clone(&self.filters[index].name)),
                 options: FlowOptions::default(),
                 vetoed: false,
+                reject: false,
                 pend: Some(pend),
             };
         }
@@ -590,6 +601,7 @@ impl Policy {
             filter: Some(Arc::clone(&filter.name)),
             options,
             vetoed: verdict.vetoed.is_some(),
+            reject: verdict.action == Action::Block && filter.reject,
             pend: None,
         }
     }

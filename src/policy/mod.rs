@@ -329,6 +329,8 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A block by a `reject = true` filter: the gateway answers the packet.
+    pub reject: bool,
     /// A callout pended the flow (SPEC §10): `action` is block and `filter`
     /// the pending callout's filter; the engine holds the flow instead.
     pub pend: Option<Pend>,
@@ -362,6 +364,7 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            reject: false,
             pend: None,
         }
     }
