@@ -33,11 +33,18 @@ use tunwall::time::Instant;
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The highest `LIVE` since it was last reset.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn count_up(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 // SAFETY: defers to the system allocator; only adds bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        count_up(layout.size());
         // SAFETY: the caller upholds GlobalAlloc's contract, passed through.
         unsafe { System.alloc(layout) }
     }
@@ -49,7 +56,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        count_up(new_size);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -428,6 +435,70 @@ fn million_flows(c: &mut Criterion) {
     g.finish();
     assert_eq!(e.stats().discards_total(), 0);
     assert_eq!(gw.flows_active(), FLOWS);
+    carry_1m(c, &gw);
+}
+
+/// SPEC §13: the 1 M-flow table written as a state container (to a sink,
+/// as to a file: one shard's records in memory at a time) and restored.
+fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
+    use tunwall::state::{Container, Header};
+    let header = gw.snapshot_header(Header::default());
+    let live = LIVE.load(Ordering::Relaxed);
+    PEAK.store(live, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut size = CountingSink(0);
+    size = gw.snapshot(Instant::ZERO, &header, size).expect("snapshot");
+    let took = started.elapsed();
+    println!(
+        "carry_1m: snapshot of {} flows: {} bytes ({:.1} per flow) in {:.0} ms; {} KiB of heap beyond the table while writing",
+        gw.flows_active(),
+        size.0,
+        size.0 as f64 / gw.flows_active() as f64,
+        took.as_secs_f64() * 1000.0,
+        (PEAK.load(Ordering::Relaxed) - live) / 1024
+    );
+    let bytes = gw
+        .snapshot(Instant::ZERO, &header, Vec::with_capacity(size.0))
+        .expect("snapshot");
+    let mut g = c.benchmark_group("carry_1m");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.bench_function("snapshot", |b| {
+        b.iter(|| {
+            black_box(
+                gw.snapshot(Instant::ZERO, &header, CountingSink(0))
+                    .expect("snapshot"),
+            )
+        })
+    });
+    g.bench_function("parse_and_restore", |b| {
+        b.iter_batched(
+            || gateway(1_000_000),
+            |fresh| {
+                let container = Container::parse(&bytes).expect("container");
+                let done = fresh
+                    .restore(Instant::from_secs(10), &container, Duration::ZERO)
+                    .expect("restore");
+                assert_eq!(done.flows, 1_000_000);
+                fresh
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+/// Counts what is written to it.
+struct CountingSink(usize);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn scaling(c: &mut Criterion) {

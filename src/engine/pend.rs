@@ -368,6 +368,7 @@ impl Local {
                 reason: DropReason::PendLimit,
                 layer: Some(request.layer),
                 filter: request.filter,
+                reject: false,
             });
         }
         self.next_id(gw);
@@ -606,6 +607,7 @@ impl Local {
                 reason: DropReason::ReauthBlocked,
                 layer: Some(pending.layer),
                 filter: pending.filter,
+                reject: false,
             };
             self.drop_held(now, &pending.queue, &dropped);
             gw.pend.recycle([pending.queue]);
@@ -667,5 +669,81 @@ mod tests {
         assert!(!queue.push(&config, &arrival(0), false), "packets bound");
         assert_eq!((queue.data.capacity(), queue.packets.capacity()), capacity);
         assert_eq!(queue.ip_bytes, 100);
+    }
+}
+
+/// A pending flow as carried to another process (SPEC §13): its place in
+/// the pend store, without its held packets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarriedPend {
+    /// The flow.
+    pub id: u64,
+    /// The layer that pended it.
+    pub layer: Layer,
+    /// The pending callout's filter.
+    pub filter: Option<Arc<str>>,
+    /// The classify flags of its first packet.
+    pub flags: ClassifyFlags,
+    /// When the pend timeout completes it.
+    pub deadline: Instant,
+    /// How the pend timeout completes it.
+    pub timeout_action: Action,
+    /// A decision made but not applied yet.
+    pub decision: Option<Action>,
+}
+
+impl Gateway {
+    /// The pending flows to carry over.
+    pub(super) fn carried_pending(&self) -> Vec<CarriedPend> {
+        let inner = self.pend.lock();
+        inner
+            .flows
+            .iter()
+            .map(|(&id, p)| CarriedPend {
+                id,
+                layer: p.layer,
+                filter: p.filter.clone(),
+                flags: p.flags,
+                deadline: p.deadline,
+                timeout_action: p.timeout_action,
+                decision: p.decision,
+            })
+            .collect()
+    }
+
+    /// Makes a carried flow pending again, owned by worker `owner`, with
+    /// an empty queue (its held packets stayed behind).
+    pub(super) fn restore_pending(
+        &self,
+        owner: usize,
+        table_key: FlowKey,
+        hash: u64,
+        flow: FlowInfo,
+        c: CarriedPend,
+    ) {
+        let mut inner = self.pend.lock();
+        let queue = inner
+            .spare
+            .pop()
+            .unwrap_or_else(|| Queue::new(&self.config.flows));
+        if c.decision.is_some() {
+            queue_for(&mut inner.completed, owner, c.id);
+        }
+        inner.flows.insert(
+            c.id,
+            Pending {
+                owner,
+                table_key,
+                hash,
+                flow,
+                layer: c.layer,
+                filter: c.filter,
+                flags: c.flags,
+                deadline: c.deadline,
+                timeout_action: c.timeout_action,
+                decision: c.decision,
+                queue,
+            },
+        );
     }
 }

@@ -481,6 +481,17 @@ impl ShardGuard<'_> {
         Some((self.shard.insert(hash, entry, parent), made_room))
     }
 
+    /// Inserts a flow carried over from another process (SPEC §13): it
+    /// never makes room, and a key already present is refused. Returns
+    /// whether the flow was inserted.
+    pub fn insert_carried(&mut self, hash: u64, entry: FlowEntry, parent: Option<u64>) -> bool {
+        if self.shard.find(hash, &entry.key).is_some() || !self.table.admit() {
+            return false;
+        }
+        self.shard.insert(hash, entry, parent);
+        true
+    }
+
     /// Removes the flow in `slot`.
     pub fn remove(&mut self, slot: SlotId) -> Removed {
         let removed = self.shard.remove(slot);
@@ -573,6 +584,11 @@ impl FlowTable {
     pub fn group_shards(&self, group: usize) -> std::ops::Range<usize> {
         let start = (group % self.groups) * self.per_group;
         start..start + self.per_group
+    }
+
+    /// The group shard `idx` belongs to.
+    pub fn group_of_shard(&self, idx: usize) -> usize {
+        idx / self.per_group
     }
 
     /// Locks the shard of `group` that holds keys of `hash`.
