@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
 	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
-	wireguard-go:wireguard-go wg:wireguard-tools jq:jq
+	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl
 # What bench/throughput.py drives besides TOOLS (not needed by `make test`).
 BENCH_TOOLS := nft:nftables
 
@@ -25,6 +25,7 @@ deps:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
@@ -110,7 +111,7 @@ demo-vpn: deps release
 # A crash stops its target: the input is in fuzz/artifacts/<target>/ and
 # the log in fuzz/artifacts/<target>.log.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= parse engine config
+FUZZ_TARGETS ?= parse engine config state
 FUZZ_FLAGS ?= --sanitizer none
 
 fuzz:

@@ -60,6 +60,7 @@ impl ControlHandler for Handler {
         json!({})
     }
     fn subscribe(&self, _: std::os::unix::net::UnixStream) {}
+    fn capture(&self, _: std::os::unix::net::UnixStream, _: &Value) {}
     fn decide(&self, _: u64, _: tunwall::policy::Action) -> Value {
         json!({})
     }

@@ -36,9 +36,9 @@ fn main() -> anyhow::Result<()> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let mut ports = tunwall::io::open_ports(&config.ports, workers, config.gateway.offload)?;
+    let ports = tunwall::io::open_ports(&config.ports, workers, config.gateway.offload, false)?;
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
-    let by_worker = tunwall::io::queues_by_worker(&mut ports, workers);
+    let by_worker = tunwall::io::queues_by_worker(&ports, workers)?;
     let clock = Clock::start();
     let (events, _events_rx) = tunwall::control::queue::event_queue(1);
     let mut handles = Vec::new();

@@ -69,6 +69,7 @@ fn run(target: &str, data: &[u8]) {
         "parse" => harness::parse(data),
         "engine" => harness::engine(data),
         "config" => harness::config(data),
+        "state" => harness::state(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -169,6 +170,16 @@ fn corpus_engine() {
 #[test]
 fn corpus_config() {
     replay_corpus("config");
+}
+
+#[test]
+fn corpus_state() {
+    replay_corpus("state");
+}
+
+#[test]
+fn regressions_state() {
+    replay_regressions("state");
 }
 
 #[test]
@@ -655,6 +666,40 @@ const CONFIG_SEEDS: &[(&str, &str)] = &[
     ("bad-toml", "[[port]\nname = \"lan\n"),
 ];
 
+/// Carried flow tables (SPEC §13): empty, and one with TCP in several
+/// states, UDP, ICMP, multicast state with a child, over IPv4 and IPv6.
+fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use tunwall::flow::FlowConfig;
+    use tunwall::policy::{Action, Decision, FnPolicy};
+    let permit = std::sync::Arc::new(FnPolicy::new(1, |_: &tunwall::policy::ClassifyRequest| {
+        Decision::default_action(Action::Permit)
+    }));
+    let mut h = Harness::with(
+        FlowConfig::with_max_flows(64),
+        tunwall::engine::HostModel::Weak,
+        permit,
+    );
+    let empty = h.snapshot();
+    h.now = tunwall::time::Instant::from_secs(100);
+    let mut established = TcpConn::new(ep(C4, 40_000), ep(S4, 443));
+    established.handshake(&mut h);
+    let data = established.client_data(100);
+    h.out(data);
+    let opening = TcpConn::new(ep(C4, 40_001), ep(S4, 443));
+    h.out(opening.syn());
+    let mut closing = TcpConn::new(ep(C6, 40_002), ep(S6, 443));
+    closing.handshake(&mut h);
+    let fin = closing.client_fin();
+    h.out(fin);
+    h.out(udp(ep(C4, 5000), ep(S4, 53), b"q"));
+    h.inb(udp(ep(S6, 6000), ep(C6, 6001), b"in"));
+    h.out(echo(C4, S4, true, 9, 1));
+    h.out(udp(ep(C4, 5353), ep("224.0.0.251", 5353), b"m"));
+    h.inb(udp(ep("198.18.2.9", 5353), ep(C4, 5353), b"a"));
+    h.advance_ms(1500);
+    vec![("empty", empty), ("mixed", h.snapshot())]
+}
+
 /// Writes the hand-made seeds into fuzz/corpus/ and the hand-made
 /// regression inputs into fuzz/regressions/.
 #[test]
@@ -670,6 +715,9 @@ fn write_seeds() {
             &format!("seed-{name}"),
             &encode_engine(&options, &ops),
         );
+    }
+    for (name, bytes) in state_seeds() {
+        write("corpus", "state", &format!("seed-{name}"), &bytes);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in ["demo.toml", "example.toml"] {

@@ -180,6 +180,12 @@ fn exhaustion_drops_and_counts() {
         tunwall::render::json::stats(h.engine.stats(), &Default::default(), &h.gw, 1, 1, &[]);
     assert_eq!(stats["nat"]["ports_in_use"], 2);
     assert_eq!(stats["nat"]["ports_exhausted"], 1);
+    let metrics = tunwall::render::prometheus::prometheus(&stats);
+    assert!(
+        metrics.contains("tunwall_nat_ports_in_use 2\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tunwall_nat_ports_exhausted_total 1\n"));
     // Closing a connection frees its port for the waiting host.
     h.engine.close_all(h.now, true);
     h.events.extend(h.engine.drain_events());

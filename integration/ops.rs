@@ -574,3 +574,71 @@ fn explain_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown arrival port \"dmz\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn metrics_listen_must_be_an_address_and_port() {
+    let registry = CalloutRegistry::default();
+    let text = format!("{PORTS_TOML}\n[metrics]\nlisten = \"localhost\"\n");
+    let e = Config::parse(Path::new("m.toml"), &text, &registry)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("m.toml") && e.contains("ADDRESS:PORT"), "{e}");
+    let text = format!("{PORTS_TOML}\n[metrics]\nlisten = \"[::1]:9560\"\n");
+    let c = Config::parse(Path::new("m.toml"), &text, &registry).unwrap();
+    assert_eq!(c.metrics_listen, Some("[::1]:9560".parse().unwrap()));
+    // A reload cannot move it.
+    let moved = Config::parse(
+        Path::new("m.toml"),
+        &text.replace("9560", "9561"),
+        &registry,
+    )
+    .unwrap();
+    assert!(c.reloadable_from(&moved).unwrap_err().contains("[metrics]"));
+}
+
+#[test]
+fn flows_and_kill_match_translated_endpoints() {
+    let policy = compile(
+        r#"
+[[filter]]
+name = "masq"
+layer = "bind_redirect"
+action = "redirect"
+arrival_port = "lan"
+to_address = "198.18.2.1"
+"#,
+    );
+    let mut h = Harness::with(
+        FlowConfig::with_max_flows(1024),
+        HostModel::Weak,
+        Arc::new(policy),
+    );
+    let mut p = udp(ep(C4, 40001), ep(S4, 53), b"q");
+    assert!(matches!(
+        h.send(LAN, std::mem::take(&mut p)),
+        Verdict::Forward(_)
+    ));
+    assert_eq!(h.flows().len(), 1);
+    // The public address appears only in the translated key.
+    let public = select(&h, serde_json::json!({"addr": "198.18.2.1"})).unwrap();
+    assert_eq!(
+        listing(&h, serde_json::json!({"addr": "198.18.2.1"}), None)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        listing(&h, serde_json::json!({"addr": "198.18.2.2"}), None)
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        h.engine
+            .close_matching(h.now, false, &public, CloseReason::Admin),
+        1
+    );
+    assert!(h.flows().is_empty());
+}

@@ -538,6 +538,30 @@ fn shutdown_completes_pending_flows_as_blocked() {
     assert_eq!(h.gw.complete(id, Action::Permit), Err(PendError::Unknown));
 }
 
+#[test]
+fn kill_closes_pending_flows_and_drops_what_they_hold() {
+    let mut h = asked();
+    assert_eq!(h.out(ssh().syn()), Verdict::Held);
+    assert_eq!(
+        h.out(udp(ep(C4, 5000), ep(S4, 443), b"not asked")),
+        Verdict::Forward(WAN)
+    );
+    let id = pending_id(&h);
+    let selector = tunwall::flow::FlowSelector {
+        state: Some("pending"),
+        ..Default::default()
+    };
+    let closed = h
+        .engine
+        .close_matching(h.now, false, &selector, CloseReason::Admin);
+    h.events.extend(h.engine.drain_events());
+    assert_eq!(closed, 1, "only the pending flow");
+    assert_eq!(h.closed(), vec![(id, CloseReason::Admin)]);
+    assert_eq!(h.discards(DropReason::ReauthBlocked), 1);
+    assert!(h.gw.pending().is_empty());
+    assert_eq!(h.flows().len(), 1);
+}
+
 /// An embedder's callout pends every flow and hands its id to an
 /// authorizer thread, which completes it: the worker is woken and releases
 /// the packets itself.
@@ -653,4 +677,68 @@ fn a_completion_during_the_classification_is_applied_once_pending() {
         h.gw.complete(12_345, Action::Permit),
         Err(PendError::Unknown)
     );
+}
+
+/// SPEC §13: a pending flow carried to another process waits again for the
+/// rest of its pend timeout (its held packets stay behind), holds new
+/// packets, and a decision there releases them; a flow completed before
+/// the carry keeps its decision.
+#[test]
+fn a_pending_flow_is_carried_over_and_waits_again() {
+    use tunwall::state::Container;
+    let policy = compile(ASK, None);
+    let mut a = harness(FlowConfig::with_max_flows(64), Arc::clone(&policy));
+    a.now = tunwall::time::Instant::from_secs(100);
+    let (client, server) = (ep(C4, 5000), ep(S4, 22));
+    assert_eq!(a.out(udp(client, server, b"one")), Verdict::Held);
+    let decided = ep(C4, 5001);
+    assert_eq!(a.out(udp(decided, server, b"x")), Verdict::Held);
+    let decided_id = a.gw.pending()[1].flow.id;
+    a.gw.complete(decided_id, Action::Permit).expect("pending");
+    a.apply_completions();
+    a.advance(Duration::from_secs(4));
+    let id = pending_id(&a);
+    let bytes = a.snapshot();
+
+    let mut b = harness(FlowConfig::with_max_flows(64), policy);
+    b.now = a.now + Duration::from_secs(1);
+    let container = Container::parse(&bytes).expect("container");
+    let done =
+        b.gw.restore(b.now, &container, Duration::from_secs(1))
+            .expect("restore");
+    assert_eq!(done.flows, 2);
+    let pending = b.gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].flow.id, id);
+    assert_eq!(pending[0].filter.as_deref(), Some("ask-ssh"));
+    assert_eq!(pending[0].packets, 0, "held packets stay behind");
+    assert_eq!(
+        pending[0].deadline,
+        b.now + Duration::from_secs(5),
+        "10 s, less 4 s before and 1 s outside"
+    );
+    assert_eq!(
+        b.flows().iter().find(|f| f.id == id).unwrap().state,
+        FlowState::Pending
+    );
+    // The completed flow rides on with its decision.
+    assert_eq!(b.out(udp(decided, server, b"y")), Verdict::Forward(WAN));
+    assert_eq!(b.out(udp(client, server, b"two")), Verdict::Held);
+    b.gw.complete(id, Action::Permit)
+        .expect("pending in the new gateway");
+    b.apply_completions();
+    assert_eq!(b.released, vec![(WAN, udp(client, server, b"two"))]);
+    assert!(b.created().is_empty(), "no creation for carried flows");
+
+    // Not decided, it times out with the rest of its timeout.
+    let (mut c, _) = {
+        let mut c = harness(FlowConfig::with_max_flows(64), compile(ASK, None));
+        c.now = b.now;
+        let done = c.gw.restore(c.now, &container, Duration::from_secs(1));
+        (c, done)
+    };
+    c.advance(Duration::from_millis(4_999));
+    assert_eq!(c.gw.pending().len(), 1);
+    c.advance(Duration::from_millis(1));
+    assert!(c.gw.pending().is_empty(), "timed out");
 }

@@ -6,18 +6,27 @@
 //! SIGUSR1 reopens the event file (logrotate). Shutdown (SIGINT or
 //! SIGTERM) stops the workers — each closes the flows of its shards with
 //! reason `shutdown` — flushes the events, removes the socket and the
-//! devices tunwall created, and exits 0.
+//! devices tunwall created, and exits 0. With `[gateway] state_file`, a
+//! stop saves the flows instead and keeps the devices, and a start carries
+//! the saved flows on; `tunwall upgrade` hands everything to a new process
+//! (SPEC §13, [`crate::restart`], [`crate::handover`]).
 
 use crate::config::Config;
+use crate::control::capture::Capture;
 use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
+use crate::control::metrics::MetricsListener;
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
 use crate::flow::FlowSelector;
+use crate::handover::{self, Incoming};
+use crate::io::Port;
+use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
 use crate::policy::{Action, Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
+use crate::restart;
 use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -30,15 +39,24 @@ use tracing::{error, info, warn};
 
 /// The running gateway as the control socket and signals see it.
 pub struct Daemon {
-    path: PathBuf,
-    registry: CalloutRegistry,
-    config: Mutex<Config>,
-    policy: Mutex<Arc<Policy>>,
-    gateway: Arc<Gateway>,
-    workers: Vec<WorkerHandle>,
-    clock: Clock,
-    hub: Hub,
+    pub(crate) path: PathBuf,
+    pub(crate) registry: CalloutRegistry,
+    pub(crate) config: Mutex<Config>,
+    pub(crate) policy: Mutex<Arc<Policy>>,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) workers: Vec<WorkerHandle>,
+    pub(crate) clock: Clock,
+    pub(crate) hub: Hub,
     events: Arc<EventCounters>,
+    capture: Capture,
+    /// The open ports (their queues are handed over by an upgrade).
+    pub(crate) ports: Vec<Port>,
+    /// A copy of the listening control socket, to hand over.
+    pub(crate) listener: Option<std::os::fd::OwnedFd>,
+    /// Set once an upgrade handed everything over: the gateway exits.
+    pub(crate) handed_over: AtomicBool,
+    /// Ends the signal loop.
+    pub(crate) signals: signal_hook::iterator::Handle,
     /// The WireGuard peers last read (SPEC §11).
     peers: Mutex<PeerSnapshot>,
     /// WireGuard reads that failed since start.
@@ -65,6 +83,7 @@ impl Daemon {
                 Err(_) => warn!("a worker did not answer a stats request"),
             }
         }
+        io.capture_lost = self.capture.lost();
         // Events lost after the engines: a full queue, a slow reader.
         total.events_dropped += self.events.dropped();
         (total, io)
@@ -224,6 +243,10 @@ impl ControlHandler for Daemon {
         Daemon::reload(self)
     }
 
+    fn capture(&self, stream: UnixStream, request: &Value) {
+        self.capture.start(stream, request);
+    }
+
     fn decide(&self, id: u64, decision: Action) -> Value {
         match self.gateway.complete(id, decision) {
             Ok(()) => json!({"ok": true, "id": id, "decision": decision.as_str()}),
@@ -246,6 +269,14 @@ impl ControlHandler for Daemon {
     fn subscribe(&self, stream: UnixStream) {
         let _ = self.hub.control.send(HubMessage::Subscribe(stream));
     }
+
+    fn upgrade(&self, binary: Option<PathBuf>) -> Value {
+        Daemon::upgrade(self, binary)
+    }
+
+    fn serving(&self) -> bool {
+        !self.handed_over.load(Ordering::Relaxed)
+    }
 }
 
 /// Notices a worker thread that ends other than by shutdown (an error or a
@@ -267,43 +298,102 @@ impl Drop for WorkerWatch {
     }
 }
 
-/// Runs the gateway from `path` until SIGINT/SIGTERM. Errors before the
-/// gateway runs come back as `Err` with a message for the operator.
+/// Runs the gateway from `path` until SIGINT/SIGTERM (or until an upgrade
+/// handed it over). Errors before the gateway runs come back as `Err` with
+/// a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = CalloutRegistry::default();
     let mut config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The first read of the WireGuard peers, before any device is touched.
     let peers = wireguard::read_all(&config.wireguard).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.policy.resolve_identities(&peers);
-    let policy = Arc::new(
-        Policy::compile(&config.policy, &registry, None)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-    );
+    let mut policy = Policy::compile(&config.policy, &registry, None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGUSR1,
     ])?;
-    // Everything that can fail without a device is checked before the
-    // first device is touched: the control socket and the event file.
+    let workers = config.gateway.workers.count();
     let socket = config.gateway.control_socket.clone();
-    let bound = BoundSocket::bind(&socket, config.gateway.control_socket_group.as_deref())?;
+    let persist = config.gateway.state_file.is_some();
+
+    // What is carried over: from the process handing over, or from the
+    // state file (read before any port opens).
+    let incoming = match std::env::var_os(handover::ENV) {
+        Some(p) => Some(Incoming::connect(Path::new(&p))?),
+        None => None,
+    };
+    let (carried, bound, mut ports) = if let Some(incoming) = &incoming {
+        match take_over(incoming, &config, workers) {
+            Ok(t) => t,
+            Err(e) => {
+                incoming.failed(&format!("{e:#}"));
+                return Err(e);
+            }
+        }
+    } else {
+        let carried = config
+            .gateway
+            .state_file
+            .as_deref()
+            .and_then(|p| restart::read_state_file(p, &config));
+        // Everything that can fail without a device is checked before the
+        // first device is touched: the control socket and the event file.
+        let bound = BoundSocket::bind(&socket, config.gateway.control_socket_group.as_deref())?;
+        let ports =
+            match crate::io::open_ports(&config.ports, workers, config.gateway.offload, persist) {
+                Ok(p) => p,
+                Err(e) => {
+                    bound.remove();
+                    return Err(e.into());
+                }
+            };
+        (carried, bound, ports)
+    };
+    let header = carried
+        .as_deref()
+        .and_then(|data| restart::check(data, &config).ok());
+    if let Some(header) = &header {
+        // Devices the previous process made persistent are tunwall's.
+        for (port, saved) in ports.iter_mut().zip(&header.ports) {
+            if saved.persisted && incoming.is_none() {
+                port.created = true;
+                port.persistent = true;
+            }
+        }
+        if let Some(lineage) = &header.policy {
+            policy.continue_lineage(lineage);
+        }
+    }
+    let policy = Arc::new(policy);
+    let fail = |ports: Vec<Port>, bound: BoundSocket, keep: bool| {
+        for port in ports {
+            if keep { port.keep() } else { port.close() }
+        }
+        if keep { drop(bound) } else { bound.remove() }
+    };
     let event_file = match &config.events.file {
         Some(path) => match hub::open_event_file(path) {
             Ok(f) => Some(f),
             Err(e) => {
-                bound.remove();
+                fail(ports, bound, incoming.is_some());
                 return Err(e.into());
             }
         },
         None => None,
     };
-    let workers = config.gateway.workers.count();
-    let mut ports = match crate::io::open_ports(&config.ports, workers, config.gateway.offload) {
-        Ok(p) => p,
+    let metrics = match config.metrics_listen.map(MetricsListener::bind).transpose() {
+        Ok(m) => m,
+        // During an upgrade the old process still listens: the new one
+        // goes without metrics rather than failing the hand-over.
+        Err(e) if incoming.is_some() => {
+            warn!(error = %e, "metrics not served after the upgrade");
+            None
+        }
         Err(e) => {
-            bound.remove();
+            fail(ports, bound, false);
             return Err(e.into());
         }
     };
@@ -317,6 +407,24 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Arc::clone(&policy) as Arc<dyn Authorizer>,
         workers,
     );
+    gateway.set_reject_rate(config.events.reject_rate);
+    let mut carried_flows = 0;
+    if let Some(data) = &carried {
+        match restart::restore(&gateway, &clock, data) {
+            Ok(done) => carried_flows = done.flows,
+            Err(e) if incoming.is_some() => {
+                fail(ports, bound, true);
+                return Err(anyhow::anyhow!("the handed-over flow table: {e}"));
+            }
+            Err(e) => warn!(error = %e, "state file refused: ignored, starting without flows"),
+        }
+        if incoming.is_none()
+            && let Some(p) = &config.gateway.state_file
+        {
+            // Used once: a crash later must not bring back stale flows.
+            let _ = std::fs::remove_file(p);
+        }
+    }
     let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
     let event_counters = Arc::clone(events_tx.counters());
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
@@ -332,8 +440,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
+    let tap = Arc::new(CaptureTap::default());
     let worker_failed = Arc::new(AtomicBool::new(false));
-    let queues_by_worker = crate::io::queues_by_worker(&mut ports, workers);
+    let queues_by_worker = crate::io::queues_by_worker(&ports, workers)?;
     let mut handles = Vec::new();
     for (i, queues) in queues_by_worker.into_iter().enumerate() {
         let (poll, waker) = Worker::poll_and_waker()?;
@@ -345,7 +454,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 warn!(error = %e, "waking a worker");
             }
         });
-        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
+        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr)
+            .with_capture(Arc::clone(&tap));
         let watch = WorkerWatch {
             worker: i,
             failed: Arc::clone(&worker_failed),
@@ -368,6 +478,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    let config_ports = config.port_names();
+    let listener = bound
+        .listener()
+        .try_clone()
+        .ok()
+        .map(std::os::fd::OwnedFd::from);
     let wireguard_configs = config.wireguard.clone();
     let wireguard_errors = Arc::new(AtomicU64::new(0));
     let daemon = Arc::new(Daemon {
@@ -377,12 +493,17 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         peers: Mutex::new(peers.clone()),
         wireguard_errors: Arc::clone(&wireguard_errors),
         offloads,
-        policy: Mutex::new(policy),
+        policy: Mutex::new(Arc::clone(&policy)),
         gateway,
         workers: handles,
         clock,
         hub: hub.clone(),
         events: event_counters,
+        capture: Capture::new(tap, config_ports),
+        ports,
+        listener,
+        handed_over: AtomicBool::new(false),
+        signals: signals.handle(),
     });
     let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
         Ok(s) => Some(s),
@@ -390,6 +511,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             error!(error = %e, "control socket");
             None
         }
+    };
+    let metrics = match metrics.map(|m| m.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            error!(error = %e, "metrics");
+            None
+        }
+        None => None,
     };
     let weak = Arc::downgrade(&daemon);
     let watch = if wireguard_configs.is_empty() {
@@ -404,11 +533,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Some(watch)
     };
     info!(workers, socket = %socket.display(), "tunwall running");
-    // Every port is up and the policy loaded: only now is the service ready
-    // for systemd (`Type=notify`), so units ordered after it find a gateway.
-    if server.is_some()
+    if let Some(incoming) = &incoming {
+        // The service manager learns the new main pid from the old process.
+        daemon.announce_takeover(incoming, carried_flows, header.as_ref());
+    } else if server.is_some()
         && let Err(e) = crate::io::notify::notify("READY=1\nSTATUS=forwarding")
     {
+        // Every port is up and the policy loaded: only now is the service ready
+        // for systemd (`Type=notify`), so units ordered after it find a gateway.
         warn!(error = %e, "telling the service manager we are ready");
     }
 
@@ -432,27 +564,46 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = crate::io::notify::notify("STOPPING=1");
+    let handed_over = daemon.handed_over.load(Ordering::Relaxed);
+    if !handed_over {
+        // Handed over, this process is no longer the service's.
+        let _ = crate::io::notify::notify("STOPPING=1");
+    }
     if worker_failed.load(Ordering::Relaxed) {
         error!("a worker stopped: the gateway stopped with it");
         failed = true;
     }
-
     // Shutdown: the control thread goes first (it holds the daemon), then
-    // the workers close their flows, then everything else goes.
+    // the workers close (or keep) their flows, then everything else goes.
     if let Some(server) = server {
-        server.stop();
+        if handed_over {
+            server.release();
+        } else {
+            server.stop();
+        }
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
     }
     if let Some(watch) = watch {
         watch.stop();
     }
+    // With a state file the flows are saved and the devices kept.
+    let saved = !handed_over && !failed && daemon.save_state();
     let daemon =
         Arc::try_unwrap(daemon).map_err(|_| anyhow::anyhow!("the control thread did not stop"))?;
     let Daemon {
-        workers: handles, ..
+        workers: handles,
+        ports,
+        ..
     } = daemon;
+    let carry_on = handed_over || saved;
     for w in &handles {
-        w.send(Control::Shutdown);
+        w.send(if carry_on {
+            Control::Detach
+        } else {
+            Control::Shutdown
+        });
     }
     for mut w in handles {
         if let Some(t) = w.thread.take()
@@ -464,14 +615,75 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let _ = hub.control.send(HubMessage::Stop);
     let _ = hub_thread.join();
     for port in ports {
-        port.close();
+        if carry_on { port.keep() } else { port.close() }
     }
-    let _ = std::fs::remove_file(&socket);
+    if !handed_over {
+        let _ = std::fs::remove_file(&socket);
+    }
     if failed {
         anyhow::bail!("tunwall stopped after an error (see the log)");
     }
-    info!("stopped");
+    info!(handed_over, saved, "stopped");
     Ok(())
+}
+
+/// The new side of an upgrade, before the gateway is built: receives the
+/// queues, the control listener and the flow table, and checks that they
+/// fit this configuration.
+fn take_over(
+    incoming: &Incoming,
+    config: &Config,
+    workers: usize,
+) -> anyhow::Result<(Option<Vec<u8>>, BoundSocket, Vec<Port>)> {
+    let received = incoming.ready()?;
+    let offer = &received.offer;
+    let names: Vec<&str> = offer.ports.iter().map(|p| p.name.as_str()).collect();
+    anyhow::ensure!(
+        names
+            == config
+                .ports
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+        "the ports handed over ({}) are not this configuration's",
+        names.join(", ")
+    );
+    anyhow::ensure!(
+        offer.queues == workers && received.fds.len() == offer.ports.len() * workers + 1,
+        "{} descriptors for {} ports of {} queues, this configuration runs {workers} workers",
+        received.fds.len(),
+        offer.ports.len(),
+        offer.queues
+    );
+    let mut fds = received.fds.into_iter();
+    let mut ports = Vec::new();
+    for (offered, port) in offer.ports.iter().zip(&config.ports) {
+        let queues = fds
+            .by_ref()
+            .take(workers)
+            .map(crate::io::Queue::from)
+            .collect();
+        ports.push(Port::adopt(
+            port,
+            queues,
+            offered.created,
+            offered.persistent,
+            offer.vnet_hdr,
+            offer.udp_gso,
+        ));
+    }
+    let listener = std::os::unix::net::UnixListener::from(
+        fds.next()
+            .ok_or_else(|| anyhow::anyhow!("no control socket handed over"))?,
+    );
+    let socket = &config.gateway.control_socket;
+    let bound = if *socket == offer.socket {
+        BoundSocket::adopt(socket, listener)?
+    } else {
+        BoundSocket::bind(socket, config.gateway.control_socket_group.as_deref())?
+    };
+    restart::check(&received.state, config)?;
+    Ok((Some(received.state), bound, ports))
 }
 
 #[cfg(test)]

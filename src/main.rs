@@ -117,6 +117,18 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Hands the running gateway over to a new process (the same or a new
+    /// binary) without losing a flow: the new process re-reads the file and
+    /// takes the TUN queues, the control socket and the flow table. Exits 1
+    /// (the running gateway stays) if the ports changed or the new process
+    /// fails or has not taken over within 10 s.
+    Upgrade {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The binary to start (default: the running one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Lists the flows, like `conntrack -L`, streamed from the gateway.
     Flows {
         #[command(flatten)]
@@ -157,6 +169,22 @@ enum Command {
         /// The Prometheus text format.
         #[arg(long)]
         prometheus: bool,
+    },
+    /// Streams packets as pcapng (to FILE or standard output, for
+    /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
+    /// carries the comment `reason=… layer=… filter=…`.
+    Capture {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Only the dropped packets.
+        #[arg(long)]
+        discards: bool,
+        /// Stop after N packets.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
     },
     /// Lists the flows a callout pended (waiting for `tunwall decide`), with
     /// their age, the packets they hold and their pend timeout.
@@ -245,6 +273,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Reload { socket } => reload(&socket.socket),
+        Command::Upgrade { socket, binary } => upgrade(&socket.socket, binary),
         Command::Flows {
             socket,
             json,
@@ -287,6 +316,12 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Capture {
+            socket,
+            file,
+            discards,
+            count,
+        } => capture(&socket.socket, file.as_deref(), discards, count),
         Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
             if json {
                 v.to_string() + "\n"
@@ -479,6 +514,61 @@ fn reload(socket: &std::path::Path) -> ExitCode {
                 v.get("error")
                     .and_then(|e| e.as_str())
                     .unwrap_or("unknown error")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn capture(
+    socket: &std::path::Path,
+    file: Option<&std::path::Path>,
+    discards: bool,
+    count: Option<u64>,
+) -> ExitCode {
+    let request = serde_json::json!({"command": "capture", "discards": discards, "count": count});
+    let copied = match file {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            .and_then(|mut f| tunwall::control::capture::print_capture(socket, &request, &mut f)),
+        None => tunwall::control::capture::print_capture(socket, &request, &mut std::io::stdout()),
+    };
+    match copied {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunwall: capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
+    let mut request = serde_json::json!({"command": "upgrade"});
+    if let Some(binary) = binary {
+        // The gateway starts it: a relative path means the caller's.
+        let binary = std::path::absolute(&binary).unwrap_or(binary);
+        request["binary"] = binary.to_string_lossy().into();
+    }
+    match tunwall::control::send(socket, &request) {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            println!(
+                "handed over to pid {}: {} flows carried",
+                v.get("to_pid").cloned().unwrap_or_default(),
+                v.get("flows").cloned().unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: {}",
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("upgrade failed")
             );
             ExitCode::FAILURE
         }

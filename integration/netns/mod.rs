@@ -70,6 +70,9 @@ pub struct Topology {
     pub socket: PathBuf,
     pub events: PathBuf,
     child: Option<Child>,
+    /// A gateway that took over from `child` (`tunwall upgrade`): not our
+    /// child, so it is stopped by its pid.
+    adopted: Option<u32>,
     background: Vec<Child>,
 }
 
@@ -87,17 +90,29 @@ impl Topology {
 
     /// As [`Topology::new`], choosing the I/O mode (`[gateway] offload`).
     pub fn with_offload(offload: bool, flows: &str, extra: &str) -> Topology {
-        Topology::build(offload, false, flows, extra)
+        Topology::build(offload, false, "", flows, extra)
+    }
+
+    /// As [`Topology::new`], with `gateway` added to `[gateway]`; a
+    /// `{dir}` in it stands for the topology's temporary directory.
+    pub fn with_gateway(gateway: &str, flows: &str, extra: &str) -> Topology {
+        Topology::build(true, false, gateway, flows, extra)
     }
 
     /// As [`Topology::new`], with the inside device created beforehand as a
     /// persistent multi-queue TUN device, so tunwall attaches to it.
     pub fn with_existing_lan_device(flows: &str, extra: &str) -> Topology {
-        Topology::build(true, true, flows, extra)
+        Topology::build(true, true, "", flows, extra)
     }
 
-    fn build(offload: bool, existing_lan: bool, flows: &str, extra: &str) -> Topology {
-        let mut t = Topology::prepare(offload, existing_lan, flows, extra);
+    fn build(
+        offload: bool,
+        existing_lan: bool,
+        gateway: &str,
+        flows: &str,
+        extra: &str,
+    ) -> Topology {
+        let mut t = Topology::prepare_with(offload, existing_lan, gateway, flows, extra);
         t.start();
         t
     }
@@ -105,6 +120,16 @@ impl Topology {
     /// The namespaces and the config of [`Topology::new`], with the gateway
     /// not started yet ([`Topology::start`]).
     pub fn prepare(offload: bool, existing_lan: bool, flows: &str, extra: &str) -> Topology {
+        Topology::prepare_with(offload, existing_lan, "", flows, extra)
+    }
+
+    fn prepare_with(
+        offload: bool,
+        existing_lan: bool,
+        gateway: &str,
+        flows: &str,
+        extra: &str,
+    ) -> Topology {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{}", std::process::id() % 100_000, n);
         let dir = std::env::temp_dir().join(format!("tunwall-e2e-{tag}"));
@@ -129,6 +154,7 @@ impl Topology {
 workers = 2
 offload = {offload}
 control_socket = "{socket}"
+{gateway}
 
 [[port]]
 name = "lan"
@@ -163,6 +189,7 @@ discard_rate = 1000
             client = t.client,
             server = t.server,
             events = t.events.display(),
+            gateway = gateway.replace("{dir}", &t.dir.display().to_string()),
         );
         std::fs::write(&t.config, config).expect("write config");
         if existing_lan {
@@ -199,6 +226,7 @@ discard_rate = 1000
             events: dir.join("events.jsonl"),
             dir,
             child: None,
+            adopted: None,
             background: Vec::new(),
         }
     }
@@ -268,7 +296,49 @@ discard_rate = 1000
 
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.adopted
+            .unwrap_or_else(|| self.child.as_ref().expect("running").id())
+    }
+
+    /// Runs `tunwall upgrade ARGS…`; when it succeeds, waits for the old
+    /// process to exit 0 and follows the new one.
+    pub fn upgrade(&mut self, args: &[&str]) -> Output {
+        let mut all = vec!["upgrade"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        if !out.status.success() {
+            return out;
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let pid: u32 = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "pid")
+            .nth(1)
+            .and_then(|p| p.trim_end_matches(':').parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+        if let Some(old) = self.adopted.replace(pid) {
+            wait_gone(old);
+        } else {
+            let mut child = self.child.take().expect("running");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the old gateway did not exit after the upgrade:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(
+                status.success(),
+                "the old gateway exited with {status}:\n{}",
+                self.log()
+            );
+        }
+        out
     }
 
     pub fn log(&self) -> String {
@@ -374,6 +444,19 @@ discard_rate = 1000
         std::fs::write(&self.config, f(text)).expect("write config");
     }
 
+    /// Sends SIGTERM to a gateway that took over and waits until it is gone.
+    pub fn stop_adopted(&mut self) {
+        let pid = self.adopted.take().expect("an upgraded gateway");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(
+            wait_gone(pid),
+            "tunwall {pid} did not stop on SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -399,6 +482,27 @@ discard_rate = 1000
             .status
             .success()
     }
+}
+
+/// Waits up to 10 s until process `pid` (not a child of ours) is gone or
+/// a zombie; returns whether it is.
+fn wait_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    false
 }
 
 /// Runs `tunwall ARGS` (with `stdin` as its input) with its standard output a pipe nobody reads.
@@ -428,6 +532,16 @@ impl Drop for Topology {
         for mut c in self.background.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(pid) = self.adopted.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            if !wait_gone(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
         }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")

@@ -22,6 +22,9 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        if self.metrics_listen != new.metrics_listen {
+            changes.push("[metrics]".to_string());
+        }
         // The identity watcher reads the interfaces it started with.
         if self.wireguard != new.wireguard {
             changes.push("[[wireguard]]".to_string());
@@ -33,6 +36,32 @@ impl Config {
                 "{}: a reload applies only [defaults], [identities], [[sublayer]] and [[filter]]; \
                  this file also changes {} (restart or `tunwall upgrade` to apply them); \
                  the running configuration and policy stay",
+                new.path.display(),
+                changes.join(", ")
+            ))
+        }
+    }
+}
+
+impl Config {
+    /// Checks that a new process running `new` can take over from one
+    /// running `self` (SPEC §13): the ports (their queues move as they are)
+    /// and the worker count and offload (the queues' number and framing)
+    /// stay; everything else may change.
+    pub fn upgradable_to(&self, new: &Config) -> Result<(), String> {
+        let mut changes = port_changes(&self.ports, &new.ports);
+        if self.gateway.workers.count() != new.gateway.workers.count() {
+            changes.push("[gateway] workers".to_string());
+        }
+        if self.gateway.offload != new.gateway.offload {
+            changes.push("[gateway] offload".to_string());
+        }
+        if changes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: an upgrade keeps the ports, their queues and their framing; \
+                 this file changes {} (stop and start to apply them); the running gateway stays",
                 new.path.display(),
                 changes.join(", ")
             ))

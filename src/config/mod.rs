@@ -100,6 +100,9 @@ pub struct GatewaySettings {
     pub control_socket_group: Option<String>,
     /// TUN offloads where the kernel supports them.
     pub offload: bool,
+    /// Where a clean stop saves the flow table and the next start reads
+    /// it back (SPEC §13); `None`: flows end at a stop.
+    pub state_file: Option<PathBuf>,
 }
 
 /// One `[[port]]`.
@@ -143,6 +146,8 @@ pub struct EventsConfig {
     pub file: Option<PathBuf>,
     /// Discard events per second (the first of each reason always goes out).
     pub discard_rate: u32,
+    /// `reject_rate`: rejections (RSTs, ICMP errors) sent per second at most.
+    pub reject_rate: u32,
 }
 
 /// A validated configuration.
@@ -163,6 +168,8 @@ pub struct Config {
     pub wireguard: Vec<WireguardConfig>,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[metrics] listen`: where Prometheus reads `GET /metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -292,7 +292,28 @@ impl Loader<'_> {
                 .as_ref()
                 .is_some_and(|v| *v.get_ref()),
         };
+        let reject = match &f.reject {
+            Some(r) if *r.get_ref() => {
+                if kind != FilterActionName::Block
+                    || !matches!(layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+                {
+                    return Err(here(
+                        r.span(),
+                        "reject = true answers a blocked packet: only block filters at auth_connect or auth_recv_accept take it".into(),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         let (conditions, mut summary) = conditions::parse(self, f, &name, ports, identities)?;
+        if reject {
+            summary = if summary.is_empty() {
+                "reject".to_string()
+            } else {
+                format!("{summary} reject")
+            };
+        }
         let mut action = action;
         if let Some(target) = redirect::target(self, f, &name, layer, &conditions)? {
             action = SpecAction::Redirect(target);
@@ -312,6 +333,7 @@ impl Loader<'_> {
             conditions,
             options,
             summary,
+            reject,
         })
     }
 }

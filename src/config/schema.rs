@@ -29,6 +29,14 @@ pub(super) struct Raw {
     pub(super) filters: Vec<RawFilter>,
     #[serde(default)]
     pub(super) events: RawEvents,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -39,6 +47,7 @@ pub(super) struct RawGateway {
     pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) control_socket_group: Option<String>,
     pub(super) offload: Option<bool>,
+    pub(super) state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -184,6 +193,7 @@ pub(super) struct RawFilter {
     pub(super) weight: Option<Spanned<i64>>,
     pub(super) action: Spanned<FilterActionName>,
     pub(super) hard: Option<Spanned<bool>>,
+    pub(super) reject: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
     pub(super) pend_timeout: Option<Spanned<toml::Value>>,
@@ -218,4 +228,5 @@ pub(super) struct RawFilter {
 pub(super) struct RawEvents {
     pub(super) file: Option<PathBuf>,
     pub(super) discard_rate: Option<Spanned<i64>>,
+    pub(super) reject_rate: Option<Spanned<i64>>,
 }

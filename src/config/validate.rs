@@ -122,6 +122,20 @@ impl Loader<'_> {
         policy.resolve_identities(&Default::default());
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
+        let reject_rate =
+            self.count(&raw.events.reject_rate, "reject_rate", 0, 1_000_000, 100)? as u32;
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => Some(l.get_ref().parse().map_err(|_| {
+                self.error(
+                    l.span(),
+                    format!(
+                        "[metrics] listen \"{}\" must be ADDRESS:PORT, e.g. \"127.0.0.1:9560\" or \"[::1]:9560\"",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -132,7 +146,9 @@ impl Loader<'_> {
             events: EventsConfig {
                 file: raw.events.file.clone(),
                 discard_rate,
+                reject_rate,
             },
+            metrics_listen,
         })
     }
 
@@ -163,6 +179,7 @@ impl Loader<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             control_socket_group: g.control_socket_group.clone(),
             offload: g.offload.unwrap_or(true),
+            state_file: g.state_file.clone(),
         })
     }
 

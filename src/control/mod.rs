@@ -1,10 +1,13 @@
 //! The control socket: a Unix socket speaking one JSON request per
-//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`,
-//! `pending`, `{"command": "decide", "id": N, "decision": "permit"}`), and the
+//! connection (`{"command": "flows"}`, `kill`, `stats`, `reload`,
+//! `upgrade`, `events`, `pending`,
+//! `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod capture;
 pub mod flows;
 pub mod hub;
+pub mod metrics;
 pub mod queue;
 
 use serde_json::{Value, json};
@@ -28,6 +31,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `capture`: stream packets as pcapng to this connection.
+    fn capture(&self, stream: UnixStream, request: &Value);
     /// `identities`: each identity with its source and current addresses
     /// (none unless the handler has a configuration).
     fn identities(&self) -> Value {
@@ -39,6 +44,16 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn decide(&self, id: u64, decision: crate::policy::Action) -> Value;
     /// `pending --json`: the JSON array of pending flows.
     fn pending(&self) -> Value;
+    /// `upgrade`: hand over to a new process running `binary` (SPEC §13);
+    /// `{"ok": true, "flows", "to_pid"}` or `{"ok": false, "error"}`.
+    fn upgrade(&self, _binary: Option<PathBuf>) -> Value {
+        json!({"ok": false, "error": "upgrade is not supported here"})
+    }
+    /// Whether to go on accepting connections (false once handed over:
+    /// the socket belongs to the new process).
+    fn serving(&self) -> bool {
+        true
+    }
 }
 
 /// The listening control socket.
@@ -163,6 +178,22 @@ impl BoundSocket {
         })
     }
 
+    /// A socket another process listened on and handed over (SPEC §13):
+    /// it is already at `path`.
+    pub fn adopt(path: &Path, listener: UnixListener) -> std::io::Result<BoundSocket> {
+        listener.set_nonblocking(true)?;
+        Ok(BoundSocket {
+            path: path.to_path_buf(),
+            temporary: path.to_path_buf(),
+            listener,
+        })
+    }
+
+    /// The listening socket, to hand over.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
     /// Removes the socket without serving it (start-up failed later).
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.temporary);
@@ -180,28 +211,53 @@ impl ControlServer {
     }
 
     /// Stops serving and removes the socket file.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        let path = self.path.clone();
+        self.release();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Stops serving and leaves the socket file: another process serves it.
+    pub fn release(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
 fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*handler) {
-                    debug!(error = %e, "control connection");
+    accept_until(
+        &stop,
+        "control socket",
+        || listener.accept().map(|(s, _)| s),
+        |stream| answer(stream, &*handler),
+        || handler.serving(),
+    );
+}
+
+/// Accepts connections from a non-blocking listener and answers each in
+/// turn until `stop` is set or `serving` says no more (the control socket,
+/// the metrics listener).
+pub(crate) fn accept_until<S>(
+    stop: &AtomicBool,
+    what: &str,
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    mut answer: impl FnMut(S) -> std::io::Result<()>,
+    serving: impl Fn() -> bool,
+) {
+    while !stop.load(Ordering::Relaxed) && serving() {
+        match accept() {
+            Ok(stream) => {
+                if let Err(e) = answer(stream) {
+                    debug!(error = %e, "{what} connection");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                warn!(error = %e, "control socket accept");
+                warn!(error = %e, "{what} accept");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -223,8 +279,18 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
             return handler.flows(&request, &mut out);
         }
         "kill" => handler.kill(&request),
+        "capture" => {
+            handler.capture(stream, &request);
+            return Ok(());
+        }
         "stats" => handler.stats(),
         "reload" => handler.reload(),
+        "upgrade" => handler.upgrade(
+            request
+                .get("binary")
+                .and_then(Value::as_str)
+                .map(PathBuf::from),
+        ),
         "pending" => handler.pending(),
         "decide" => decide(&request, handler),
         "identities" => handler.identities(),

@@ -13,7 +13,10 @@ use crate::route::{PortSpec, RouteTable};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// `[events] reject_rate` unless configured.
+pub const DEFAULT_REJECT_RATE: u32 = 100;
 
 /// `host_model` (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub struct Gateway {
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
     workers: usize,
+    /// `[events] reject_rate`: answers to rejected packets per second.
+    reject_rate: AtomicU32,
     /// Pending flows and their held packets (SPEC §10).
     pub(super) pend: super::pend::PendStore,
 }
@@ -96,6 +101,7 @@ impl Gateway {
             workers,
             pend: super::pend::PendStore::new(workers),
             config,
+            reject_rate: AtomicU32::new(DEFAULT_REJECT_RATE),
         })
     }
 
@@ -139,6 +145,16 @@ impl Gateway {
         self.table.adaptive_factor()
     }
 
+    /// Answers to rejected packets sent per second at most (all workers).
+    pub fn reject_rate(&self) -> u32 {
+        self.reject_rate.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gateway::reject_rate`].
+    pub fn set_reject_rate(&self, rate: u32) {
+        self.reject_rate.store(rate, Ordering::Relaxed);
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Arc<dyn Authorizer> {
         Arc::clone(&self.policy.load())
@@ -173,7 +189,7 @@ impl Gateway {
         let factor = self.table.adaptive_factor();
         let shard = self.table.lock_shard(idx);
         for (slot, entry) in shard.iter() {
-            if selector.matches(entry) {
+            if selector.matches_translated(entry, shard.translation(slot).map(|t| &t.key)) {
                 out.push(shard.info(slot, now, &self.config.flows, factor));
             }
         }
@@ -193,6 +209,11 @@ impl Gateway {
                 rewrite: None,
                 queued_discards: 0,
                 ids: 0..0,
+                note_drops: false,
+                last_drop: None,
+                reply: None,
+                reject_tokens: f64::from(self.reject_rate()),
+                reject_refilled: Instant::ZERO,
                 released: Vec::new(),
                 completing: Vec::new(),
             },

@@ -33,6 +33,7 @@
 //! Events and counters are kept by `report`.
 
 mod admission;
+mod carry;
 mod gateway;
 mod pend;
 mod pipeline;
@@ -40,6 +41,7 @@ mod report;
 mod stats;
 mod translate;
 
+pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
 pub use stats::{PortCounters, Stats};
@@ -102,6 +104,15 @@ struct Local {
     rewrite: Option<translate::Rewrite>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
+    /// Whether to keep the layer and filter of the last drop (a capture
+    /// client wants them).
+    note_drops: bool,
+    last_drop: Option<(Option<crate::policy::Layer>, Option<Arc<str>>)>,
+    /// The answer to a rejected packet: (port, packet), taken by the shell.
+    reply: Option<(u8, Vec<u8>)>,
+    /// The reject rate limit's bucket.
+    reject_tokens: f64,
+    reject_refilled: Instant,
     /// Permitted pending flows' packets, ready to be written.
     released: Vec<pend::Queue>,
     /// Scratch list of the completions being applied.
@@ -143,6 +154,24 @@ impl Engine {
     /// This worker's counters.
     pub fn stats(&self) -> &Stats {
         &self.local.stats
+    }
+
+    /// Keeps (or stops keeping) the layer and filter of each drop for
+    /// [`Engine::take_drop`]; the shell turns it on while a capture runs.
+    pub fn note_drops(&mut self, on: bool) {
+        self.local.note_drops = on;
+    }
+
+    /// The layer and deciding filter of the last dropped packet, when
+    /// [`Engine::note_drops`] is on.
+    pub fn take_drop(&mut self) -> Option<(Option<crate::policy::Layer>, Option<Arc<str>>)> {
+        self.local.last_drop.take()
+    }
+
+    /// The answer to the last packet, if a `reject = true` filter blocked
+    /// it: the port to write it to and the packet (SPEC §12).
+    pub fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.local.reply.take()
     }
 
     /// Takes the queued events.
@@ -193,6 +222,14 @@ impl Engine {
             }
             Err(dropped) => {
                 let reason = dropped.reason;
+                if dropped.reject
+                    && matches!(
+                        reason,
+                        DropReason::AuthConnectBlocked | DropReason::AuthRecvAcceptBlocked
+                    )
+                {
+                    local.reject(gw, now, port, &packet, bytes);
+                }
                 local.discard(now, port, Some(&packet), dropped);
                 Verdict::Drop(reason)
             }
@@ -286,7 +323,9 @@ impl Engine {
         let mut shard = gw.table.lock_shard(idx);
         let slots: Vec<SlotId> = shard
             .iter()
-            .filter(|(_, entry)| selector.matches(entry))
+            .filter(|(slot, entry)| {
+                selector.matches_translated(entry, shard.translation(*slot).map(|t| &t.key))
+            })
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &slots {

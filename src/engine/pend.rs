@@ -161,6 +161,13 @@ impl PendStore {
         }
     }
 
+    /// Wakes `worker`'s loop, if the shell set a waker.
+    fn wake(&self, worker: usize) {
+        if let Some(wake) = self.wakers.get(worker).and_then(OnceLock::get) {
+            wake();
+        }
+    }
+
     /// Records that `worker` classifies the new flow `id` (0: done).
     pub fn classifying(&self, worker: usize, id: u64) {
         if let Some(slot) = self.classifying.get(worker) {
@@ -282,9 +289,7 @@ impl Gateway {
             queue_for(completed, pending.owner, id);
             pending.owner
         };
-        if let Some(wake) = self.pend.wakers.get(owner).and_then(OnceLock::get) {
-            wake();
-        }
+        self.pend.wake(owner);
         Ok(())
     }
 
@@ -363,6 +368,7 @@ impl Local {
                 reason: DropReason::PendLimit,
                 layer: Some(request.layer),
                 filter: request.filter,
+                reject: false,
             });
         }
         self.next_id(gw);
@@ -420,6 +426,9 @@ impl Local {
         );
         if early.is_some() {
             queue_for(&mut inner.completed, self.worker, id);
+            drop(inner);
+            // The loop applies it as soon as this batch ends.
+            gw.pend.wake(self.worker);
         }
         if held {
             Ok(HELD)
@@ -598,6 +607,7 @@ impl Local {
                 reason: DropReason::ReauthBlocked,
                 layer: Some(pending.layer),
                 filter: pending.filter,
+                reject: false,
             };
             self.drop_held(now, &pending.queue, &dropped);
             gw.pend.recycle([pending.queue]);
@@ -659,5 +669,81 @@ mod tests {
         assert!(!queue.push(&config, &arrival(0), false), "packets bound");
         assert_eq!((queue.data.capacity(), queue.packets.capacity()), capacity);
         assert_eq!(queue.ip_bytes, 100);
+    }
+}
+
+/// A pending flow as carried to another process (SPEC §13): its place in
+/// the pend store, without its held packets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarriedPend {
+    /// The flow.
+    pub id: u64,
+    /// The layer that pended it.
+    pub layer: Layer,
+    /// The pending callout's filter.
+    pub filter: Option<Arc<str>>,
+    /// The classify flags of its first packet.
+    pub flags: ClassifyFlags,
+    /// When the pend timeout completes it.
+    pub deadline: Instant,
+    /// How the pend timeout completes it.
+    pub timeout_action: Action,
+    /// A decision made but not applied yet.
+    pub decision: Option<Action>,
+}
+
+impl Gateway {
+    /// The pending flows to carry over.
+    pub(super) fn carried_pending(&self) -> Vec<CarriedPend> {
+        let inner = self.pend.lock();
+        inner
+            .flows
+            .iter()
+            .map(|(&id, p)| CarriedPend {
+                id,
+                layer: p.layer,
+                filter: p.filter.clone(),
+                flags: p.flags,
+                deadline: p.deadline,
+                timeout_action: p.timeout_action,
+                decision: p.decision,
+            })
+            .collect()
+    }
+
+    /// Makes a carried flow pending again, owned by worker `owner`, with
+    /// an empty queue (its held packets stayed behind).
+    pub(super) fn restore_pending(
+        &self,
+        owner: usize,
+        table_key: FlowKey,
+        hash: u64,
+        flow: FlowInfo,
+        c: CarriedPend,
+    ) {
+        let mut inner = self.pend.lock();
+        let queue = inner
+            .spare
+            .pop()
+            .unwrap_or_else(|| Queue::new(&self.config.flows));
+        if c.decision.is_some() {
+            queue_for(&mut inner.completed, owner, c.id);
+        }
+        inner.flows.insert(
+            c.id,
+            Pending {
+                owner,
+                table_key,
+                hash,
+                flow,
+                layer: c.layer,
+                filter: c.filter,
+                flags: c.flags,
+                deadline: c.deadline,
+                timeout_action: c.timeout_action,
+                decision: c.decision,
+                queue,
+            },
+        );
     }
 }

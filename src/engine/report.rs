@@ -16,6 +16,8 @@ pub(super) struct Dropped {
     pub reason: DropReason,
     pub layer: Option<Layer>,
     pub filter: Option<Arc<str>>,
+    /// Blocked by a `reject = true` filter: answer the packet.
+    pub reject: bool,
 }
 
 impl From<DropReason> for Dropped {
@@ -24,6 +26,7 @@ impl From<DropReason> for Dropped {
             reason,
             layer: None,
             filter: None,
+            reject: false,
         }
     }
 }
@@ -44,6 +47,7 @@ impl Dropped {
             reason,
             layer: Some(layer),
             filter: decision.filter,
+            reject: decision.reject && !decision.vetoed,
         }
     }
 }
@@ -66,6 +70,9 @@ impl Local {
         dropped: Dropped,
     ) {
         self.stats.discards[dropped.reason.index()] += 1;
+        if self.note_drops {
+            self.last_drop = Some((dropped.layer, dropped.filter.clone()));
+        }
         if self.queued_discards >= MAX_QUEUED_DISCARDS {
             self.stats.events_dropped += 1;
             return;
@@ -81,6 +88,34 @@ impl Local {
                 packet: packet.map(PacketSummary::of),
             },
         );
+    }
+
+    /// Answers a first packet a `reject = true` filter blocked, out of its
+    /// arrival port, within the gateway's `reject_rate` (split between the
+    /// workers; one second of burst).
+    pub(super) fn reject(
+        &mut self,
+        gw: &Gateway,
+        now: Instant,
+        port: u8,
+        packet: &Packet,
+        bytes: &[u8],
+    ) {
+        let workers = gw.workers().max(1) as f64;
+        let rate = f64::from(gw.reject_rate()) / workers;
+        let elapsed = now.saturating_since(self.reject_refilled).as_secs_f64();
+        self.reject_refilled = now;
+        self.reject_tokens = (self.reject_tokens + elapsed * rate).min(rate.max(1.0));
+        if self.reject_tokens < 1.0 || rate <= 0.0 {
+            self.stats.rejects_limited += 1;
+            return;
+        }
+        let to_group = packet.dst_is_multicast() || gw.is_broadcast(packet);
+        if let Some(answer) = crate::packet::reject::reject(packet, bytes, to_group) {
+            self.reject_tokens -= 1.0;
+            self.stats.rejects_sent += 1;
+            self.reply = Some((port, answer));
+        }
     }
 
     pub(super) fn next_id(&mut self, gw: &Gateway) -> u64 {

@@ -51,6 +51,10 @@ pub struct Stats {
     pub vetoes: u64,
     /// ICMP errors forwarded as related to a flow.
     pub related_icmp: u64,
+    /// Answers sent to packets blocked by `reject = true` filters.
+    pub rejects_sent: u64,
+    /// Such answers not sent: over `reject_rate`.
+    pub rejects_limited: u64,
     /// Discard events not queued because too many were waiting (the counters above still count them).
     pub events_dropped: u64,
 }
@@ -69,6 +73,8 @@ impl Stats {
             reauthorizations: 0,
             vetoes: 0,
             related_icmp: 0,
+            rejects_sent: 0,
+            rejects_limited: 0,
             events_dropped: 0,
         }
     }
@@ -97,6 +103,8 @@ impl Stats {
         self.reauthorizations += other.reauthorizations;
         self.vetoes += other.vetoes;
         self.related_icmp += other.related_icmp;
+        self.rejects_sent += other.rejects_sent;
+        self.rejects_limited += other.rejects_limited;
         self.events_dropped += other.events_dropped;
     }
 

@@ -24,14 +24,14 @@ pub(super) const F_REVERSED: u8 = 0x40;
 /// The flow is translated; its [`crate::nat::Translation`] is in the shard's side map.
 pub(super) const F_TRANSLATED: u8 = 0x80;
 
-const STATE_ACTIVE: u8 = 0xff;
+pub(super) const STATE_ACTIVE: u8 = 0xff;
 
 // The `pend` byte (SPEC §10): never pended, pending, or completed with a
 // decision the pending callout returns for the flow's whole life.
 const PEND_NONE: u8 = 0;
-const PEND_WAITING: u8 = 1;
+pub(super) const PEND_WAITING: u8 = 1;
 const PEND_PERMIT: u8 = 2;
-const PEND_BLOCK: u8 = 3;
+pub(super) const PEND_BLOCK: u8 = 3;
 
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
@@ -43,18 +43,18 @@ pub struct FlowEntry {
     pub(super) id: u64,
     /// Per direction (out, in) three words: packets in the low 40 bits of the
     /// 96-bit value, bytes in the high 56.
-    counters: [u32; 6],
+    pub(super) counters: [u32; 6],
     pub(super) tcp: TcpTracker,
     pub(super) last_seen: u32,
     /// Idle-timeout override in ms (classify options); 0 = the protocol default.
-    lifetime_ms: u32,
-    generation: u32,
-    created: [u16; 3],
+    pub(super) lifetime_ms: u32,
+    pub(super) generation: u32,
+    pub(super) created: [u16; 3],
     pub(super) key: FlowKey,
     pub(super) state: u8,
     pub(super) flags: u8,
-    arrival_port: u8,
-    pend: u8,
+    pub(super) arrival_port: u8,
+    pub(super) pend: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
@@ -284,9 +284,13 @@ impl FlowEntry {
     #[inline]
     pub fn count(&mut self, direction: Direction, len: u32) {
         let (packets, bytes) = self.counters(direction);
-        let packets = (packets + 1) & MASK40;
-        let bytes = (bytes + u64::from(len)) & MASK56;
-        let v = u128::from(packets) | u128::from(bytes) << 40;
+        self.set_counters(direction, packets + 1, bytes + u64::from(len));
+    }
+
+    /// Sets the (packets, bytes) of `direction`, wrapping at 40 and 56 bits.
+    #[inline]
+    pub(super) fn set_counters(&mut self, direction: Direction, packets: u64, bytes: u64) {
+        let v = u128::from(packets & MASK40) | u128::from(bytes & MASK56) << 40;
         let i = match direction {
             Direction::Outbound => 0,
             Direction::Inbound => 3,

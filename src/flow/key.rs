@@ -316,6 +316,31 @@ impl FlowKey {
         key
     }
 
+    /// The key's flag bits (IP version, inbound query, same zone), for the
+    /// flow record ([`super::record`]).
+    pub(super) fn meta(&self) -> u8 {
+        self.meta
+    }
+
+    /// A key from a flow record's fields; `None` if `meta` has unknown bits.
+    pub(super) fn from_record(
+        local: RawAddr,
+        remote: RawAddr,
+        local_port: u16,
+        remote_port: u16,
+        protocol: u8,
+        meta: u8,
+    ) -> Option<FlowKey> {
+        (meta & !(META_V6 | META_INBOUND_QUERY | META_SAME_ZONE) == 0).then_some(FlowKey {
+            local,
+            remote,
+            local_port,
+            remote_port,
+            protocol,
+            meta,
+        })
+    }
+
     /// Whether both endpoints lie behind ports of one zone.
     #[inline]
     pub fn same_zone(&self) -> bool {

@@ -6,6 +6,7 @@ pub mod fragment;
 pub mod info;
 pub mod key;
 pub mod lifetime;
+pub mod record;
 pub mod select;
 pub mod table;
 pub mod tcp;

@@ -2,7 +2,7 @@
 //! every given filter must match; an address or port matches either
 //! endpoint of the flow.
 
-use super::{Direction, FlowEntry, TcpState};
+use super::{Direction, FlowEntry, FlowKey, TcpState};
 use crate::packet::{IpVersion, RawAddr, raw_addr};
 use crate::policy::{AddrSet, Layer};
 use serde_json::{Map, Value, json};
@@ -142,6 +142,13 @@ impl FlowSelector {
 
     /// Whether `entry` is selected.
     pub fn matches(&self, entry: &FlowEntry) -> bool {
+        self.matches_translated(entry, None)
+    }
+
+    /// Whether `entry` is selected; an address or port also matches the
+    /// endpoints of its translated key (`translated`, SPEC §9), the one
+    /// packets carry on the other side of the gateway.
+    pub fn matches_translated(&self, entry: &FlowEntry, translated: Option<&FlowKey>) -> bool {
         if self.id.is_some_and(|id| id != entry.id()) {
             return false;
         }
@@ -157,13 +164,14 @@ impl FlowSelector {
             return false;
         }
         let version = key.version();
+        let keys = || std::iter::once(&key).chain(translated);
         if let Some((v, addr)) = &self.addr
-            && (*v != version || (key.local != *addr && key.remote != *addr))
+            && (*v != version || !keys().any(|k| k.local == *addr || k.remote == *addr))
         {
             return false;
         }
         if let Some(port) = self.port
-            && (key.is_icmp() || (key.local_port != port && key.remote_port != port))
+            && (key.is_icmp() || !keys().any(|k| k.local_port == port || k.remote_port == port))
         {
             return false;
         }

@@ -47,6 +47,12 @@ pub type SlotId = u32;
 /// chunk stays under a byte per flow in a full table.
 const CHUNK: usize = 64;
 
+/// The translations of one slab chunk's slots.
+struct TranslationChunk {
+    slots: Box<[Option<Translation>]>,
+    live: u32,
+}
+
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
     index: HashTable<SlotId>,
@@ -65,9 +71,10 @@ pub struct Shard {
     embryos: VecDeque<(SlotId, u32)>,
     embryo_count: usize,
     parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
-    /// The translated side of translated flows, by flow id: untranslated
-    /// flows carry nothing for NAT.
-    translations: hashbrown::HashMap<u64, Translation, ahash::RandomState>,
+    /// The translated side of translated flows, by slot, in chunks that
+    /// exist only while a translated flow lives in them: untranslated flows
+    /// carry nothing for NAT but a null pointer per chunk.
+    translations: Vec<Option<TranslationChunk>>,
     sweep_cursor: SlotId,
     hasher: ahash::RandomState,
 }
@@ -84,7 +91,7 @@ impl Shard {
             embryos: VecDeque::new(),
             embryo_count: 0,
             parents: hashbrown::HashMap::with_hasher(hasher.clone()),
-            translations: hashbrown::HashMap::with_hasher(hasher.clone()),
+            translations: Vec::new(),
             sweep_cursor: 0,
             hasher,
         }
@@ -140,20 +147,39 @@ impl Shard {
     /// The translation of the flow in `slot`, if it is translated.
     #[inline]
     pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
-        let entry = self.entry(slot);
-        if entry.is_translated() {
-            self.translations.get(&entry.id())
-        } else {
-            None
+        if !self.entry(slot).is_translated() {
+            return None;
         }
+        let slot = slot as usize;
+        self.translations.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
     }
 
     /// Makes the flow in `slot` a translated one.
     pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
-        let entry = self.entry_mut(slot);
-        entry.flags |= F_TRANSLATED;
-        let id = entry.id();
-        self.translations.insert(id, translation);
+        self.entry_mut(slot).flags |= F_TRANSLATED;
+        let slot = slot as usize;
+        if self.translations.len() <= slot / CHUNK {
+            self.translations.resize_with(slot / CHUNK + 1, || None);
+        }
+        let chunk = self.translations[slot / CHUNK].get_or_insert_with(|| TranslationChunk {
+            slots: (0..CHUNK).map(|_| None).collect(),
+            live: 0,
+        });
+        if chunk.slots[slot % CHUNK].replace(translation).is_none() {
+            chunk.live += 1;
+        }
+    }
+
+    fn take_translation(&mut self, slot: SlotId) -> Option<Translation> {
+        let slot = slot as usize;
+        let cell = self.translations.get_mut(slot / CHUNK)?;
+        let chunk = cell.as_mut()?;
+        let translation = chunk.slots[slot % CHUNK].take()?;
+        chunk.live -= 1;
+        if chunk.live == 0 {
+            *cell = None;
+        }
+        Some(translation)
     }
 
     /// A snapshot of the flow in `slot`.
@@ -223,7 +249,7 @@ impl Shard {
             None
         };
         let translation = if entry.is_translated() {
-            self.translations.remove(&entry.id())
+            self.take_translation(slot)
         } else {
             None
         };
@@ -299,6 +325,7 @@ impl Shard {
         self.index
             .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
         self.parents.shrink_to_fit();
+        self.translations.truncate(self.chunks.len());
         self.translations.shrink_to_fit();
     }
 
@@ -366,7 +393,13 @@ impl Shard {
             + self.free.capacity() * 4
             + self.embryos.capacity() * 8
             + self.parents.allocation_size()
-            + self.translations.allocation_size()
+            + self.translations.capacity() * std::mem::size_of::<Option<TranslationChunk>>()
+            + self
+                .translations
+                .iter()
+                .flatten()
+                .map(|c| c.slots.len() * std::mem::size_of::<Option<Translation>>())
+                .sum::<usize>()
     }
 }
 
@@ -446,6 +479,17 @@ impl ShardGuard<'_> {
             made_room = Some((self.shard.remove(slot), reason));
         }
         Some((self.shard.insert(hash, entry, parent), made_room))
+    }
+
+    /// Inserts a flow carried over from another process (SPEC §13): it
+    /// never makes room, and a key already present is refused. Returns
+    /// whether the flow was inserted.
+    pub fn insert_carried(&mut self, hash: u64, entry: FlowEntry, parent: Option<u64>) -> bool {
+        if self.shard.find(hash, &entry.key).is_some() || !self.table.admit() {
+            return false;
+        }
+        self.shard.insert(hash, entry, parent);
+        true
     }
 
     /// Removes the flow in `slot`.
@@ -540,6 +584,11 @@ impl FlowTable {
     pub fn group_shards(&self, group: usize) -> std::ops::Range<usize> {
         let start = (group % self.groups) * self.per_group;
         start..start + self.per_group
+    }
+
+    /// The group shard `idx` belongs to.
+    pub fn group_of_shard(&self, idx: usize) -> usize {
+        idx / self.per_group
     }
 
     /// Locks the shard of `group` that holds keys of `hash`.

@@ -50,7 +50,7 @@ pub struct TcpPeer {
     pub max_win: u16,
     /// Window-scale shift from this peer's SYN.
     pub wscale: u8,
-    flags: u8,
+    pub(super) flags: u8,
 }
 
 impl TcpPeer {
@@ -92,7 +92,7 @@ named_enum! {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct TcpTracker {
-    peers: [TcpPeer; 2],
+    pub(super) peers: [TcpPeer; 2],
 }
 
 fn seq_gt(a: u32, b: u32) -> bool {

@@ -7,6 +7,7 @@
 //! txqueuelen and kernel routes are set over netlink ([`netlink`]) from such
 //! a thread too.
 
+pub mod capture;
 pub mod clock;
 pub mod netlink;
 pub mod notify;
@@ -15,9 +16,48 @@ pub mod worker;
 use crate::config::PortConfig;
 use ipnet::IpNet;
 use netlink::Link;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use tracing::{info, warn};
-use tun_rs::{DeviceBuilder, SyncDevice};
+use tun_rs::DeviceBuilder;
+
+/// One TUN queue: a plain file descriptor (read one packet, write one
+/// packet), so that a queue handed over from another process (SPEC §13)
+/// is the same thing as one opened here.
+pub struct Queue(File);
+
+impl Queue {
+    /// Reads one packet.
+    #[inline]
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
+    }
+
+    /// Writes one packet.
+    #[inline]
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        (&self.0).write(buf)
+    }
+}
+
+impl From<OwnedFd> for Queue {
+    fn from(fd: OwnedFd) -> Queue {
+        Queue(File::from(fd))
+    }
+}
+
+impl AsFd for Queue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Queue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
 
 /// The txqueuelen tunwall sets on its devices: the default 500 overflows
 /// under a single TCP stream at TUN speed and costs retransmissions.
@@ -68,9 +108,13 @@ pub struct Port {
     /// The port's configuration.
     pub config: PortConfig,
     /// Queue `i` belongs to worker `i`.
-    pub queues: Vec<SyncDevice>,
-    /// Whether tunwall created the device (it disappears when the last queue closes).
+    pub queues: Vec<Queue>,
+    /// Whether tunwall created the device (it disappears when the last queue
+    /// closes, unless it is persistent).
     pub created: bool,
+    /// Whether tunwall made the device persistent (`state_file`: it outlives
+    /// a clean stop, SPEC §13); [`Port::close`] deletes it.
+    pub persistent: bool,
     /// Whether the queues carry a virtio-net header (offload on): reads
     /// return GSO superframes behind it, and writes must carry one.
     pub vnet_hdr: bool,
@@ -88,8 +132,14 @@ impl Port {
     /// Opens (creating if absent) the port's device with `queues` queues
     /// and configures it. With `offload`, the device is asked for the virtio
     /// header with TSO/USO and checksum offload; [`Port::vnet_hdr`] says
-    /// whether the kernel granted it.
-    pub fn open(config: &PortConfig, queues: usize, offload: bool) -> io::Result<Port> {
+    /// whether the kernel granted it. With `persist`, a device tunwall
+    /// creates is made persistent.
+    pub fn open(
+        config: &PortConfig,
+        queues: usize,
+        offload: bool,
+        persist: bool,
+    ) -> io::Result<Port> {
         let device = config.device.clone();
         let netns = config.netns.clone();
         let (devices, created, vnet_hdr, udp_gso) = in_netns(netns.as_deref(), move || {
@@ -129,12 +179,23 @@ impl Port {
             // tun-rs asks for USO after TSO and keeps TSO alone when the
             // kernel refuses it (TUNSETOFFLOAD EINVAL before 6.2).
             let udp_gso = vnet_hdr && devices[0].udp_gso();
-            Ok((devices, !existed, vnet_hdr, udp_gso))
+            if persist && !existed {
+                devices[0].persist().map_err(|e| {
+                    io::Error::new(e.kind(), format!("making {device} persistent: {e}"))
+                })?;
+            }
+            // The queues continue as plain descriptors (the same open files).
+            let queues = devices
+                .iter()
+                .map(|d| d.as_fd().try_clone_to_owned().map(Queue::from))
+                .collect::<io::Result<Vec<Queue>>>()?;
+            Ok((queues, !existed, vnet_hdr, udp_gso))
         })?;
         let mut port = Port {
             config: config.clone(),
             queues: devices,
             created,
+            persistent: persist && created,
             vnet_hdr,
             udp_gso,
             added: Vec::new(),
@@ -206,18 +267,50 @@ impl Port {
         Ok(())
     }
 
+    /// A port whose open queues came from another process (SPEC §13): the
+    /// device is already configured.
+    pub fn adopt(
+        config: &PortConfig,
+        queues: Vec<Queue>,
+        created: bool,
+        persistent: bool,
+        vnet_hdr: bool,
+        udp_gso: bool,
+    ) -> Port {
+        Port {
+            config: config.clone(),
+            queues,
+            created,
+            persistent,
+            vnet_hdr,
+            udp_gso,
+            added: Vec::new(),
+        }
+    }
+
+    /// Closes the queues and leaves the device as it is, with its addresses
+    /// and routes: another process carries on with it.
+    pub fn keep(self) {}
+
     /// Closes the queues; removes what tunwall added to a device it did not
-    /// create (a device it created vanishes with its last queue).
+    /// create (a device it created vanishes with its last queue, a
+    /// persistent one is deleted).
     pub fn close(mut self) {
         self.queues.clear();
         let added = std::mem::take(&mut self.added);
-        if added.is_empty() {
+        let persistent = self.persistent;
+        if added.is_empty() && !persistent {
             return;
         }
         let device = self.config.device.clone();
         let undone = in_netns(self.config.netns.as_deref(), move || {
-            undo(&mut Link::open(&device)?, added);
-            Ok(())
+            let mut link = Link::open(&device)?;
+            if persistent {
+                link.delete()
+            } else {
+                undo(&mut link, added);
+                Ok(())
+            }
         });
         if let Err(e) = undone {
             warn!(port = %self.config.name, error = %e, "cleanup");
@@ -231,7 +324,12 @@ impl Port {
 /// Offload passes GSO superframes from port to port whole, never split, which
 /// is only right when no port has a smaller MTU than another: with differing
 /// MTUs the ports are opened without offload.
-pub fn open_ports(ports: &[PortConfig], queues: usize, offload: bool) -> io::Result<Vec<Port>> {
+pub fn open_ports(
+    ports: &[PortConfig],
+    queues: usize,
+    offload: bool,
+    persist: bool,
+) -> io::Result<Vec<Port>> {
     let offload = offload
         && {
             let equal = ports.windows(2).all(|w| w[0].mtu == w[1].mtu);
@@ -245,7 +343,7 @@ pub fn open_ports(ports: &[PortConfig], queues: usize, offload: bool) -> io::Res
     let open_all = |offload: bool| -> io::Result<Vec<Port>> {
         let mut open: Vec<Port> = Vec::new();
         for p in ports {
-            match Port::open(p, queues, offload) {
+            match Port::open(p, queues, offload, persist) {
                 Ok(port) => open.push(port),
                 Err(e) => {
                     for port in open {
@@ -270,12 +368,14 @@ pub fn open_ports(ports: &[PortConfig], queues: usize, offload: bool) -> io::Res
 
 /// Takes the queues out of `ports`: entry `i` holds worker `i`'s queue of
 /// every port, in port order.
-pub fn queues_by_worker(ports: &mut [Port], workers: usize) -> Vec<Vec<SyncDevice>> {
-    let mut by_worker: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
+/// Each worker's queues are copies of the port's descriptors (the same open
+/// queues); the ports keep theirs to hand them over (SPEC §13).
+pub fn queues_by_worker(ports: &[Port], workers: usize) -> io::Result<Vec<Vec<Queue>>> {
+    let mut by_worker: Vec<Vec<Queue>> = (0..workers).map(|_| Vec::new()).collect();
     for port in ports {
-        for (i, q) in std::mem::take(&mut port.queues).into_iter().enumerate() {
-            by_worker[i].push(q);
+        for (i, q) in port.queues.iter().enumerate().take(workers) {
+            by_worker[i].push(Queue::from(q.as_fd().try_clone_to_owned()?));
         }
     }
-    by_worker
+    Ok(by_worker)
 }

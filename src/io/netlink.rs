@@ -127,6 +127,14 @@ impl Link {
             .map_err(|e| self.failed(&format!("removing route {dst} via"), e))
     }
 
+    /// Deletes the device (`ip link del`): how a persistent TUN device
+    /// goes, once no queue is open (SPEC §13).
+    pub fn delete(&mut self) -> io::Result<()> {
+        let msg = self.link_message();
+        self.request(RouteNetlinkMessage::DelLink(msg), 0)
+            .map_err(|e| self.failed("deleting", e))
+    }
+
     fn failed(&self, operation: &str, e: io::Error) -> io::Error {
         io::Error::new(e.kind(), format!("{operation} {}: {e}", self.device))
     }

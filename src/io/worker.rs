@@ -15,11 +15,14 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
+use super::Queue;
+use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
 use crate::flow::FlowSelector;
+use crate::policy::Layer;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
@@ -28,9 +31,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
-use tun_rs::SyncDevice;
 
 /// The token of the control waker.
 pub const WAKE: Token = Token(usize::MAX);
@@ -82,6 +84,16 @@ pub trait Processor: Send {
     /// `admin`; returns how many.
     fn kill(&mut self, _now: Instant, _idx: usize, _selector: &FlowSelector) -> usize {
         0
+    }
+    /// Keep the layer and filter of drops for [`Processor::take_drop`].
+    fn note_drops(&mut self, _on: bool) {}
+    /// The layer and filter of the last drop.
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        None
+    }
+    /// The answer to a rejected packet: (port, packet).
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        None
     }
 }
 
@@ -135,6 +147,18 @@ impl Processor for Engine {
     fn kill(&mut self, now: Instant, idx: usize, selector: &FlowSelector) -> usize {
         self.close_in_shard(now, idx, selector, CloseReason::Admin)
     }
+
+    fn note_drops(&mut self, on: bool) {
+        Engine::note_drops(self, on);
+    }
+
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        Engine::take_drop(self)
+    }
+
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        Engine::take_reply(self)
+    }
 }
 
 /// I/O counters of one worker, beside the engine's.
@@ -144,6 +168,9 @@ pub struct IoStats {
     pub read_errors: u64,
     /// Writes that failed (the packet is lost).
     pub write_errors: u64,
+    /// Packets a capture lost because its reader was behind (for the
+    /// whole gateway, filled in by the daemon).
+    pub capture_lost: u64,
 }
 
 /// What the control thread asks of a worker.
@@ -155,12 +182,21 @@ pub enum Control {
     Kill(Arc<FlowSelector>, Sender<usize>),
     /// Close every flow of the owned shards (reason shutdown) and exit.
     Shutdown,
+    /// Stop reading (packets wait in the TUN queues) and answer once
+    /// stopped; then only control messages are handled, until `Resume`,
+    /// `Detach` or `Shutdown`.
+    Pause(Sender<()>),
+    /// Read again after a `Pause`.
+    Resume,
+    /// Exit without closing any flow: another process, or the state file,
+    /// carries them on (SPEC §13).
+    Detach,
 }
 
 /// One worker.
 pub struct Worker<P: Processor = Engine> {
     engine: P,
-    queues: Vec<SyncDevice>,
+    queues: Vec<Queue>,
     poll: Poll,
     control: Receiver<Control>,
     events: EventSender,
@@ -168,6 +204,8 @@ pub struct Worker<P: Processor = Engine> {
     io: IoStats,
     /// Bytes of virtio-net header in front of every packet (0 without offload).
     header: usize,
+    /// Where packets go while `tunwall capture` runs.
+    capture: Arc<CaptureTap>,
 }
 
 impl Worker {
@@ -183,7 +221,7 @@ impl<P: Processor> Worker<P> {
     /// A worker over `queues` (its queue of every port, by port index).
     pub fn new(
         engine: P,
-        queues: Vec<SyncDevice>,
+        queues: Vec<Queue>,
         poll: Poll,
         control: Receiver<Control>,
         events: EventSender,
@@ -203,7 +241,14 @@ impl<P: Processor> Worker<P> {
             } else {
                 0
             },
+            capture: Arc::new(CaptureTap::default()),
         }
+    }
+
+    /// Hands packets to `tap` while a capture runs.
+    pub fn with_capture(mut self, tap: Arc<CaptureTap>) -> Worker<P> {
+        self.capture = tap;
+        self
     }
 
     /// Runs until told to shut down.
@@ -220,6 +265,7 @@ impl<P: Processor> Worker<P> {
         // Edge-triggered readiness: a port stays pending until a read would block.
         let mut pending = vec![true; self.queues.len()];
         let mut next_tick = self.clock.now() + TICK;
+        let mut capturing = CaptureMode::Off;
         loop {
             let now = self.clock.now();
             let timeout = if pending.iter().any(|p| *p) {
@@ -238,6 +284,8 @@ impl<P: Processor> Worker<P> {
                     if self.handle_control() {
                         return Ok(());
                     }
+                    // After a pause the queues filled without a new edge.
+                    pending.fill(true);
                     woken = true;
                 } else if let Some(p) = pending.get_mut(event.token().0) {
                     *p = true;
@@ -245,9 +293,20 @@ impl<P: Processor> Worker<P> {
             }
             let now = self.clock.now();
             self.engine.begin_batch();
+            // The one look at the capture per batch.
+            let mode = self.capture.mode();
+            if mode != capturing {
+                self.engine.note_drops(mode != CaptureMode::Off);
+                capturing = mode;
+            }
+            let wall = if mode == CaptureMode::Off {
+                SystemTime::UNIX_EPOCH
+            } else {
+                SystemTime::now()
+            };
             for (port, pending) in pending.iter_mut().enumerate() {
                 if *pending {
-                    *pending = self.pump(now, port, &mut buf);
+                    *pending = self.pump(now, port, &mut buf, mode, wall);
                 }
             }
             if now >= next_tick {
@@ -271,7 +330,14 @@ impl<P: Processor> Worker<P> {
     /// sequence range, and the superframe leaves whole, header and all,
     /// through the egress queue, which has the same offloads: nothing is
     /// split and re-coalesced in between.
-    fn pump(&mut self, now: Instant, port: usize, buf: &mut [u8]) -> bool {
+    fn pump(
+        &mut self,
+        now: Instant,
+        port: usize,
+        buf: &mut [u8],
+        capture: CaptureMode,
+        wall: SystemTime,
+    ) -> bool {
         for _ in 0..BATCH {
             let n = match self.queues[port].recv(buf) {
                 Ok(n) => n,
@@ -293,6 +359,16 @@ impl<P: Processor> Worker<P> {
                 self.io.read_errors += 1;
                 continue;
             };
+            if capture != CaptureMode::Off
+                && let Some(packet) = buf.get(self.header..n)
+            {
+                self.capture(capture, wall, port as u8, packet, verdict);
+            }
+            if let Verdict::Drop(_) = verdict
+                && let Some((out, answer)) = self.engine.take_reply()
+            {
+                self.send_reply(out, &answer);
+            }
             if let Verdict::Forward(out) = verdict
                 && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
@@ -301,6 +377,45 @@ impl<P: Processor> Worker<P> {
             }
         }
         true
+    }
+
+    /// Writes the answer to a rejected packet (behind a zeroed virtio
+    /// header with offload: no GSO, checksums already complete).
+    fn send_reply(&mut self, port: u8, answer: &[u8]) {
+        let mut frame = vec![0u8; self.header];
+        frame.extend_from_slice(answer);
+        if let Some(queue) = self.queues.get(usize::from(port))
+            && let Err(e) = queue.send(&frame)
+        {
+            self.io.write_errors += 1;
+            debug!(port, error = %e, "write of a reject");
+        }
+    }
+
+    /// Hands a copy of a packet to the capture.
+    fn capture(
+        &mut self,
+        mode: CaptureMode,
+        at: SystemTime,
+        port: u8,
+        packet: &[u8],
+        verdict: Verdict,
+    ) {
+        let dropped = match verdict {
+            Verdict::Drop(reason) => {
+                let (layer, filter) = self.engine.take_drop().unwrap_or((None, None));
+                Some(DropNote {
+                    reason,
+                    layer,
+                    filter,
+                })
+            }
+            Verdict::Forward(_) | Verdict::Held => None,
+        };
+        if mode == CaptureMode::Discards && dropped.is_none() {
+            return;
+        }
+        self.capture.offer(at, port, packet, dropped);
     }
 
     /// Writes the packets of pending flows this worker permitted: they
@@ -322,9 +437,21 @@ impl<P: Processor> Worker<P> {
         self.events.send(batch);
     }
 
-    /// Handles queued control messages; returns true on shutdown.
+    /// Handles queued control messages; returns true when the worker exits.
     fn handle_control(&mut self) -> bool {
-        while let Ok(message) = self.control.try_recv() {
+        let mut paused = false;
+        loop {
+            let message = if paused {
+                match self.control.recv() {
+                    Ok(m) => m,
+                    Err(_) => return true,
+                }
+            } else {
+                match self.control.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return false,
+                }
+            };
             match message {
                 Control::Stats(reply) => {
                     let _ = reply.send((self.engine.stats(), self.io));
@@ -345,9 +472,18 @@ impl<P: Processor> Worker<P> {
                     self.flush_events();
                     return true;
                 }
+                Control::Pause(done) => {
+                    self.flush_events();
+                    paused = true;
+                    let _ = done.send(());
+                }
+                Control::Resume => paused = false,
+                Control::Detach => {
+                    self.flush_events();
+                    return true;
+                }
             }
         }
-        false
     }
 }
 

@@ -82,6 +82,8 @@ pub struct FilterSpec {
     pub options: FlowOptions,
     /// The conditions and options as written, for `tunwall check`.
     pub summary: String,
+    /// A block that answers the blocked first packet (`reject = true`).
+    pub reject: bool,
 }
 
 /// A validated policy, before compilation.
@@ -131,7 +133,7 @@ fn width(kind: u8) -> u8 {
 
 /// One layer, ready to classify.
 #[derive(Default)]
-struct LayerIndex {
+pub(super) struct LayerIndex {
     /// Filter indices in evaluation order; a filter's rank is its position here.
     order: Vec<usize>,
     /// The sublayer of each rank.
@@ -143,7 +145,7 @@ struct LayerIndex {
     /// Ranks of filters with no indexable condition.
     unindexed: Vec<u32>,
     /// The layer's definition as text: a change means a new generation.
-    canonical: String,
+    pub(super) canonical: String,
 }
 
 impl LayerIndex {
@@ -233,18 +235,18 @@ impl LayerIndex {
 
 /// The compiled policy.
 pub struct Policy {
-    generation: u64,
-    layer_generations: [u32; Layer::COUNT],
+    pub(super) generation: u64,
+    pub(super) layer_generations: [u32; Layer::COUNT],
     /// Per layer, the generation of its last change by a reload (the later
     /// ones came from identities changing).
     reloaded_at: [u32; Layer::COUNT],
-    changed: Vec<Layer>,
+    pub(super) changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
     filters: Vec<Filter>,
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
-    layers: Vec<LayerIndex>,
+    pub(super) layers: Vec<LayerIndex>,
     /// Per filter, by index: shared with the previous policy for a filter
     /// that kept its name.
     counters: Vec<Arc<FilterCounters>>,
@@ -342,6 +344,7 @@ impl Policy {
                 action,
                 conditions: f.conditions.clone(),
                 options: f.options,
+                reject: f.reject,
             });
         }
 
@@ -369,8 +372,15 @@ impl Policy {
             let sub = &spec.sublayers[f.sublayer];
             let _ = writeln!(
                 layer.canonical,
-                "{}|{}:{}|{}|{:?}|{:?}|{:?}",
-                f.name, sub.name, sub.weight, f.weight, spec_f.action, f.conditions, f.options
+                "{}|{}:{}|{}|{:?}|{:?}|{:?}|{}",
+                f.name,
+                sub.name,
+                sub.weight,
+                f.weight,
+                spec_f.action,
+                f.conditions,
+                f.options,
+                f.reject
             );
         }
         for &layer in Layer::ALL {
@@ -563,6 +573,7 @@ impl Policy {
                 filter: Some(Arc::clone(&self.filters[index].name)),
                 options: FlowOptions::default(),
                 vetoed: false,
+                reject: false,
                 pend: Some(pend),
             };
         }
@@ -590,6 +601,7 @@ impl Policy {
             filter: Some(Arc::clone(&filter.name)),
             options,
             vetoed: verdict.vetoed.is_some(),
+            reject: verdict.action == Action::Block && filter.reject,
             pend: None,
         }
     }

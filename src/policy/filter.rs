@@ -399,6 +399,8 @@ pub struct Filter {
     pub conditions: Conditions,
     /// Classify options attached to the flows its permit creates.
     pub options: FlowOptions,
+    /// A block answered with a TCP RST or an ICMP error (`reject = true`).
+    pub reject: bool,
 }
 
 impl Filter {

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod filter;
 pub mod identity;
 pub mod identity_table;
+pub mod lineage;
 pub mod rate_limit;
 pub mod trace;
 
@@ -25,6 +26,7 @@ pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
 pub use identity_table::{
     Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
 };
+pub use lineage::Lineage;
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;
@@ -327,6 +329,8 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A block by a `reject = true` filter: the gateway answers the packet.
+    pub reject: bool,
     /// A callout pended the flow (SPEC §10): `action` is block and `filter`
     /// the pending callout's filter; the engine holds the flow instead.
     pub pend: Option<Pend>,
@@ -360,6 +364,7 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            reject: false,
             pend: None,
         }
     }

@@ -379,6 +379,7 @@ pub fn stats(
         "reauthorizations": s.reauthorizations,
         "vetoes": s.vetoes,
         "related_icmp": s.related_icmp,
+        "rejects": {"sent": s.rejects_sent, "rate_limited": s.rejects_limited},
         "adaptive_factor": gw.adaptive_factor(),
         "policy_generation": generation,
         "ports": ports,
@@ -387,6 +388,7 @@ pub fn stats(
         "events_dropped": s.events_dropped,
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
+        "capture_lost": io.capture_lost,
         "filters": filters,
         "nat": {
             "ports_in_use": gw.nat().ports_in_use(),

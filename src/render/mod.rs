@@ -5,5 +5,6 @@
 
 pub mod explain;
 pub mod json;
+pub mod pcapng;
 pub mod prometheus;
 pub mod text;

@@ -107,6 +107,19 @@ pub fn prometheus(stats: &Value) -> String {
         plain("policy_generation"),
     );
     metric("workers", "gauge", "Worker threads.", plain("workers"));
+    let nat = |k: &str| vec![(String::new(), stats["nat"][k].clone())];
+    metric(
+        "nat_ports_in_use",
+        "gauge",
+        "Translated ports (and ICMP ids) held by mappings.",
+        nat("ports_in_use"),
+    );
+    metric(
+        "nat_ports_exhausted_total",
+        "counter",
+        "Allocations refused: no free port.",
+        nat("ports_exhausted"),
+    );
     for (key, help) in [
         ("read_errors", "Failed reads from the ports."),
         (

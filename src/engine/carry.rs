@@ -1,0 +1,304 @@
+//! Carrying the flow table from one process to the next (SPEC §13): the
+//! snapshot a clean stop or an upgrade writes, and the restore at start.
+//!
+//! Carried flows keep their ids, counters, TCP windows and policy
+//! generations; their timers go on from where they were, advanced by the
+//! time the flows spent outside a process. Nothing is indicated for them:
+//! they were created in the old process, and whichever process finally
+//! removes one indicates it at `endpoint_closure`. A flow whose timer ran
+//! out in between is dropped without an event, as if it had expired
+//! unobserved.
+
+use super::Gateway;
+use super::admission::wildcard_key;
+use super::pend::CarriedPend;
+use crate::flow::record::{self, FLOW_RECORD_LEN};
+use crate::flow::wildcard::Wildcard;
+use crate::flow::{FlowClass, FlowInfo, FlowKey};
+use crate::policy::{Action, ClassifyFlags, Layer};
+use crate::state::{Container, FLOW, Header, PENDING, StateError, Writer};
+use crate::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// The flags a pending record keeps, in bit order.
+const FLAGS: [ClassifyFlags; 4] = [
+    ClassifyFlags::REAUTHORIZE,
+    ClassifyFlags::FRAGMENT,
+    ClassifyFlags::MULTICAST,
+    ClassifyFlags::BROADCAST,
+];
+/// The longest filter name a pending record carries.
+const MAX_FILTER: usize = 4096;
+
+/// A pending flow's record: id, layer, flags, time left, timeout action,
+/// decision, filter name.
+fn encode_pending(p: &CarriedPend, now: Instant, out: &mut Vec<u8>) {
+    out.extend_from_slice(&p.id.to_le_bytes());
+    out.push(p.layer.index() as u8);
+    out.push(
+        FLAGS
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| p.flags.contains(**f))
+            .fold(0, |bits, (i, _)| bits | 1 << i),
+    );
+    let left = p.deadline.as_millis().saturating_sub(now.as_millis());
+    out.extend_from_slice(&left.to_le_bytes());
+    out.push(action_byte(Some(p.timeout_action)));
+    out.push(action_byte(p.decision));
+    let filter = p.filter.as_deref().unwrap_or("").as_bytes();
+    let filter = &filter[..filter.len().min(MAX_FILTER)];
+    out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
+    out.extend_from_slice(filter);
+}
+
+fn action_byte(action: Option<Action>) -> u8 {
+    match action {
+        None => 0,
+        Some(Action::Permit) => 1,
+        Some(Action::Block) => 2,
+    }
+}
+
+fn byte_action(byte: u8) -> Result<Option<Action>, StateError> {
+    match byte {
+        0 => Ok(None),
+        1 => Ok(Some(Action::Permit)),
+        2 => Ok(Some(Action::Block)),
+        _ => Err(StateError::Corrupt("bad pending action".into())),
+    }
+}
+
+/// Decodes a pending record; its deadline is the time left, as an instant
+/// after zero (the caller places it).
+fn decode_pending(b: &[u8]) -> Result<(CarriedPend, Duration), StateError> {
+    let bad = || StateError::Corrupt("bad pending record".into());
+    let fixed = b.get(..22).ok_or_else(bad)?;
+    let id = u64::from_le_bytes(fixed[..8].try_into().map_err(|_| bad())?);
+    let layer = *Layer::ALL
+        .get(usize::from(fixed[8]))
+        .filter(|l| matches!(l, Layer::AuthConnect | Layer::AuthRecvAccept))
+        .ok_or_else(bad)?;
+    if fixed[9] >> FLAGS.len() != 0 {
+        return Err(bad());
+    }
+    let flags = FLAGS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| fixed[9] & 1 << i != 0)
+        .fold(ClassifyFlags::empty(), |all, (_, f)| all | *f);
+    let left = Duration::from_millis(u64::from_le_bytes(
+        fixed[10..18].try_into().map_err(|_| bad())?,
+    ));
+    let timeout_action = byte_action(fixed[18])?.ok_or_else(bad)?;
+    let decision = byte_action(fixed[19])?;
+    let len = usize::from(u16::from_le_bytes([fixed[20], fixed[21]]));
+    let name = b
+        .get(22..)
+        .filter(|n| n.len() == len && len <= MAX_FILTER)
+        .ok_or_else(bad)?;
+    let filter = match len {
+        0 => None,
+        _ => Some(std::str::from_utf8(name).map_err(|_| bad())?.into()),
+    };
+    Ok((
+        CarriedPend {
+            id,
+            layer,
+            filter,
+            flags,
+            deadline: Instant::ZERO,
+            timeout_action,
+            decision,
+        },
+        left,
+    ))
+}
+
+/// What a restore did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Flows carried on.
+    pub flows: usize,
+    /// Flows whose timer ran out while they were outside a process.
+    pub expired: usize,
+    /// Flows that did not fit (`max_flows`) or whose key was already present.
+    pub refused: usize,
+}
+
+impl Gateway {
+    /// The header of a snapshot taken now: the flow count and next id
+    /// filled in, the rest (`node`, `pid`, ports, policy) from `base`.
+    pub fn snapshot_header(&self, base: Header) -> Header {
+        Header {
+            flows: self.table.len() as u64,
+            next_id: self.next_id.load(Ordering::Relaxed),
+            ..base
+        }
+    }
+
+    /// Writes every flow at `now` into a container with `header` (see
+    /// [`Gateway::snapshot_header`]). One shard is locked at a time: for a
+    /// consistent table the workers must not be processing packets.
+    pub fn snapshot<W: Write>(&self, now: Instant, header: &Header, out: W) -> io::Result<W> {
+        let mut writer = Writer::new(out, header)?;
+        let mut buf = Vec::new();
+        for idx in 0..self.table.shard_count() {
+            buf.clear();
+            let group = self.table.group_of_shard(idx) as u16;
+            {
+                let shard = self.table.lock_shard(idx);
+                buf.reserve(shard.len() * FLOW_RECORD_LEN);
+                for (slot, entry) in shard.iter() {
+                    // Translations (SPEC §9) are not carried yet: such a
+                    // flow would ride on untranslated, so it stays behind.
+                    if shard.translation(slot).is_some() {
+                        continue;
+                    }
+                    record::encode(entry, shard.parent(slot), group, now, &mut buf);
+                }
+            }
+            writer.records(FLOW, FLOW_RECORD_LEN, &buf)?;
+        }
+        for pending in self.carried_pending() {
+            buf.clear();
+            encode_pending(&pending, now, &mut buf);
+            writer.records(PENDING, buf.len(), &buf)?;
+        }
+        writer.finish()
+    }
+
+    /// Restores the flows of `container` at `now`, `elapsed` after the
+    /// snapshot was taken, into this gateway, which must hold no flow yet
+    /// and hand out no id before the restore. Every record is checked
+    /// before any is applied: an invalid one refuses the whole container.
+    pub fn restore(
+        &self,
+        now: Instant,
+        container: &Container<'_>,
+        elapsed: Duration,
+    ) -> Result<Restored, StateError> {
+        if !self.table.is_empty() {
+            return Err(StateError::Io(
+                "flows can only be restored into an empty table".into(),
+            ));
+        }
+        if container.header.next_id >= record::MAX_ID {
+            return Err(StateError::Corrupt("next flow id out of range".into()));
+        }
+        let ports = self.config.ports.len();
+        let mut ids = HashSet::with_capacity(container.len() as usize);
+        let mut waiting = HashSet::new();
+        let mut pendings = Vec::new();
+        for record in container.records() {
+            let (kind, payload) = record?;
+            if kind == PENDING {
+                let (pending, left) = decode_pending(payload)?;
+                if !waiting.remove(&pending.id) {
+                    return Err(StateError::Corrupt(format!(
+                        "pending record of flow {}, which is not pending",
+                        pending.id
+                    )));
+                }
+                pendings.push((pending, left));
+                continue;
+            }
+            let carried =
+                record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
+            let id = carried.entry.id();
+            if !ids.insert(id) {
+                return Err(StateError::Corrupt(format!("flow id {id} twice")));
+            }
+            if carried.entry.is_pending() {
+                waiting.insert(id);
+            }
+        }
+        if let Some(id) = waiting.iter().next() {
+            return Err(StateError::Corrupt(format!(
+                "pending flow {id} without its pending record"
+            )));
+        }
+        drop(ids);
+        let config = &self.config.flows;
+        let factor = config.adaptive_factor(container.header.flows as usize);
+        let groups = self.table.groups();
+        let mut done = Restored::default();
+        let mut max_id = 0;
+        let mut placed: HashMap<u64, (usize, FlowKey, u64)> = HashMap::new();
+        for record in container.records() {
+            let (kind, payload) = record?;
+            if kind != FLOW {
+                continue;
+            }
+            let carried =
+                record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
+            max_id = max_id.max(carried.entry.id());
+            let idle = carried.idle + elapsed;
+            if idle >= carried.entry.timeout(config, factor) {
+                done.expired += 1;
+                continue;
+            }
+            let entry = carried.place(now, idle, carried.age + elapsed);
+            let key = entry.table_key();
+            let hash = self.table.hash(&key);
+            let present = (0..groups).any(|g| self.table.lock(g, hash).find(hash, &key).is_some());
+            let group = usize::from(carried.group) % groups;
+            if present
+                || !self
+                    .table
+                    .lock(group, hash)
+                    .insert_carried(hash, entry, carried.parent)
+            {
+                done.refused += 1;
+                continue;
+            }
+            if entry.is_pending() {
+                placed.insert(entry.id(), (group, key, hash));
+            }
+            if entry.is_wildcard_owner() {
+                let key = entry.key();
+                self.wildcards.add(
+                    wildcard_key(&key),
+                    Wildcard {
+                        local: key.local,
+                        any_group: entry.class() == FlowClass::McastBcastState,
+                        parent_id: entry.id(),
+                        direction: entry.direction(),
+                        arrival_port: entry.arrival_port(),
+                        refreshed: entry.last_seen(now),
+                        lifetime: entry.timeout(config, 1.0),
+                    },
+                );
+            }
+            done.flows += 1;
+        }
+        // Pending flows wait again for the rest of their pend timeout
+        // (their held packets stayed behind: the senders retransmit).
+        for (mut pending, left) in pendings {
+            let Some((group, key, hash)) = placed.remove(&pending.id) else {
+                continue;
+            };
+            let shard = self.table.lock(group, hash);
+            let Some(slot) = shard.find(hash, &key) else {
+                continue;
+            };
+            let flow = FlowInfo::of(
+                shard.entry(slot),
+                shard.parent(slot),
+                shard.translation(slot),
+                now,
+                config,
+                self.table.adaptive_factor(),
+            );
+            drop(shard);
+            pending.deadline = now + left.saturating_sub(elapsed);
+            self.restore_pending(group % self.workers(), key, hash, flow, pending);
+        }
+        let next = container.header.next_id.max(max_id.saturating_add(1));
+        self.next_id.fetch_max(next, Ordering::Relaxed);
+        Ok(done)
+    }
+}
