@@ -88,7 +88,8 @@ fn client(addr: SocketAddr, seconds: f64, threads: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: tunwall-connrate server ADDR:PORT [THREADS] | client ADDR:PORT SECONDS [THREADS]";
+    let usage =
+        "usage: tunwall-connrate server ADDR:PORT [THREADS] | client ADDR:PORT SECONDS [THREADS]";
     let parsed = || -> Option<()> {
         let addr: SocketAddr = args.get(2)?.parse().ok()?;
         match args.get(1)?.as_str() {
