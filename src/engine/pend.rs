@@ -18,6 +18,9 @@
 //!
 //! Lock order: a table shard, then the store.
 
+mod carried;
+pub use carried::CarriedPend;
+
 use super::pipeline::Arrival;
 use super::report::Dropped;
 use super::{Gateway, HELD, Local};
@@ -630,120 +633,4 @@ impl Local {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_queue_never_grows_past_its_preallocated_buffer() {
-        let config = FlowConfig {
-            pend_queue_packets: 4,
-            pend_queue_bytes: 100,
-            ..FlowConfig::with_max_flows(16)
-        };
-        let mut queue = Queue::new(&config);
-        let capacity = (queue.data.capacity(), queue.packets.capacity());
-        let packet = crate::packet::parse(&crate::testkit::packets::udp(
-            crate::testkit::packets::ep("198.18.1.10", 1000),
-            crate::testkit::packets::ep("198.18.2.20", 53),
-            b"x",
-        ))
-        .expect("a valid packet");
-        let bytes = [0u8; 40];
-        let header = [0u8; 12];
-        let arrival = |len: usize| Arrival {
-            now: Instant::ZERO,
-            port: 0,
-            zone: crate::flow::Zone::Inside,
-            packet: &packet,
-            egress: 1,
-            egress_zone: crate::flow::Zone::Outside,
-            header: &header,
-            bytes: &bytes[..len],
-            route_error: None,
-        };
-        assert!(queue.push(&config, &arrival(40), false));
-        assert!(queue.push(&config, &arrival(40), false));
-        assert!(!queue.push(&config, &arrival(40), false), "bytes bound");
-        assert!(queue.push(&config, &arrival(20), false));
-        assert!(queue.push(&config, &arrival(0), false));
-        assert!(!queue.push(&config, &arrival(0), false), "packets bound");
-        assert_eq!((queue.data.capacity(), queue.packets.capacity()), capacity);
-        assert_eq!(queue.ip_bytes, 100);
-    }
-}
-
-/// A pending flow as carried to another process (SPEC §13): its place in
-/// the pend store, without its held packets.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CarriedPend {
-    /// The flow.
-    pub id: u64,
-    /// The layer that pended it.
-    pub layer: Layer,
-    /// The pending callout's filter.
-    pub filter: Option<Arc<str>>,
-    /// The classify flags of its first packet.
-    pub flags: ClassifyFlags,
-    /// When the pend timeout completes it.
-    pub deadline: Instant,
-    /// How the pend timeout completes it.
-    pub timeout_action: Action,
-    /// A decision made but not applied yet.
-    pub decision: Option<Action>,
-}
-
-impl Gateway {
-    /// The pending flows to carry over.
-    pub(super) fn carried_pending(&self) -> Vec<CarriedPend> {
-        let inner = self.pend.lock();
-        inner
-            .flows
-            .iter()
-            .map(|(&id, p)| CarriedPend {
-                id,
-                layer: p.layer,
-                filter: p.filter.clone(),
-                flags: p.flags,
-                deadline: p.deadline,
-                timeout_action: p.timeout_action,
-                decision: p.decision,
-            })
-            .collect()
-    }
-
-    /// Makes a carried flow pending again, owned by worker `owner`, with
-    /// an empty queue (its held packets stayed behind).
-    pub(super) fn restore_pending(
-        &self,
-        owner: usize,
-        table_key: FlowKey,
-        hash: u64,
-        flow: FlowInfo,
-        c: CarriedPend,
-    ) {
-        let mut inner = self.pend.lock();
-        let queue = inner
-            .spare
-            .pop()
-            .unwrap_or_else(|| Queue::new(&self.config.flows));
-        if c.decision.is_some() {
-            queue_for(&mut inner.completed, owner, c.id);
-        }
-        inner.flows.insert(
-            c.id,
-            Pending {
-                owner,
-                table_key,
-                hash,
-                flow,
-                layer: c.layer,
-                filter: c.filter,
-                flags: c.flags,
-                deadline: c.deadline,
-                timeout_action: c.timeout_action,
-                decision: c.decision,
-                queue,
-            },
-        );
-    }
-}
+mod tests;
