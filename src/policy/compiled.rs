@@ -441,11 +441,31 @@ impl Policy {
         }
         let mut candidates = Vec::with_capacity(16);
         layer.candidates(request, &mut candidates);
+        self.first_match(request, &candidates, trace)
+    }
+
+    /// The reference redirect classification: every filter of the layer in
+    /// order, no index. The indexed path must always agree with it.
+    pub fn redirect_unindexed(&self, request: &ClassifyRequest) -> Option<Redirect> {
+        let n = self.layers[request.layer.index()].order.len() as u32;
+        let ranks: Vec<u32> = (0..n).collect();
+        self.first_match(request, &ranks, &mut ())
+    }
+
+    /// The first of the filters at `ranks` that matches decides a redirect
+    /// layer.
+    fn first_match<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        ranks: &[u32],
+        trace: &mut T,
+    ) -> Option<Redirect> {
+        let layer = &self.layers[request.layer.index()];
         trace.step(TraceStep::Candidates {
             layer: request.layer,
-            ranks: &candidates,
+            ranks,
         });
-        for &rank in &candidates {
+        for &rank in ranks {
             let filter = &self.filters[layer.order[rank as usize]];
             let sublayer = &self.sublayers[filter.sublayer].name;
             if let Some(condition) = filter.conditions.mismatch(request) {

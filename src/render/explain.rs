@@ -269,6 +269,10 @@ pub fn text(v: &Value) -> String {
                 let res = &f["result"];
                 if res == "pend" {
                     "matched: its callout pended the flow".to_string()
+                } else if res == "redirect" {
+                    "matched: redirect (the first match decides)".to_string()
+                } else if res == "permit" {
+                    "matched: permit, no translation (the first match decides)".to_string()
                 } else if res.is_string() {
                     "matched: callout returned continue".to_string()
                 } else {
