@@ -159,6 +159,15 @@ fn start_capture(t: &Topology, args: &[&str]) -> std::process::Child {
     child
 }
 
+/// `tcpdump -n -r FILE`.
+fn tcpdump_read(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .output()
+        .expect("tcpdump")
+}
+
 fn finish(child: std::process::Child) -> std::process::Output {
     let mut child = child;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -183,11 +192,7 @@ fn capture_streams_pcapng_that_tcpdump_and_tshark_read() {
     assert!(!refused.status.success(), "inbound ping is blocked");
     let out = finish(capture);
     assert!(out.status.success(), "{}", text(&out));
-    let read = std::process::Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .output()
-        .expect("tcpdump");
+    let read = tcpdump_read(&file);
     let shown = text(&read);
     assert!(read.status.success(), "{shown}");
     assert_eq!(
@@ -294,11 +299,7 @@ fn capture_filter_keeps_only_the_matching_packets() {
     assert!(ping.status.success(), "{}", text(&ping));
     let out = finish(capture);
     assert!(out.status.success(), "{}", text(&out));
-    let read = std::process::Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .output()
-        .expect("tcpdump");
+    let read = tcpdump_read(&file);
     assert!(read.status.success(), "{}", text(&read));
     let shown = String::from_utf8_lossy(&read.stdout);
     let lines: Vec<&str> = shown.lines().collect();
