@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
 # (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
-	sysctl:procps setpriv:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
+	sysctl:procps setpriv:util-linux unshare:util-linux nsenter:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
 	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl
 # What bench/throughput.py drives besides TOOLS (not needed by `make test`).
 BENCH_TOOLS := nft:nftables
