@@ -696,4 +696,8 @@ fn state_once(data: &[u8]) {
     }
     assert!(restored.is_subset(&closed), "a restored flow never closed");
     assert_eq!(gw.flows_active(), 0);
+    // Every restored translation went with its flow: no alias left, and
+    // every port mapping released as often as it was taken again.
+    assert_eq!(gw.nat().aliases.len(), 0, "an alias outlived its flow");
+    assert_eq!(gw.nat().ports_in_use(), 0, "a restored port never released");
 }
