@@ -52,6 +52,8 @@ named_enum! {
         PolicyChange => "policy_change",
         /// A packet arrived on another port of the flow's direction.
         ArrivalInterface => "arrival_interface",
+        /// The first packet here of a flow replicated from the HA peer (SPEC §15).
+        Failover => "failover",
     }
 }
 

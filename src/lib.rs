@@ -35,5 +35,6 @@ pub mod render;
 pub mod restart;
 pub mod route;
 pub mod state;
+pub mod sync;
 pub mod testkit;
 pub mod time;

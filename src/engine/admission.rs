@@ -211,6 +211,7 @@ impl Local {
         if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
             self.established(gw, a.now, shard, slot);
         }
+        self.export(gw, shard, slot);
         Ok(a.egress)
     }
 }

@@ -11,7 +11,7 @@
 
 use super::Gateway;
 use super::admission::wildcard_key;
-use crate::flow::FlowClass;
+use crate::flow::{FlowClass, FlowEntry};
 use crate::flow::record::{self, FLOW_RECORD_LEN};
 use crate::flow::wildcard::Wildcard;
 use crate::state::{Container, FLOW, Header, StateError, Writer};
@@ -124,25 +124,30 @@ impl Gateway {
                 done.refused += 1;
                 continue;
             }
-            if entry.is_wildcard_owner() {
-                let key = entry.key();
-                self.wildcards.add(
-                    wildcard_key(&key),
-                    Wildcard {
-                        local: key.local,
-                        any_group: entry.class() == FlowClass::McastBcastState,
-                        parent_id: entry.id(),
-                        direction: entry.direction(),
-                        arrival_port: entry.arrival_port(),
-                        refreshed: entry.last_seen(now),
-                        lifetime: entry.timeout(config, 1.0),
-                    },
-                );
-            }
+            self.add_carried_wildcard(&entry, now);
             done.flows += 1;
         }
         let next = container.header.next_id.max(max_id.saturating_add(1));
         self.next_id.fetch_max(next, Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// The wildcard state a carried or replicated flow owns, if it owns any.
+    pub(super) fn add_carried_wildcard(&self, entry: &FlowEntry, now: Instant) {
+        if entry.is_wildcard_owner() {
+            let key = entry.key();
+            self.wildcards.add(
+                wildcard_key(&key),
+                Wildcard {
+                    local: key.local,
+                    any_group: entry.class() == FlowClass::McastBcastState,
+                    parent_id: entry.id(),
+                    direction: entry.direction(),
+                    arrival_port: entry.arrival_port(),
+                    refreshed: entry.last_seen(now),
+                    lifetime: entry.timeout(&self.config.flows, 1.0),
+                },
+            );
+        }
     }
 }

@@ -11,8 +11,10 @@ use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use crate::sync::{EXPORT_QUEUE, Export, Exporter, NODE_SHIFT};
+use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// `host_model` (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct Gateway {
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
     workers: usize,
+    /// The HA export queue (SPEC §15), set once before traffic flows.
+    pub(super) sync: OnceLock<Exporter>,
 }
 
 impl Gateway {
@@ -90,7 +94,28 @@ impl Gateway {
             policy: ArcSwap::from_pointee(policy),
             workers,
             config,
+            sync: OnceLock::new(),
         })
+    }
+
+    /// Turns on replication as node `node` of an HA pair (SPEC §15),
+    /// before any packet: flow ids continue from the node's own range and
+    /// the workers export their flows' changes into the returned queue.
+    /// `None` if it was already on.
+    pub fn enable_sync(&self, node: u32) -> Option<Receiver<Export>> {
+        let (exporter, rx) = Exporter::new(EXPORT_QUEUE);
+        self.sync.set(exporter).ok()?;
+        let base = u64::from(node) << NODE_SHIFT;
+        let next = self.next_id.load(Ordering::Relaxed);
+        if next < base {
+            self.next_id.store(base.max(1), Ordering::Relaxed);
+        }
+        Some(rx)
+    }
+
+    /// The export queue's end, if replication is on.
+    pub fn exporter(&self) -> Option<&Exporter> {
+        self.sync.get()
     }
 
     /// The configuration.

@@ -32,11 +32,13 @@ mod admission;
 mod carry;
 mod gateway;
 mod pipeline;
+mod replica;
 mod report;
 mod stats;
 
 pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
+pub use replica::Applied;
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;

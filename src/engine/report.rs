@@ -6,6 +6,7 @@ use crate::flow::table::{Removed, ShardGuard, SlotId};
 use crate::packet::Packet;
 use crate::policy::{Action, ClassifyRequest, Decision, Layer};
 use crate::reason::{CloseReason, DropReason};
+use crate::sync::Export;
 use crate::time::Instant;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -116,17 +117,41 @@ impl Local {
         removed: &Removed,
         reason: CloseReason,
     ) {
-        self.stats.flows_closed[reason.index()] += 1;
         let entry = &removed.entry;
         if entry.is_wildcard_owner() {
             gw.wildcards
                 .remove(&super::admission::wildcard_key(&entry.key()), entry.id());
+        }
+        if entry.synced() {
+            // Replicated and never seen here: the peer indicates it (SPEC §15).
+            return;
+        }
+        self.stats.flows_closed[reason.index()] += 1;
+        if let Some(sync) = gw.sync.get() {
+            sync.send(Export::Closed {
+                entry: removed.entry,
+                parent: removed.parent,
+                group: self.group as u16,
+            });
         }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
         self.policy
             .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
         self.take_notes();
         self.emit(now, EventKind::FlowClosed { flow, reason });
+    }
+
+    /// Tells the HA peer about a new flow or a change that matters for
+    /// forwarding (SPEC §15), if replication is on.
+    #[inline]
+    pub(super) fn export(&self, gw: &Gateway, shard: &ShardGuard<'_>, slot: SlotId) {
+        if let Some(sync) = gw.sync.get() {
+            sync.send(Export::Flow {
+                entry: *shard.entry(slot),
+                parent: shard.parent(slot),
+                group: self.group as u16,
+            });
+        }
     }
 
     /// Indicates a flow at `flow_established`.

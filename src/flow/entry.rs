@@ -23,6 +23,13 @@ pub(super) const F_REVERSED: u8 = 0x40;
 
 pub(super) const STATE_ACTIVE: u8 = 0xff;
 
+/// Replicated from the HA peer and not yet seen by a packet here.
+const SYNCED: u8 = 0x01;
+/// Replicated, and no packet of the flow's direction seen here yet.
+const LOOSE_FWD: u8 = 0x02;
+/// Replicated, and no packet against the flow's direction seen here yet.
+const LOOSE_REV: u8 = 0x04;
+
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
 
@@ -44,7 +51,9 @@ pub struct FlowEntry {
     pub(super) state: u8,
     pub(super) flags: u8,
     pub(super) arrival_port: u8,
-    _reserved: u8,
+    /// SPEC §15: `SYNCED`, `LOOSE_FWD`, `LOOSE_REV` of a flow replicated
+    /// from the HA peer; 0 for a flow of this node.
+    pub(super) sync: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
@@ -62,7 +71,7 @@ impl FlowEntry {
         state: 0,
         flags: 0,
         arrival_port: 0,
-        _reserved: 0,
+        sync: 0,
     };
 
     /// A new flow. `tcp` is `Some` for TCP flows.
@@ -102,7 +111,7 @@ impl FlowEntry {
             state,
             flags,
             arrival_port,
-            _reserved: 0,
+            sync: 0,
         }
     }
 
@@ -306,6 +315,33 @@ impl FlowEntry {
             self.state = state as u8;
         }
         result
+    }
+
+    /// Marks the flow as replicated from the HA peer (SPEC §15): its first
+    /// packet here reauthorizes it, and its TCP windows are checked
+    /// loosely until each direction has been seen here.
+    pub fn set_synced(&mut self) {
+        self.sync = SYNCED | LOOSE_FWD | LOOSE_REV;
+    }
+
+    /// Whether the flow was replicated from the peer and no packet of it
+    /// has been seen here since.
+    #[inline]
+    pub fn synced(&self) -> bool {
+        self.sync & SYNCED != 0
+    }
+
+    /// Whether the flow's TCP windows are checked strictly: each direction
+    /// has been seen here since it was replicated, if it was.
+    #[inline]
+    pub fn strict_windows(&self) -> bool {
+        self.sync & (LOOSE_FWD | LOOSE_REV) == 0
+    }
+
+    /// A packet of the flow was seen here (`with_flow`: in its direction).
+    #[inline]
+    pub fn seen_here(&mut self, with_flow: bool) {
+        self.sync &= !(SYNCED | if with_flow { LOOSE_FWD } else { LOOSE_REV });
     }
 
     #[inline]

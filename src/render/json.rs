@@ -49,6 +49,7 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
+        "synced": f.synced,
     })
 }
 
