@@ -323,15 +323,7 @@ fn million_flows(c: &mut Criterion) {
 /// as to a file: one shard's records in memory at a time) and restored.
 fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
     use tunwall::state::{Container, Header};
-    let header = gw.snapshot_header(Header {
-        node: "bench".into(),
-        pid: 0,
-        saved_at_ms: 0,
-        flows: 0,
-        next_id: 0,
-        ports: Vec::new(),
-        policy: None,
-    });
+    let header = gw.snapshot_header(Header::default());
     let live = LIVE.load(Ordering::Relaxed);
     PEAK.store(live, Ordering::Relaxed);
     let started = std::time::Instant::now();

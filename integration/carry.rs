@@ -18,25 +18,8 @@ use tunwall::event::{Event, EventKind, FlowInfo};
 use tunwall::flow::{FlowConfig, TcpState};
 use tunwall::policy::{Action, Authorizer, ClassifyRequest, Decision, FnPolicy};
 use tunwall::reason::CloseReason;
-use tunwall::state::{Container, Header, StateError};
+use tunwall::state::{Container, StateError};
 use tunwall::time::Instant;
-
-fn header() -> Header {
-    Header {
-        node: "test".into(),
-        pid: 1,
-        saved_at_ms: 0,
-        flows: 0,
-        next_id: 0,
-        ports: Vec::new(),
-        policy: None,
-    }
-}
-
-fn snapshot(h: &Harness) -> Vec<u8> {
-    let header = h.gw.snapshot_header(header());
-    h.gw.snapshot(h.now, &header, Vec::new()).expect("snapshot")
-}
 
 /// A policy that permits everything but, when `strict`, UDP to port 53;
 /// every layer at `generation`.
@@ -51,15 +34,18 @@ fn policy(generation: u32, strict: bool) -> Arc<dyn Authorizer> {
     }))
 }
 
+/// Lifetimes short enough for the steps below to expire flows.
 fn flows() -> FlowConfig {
-    let mut flows = FlowConfig::with_max_flows(1024);
-    flows.udp_idle = Duration::from_secs(20);
-    flows.icmp_idle = Duration::from_secs(10);
-    flows.tcp_opening = Duration::from_secs(15);
-    flows.tcp_closing = Duration::from_secs(15);
-    flows.tcp_time_wait = Duration::from_secs(5);
-    flows.tcp_closed = Duration::from_secs(3);
-    flows
+    let secs = Duration::from_secs;
+    FlowConfig {
+        udp_idle: secs(20),
+        icmp_idle: secs(10),
+        tcp_opening: secs(15),
+        tcp_closing: secs(15),
+        tcp_time_wait: secs(5),
+        tcp_closed: secs(3),
+        ..FlowConfig::with_max_flows(1024)
+    }
 }
 
 /// A fresh harness at `now` restored from `bytes`, `elapsed` after they were taken.
@@ -269,7 +255,7 @@ proptest! {
             let action = traffic.action(s);
             apply(&mut a, &action);
         }
-        let bytes = snapshot(&a);
+        let bytes = a.snapshot();
         let (mut b, done) = restored(&bytes, a.engine.policy().clone(), a.now, Duration::ZERO);
         prop_assert_eq!(done.flows, a.flows().len());
         prop_assert!(b.events.is_empty(), "no event for carried flows");
@@ -304,7 +290,7 @@ fn timers_advance_by_the_time_outside_and_expired_flows_vanish_without_events() 
     a.advance(Duration::from_secs(4));
     a.out(echo(C4, S4, true, 7, 1)); // icmp_idle 10 s
     let before = a.flows();
-    let bytes = snapshot(&a);
+    let bytes = a.snapshot();
 
     // 12 s outside: the UDP flow (idle 16 s of 20) and the TCP flow stay, the echo flow (12 s of 10) is gone.
     let (mut b, done) = restored(
@@ -378,7 +364,7 @@ fn a_changed_layer_reauthorizes_carried_flows_an_unchanged_one_does_not() {
     let mut a = Harness::with(flows(), tunwall::engine::HostModel::Weak, policy(3, false));
     a.now = Instant::from_secs(10);
     a.out(udp(ep(C4, 4000), ep(S4, 53), b"q"));
-    let bytes = snapshot(&a);
+    let bytes = a.snapshot();
     // Same generation: no reauthorization.
     let (mut same, _) = restored(&bytes, policy(3, false), a.now, Duration::ZERO);
     same.out(udp(ep(C4, 4000), ep(S4, 53), b"q"));
@@ -403,7 +389,7 @@ fn damaged_containers_are_refused_whole() {
         a.inb(udp(ep(S4, 7000), ep(C4, 7000), b"x")),
         Verdict::Forward(LAN)
     );
-    let bytes = snapshot(&a);
+    let bytes = a.snapshot();
     assert!(Container::parse(&bytes).is_ok());
     for len in [0, 3, 8, 11, 15, 16, 40, bytes.len() / 2, bytes.len() - 1] {
         let err = Container::parse(&bytes[..len]).err();

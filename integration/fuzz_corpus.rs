@@ -671,18 +671,6 @@ const CONFIG_SEEDS: &[(&str, &str)] = &[
 fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
     use tunwall::flow::FlowConfig;
     use tunwall::policy::{Action, Decision, FnPolicy};
-    let snapshot = |h: &Harness| {
-        let header = h.gw.snapshot_header(tunwall::state::Header {
-            node: "seed".into(),
-            pid: 1,
-            saved_at_ms: 0,
-            flows: 0,
-            next_id: 0,
-            ports: Vec::new(),
-            policy: None,
-        });
-        h.gw.snapshot(h.now, &header, Vec::new()).expect("snapshot")
-    };
     let permit = std::sync::Arc::new(FnPolicy::new(1, |_: &tunwall::policy::ClassifyRequest| {
         Decision::default_action(Action::Permit)
     }));
@@ -691,7 +679,7 @@ fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
         tunwall::engine::HostModel::Weak,
         permit,
     );
-    let empty = snapshot(&h);
+    let empty = h.snapshot();
     h.now = tunwall::time::Instant::from_secs(100);
     let mut established = TcpConn::new(ep(C4, 40_000), ep(S4, 443));
     established.handshake(&mut h);
@@ -709,7 +697,7 @@ fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
     h.out(udp(ep(C4, 5353), ep("224.0.0.251", 5353), b"m"));
     h.inb(udp(ep("198.18.2.9", 5353), ep(C4, 5353), b"a"));
     h.advance_ms(1500);
-    vec![("empty", empty), ("mixed", snapshot(&h))]
+    vec![("empty", empty), ("mixed", h.snapshot())]
 }
 
 /// Writes the hand-made seeds into fuzz/corpus/ and the hand-made

@@ -79,8 +79,9 @@ impl PortId {
     }
 }
 
-/// What the container says about its records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the container says about its records. The default is an
+/// anonymous header (tests, benchmarks): no node, no ports, no policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// The writer's host name.
     pub node: String,
@@ -271,7 +272,11 @@ impl<'a> Container<'a> {
             .map_err(|e| StateError::Corrupt(format!("header: {e}")))?;
         let records = &signed[body..signed.len() - (tail - 4)];
         let count = u64::from_le_bytes(end[5..13].try_into().unwrap_or([0; 8]));
-        let container = Container { header, records };
+        let container = Container {
+            header,
+            records,
+            count,
+        };
         if container
             .records()
             .try_fold(0u64, |n, r| r.map(|_| n + 1))?

@@ -131,6 +131,14 @@ impl Harness {
         self.gw.flows(self.now)
     }
 
+    /// The flow table as a state container (SPEC §13), taken now.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let header = self.gw.snapshot_header(crate::state::Header::default());
+        self.gw
+            .snapshot(self.now, &header, Vec::new())
+            .expect("writing to memory")
+    }
+
     pub fn only_flow(&self) -> FlowInfo {
         let flows = self.flows();
         assert_eq!(flows.len(), 1, "expected one flow, have {flows:#?}");
