@@ -48,6 +48,8 @@ pub struct Daemon {
     pub(crate) handed_over: AtomicBool,
     /// Ends the signal loop.
     pub(crate) signals: signal_hook::iterator::Handle,
+    /// The HA sync thread's status (SPEC §15), with `[sync]`.
+    pub(crate) sync: Option<Arc<crate::sync::node::Shared>>,
 }
 
 impl Daemon {
@@ -135,7 +137,18 @@ impl ControlHandler for Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .policy_generation();
-        render::json::stats(&s, &io, &self.gateway, generation, self.workers.len())
+        let mut stats = render::json::stats(&s, &io, &self.gateway, generation, self.workers.len());
+        if let Some(sync) = &self.sync {
+            stats["sync"] = sync.status();
+        }
+        stats
+    }
+
+    fn sync_status(&self) -> Value {
+        match &self.sync {
+            Some(sync) => sync.status(),
+            None => json!({"ok": false, "error": "this gateway has no [sync] section"}),
+        }
     }
 
     fn reload(&self) -> Value {
@@ -282,6 +295,22 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(p);
         }
     }
+    // Replication starts before any packet, so every flow is exported.
+    let sync = match &config.sync {
+        Some(settings) => {
+            if settings.key_shared {
+                warn!(key_file = %settings.key_file.display(), "the sync key file is readable by its group or others; make it mode 0600");
+            }
+            match crate::sync::node::spawn(settings, Arc::clone(&gateway), clock) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    fail(ports, bound, incoming.is_some());
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
     let event_counters = Arc::clone(events_tx.counters());
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
@@ -346,6 +375,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         listener,
         handed_over: AtomicBool::new(false),
         signals: signals.handle(),
+        sync: sync.as_ref().map(|h| Arc::clone(&h.shared)),
     });
     let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
         Ok(s) => Some(s),
@@ -410,6 +440,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         {
             failed = true;
         }
+    }
+    if let Some(sync) = sync {
+        sync.stop();
     }
     let _ = hub.control.send(HubMessage::Stop);
     let _ = hub_thread.join();

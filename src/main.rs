@@ -83,6 +83,11 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// The HA pair's flow replication (SPEC §15).
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
         #[command(flatten)]
@@ -100,6 +105,20 @@ enum Command {
     /// Needs no privileges and touches no device.
     Simulate {
         /// Print the flow table and counters as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// The peer, the link's state (up, down or resyncing), its message
+    /// counters and the replication lag. Exits 1 if the gateway has no
+    /// [sync] section.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -132,6 +151,9 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Sync {
+            command: SyncCommand::Status { socket, json },
+        } => sync_status(&socket.socket, json),
         Command::Events { socket } => {
             match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +278,30 @@ fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
                     .unwrap_or("upgrade failed")
             );
             ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sync_status(socket: &std::path::Path, json: bool) -> ExitCode {
+    match tunwall::control::request(socket, "sync_status") {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(false)) => {
+            eprintln!(
+                "tunwall: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("error")
+            );
+            ExitCode::FAILURE
+        }
+        Ok(v) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", tunwall::render::text::sync_status(&v));
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("tunwall: {e}");

@@ -22,6 +22,9 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        if self.sync != new.sync {
+            changes.push("[sync]".to_string());
+        }
         if changes.is_empty() {
             Ok(())
         } else {

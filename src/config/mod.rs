@@ -9,6 +9,7 @@
 
 mod conditions;
 mod live;
+mod sync;
 mod policy;
 mod schema;
 mod validate;
@@ -137,6 +138,8 @@ pub struct Config {
     pub policy: PolicySpec,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[sync]` (SPEC §15), if this node is one of an HA pair.
+    pub sync: Option<crate::sync::SyncConfig>,
 }
 
 impl Config {

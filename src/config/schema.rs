@@ -27,6 +27,16 @@ pub(super) struct Raw {
     pub(super) filters: Vec<RawFilter>,
     #[serde(default)]
     pub(super) events: RawEvents,
+    pub(super) sync: Option<Spanned<RawSync>>,
+}
+
+/// `[sync]` (SPEC §15).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) listen: Spanned<String>,
+    pub(super) peer: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -108,6 +108,7 @@ impl Loader<'_> {
         let policy = self.policy(&raw, &ports, &identities, registry)?;
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
+        let sync = self.sync(&raw.sync)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -118,6 +119,7 @@ impl Loader<'_> {
                 file: raw.events.file.clone(),
                 discard_rate,
             },
+            sync,
         })
     }
 

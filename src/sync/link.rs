@@ -333,24 +333,22 @@ mod tests {
             a.push(t, kind, &[]);
             a.flush(t);
         }
-        // The first transmission is lost entirely.
-        exchange(t, &mut a, &mut b, &mut got_b, |_| true);
+        // The peer is unknown: one probe goes, and is lost.
+        assert_eq!(exchange(t, &mut a, &mut b, &mut got_b, |_| true), 1);
+        // The peer's keepalive shows it up: the whole window goes, and
+        // the first message is lost, so the others cannot be applied yet.
+        exchange(t, &mut b, &mut a, &mut got_a, |_| false);
+        t = t + RTO;
+        assert_eq!(exchange(t, &mut a, &mut b, &mut got_b, |i| i == 0), 3);
+        assert!(got_b.is_empty());
         exchange(t, &mut b, &mut a, &mut got_a, |_| false);
         assert_eq!(a.queued(), 3);
-        t = t + Duration::from_secs(1);
-        // The probe (the oldest message) gets through; the peer is up again.
-        exchange(t, &mut a, &mut b, &mut got_b, |_| false);
-        exchange(t, &mut b, &mut a, &mut got_a, |_| false);
-        assert_eq!(got_b, [BULK_BEGIN]);
-        assert_eq!(a.queued(), 2);
-        t = t + RTO;
-        exchange(t, &mut a, &mut b, &mut got_b, |i| i == 0);
         t = t + RTO;
         exchange(t, &mut a, &mut b, &mut got_b, |_| false);
         exchange(t, &mut b, &mut a, &mut got_a, |_| false);
         assert_eq!(got_b, [BULK_BEGIN, BULK_END, BULK_BEGIN]);
         assert_eq!(a.queued(), 0);
-        assert!(a.counters.retransmitted >= 2);
+        assert_eq!(a.counters.retransmitted, 4);
         assert!(got_a.is_empty());
     }
 
@@ -375,16 +373,23 @@ mod tests {
         let (mut a, mut b) = pair(2);
         let t = Instant::from_secs(1);
         let mut got = Vec::new();
+        let mut ignore = Vec::new();
+        a.push(t, BULK_BEGIN, &[]);
+        a.flush(t);
+        exchange(t, &mut a, &mut b, &mut got, |_| false);
+        exchange(t, &mut b, &mut a, &mut ignore, |_| false);
+        assert_eq!((got.as_slice(), a.queued()), ([BULK_BEGIN].as_slice(), 0));
+        a.resync_needed = false;
         for _ in 0..5 {
-            a.push(t, BULK_BEGIN, &[]);
+            a.push(t, BULK_END, &[]);
             a.flush(t);
         }
         assert_eq!(a.queued(), 2);
-        // A fresh receiver takes the oldest still queued as its first.
-        a.transmit(t, |d| {
-            b.receive(t, &mut d.to_vec(), |k, _| got.push(k)).unwrap();
-        });
-        assert_eq!(got.len(), 1, "only the probe goes while the peer is unknown");
+        assert!(a.resync_needed, "three messages are lost: a bulk resync follows");
+        exchange(t, &mut a, &mut b, &mut got, |_| false);
+        exchange(t, &mut b, &mut a, &mut ignore, |_| false);
+        assert_eq!(got, [BULK_BEGIN, BULK_END, BULK_END]);
+        assert_eq!(a.queued(), 0);
     }
 
     #[test]

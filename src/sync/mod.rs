@@ -30,7 +30,7 @@ pub const NODE_SHIFT: u32 = 48;
 pub const EXPORT_QUEUE: usize = 65_536;
 
 /// `[sync]` as validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SyncConfig {
     /// This node's UDP endpoint.
     pub listen: SocketAddr,
@@ -40,6 +40,19 @@ pub struct SyncConfig {
     pub key_file: std::path::PathBuf,
     /// The 32-byte pre-shared key.
     pub key: [u8; 32],
+    /// The key file may be read by its group or others (a warning).
+    pub key_shared: bool,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    // Never the key itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("listen", &self.listen)
+            .field("peer", &self.peer)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SyncConfig {
