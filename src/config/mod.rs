@@ -9,9 +9,9 @@
 
 mod conditions;
 mod live;
-mod sync;
 mod policy;
 mod schema;
+mod sync;
 mod validate;
 
 pub(crate) use validate::{Loader, parse_prefix};

@@ -29,12 +29,19 @@ impl Loader<'_> {
         let listen = endpoint(&sync.listen, "listen")?;
         let peer = endpoint(&sync.peer, "peer")?;
         if listen == peer {
-            return Err(self.error(sync.peer.span(), "[sync] peer is this node's own listen address"));
+            return Err(self.error(
+                sync.peer.span(),
+                "[sync] peer is this node's own listen address",
+            ));
         }
         let path = PathBuf::from(sync.key_file.get_ref());
         let located = |message: String| self.error(sync.key_file.span(), message);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| located(format!("[sync] key_file {}: cannot read: {e}", path.display())))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            located(format!(
+                "[sync] key_file {}: cannot read: {e}",
+                path.display()
+            ))
+        })?;
         let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
             located(format!(
                 "[sync] key_file {}: holds {} bytes, a key is exactly 32 raw bytes \

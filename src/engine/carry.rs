@@ -11,9 +11,9 @@
 
 use super::Gateway;
 use super::admission::wildcard_key;
-use crate::flow::{FlowClass, FlowEntry};
 use crate::flow::record::{self, FLOW_RECORD_LEN};
 use crate::flow::wildcard::Wildcard;
+use crate::flow::{FlowClass, FlowEntry};
 use crate::state::{Container, FLOW, Header, StateError, Writer};
 use crate::time::Instant;
 use std::io::{self, Write};

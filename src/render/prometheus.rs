@@ -121,15 +121,35 @@ pub fn prometheus(stats: &Value) -> String {
         let value = |k: &str| vec![(String::new(), sync.get(k).cloned().unwrap_or(json!(0)))];
         for (key, kind, help) in [
             ("sent", "counter", "Sync datagrams sent to the HA peer."),
-            ("received", "counter", "Sync datagrams accepted from the HA peer."),
+            (
+                "received",
+                "counter",
+                "Sync datagrams accepted from the HA peer.",
+            ),
             ("retransmitted", "counter", "Sync messages sent again."),
-            ("overflowed", "counter", "Sync messages dropped from a full send queue."),
-            ("export_dropped", "counter", "Flow changes the workers could not queue for sync."),
+            (
+                "overflowed",
+                "counter",
+                "Sync messages dropped from a full send queue.",
+            ),
+            (
+                "export_dropped",
+                "counter",
+                "Flow changes the workers could not queue for sync.",
+            ),
             ("applied", "counter", "Replicated flow records applied."),
             ("bulk_sent", "counter", "Bulk resyncs sent."),
             ("bulk_received", "counter", "Bulk resyncs received."),
-            ("queued", "gauge", "Sync messages waiting for an acknowledgement."),
-            ("lag_ms", "gauge", "Age of the oldest unacknowledged sync message, ms."),
+            (
+                "queued",
+                "gauge",
+                "Sync messages waiting for an acknowledgement.",
+            ),
+            (
+                "lag_ms",
+                "gauge",
+                "Age of the oldest unacknowledged sync message, ms.",
+            ),
         ] {
             let name = if kind == "counter" && !key.ends_with("_ms") {
                 format!("sync_{key}_total")
@@ -153,7 +173,8 @@ pub fn prometheus(stats: &Value) -> String {
             "Sync datagrams refused, by reason.",
             rejected,
         );
-        let up = ["up", "resyncing"].contains(&sync.get("state").and_then(Value::as_str).unwrap_or(""));
+        let up =
+            ["up", "resyncing"].contains(&sync.get("state").and_then(Value::as_str).unwrap_or(""));
         metric(
             "sync_peer_up",
             "gauge",

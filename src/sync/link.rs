@@ -213,7 +213,15 @@ impl Link {
                 self.counters.retransmitted += 1;
             }
             p.sent = Some(now);
-            wire::seal(&self.key, header, ack, base, p.seq, &p.items, &mut self.scratch);
+            wire::seal(
+                &self.key,
+                header,
+                ack,
+                base,
+                p.seq,
+                &p.items,
+                &mut self.scratch,
+            );
             send(&self.scratch);
             self.counters.sent += 1;
             sent_any = true;
@@ -318,7 +326,8 @@ mod tests {
         let n = wire.len();
         for (i, mut d) in wire.into_iter().enumerate() {
             if !lose(i) {
-                to.receive(now, &mut d, |kind, _| got.push(kind)).expect("accepted");
+                to.receive(now, &mut d, |kind, _| got.push(kind))
+                    .expect("accepted");
             }
         }
         n
@@ -385,7 +394,10 @@ mod tests {
             a.flush(t);
         }
         assert_eq!(a.queued(), 2);
-        assert!(a.resync_needed, "three messages are lost: a bulk resync follows");
+        assert!(
+            a.resync_needed,
+            "three messages are lost: a bulk resync follows"
+        );
         exchange(t, &mut a, &mut b, &mut got, |_| false);
         exchange(t, &mut b, &mut a, &mut ignore, |_| false);
         assert_eq!(got, [BULK_BEGIN, BULK_END, BULK_END]);
@@ -401,7 +413,8 @@ mod tests {
         let mut sent = Vec::new();
         a.transmit(t, |d| sent.push(d.to_vec()));
         let mut applied = 0;
-        b.receive(t, &mut sent[0].clone(), |_, _| applied += 1).unwrap();
+        b.receive(t, &mut sent[0].clone(), |_, _| applied += 1)
+            .unwrap();
         assert_eq!(
             b.receive(t, &mut sent[0].clone(), |_, _| applied += 1),
             Err(Rejected::Replayed)

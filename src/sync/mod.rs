@@ -14,6 +14,7 @@
 
 pub mod link;
 pub mod node;
+pub mod replicator;
 pub mod wire;
 
 use crate::flow::FlowEntry;

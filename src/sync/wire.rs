@@ -173,7 +173,15 @@ fn check_items(mut items: &[u8]) -> bool {
 }
 
 /// Seals a message into `out` (cleared first).
-pub fn seal(key: &Key, header: Header, ack: u64, base: u64, seq: u64, items: &[u8], out: &mut Vec<u8>) {
+pub fn seal(
+    key: &Key,
+    header: Header,
+    ack: u64,
+    base: u64,
+    seq: u64,
+    items: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(&header.bytes());
     out.extend_from_slice(&ack.to_le_bytes());
@@ -314,7 +322,10 @@ mod tests {
             assert!(open(&key, &mut out.clone()[..len]).is_err());
         }
         let other = Key::new(&[8; 32]);
-        assert_eq!(open(&other, &mut out.clone()).err(), Some(Rejected::Unauthenticated));
+        assert_eq!(
+            open(&other, &mut out.clone()).err(),
+            Some(Rejected::Unauthenticated)
+        );
     }
 
     #[test]
