@@ -731,7 +731,11 @@ pub fn sync(data: &[u8]) {
     let mut node = Replicator::new(&sync_config(5), Arc::clone(&gw), 1).expect("replicator");
     let status = |node: &Replicator| node.status(now);
     node.receive(now, &mut data.to_vec());
-    assert_eq!(gw.flows_active(), 0, "an unauthenticated datagram applied flows");
+    assert_eq!(
+        gw.flows_active(),
+        0,
+        "an unauthenticated datagram applied flows"
+    );
     assert_eq!(status(&node)["rejected"], 1);
     let header = Header {
         node: 2,
@@ -744,10 +748,17 @@ pub fn sync(data: &[u8]) {
     let flows = gw.flows(now);
     assert_eq!(flows.len(), gw.flows_active());
     assert!(flows.len() <= 32);
-    assert!(flows.iter().all(|f| f.synced), "a replicated flow not marked");
+    assert!(
+        flows.iter().all(|f| f.synced),
+        "a replicated flow not marked"
+    );
     let applied = flows.len();
     node.receive(now, &mut sealed);
-    assert_eq!(gw.flows_active(), applied, "a replayed datagram applied flows");
+    assert_eq!(
+        gw.flows_active(),
+        applied,
+        "a replayed datagram applied flows"
+    );
     assert_eq!(status(&node)["rejected_by"]["replayed"], 1);
     let engine = &mut engines[0];
     engine.handle_timeout(now + Duration::from_secs(3600));
