@@ -325,3 +325,34 @@ fn replicated_flows_count_toward_max_flows() {
         Verdict::Drop(DropReason::FlowTableFull)
     );
 }
+
+#[test]
+fn a_peers_older_copy_of_a_flow_seen_here_does_not_replace_it() {
+    let mut a = Node::new(A, B, 7, 1, flows());
+    a.h.now = tunwall::time::Instant::from_secs(100);
+    assert_eq!(a.h.out(udp(ep(C4, 7000), ep(S4, 53), b"q")), Verdict::Forward(WAN));
+    let record = |h: &Harness, at: tunwall::time::Instant| {
+        let shard = h.gw.table().lock_shard(0);
+        let (slot, entry) = shard.iter().next().expect("the flow");
+        let mut out = Vec::new();
+        tunwall::flow::record::encode(entry, shard.parent(slot), 0, at, &mut out);
+        out
+    };
+    // The peer's copy, taken when the flow had been idle 2 s (the echo of
+    // a bulk resync): this node saw the flow more recently.
+    let echo = record(&a.h, a.h.now + Duration::from_secs(2));
+    assert_eq!(
+        a.h.gw.apply_synced(a.h.now, &echo),
+        Ok(tunwall::engine::Applied::Kept)
+    );
+    assert!(!a.h.only_flow().synced);
+    // A copy fresher than this node's (the peer forwarded the flow since):
+    // taken over, and marked synced until a packet is seen here again.
+    a.h.advance_ms(5000);
+    let fresher = record(&a.h, a.h.now - Duration::from_secs(4));
+    assert_eq!(
+        a.h.gw.apply_synced(a.h.now, &fresher),
+        Ok(tunwall::engine::Applied::Updated)
+    );
+    assert!(a.h.only_flow().synced);
+}

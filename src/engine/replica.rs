@@ -19,6 +19,9 @@ pub enum Applied {
     Inserted,
     /// A flow already here, replaced by the newer record.
     Updated,
+    /// A flow this node has seen at least as recently as the record: kept
+    /// as it is (the peer's echo of what this node sent it).
+    Kept,
     /// A closure removed the flow.
     Removed,
     /// Not applied: the table is full, the key is held by another flow of
@@ -47,8 +50,12 @@ impl Gateway {
         let mut shard = self.table.lock(group, hash);
         let mut applied = Applied::Inserted;
         if let Some(slot) = shard.find(hash, &key) {
-            if shard.entry(slot).id() != entry.id() {
+            let here = shard.entry(slot);
+            if here.id() != entry.id() {
                 return Ok(Applied::Refused);
+            }
+            if !here.synced() && here.idle(now) <= carried.idle {
+                return Ok(Applied::Kept);
             }
             shard.remove(slot);
             applied = Applied::Updated;
