@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
-TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3
+TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 keepalived:keepalived
 
 .PHONY: all build release test lint unit bench demo deps deps-build clean fuzz fuzz-cmin
 

@@ -330,7 +330,10 @@ fn replicated_flows_count_toward_max_flows() {
 fn a_peers_older_copy_of_a_flow_seen_here_does_not_replace_it() {
     let mut a = Node::new(A, B, 7, 1, flows());
     a.h.now = tunwall::time::Instant::from_secs(100);
-    assert_eq!(a.h.out(udp(ep(C4, 7000), ep(S4, 53), b"q")), Verdict::Forward(WAN));
+    assert_eq!(
+        a.h.out(udp(ep(C4, 7000), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
     let record = |h: &Harness, at: tunwall::time::Instant| {
         let shard = h.gw.table().lock_shard(0);
         let (slot, entry) = shard.iter().next().expect("the flow");
