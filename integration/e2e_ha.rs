@@ -309,13 +309,17 @@ impl Drop for Pair {
                 .args(["-TERM", &c.id().to_string()])
                 .status();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // keepalived reaps its VRRP child when it stops: give it the time.
+        let deadline = Instant::now() + Duration::from_secs(5);
         for c in self
             .background
             .iter_mut()
             .chain(self.tunwall.iter_mut().flatten())
             .chain(self.keepalived.iter_mut())
         {
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -324,7 +328,10 @@ impl Drop for Pair {
         for ns in &self.namespaces {
             let out = run(Command::new("ip").args(["netns", "pids", ns]));
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", pid])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
         for ns in &self.namespaces {
@@ -543,6 +550,31 @@ fn a_transfer_and_an_idle_connection_survive_failover_both_ways_with_keepalived(
     let status = p.sync(0);
     assert_eq!(status["state"], "down", "{status}");
     eprintln!("failover gaps: A→B {gap:.1} s, B→A {gap_back:.1} s");
+
+    // B is down: 20 000 new flows on A overflow its bounded send queue
+    // (oldest messages dropped, a bulk resync marked) instead of growing.
+    let rss = |p: &Pair| {
+        let pid = p.tunwall[0].as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let before = rss(&p);
+    let flood = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(20000): s.sendto(b'x',('198.18.2.20',20000+i))\n";
+    let out = run(Command::new("ip").args(["netns", "exec", &p.ns("c"), "python3", "-c", flood]));
+    assert!(out.status.success());
+    wait_until("the queue overflowing", Duration::from_secs(10), || {
+        p.sync(0)["overflowed"].as_u64() > Some(0)
+    });
+    let s = p.sync(0);
+    assert!(s["queued"].as_u64() <= s["queue_limit"].as_u64(), "{s}");
+    eprintln!(
+        "A with its peer down, 20 000 new flows: {s}; {before} -> {}",
+        rss(&p)
+    );
 
     // A peer with the wrong key: its datagrams are refused and counted.
     let config = std::fs::read_to_string(p.dir.join("b.toml")).unwrap();

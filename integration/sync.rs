@@ -359,3 +359,58 @@ fn a_peers_older_copy_of_a_flow_seen_here_does_not_replace_it() {
     );
     assert!(a.h.only_flow().synced);
 }
+
+/// Replication bandwidth (docs/benchmarks.md): 1000 TCP connections
+/// opened, used and closed, and 1000 one-packet UDP flows that expire, on
+/// the active node; the bytes it sent the standby per connection.
+#[test]
+fn replication_bytes_per_flow() {
+    let churn = FlowConfig {
+        udp_idle: Duration::from_secs(2),
+        ..FlowConfig::with_max_flows(4096)
+    };
+    let mut p = Pair {
+        a: Node::new(A, B, 7, 1, churn.clone()),
+        b: Node::new(B, A, 7, 1, churn),
+        lose: Box::new(|_| false),
+        sent: 0,
+    };
+    p.settle();
+    let base = p.a.status()["sent_bytes"].as_u64().unwrap();
+    for i in 0..1000u16 {
+        let mut conn = TcpConn::new(ep(C4, 10_000 + i), ep(S4, 443));
+        conn.handshake(&mut p.a.h);
+        let data = conn.client_data(100);
+        p.a.h.out(data);
+        let reply = conn.server_data(1000);
+        p.a.h.inb(reply);
+        let fin = conn.client_fin();
+        p.a.h.out(fin);
+        let fin = conn.server_fin();
+        p.a.h.inb(fin);
+        p.a.h.out(conn.client_ack());
+        if i % 100 == 99 {
+            p.step(100);
+        }
+    }
+    p.a.h.advance(Duration::from_secs(300));
+    p.settle();
+    let tcp = p.a.status()["sent_bytes"].as_u64().unwrap() - base;
+    assert_eq!(p.b.h.gw.flows_active(), 0, "every closure replicated");
+    for i in 0..1000u16 {
+        p.a.h.out(udp(ep(C4, 30_000 + i), ep(S4, 53), b"q"));
+        if i % 100 == 99 {
+            p.step(100);
+        }
+    }
+    p.a.h.advance(Duration::from_secs(10));
+    p.settle();
+    let udp_bytes = p.a.status()["sent_bytes"].as_u64().unwrap() - base - tcp;
+    assert_eq!(p.b.h.gw.flows_active(), 0);
+    eprintln!(
+        "replication: {} bytes per TCP connection, {} bytes per UDP flow",
+        tcp / 1000,
+        udp_bytes / 1000
+    );
+    assert!(tcp / 1000 < 1500 && udp_bytes / 1000 < 600);
+}

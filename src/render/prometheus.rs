@@ -121,6 +121,7 @@ pub fn prometheus(stats: &Value) -> String {
         let value = |k: &str| vec![(String::new(), sync.get(k).cloned().unwrap_or(json!(0)))];
         for (key, kind, help) in [
             ("sent", "counter", "Sync datagrams sent to the HA peer."),
+            ("sent_bytes", "counter", "Bytes of the sync datagrams sent."),
             (
                 "received",
                 "counter",

@@ -32,6 +32,8 @@ pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
 pub struct Counters {
     /// Datagrams sent (retransmissions included).
     pub sent: u64,
+    /// Their bytes (UDP payload).
+    pub sent_bytes: u64,
     /// Datagrams received and accepted.
     pub received: u64,
     /// Messages sent again.
@@ -224,6 +226,7 @@ impl Link {
             );
             send(&self.scratch);
             self.counters.sent += 1;
+            self.counters.sent_bytes += self.scratch.len() as u64;
             sent_any = true;
         }
         let quiet = self
@@ -234,6 +237,7 @@ impl Link {
             wire::seal(&self.key, header, ack, base, 0, &[], &mut self.scratch);
             send(&self.scratch);
             self.counters.sent += 1;
+            self.counters.sent_bytes += self.scratch.len() as u64;
             sent_any = true;
         }
         if sent_any {

@@ -240,6 +240,7 @@ impl Replicator {
             "peer": self.peer,
             "state": self.state(now),
             "sent": c.sent,
+            "sent_bytes": c.sent_bytes,
             "received": c.received,
             "retransmitted": c.retransmitted,
             "rejected": c.rejected_total(),
