@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 # Programs the demo and the end-to-end tests drive, and their Debian packages.
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 keepalived:keepalived
 
-.PHONY: all build release test lint unit bench demo deps deps-build clean fuzz fuzz-cmin
+.PHONY: all build release test lint unit bench demo demo-ha deps deps-build clean fuzz fuzz-cmin
 
 all: build
 
@@ -51,6 +51,12 @@ bench: deps-build
 demo: deps release
 	./scripts/demo.sh
 
+# An HA pair with keepalived in namespaces (docs/ha.md): an iperf3 transfer
+# and an idle TCP connection survive SIGKILL of the active node's tunwall,
+# then of the other after the first came back; prints the failover gaps.
+demo-ha: deps deps-build
+	$(CARGO) test --locked --release --test e2e_ha -- --nocapture
+
 # Coverage-guided fuzzing with cargo-fuzz/libFuzzer (docs/fuzzing.md): runs
 # each of FUZZ_TARGETS for FUZZ_SECONDS and prints libFuzzer's executions.
 # Not part of `make test`, which replays fuzz/corpus and fuzz/regressions.
@@ -61,7 +67,7 @@ demo: deps release
 # A crash stops its target: the input is in fuzz/artifacts/<target>/ and
 # the log in fuzz/artifacts/<target>.log.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= parse engine config state
+FUZZ_TARGETS ?= parse engine config state sync
 FUZZ_FLAGS ?= --sanitizer none
 
 fuzz:
