@@ -253,6 +253,21 @@ key_file = "{dir}/sync.key"
         self.json(node, &["sync", "status", "--json"])
     }
 
+    /// Whether node `node` lists a flow to server port `port` with this
+    /// `synced` mark (and state), printing its flows if not.
+    fn has_flow(&self, node: usize, port: u16, synced: bool, state: Option<&str>) -> bool {
+        let flows = self.json(node, &["flows", "--json"]);
+        let found = flows.as_array().unwrap().iter().any(|f| {
+            f["remote_port"] == port
+                && f["synced"] == synced
+                && state.is_none_or(|s| f["state"] == s)
+        });
+        if !found {
+            eprintln!("node {}: {flows}", NODES[node]);
+        }
+        found
+    }
+
     /// Whether node `node` holds both gateway addresses.
     fn holds_vips(&self, node: usize) -> bool {
         [("i", "198.18.1.1/24"), ("o", "198.18.2.1/24")]
@@ -307,6 +322,7 @@ impl Drop for Pair {
         for c in children {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         // keepalived reaps its VRRP child when it stops: give it the time.
@@ -422,16 +438,14 @@ impl Pair {
             &out,
         );
         std::thread::sleep(Duration::from_secs(2));
-        let flows = self.json(survivor, &["flows", "--json"]);
         assert!(
-            flows
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f["remote_port"] == 5201
-                    && f["state"] == "established"
-                    && f["synced"] == true),
-            "the standby holds the transfer's flow, marked synced: {flows}"
+            self.has_flow(survivor, 5201, true, Some("established")),
+            "the standby holds the transfer's flow, marked synced"
+        );
+        let active = self.sync(victim);
+        eprintln!(
+            "during the transfer: lag_ms {} queued {} sent_bytes {}",
+            active["lag_ms"], active["queued"], active["sent_bytes"]
         );
         self.kill(victim);
         wait_until(
@@ -514,13 +528,9 @@ fn a_transfer_and_an_idle_connection_survive_failover_both_ways_with_keepalived(
         text.ends_with("ok 2\n"),
         "the idle connection after failover: {text}"
     );
-    let b = p.json(1, &["flows", "--json"]);
     assert!(
-        b.as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["remote_port"] == 7000 && f["synced"] == false),
-        "B has seen the idle connection's packets: {b}"
+        p.has_flow(1, 7000, false, None),
+        "B has seen the idle connection's packets"
     );
 
     // A comes back, resyncs, and stays standby (nopreempt).
@@ -529,13 +539,9 @@ fn a_transfer_and_an_idle_connection_survive_failover_both_ways_with_keepalived(
         let s = p.sync(0);
         s["state"] == "up" && s["bulk_received"].as_u64() >= Some(1)
     });
-    let a = p.json(0, &["flows", "--json"]);
     assert!(
-        a.as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["remote_port"] == 7000 && f["synced"] == true),
-        "A holds the idle connection again: {a}"
+        p.has_flow(0, 7000, true, None),
+        "A holds the idle connection again"
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(p.holds_vips(1), "A must not take the addresses back");
