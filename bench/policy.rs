@@ -102,8 +102,12 @@ fn request(i: u32) -> ClassifyRequest {
         remote_port: 443,
         icmp: None,
         arrival_port: Some(0),
+        source: None,
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 

@@ -11,7 +11,10 @@ Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
 * tunwall-1w  tunwall with one worker (TCP 4 streams only: worker scaling)
 
 and measures, alternating the modes and repeating each at least 3 times:
-iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s. Before every
+iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s, and (`--tests
+udpgso`, bench/udp_gso.py) UDP superframes: a UDP_SEGMENT sender against a
+UDP_GRO receiver, in Gbit/s and datagrams lost, and (`--tests connrate`,
+bench/connrate.rs) complete TCP connections per second. Before every
 measurement it waits for an idle machine; a measurement whose wait timed out
 is marked disturbed and left out of the medians. Prints medians, min-max and
 the ratios tunwall/copy and tunwall/kernel, and writes everything as JSON.
@@ -32,6 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNWALL = os.path.join(ROOT, "target", "release", "tunwall")
 COPY = os.path.join(ROOT, "target", "release", "tunwall-copy")
+CONNRATE = os.path.join(ROOT, "target", "release", "tunwall-connrate")
 CLIENT, SERVER = "198.18.1.10", "198.18.2.20"
 
 
@@ -188,7 +192,54 @@ def process_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+GSO = os.path.join(ROOT, "bench", "udp_gso.py")
+
+
+def measure_udp_gso(topo, seconds):
+    """UDP superframes: a UDP_SEGMENT sender (48 000-byte writes of 1200-byte
+    datagrams, as QUIC stacks send) against a UDP_GRO receiver; received
+    bytes over the receiver's first-to-last datagram time."""
+    server = subprocess.Popen(["ip", "netns", "exec", topo.server, "python3", GSO, "recv", SERVER, "5201", "--gro",
+                               "--idle", "1.0"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    cpu0 = process_cpu_seconds(topo.pid())
+    drops0 = topo.tun_drops()
+    sent = json.loads(sh("ip", "netns", "exec", topo.client, "python3", GSO, "send", SERVER, "5201",
+                         "--segment", "1200", "--write", "48000", "--seconds", str(seconds)).stdout)
+    cpu1 = process_cpu_seconds(topo.pid())
+    drops = None if drops0 is None else topo.tun_drops() - drops0
+    got = json.loads(server.communicate(timeout=seconds + 30)[0])
+    value = got["bytes"] * 8 / max(got["seconds"], 1e-9) / 1e9
+    return {"value": value, "unit": "Gbit/s", "datagrams_sent": sent["datagrams"], "datagrams_received": got["datagrams"],
+            "lost_percent": 100.0 * (1 - got["datagrams"] / max(1, sent["datagrams"])), "cpu_seconds": cpu1 - cpu0,
+            "tun_drops": drops}
+
+
+def measure_connrate(topo, seconds):
+    """Complete TCP connections per second (bench/connrate.rs): 16 client
+    threads, each connect, a 32-byte request, a 64-byte answer, the server's
+    close, over and over."""
+    sh("ip", "netns", "exec", topo.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
+    server = subprocess.Popen(["ip", "netns", "exec", topo.server, CONNRATE, "server", f"{SERVER}:8080", "4"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cpu0 = process_cpu_seconds(topo.pid())
+        out = json.loads(sh("ip", "netns", "exec", topo.client, CONNRATE, "client", f"{SERVER}:8080", str(seconds),
+                            "16").stdout)
+        cpu1 = process_cpu_seconds(topo.pid())
+    finally:
+        server.kill()
+        server.wait()
+    return {"value": out["rate"], "unit": "connections/s", "failed": out["failed"],
+            "cpu_us_per_connection": (cpu1 - cpu0) * 1e6 / max(1, out["connections"]) if topo.pid() else None}
+
+
 def measure(topo, test, seconds):
+    if test == "udpgso":
+        return measure_udp_gso(topo, seconds)
+    if test == "connrate":
+        return measure_connrate(topo, seconds)
     server = subprocess.Popen(["ip", "netns", "exec", topo.server, "iperf3", "-s", "-1", "-B", SERVER],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
@@ -232,7 +283,7 @@ def main():
     for tool in ["iperf3", "nft", "ip"]:
         if sh("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
             sys.exit(f"throughput.py: {tool} is missing (make deps installs it)")
-    for binary in [TUNWALL, COPY]:
+    for binary in [TUNWALL, COPY, CONNRATE]:
         if not os.path.exists(binary):
             sys.exit(f"throughput.py: {binary} is missing: cargo build --release")
     offload = opts.offload == "on"
@@ -277,7 +328,7 @@ def main():
         for mode in table:
             s = table[mode].get(test)
             if s:
-                unit = "pps" if test == "udp64" else "Gbit/s"
+                unit = {"udp64": "pps", "connrate": "conn/s"}.get(test, "Gbit/s")
                 print(f"{test:<7} {mode:<11} {s['median']:>12.2f} {s['min']:>12.2f} {s['max']:>12.2f} {unit}")
     ratios = {}
     for test in tests:
@@ -292,6 +343,10 @@ def main():
     for mode in ["tunwall", "copy"]:
         drops = {t: sum(s.get("tun_drops") or 0 for s in results[mode][t]) for t in tests}
         print(f"TUN queue drops, {mode}: " + ", ".join(f"{t} {n}" for t, n in drops.items()))
+    for mode in ["tunwall", "copy", "kernel"]:
+        lost = [s["lost_percent"] for t in ["udp64", "udpgso"] if t in tests for s in results[mode][t]]
+        if lost:
+            print(f"datagrams lost, {mode}: median {statistics.median(lost):.2f} % (min {min(lost):.2f}, max {max(lost):.2f})")
     print("\nratios (medians):")
     for k, v in ratios.items():
         print(f"  {k:<24} {v:.3f}")

@@ -237,6 +237,18 @@ fn an_upgrade_that_cannot_happen_leaves_the_gateway_running() {
     assert!(!out.status.success());
     assert!(text(&out).contains("exited"), "{}", text(&out));
 
+    // A binary that never takes over is stopped after 10 s.
+    let stuck = t.dir.join("stuck.sh");
+    // (absolute: the gateway runs with an empty PATH)
+    std::fs::write(&stuck, "#!/bin/sh\nexec /bin/sleep 60\n").expect("script");
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let started = std::time::Instant::now();
+    let out = t.upgrade(&["--binary", &stuck.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("within 10 s"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(15));
+
     // Changed ports are refused before anything starts.
     t.rewrite_config(|c| {
         c.replace(

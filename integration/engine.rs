@@ -623,17 +623,10 @@ fn a_policy_change_reauthorizes_on_the_next_packet() {
     h.engine.set_policy(policy(2, None, seen.clone()));
     let d = conn.client_data(10);
     assert_eq!(h.send(LAN, d), Verdict::Forward(WAN));
-    let reauth: Vec<_> = h
-        .events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::FlowReauthorized {
-                trigger, result, ..
-            } => Some((*trigger, *result)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reauth, vec![(ReauthTrigger::PolicyChange, Action::Permit)]);
+    assert_eq!(
+        h.reauthorizations(),
+        vec![(ReauthTrigger::PolicyChange, Action::Permit)]
+    );
     assert!(
         seen.lock()
             .unwrap()

@@ -48,8 +48,12 @@ fn req(
         remote_port: rport,
         icmp: None,
         arrival_port: Some(LAN),
+        source: None,
         flags: ClassifyFlags::empty(),
+        original: None,
         now: Instant::ZERO,
+        flow_id: None,
+        completed: None,
     }
 }
 
@@ -753,12 +757,16 @@ fn request() -> impl Strategy<Value = ClassifyRequest> {
                 remote_port: rport,
                 icmp: (protocol == 1).then_some((8, 0)),
                 arrival_port: arrival,
+                source: None,
                 flags: [
                     ClassifyFlags::empty(),
                     ClassifyFlags::REAUTHORIZE,
                     ClassifyFlags::FRAGMENT,
                 ][usize::from(flags % 3)],
+                original: None,
                 now: Instant::ZERO,
+                flow_id: None,
+                completed: None,
             },
         )
 }
@@ -826,11 +834,98 @@ fn ten_thousand_filters_agree_with_in_order_evaluation() {
             remote_port: 995 + (seed >> 40) as u16 % 110,
             icmp: None,
             arrival_port: Some(LAN),
+            source: None,
             flags: ClassifyFlags::empty(),
+            original: None,
             now: Instant::ZERO,
+            flow_id: None,
+            completed: None,
         };
         let a = policy.classify(&r, &mut Vec::new());
         let b = policy.classify_unindexed(&r, &mut Vec::new());
         assert_eq!((a.action, a.filter), (b.action, b.filter), "{r:?}");
+    }
+}
+
+/// A random first packet in `tunwall explain` syntax, over the addresses
+/// and ports the random filters use.
+fn explain_packet() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["tcp", "udp", "icmp"]),
+        prop::bool::ANY,
+        0u8..8,
+        0u8..3,
+        0u16..7,
+        0u16..7,
+        prop::sample::select(vec!["lan", "wan", "lan2"]),
+        prop::bool::ANY,
+    )
+        .prop_map(
+            |(proto, outbound, remote, local, lport, rport, arrival, reauth)| {
+                let (local, remote) = (format!("198.18.1.{local}"), format!("198.18.2.{remote}"));
+                let (src, dst, sport, dport) = if outbound {
+                    (local, remote, lport, rport)
+                } else {
+                    (remote, local, rport, lport)
+                };
+                let flags = if reauth { " flags reauthorize" } else { "" };
+                match proto {
+                    "icmp" => {
+                        format!("icmp {src} -> {dst} type 8 code 0 id 7 arrival {arrival}{flags}")
+                    }
+                    p => format!("{p} {src}:{sport} -> {dst}:{dport} arrival {arrival}{flags}"),
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// `tunwall explain` decides as the gateway does: its verdict is the
+    /// engine's for the same packet under the same policy (without the
+    /// reauthorize flag, which a first packet never carries), and every
+    /// classification it shows is the policy's in-order decision.
+    #[test]
+    fn explain_agrees_with_the_engine(
+        filters in prop::collection::vec(filter_text(), 0..40),
+        packets in prop::collection::vec(explain_packet(), 10),
+    ) {
+        let mut text = String::from("[identities]\ngroup = [\"198.18.2.2\", \"198.18.2.7\"]\n\n[[sublayer]]\nname = \"a\"\nweight = 5\n\n[[sublayer]]\nname = \"b\"\nweight = 7\n");
+        for (i, f) in filters.iter().enumerate() {
+            text.push_str(&format!("\n[[filter]]\nname = \"f{i}\"\n{f}"));
+        }
+        let registry = CalloutRegistry::default();
+        let config = Config::parse(Path::new("explain.toml"), &format!("{PORTS_TOML}\n{text}"), &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for line in &packets {
+            let packet = tunwall::explain::ExplainPacket::parse(line).expect("packet");
+            let policy = Arc::new(Policy::compile(&config.policy, &registry, None).unwrap());
+            let explained = tunwall::explain::explain(&config, Arc::clone(&policy), &packet).unwrap();
+            for c in &explained.classifications {
+                let reference = policy.classify_unindexed(&c.request, &mut Vec::new());
+                prop_assert_eq!(
+                    (c.decision.action, &c.decision.filter),
+                    (reference.action, &reference.filter),
+                    "{} {:?}", line, c.request
+                );
+                let shown = tunwall::render::explain::json(&explained);
+                if let Some(filter) = c.decision.filter.as_deref() {
+                    let layer = shown["layers"].as_array().unwrap().iter()
+                        .find(|l| l["layer"] == c.request.layer.as_str()).unwrap();
+                    let entry = layer["filters"].as_array().unwrap().iter()
+                        .find(|f| f["filter"] == filter).unwrap();
+                    prop_assert_eq!(&entry["matched"], &serde_json::json!(true), "{}", line);
+                }
+            }
+            if packet.reauthorize {
+                continue;
+            }
+            let fresh = Arc::new(Policy::compile(&config.policy, &registry, None).unwrap());
+            let mut h = Harness::with(FlowConfig::with_max_flows(64), HostModel::Weak, fresh);
+            let arrival = explained.ports.iter().position(|p| *p == packet.arrival).unwrap() as u8;
+            let verdict = h.send(arrival, packet.bytes());
+            prop_assert_eq!(explained.verdict, verdict, "{}", line);
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! the control socket and signals together, and taking them apart again.
 //!
 //! Start-up validates and compiles everything before touching a device; a
-//! failure after some ports are open closes them again. Shutdown (SIGINT or
+//! failure after some ports are open closes them again. SIGHUP reloads,
+//! SIGUSR1 reopens the event file (logrotate). Shutdown (SIGINT or
 //! SIGTERM) stops the workers — each closes the flows of its shards with
 //! reason `shutdown` — flushes the events, removes the socket and the
 //! devices tunwall created, and exits 0. With `[gateway] state_file`, a
@@ -11,20 +12,27 @@
 //! (SPEC §13, [`crate::restart`], [`crate::handover`]).
 
 use crate::config::Config;
+use crate::control::capture::Capture;
+use crate::control::flows::{Listing, write_flows};
 use crate::control::hub::{self, Hub, HubConfig, HubMessage};
+use crate::control::metrics::MetricsListener;
 use crate::control::queue::{self, EventCounters, event_queue};
 use crate::control::{BoundSocket, ControlHandler};
 use crate::engine::{Gateway, Stats};
+use crate::flow::FlowSelector;
 use crate::handover::{self, Incoming};
 use crate::io::Port;
+use crate::io::capture::CaptureTap;
 use crate::io::worker::{Clock, Control, IoStats, Worker, WorkerHandle};
-use crate::policy::{Authorizer, CalloutRegistry, Policy};
+use crate::policy::{Action, Authorizer, CalloutRegistry, PeerSnapshot, Policy};
 use crate::render;
 use crate::restart;
+use crate::wireguard::{self, Watch};
 use serde_json::{Value, json};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -40,6 +48,7 @@ pub struct Daemon {
     pub(crate) clock: Clock,
     pub(crate) hub: Hub,
     events: Arc<EventCounters>,
+    capture: Capture,
     /// The open ports (their queues are handed over by an upgrade).
     pub(crate) ports: Vec<Port>,
     /// A copy of the listening control socket, to hand over.
@@ -50,6 +59,12 @@ pub struct Daemon {
     pub(crate) signals: signal_hook::iterator::Handle,
     /// The HA sync thread's status (SPEC §15), with `[sync]`.
     pub(crate) sync: Option<Arc<crate::sync::node::Shared>>,
+    /// The WireGuard peers last read (SPEC §11).
+    peers: Mutex<PeerSnapshot>,
+    /// WireGuard reads that failed since start.
+    wireguard_errors: Arc<AtomicU64>,
+    /// The offloads each port got from the kernel ([`crate::io::Port::offload`]), by port index.
+    offloads: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -70,6 +85,7 @@ impl Daemon {
                 Err(_) => warn!("a worker did not answer a stats request"),
             }
         }
+        io.capture_lost = self.capture.lost();
         // Events lost after the engines: a full queue, a slow reader.
         total.events_dropped += self.events.dropped();
         (total, io)
@@ -82,10 +98,14 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),
         };
+        let mut config = config;
         let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = running.reloadable_from(&config) {
             return self.reload_failed(e);
         }
+        config
+            .policy
+            .resolve_identities(&self.peers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let policy = match Policy::compile(&config.policy, &self.registry, Some(&current)) {
             Ok(p) => Arc::new(p),
@@ -109,6 +129,39 @@ impl Daemon {
         })
     }
 
+    /// A WireGuard interface's peers changed: the identities naming its
+    /// peers get new addresses, a policy change of the layers whose filters
+    /// name them, installed as a reload installs one.
+    pub fn peers_changed(&self, peers: &PeerSnapshot) {
+        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers.clone();
+        let mut spec = running.policy.clone();
+        let identities = spec.resolve_identities(peers);
+        if identities.is_empty() {
+            return;
+        }
+        let policy = match Policy::compile(&spec, &self.registry, Some(&current)) {
+            Ok(p) => Arc::new(p.identity_change(&current)),
+            Err(e) => {
+                error!(error = %e, "identities changed but the policy did not compile; the running policy stays");
+                return;
+            }
+        };
+        *current = Arc::clone(&policy);
+        self.gateway
+            .set_policy(Arc::clone(&policy) as Arc<dyn Authorizer>);
+        running.policy = spec;
+        let changed: Vec<&str> = policy.changed_layers().iter().map(|l| l.as_str()).collect();
+        info!(?identities, generation = policy.policy_generation(), changed_layers = ?changed, "identities changed");
+        self.hub.emit(json!({
+            "event": "identities_changed",
+            "identities": identities,
+            "generation": policy.policy_generation(),
+            "changed_layers": changed,
+        }));
+    }
+
     fn reload_failed(&self, error: String) -> Value {
         error!(%error, "reload failed; the running policy stays");
         self.hub
@@ -117,27 +170,74 @@ impl Daemon {
     }
 }
 
-impl ControlHandler for Daemon {
-    fn flows(&self) -> Value {
-        let now = self.clock.now();
-        let ports = self.gateway.port_names();
-        Value::Array(
-            self.gateway
-                .flows(now)
-                .iter()
-                .map(|f| render::json::flow(f, &ports, now))
-                .collect(),
+impl Daemon {
+    /// The flows a request's `select` object picks, names resolved against
+    /// the running configuration.
+    fn selector(&self, request: &Value) -> Result<FlowSelector, String> {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        FlowSelector::from_json(
+            request.get("select"),
+            &self.gateway.port_names(),
+            &config.policy.identities.address_groups(),
         )
+    }
+}
+
+impl ControlHandler for Daemon {
+    fn flows(&self, request: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+        let selector = match self.selector(request) {
+            Ok(s) => s,
+            Err(error) => return writeln!(out, "{}", json!({"ok": false, "error": error})),
+        };
+        let mut listing = Listing::of_request(request, selector);
+        listing.identities = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .identities
+            .clone();
+        write_flows(&self.gateway, self.clock.now(), &listing, out).map(|_| ())
+    }
+
+    fn kill(&self, request: &Value) -> Value {
+        let selector = match self.selector(request) {
+            Ok(s) => Arc::new(s),
+            Err(error) => return json!({"ok": false, "error": error}),
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            w.send(Control::Kill(Arc::clone(&selector), tx.clone()));
+        }
+        let mut closed = 0;
+        for _ in &self.workers {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(n) => closed += n,
+                Err(_) => warn!("a worker did not answer a kill request"),
+            }
+        }
+        info!(closed, "flows closed by the operator");
+        json!({"ok": true, "closed": closed})
+    }
+
+    fn identities(&self) -> Value {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        render::json::identities(&config.policy.identities, &config.port_names())
     }
 
     fn stats(&self) -> Value {
         let (s, io) = self.gather();
-        let generation = self
-            .policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy_generation();
-        let mut stats = render::json::stats(&s, &io, &self.gateway, generation, self.workers.len());
+        let policy = Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut stats = render::json::stats(
+            &s,
+            &io,
+            &self.gateway,
+            policy.policy_generation(),
+            self.workers.len(),
+            &policy.filter_counts(),
+        );
+        render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
+        render::json::offload_stats(&mut stats, &self.gateway.port_names(), &self.offloads);
         if let Some(sync) = &self.sync {
             stats["sync"] = sync.status();
         }
@@ -153,6 +253,29 @@ impl ControlHandler for Daemon {
 
     fn reload(&self) -> Value {
         Daemon::reload(self)
+    }
+
+    fn capture(&self, stream: UnixStream, request: &Value) {
+        self.capture.start(stream, request);
+    }
+
+    fn decide(&self, id: u64, decision: Action) -> Value {
+        match self.gateway.complete(id, decision) {
+            Ok(()) => json!({"ok": true, "id": id, "decision": decision.as_str()}),
+            Err(e) => json!({"ok": false, "error": format!("flow {id}: {e}")}),
+        }
+    }
+
+    fn pending(&self) -> Value {
+        let now = self.clock.now();
+        let ports = self.gateway.port_names();
+        Value::Array(
+            self.gateway
+                .pending()
+                .iter()
+                .map(|p| render::json::pending(p, &ports, now))
+                .collect(),
+        )
     }
 
     fn subscribe(&self, stream: UnixStream) {
@@ -192,13 +315,17 @@ impl Drop for WorkerWatch {
 /// a message for the operator.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = CalloutRegistry::default();
-    let config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = Config::load(path, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first read of the WireGuard peers, before any device is touched.
+    let peers = wireguard::read_all(&config.wireguard).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.policy.resolve_identities(&peers);
     let mut policy = Policy::compile(&config.policy, &registry, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
     ])?;
     let workers = config.gateway.workers.count();
     let socket = config.gateway.control_socket.clone();
@@ -269,8 +396,22 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         },
         None => None,
     };
+    let metrics = match config.metrics_listen.map(MetricsListener::bind).transpose() {
+        Ok(m) => m,
+        // During an upgrade the old process still listens: the new one
+        // goes without metrics rather than failing the hand-over.
+        Err(e) if incoming.is_some() => {
+            warn!(error = %e, "metrics not served after the upgrade");
+            None
+        }
+        Err(e) => {
+            fail(ports, bound, false);
+            return Err(e.into());
+        }
+    };
     let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
     info!(offload = vnet_hdr, "I/O mode");
+    let offloads = ports.iter().map(crate::io::Port::offload).collect();
 
     let clock = Clock::start();
     let gateway = Gateway::new(
@@ -278,6 +419,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         Arc::clone(&policy) as Arc<dyn Authorizer>,
         workers,
     );
+    gateway.set_reject_rate(config.events.reject_rate);
     let mut carried_flows = 0;
     if let Some(data) = &carried {
         match restart::restore(&gateway, &clock, data) {
@@ -326,6 +468,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     )?;
     let hub = Hub { control: hub_tx };
 
+    let tap = Arc::new(CaptureTap::default());
     let worker_failed = Arc::new(AtomicBool::new(false));
     let queues_by_worker = crate::io::queues_by_worker(&ports, workers)?;
     let mut handles = Vec::new();
@@ -333,7 +476,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = gateway.engine(i);
-        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr);
+        let wake = Arc::clone(&waker);
+        gateway.set_waker(i, move || {
+            if let Err(e) = wake.wake() {
+                warn!(error = %e, "waking a worker");
+            }
+        });
+        let worker = Worker::new(engine, queues, poll, rx, events_tx.clone(), clock, vnet_hdr)
+            .with_capture(Arc::clone(&tap));
         let watch = WorkerWatch {
             worker: i,
             failed: Arc::clone(&worker_failed),
@@ -356,21 +506,28 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(events_tx);
 
+    let config_ports = config.port_names();
     let listener = bound
         .listener()
         .try_clone()
         .ok()
         .map(std::os::fd::OwnedFd::from);
+    let wireguard_configs = config.wireguard.clone();
+    let wireguard_errors = Arc::new(AtomicU64::new(0));
     let daemon = Arc::new(Daemon {
         path: path.to_path_buf(),
         registry,
         config: Mutex::new(config),
+        peers: Mutex::new(peers.clone()),
+        wireguard_errors: Arc::clone(&wireguard_errors),
+        offloads,
         policy: Mutex::new(Arc::clone(&policy)),
         gateway,
         workers: handles,
         clock,
         hub: hub.clone(),
         events: event_counters,
+        capture: Capture::new(tap, config_ports),
         ports,
         listener,
         handed_over: AtomicBool::new(false),
@@ -384,9 +541,36 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             None
         }
     };
+    let metrics = match metrics.map(|m| m.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>)) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            error!(error = %e, "metrics");
+            None
+        }
+        None => None,
+    };
+    let weak = Arc::downgrade(&daemon);
+    let watch = if wireguard_configs.is_empty() {
+        None
+    } else {
+        // The watch holds the daemon weakly: shutdown stops it first.
+        let watch = Watch::spawn(wireguard_configs, peers, wireguard_errors, move |peers| {
+            if let Some(daemon) = weak.upgrade() {
+                daemon.peers_changed(peers);
+            }
+        })?;
+        Some(watch)
+    };
     info!(workers, socket = %socket.display(), "tunwall running");
     if let Some(incoming) = &incoming {
+        // The service manager learns the new main pid from the old process.
         daemon.announce_takeover(incoming, carried_flows, header.as_ref());
+    } else if server.is_some()
+        && let Err(e) = crate::io::notify::notify("READY=1\nSTATUS=forwarding")
+    {
+        // Every port is up and the policy loaded: only now is the service ready
+        // for systemd (`Type=notify`), so units ordered after it find a gateway.
+        warn!(error = %e, "telling the service manager we are ready");
     }
 
     let mut failed = server.is_none();
@@ -396,6 +580,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 signal_hook::consts::SIGHUP => {
                     daemon.reload();
                 }
+                signal_hook::consts::SIGUSR1 => {
+                    let config = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(path) = &config.events.file {
+                        let _ = hub.control.send(HubMessage::Reopen(path.clone()));
+                    }
+                }
                 _ => {
                     info!(signal, "shutting down");
                     break;
@@ -403,11 +593,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let handed_over = daemon.handed_over.load(Ordering::Relaxed);
+    if !handed_over {
+        // Handed over, this process is no longer the service's.
+        let _ = crate::io::notify::notify("STOPPING=1");
+    }
     if worker_failed.load(Ordering::Relaxed) {
         error!("a worker stopped: the gateway stopped with it");
         failed = true;
     }
-    let handed_over = daemon.handed_over.load(Ordering::Relaxed);
     // Shutdown: the control thread goes first (it holds the daemon), then
     // the workers close (or keep) their flows, then everything else goes.
     if let Some(server) = server {
@@ -416,6 +610,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         } else {
             server.stop();
         }
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
+    if let Some(watch) = watch {
+        watch.stop();
     }
     // With a state file the flows are saved and the devices kept.
     let saved = !handed_over && !failed && daemon.save_state();
@@ -501,6 +701,7 @@ fn take_over(
             offered.created,
             offered.persistent,
             offer.vnet_hdr,
+            offer.udp_gso,
         ));
     }
     let listener = std::os::unix::net::UnixListener::from(

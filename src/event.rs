@@ -45,6 +45,23 @@ impl PacketSummary {
     }
 }
 
+/// One line of the NAT log: a port mapping assigned or released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    /// IP version.
+    pub version: IpVersion,
+    /// Protocol.
+    pub protocol: u8,
+    /// The inside host.
+    pub inside_addr: RawAddr,
+    /// Its port (or ICMP query id).
+    pub inside_port: u16,
+    /// The translated address.
+    pub translated_addr: RawAddr,
+    /// The translated port (or ICMP query id).
+    pub translated_port: u16,
+}
+
 named_enum! {
     /// Why a flow was reauthorized.
     pub enum ReauthTrigger {
@@ -52,6 +69,11 @@ named_enum! {
         PolicyChange => "policy_change",
         /// A packet arrived on another port of the flow's direction.
         ArrivalInterface => "arrival_interface",
+        /// A pending flow was completed (SPEC §10).
+        PendComplete => "pend_complete",
+        /// The addresses of an identity a filter of the flow's layer names
+        /// changed (SPEC §11).
+        IdentityChange => "identity_change",
         /// The first packet here of a flow replicated from the HA peer (SPEC §15).
         Failover => "failover",
     }
@@ -73,6 +95,17 @@ pub enum EventKind {
     FlowCreated(FlowInfo),
     /// A flow was indicated at `flow_established`.
     FlowEstablished(FlowInfo),
+    /// A callout pended a new flow (SPEC §10).
+    FlowPending {
+        /// The flow, in state `pending`.
+        flow: FlowInfo,
+        /// The pending callout's filter.
+        filter: Option<Arc<str>>,
+        /// The layer.
+        layer: Layer,
+        /// When the pend timeout completes it, and how.
+        timeout: crate::policy::Pend,
+    },
     /// A flow was classified again.
     FlowReauthorized {
         /// The flow after reauthorization.
@@ -113,6 +146,10 @@ pub enum EventKind {
         /// The hard permit it overrode.
         overridden_filter: Arc<str>,
     },
+    /// A translated port was allocated (a new mapping).
+    PortAssigned(PortMapping),
+    /// A mapping's last flow closed: its port is free again.
+    PortReleased(PortMapping),
     /// The `log` callout ran.
     CalloutLog {
         /// The layer.
@@ -132,11 +169,14 @@ impl Event {
         match self.kind {
             EventKind::FlowCreated(_) => "flow_created",
             EventKind::FlowEstablished(_) => "flow_established",
+            EventKind::FlowPending { .. } => "flow_pending",
             EventKind::FlowReauthorized { .. } => "flow_reauthorized",
             EventKind::FlowClosed { .. } => "flow_closed",
             EventKind::Discard { .. } => "discard",
             EventKind::Veto { .. } => "veto",
             EventKind::CalloutLog { .. } => "callout_log",
+            EventKind::PortAssigned(_) => "port_assigned",
+            EventKind::PortReleased(_) => "port_released",
         }
     }
 
@@ -144,9 +184,9 @@ impl Event {
     pub fn flow(&self) -> Option<&FlowInfo> {
         match &self.kind {
             EventKind::FlowCreated(f) | EventKind::FlowEstablished(f) => Some(f),
-            EventKind::FlowReauthorized { flow, .. } | EventKind::FlowClosed { flow, .. } => {
-                Some(flow)
-            }
+            EventKind::FlowReauthorized { flow, .. }
+            | EventKind::FlowClosed { flow, .. }
+            | EventKind::FlowPending { flow, .. } => Some(flow),
             EventKind::CalloutLog { flow, .. } => flow.as_ref(),
             _ => None,
         }

@@ -67,6 +67,9 @@ pub struct Offer {
     pub queues: usize,
     /// The queues carry a virtio-net header.
     pub vnet_hdr: bool,
+    /// They carry UDP superframes too (USO granted).
+    #[serde(default)]
+    pub udp_gso: bool,
     /// The control socket the last descriptor listens on.
     pub socket: PathBuf,
     /// The length of the state container that follows.

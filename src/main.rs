@@ -1,8 +1,19 @@
 //! The `tunwall` command line.
 
+// Every `print!`/`println!` of the command line (simulate's too, declared
+// after these) goes through `stdout_or_quit`: `tunwall … | head` must end
+// quietly when the reader closes the pipe, not panic as std's macros do.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::stdout_or_quit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod simulate;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tunwall::config::Config;
@@ -12,7 +23,8 @@ use tunwall::policy::{CalloutRegistry, Policy};
 #[command(
     name = "tunwall",
     version,
-    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics"
+    about = "A userspace stateful firewall over TUN devices with WFP ALE flow semantics",
+    after_long_help = "Signals to `tunwall run`: SIGHUP reloads the configuration; SIGUSR1 reopens the event file (logrotate); SIGINT and SIGTERM stop the gateway, closing every flow.\n\nEnvironment: RUST_LOG filters the log (e.g. RUST_LOG=debug); NOTIFY_SOCKET (set by systemd) receives READY=1 once every port is up and the policy loaded.\n\nFiles: /etc/tunwall/tunwall.toml, the configuration of the packaged service; /run/tunwall/control.sock, the default control socket."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,10 +39,63 @@ struct SocketArg {
     socket: PathBuf,
 }
 
+/// The flow filters of `flows` and `kill`: every one given must match.
+#[derive(clap::Args)]
+struct FlowFilterArgs {
+    /// Protocol: tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// State: active (not TCP), pending (held by a callout) or a TCP state (established, syn_sent, …).
+    #[arg(long)]
+    state: Option<String>,
+    /// outbound or inbound.
+    #[arg(long)]
+    direction: Option<String>,
+    /// auth_connect or auth_recv_accept.
+    #[arg(long)]
+    layer: Option<String>,
+    /// An address of either endpoint.
+    #[arg(long)]
+    addr: Option<String>,
+    /// A port of either endpoint.
+    #[arg(long)]
+    port: Option<u16>,
+    /// The port the flow arrived on (its name).
+    #[arg(long)]
+    arrival_port: Option<String>,
+    /// An identity of [identities]: either endpoint in its address group.
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl FlowFilterArgs {
+    /// The `select` object of the control request.
+    fn select(&self, id: Option<u64>) -> serde_json::Value {
+        let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
+        tunwall::flow::select::request_select(&[
+            ("protocol", text(&self.protocol)),
+            ("state", text(&self.state)),
+            ("direction", text(&self.direction)),
+            ("layer", text(&self.layer)),
+            ("addr", text(&self.addr)),
+            ("port", self.port.map(serde_json::Value::from)),
+            ("arrival_port", text(&self.arrival_port)),
+            ("identity", text(&self.identity)),
+            ("id", id.map(serde_json::Value::from)),
+        ])
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DecisionArg {
+    Permit,
+    Block,
 }
 
 #[derive(Subcommand)]
@@ -64,13 +129,35 @@ enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
-    /// Lists the flows, like `conntrack -L`.
+    /// Lists the flows, like `conntrack -L`, streamed from the gateway.
     Flows {
         #[command(flatten)]
         socket: SocketArg,
-        /// One JSON array.
+        /// One JSON array (one flow per line).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// Print only the number of matching flows.
+        #[arg(long)]
+        count: bool,
+        /// List at most N flows.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Closes the matching flows now (closure reason `admin`) and prints how
+    /// many, like `conntrack -D`. At least one filter, --id or --all.
+    Kill {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// The flow with this id.
+        #[arg(long, value_name = "N")]
+        id: Option<u64>,
+        /// Every flow.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
     /// Prints the counters.
     Stats {
@@ -88,6 +175,52 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// Streams packets as pcapng (to FILE or standard output, for
+    /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
+    /// carries the comment `reason=… layer=… filter=…`.
+    Capture {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Only the dropped packets.
+        #[arg(long)]
+        discards: bool,
+        /// Stop after N packets.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Lists the flows a callout pended (waiting for `tunwall decide`), with
+    /// their age, the packets they hold and their pend timeout.
+    Pending {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Completes a pending flow: `permit` releases its held packets, `block`
+    /// drops them and closes it. Exits 1 if no pending flow has the id or it
+    /// was already decided.
+    Decide {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The flow id (from `tunwall pending` or a `flow_pending` event).
+        id: u64,
+        /// The decision.
+        #[arg(value_enum)]
+        decision: DecisionArg,
+    },
+    /// Lists the identities: each one's source (addresses, or a WireGuard
+    /// interface and peers) and its current addresses.
+    Identities {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Streams events as JSON lines until interrupted, like `conntrack -E`.
     Events {
         #[command(flatten)]
@@ -96,9 +229,24 @@ enum Command {
     /// Validates a configuration file and prints the compiled policy
     /// (layers → sublayers → filters in evaluation order). Exits 1 if invalid.
     Check {
+        /// The configuration file; `-` reads it from standard input.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Offline, no daemon: what the policy in FILE decides for one first
+    /// packet, layer by layer, filter by filter, with the arbitration steps
+    /// and the verdict, e.g. 'tcp 198.18.1.10:5555 -> 198.18.2.20:22 arrival lan'
+    /// ('udp …', 'icmp A -> B type 8 code 0 id 7 arrival lan', IPv6 in
+    /// brackets, a trailing 'flags reauthorize').
+    Explain {
         /// The configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// The packet.
+        packet: String,
+        /// The explanation as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Replays a scripted client/server exchange through the engine on a
     /// virtual clock and prints the verdicts, the flow table and the counters.
@@ -107,6 +255,20 @@ enum Command {
         /// Print the flow table and counters as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Prints the shell completion script for SHELL, e.g.
+    /// `tunwall completions bash > /usr/share/bash-completion/completions/tunwall`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page tunwall(1) (roff), generated from this command
+    /// line; with --dir, writes it and one page per command (tunwall-run(1), …)
+    /// into DIR.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -131,13 +293,35 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Reload { socket } => reload(&socket.socket),
         Command::Upgrade { socket, binary } => upgrade(&socket.socket, binary),
-        Command::Flows { socket, json } => client(&socket.socket, "flows", |v| {
-            if json {
-                v.to_string() + "\n"
-            } else {
-                tunwall::render::text::flows(v)
+        Command::Flows {
+            socket,
+            json,
+            filter,
+            count,
+            limit,
+        } => {
+            let request = serde_json::json!({
+                "command": "flows",
+                "select": filter.select(None),
+                "count": count,
+                "limit": limit,
+            });
+            let mut out = std::io::stdout().lock();
+            match tunwall::control::flows::print_flows(&socket.socket, &request, json, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunwall: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        }),
+        }
+        Command::Kill {
+            socket,
+            filter,
+            id,
+            all,
+        } => kill(&socket.socket, filter.select(id), all),
         Command::Stats {
             socket,
             json,
@@ -154,6 +338,31 @@ fn main() -> ExitCode {
         Command::Sync {
             command: SyncCommand::Status { socket, json },
         } => sync_status(&socket.socket, json),
+        Command::Capture {
+            socket,
+            file,
+            discards,
+            count,
+        } => capture(&socket.socket, file.as_deref(), discards, count),
+        Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::pending(v)
+            }
+        }),
+        Command::Decide {
+            socket,
+            id,
+            decision,
+        } => decide(&socket.socket, id, decision),
+        Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
+            if json {
+                v.to_string() + "\n"
+            } else {
+                tunwall::render::text::identities(v)
+            }
+        }),
         Command::Events { socket } => {
             match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -165,12 +374,63 @@ fn main() -> ExitCode {
             }
         }
         Command::Simulate { json } => simulate::run(json),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tunwall", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let mut page = Vec::new();
+            let rendered = match &dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut page),
+            };
+            match rendered {
+                Ok(()) => {
+                    print!("{}", String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunwall: writing the man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain {
+            config,
+            packet,
+            json,
+        } => explain(&config, &packet, json),
     }
 }
 
+/// Writes to standard output; a reader that has gone away (EPIPE) ends the
+/// command with success, as nothing more can be shown to anyone.
+fn stdout_or_quit(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tunwall: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `tunwall check -c FILE` (`-c -`: standard input, named `<stdin>` in messages).
 fn check(path: &std::path::Path) -> ExitCode {
+    let (name, text) = match Config::read_text(path) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let registry = CalloutRegistry::default();
-    let config = match Config::load(path, &registry) {
+    let config = match Config::parse(&name, &text, &registry) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tunwall: {e}");
@@ -180,19 +440,51 @@ fn check(path: &std::path::Path) -> ExitCode {
     let policy = match Policy::compile(&config.policy, &registry, None) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("tunwall: {}: {e}", path.display());
+            eprintln!("tunwall: {}: {e}", name.display());
             return ExitCode::FAILURE;
         }
     };
+    for warning in tunwall::config::warnings(&name, &text) {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", tunwall::render::text::check(&config, &policy));
     ExitCode::SUCCESS
+}
+
+fn explain(path: &std::path::Path, packet: &str, json: bool) -> ExitCode {
+    let registry = CalloutRegistry::default();
+    let explained = Config::load(path, &registry)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let policy = Policy::compile(&config.policy, &registry, None)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let packet = tunwall::explain::ExplainPacket::parse(packet)?;
+            tunwall::explain::explain(&config, std::sync::Arc::new(policy), &packet)
+        });
+    match explained {
+        Ok(e) => {
+            let v = tunwall::render::explain::json(&e);
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", tunwall::render::explain::text(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -254,6 +546,29 @@ fn reload(socket: &std::path::Path) -> ExitCode {
     }
 }
 
+fn capture(
+    socket: &std::path::Path,
+    file: Option<&std::path::Path>,
+    discards: bool,
+    count: Option<u64>,
+) -> ExitCode {
+    let request = serde_json::json!({"command": "capture", "discards": discards, "count": count});
+    let copied = match file {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            .and_then(|mut f| tunwall::control::capture::print_capture(socket, &request, &mut f)),
+        None => tunwall::control::capture::print_capture(socket, &request, &mut std::io::stdout()),
+    };
+    match copied {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunwall: capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
     let mut request = serde_json::json!({"command": "upgrade"});
     if let Some(binary) = binary {
@@ -261,7 +576,7 @@ fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
         let binary = std::path::absolute(&binary).unwrap_or(binary);
         request["binary"] = binary.to_string_lossy().into();
     }
-    match tunwall::control::request_with(socket, request) {
+    match tunwall::control::send(socket, &request) {
         Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
             println!(
                 "handed over to pid {}: {} flows carried",
@@ -302,6 +617,56 @@ fn sync_status(socket: &std::path::Path, json: bool) -> ExitCode {
                 print!("{}", tunwall::render::text::sync_status(&v));
             }
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn decide(socket: &std::path::Path, id: u64, decision: DecisionArg) -> ExitCode {
+    let decision = match decision {
+        DecisionArg::Permit => "permit",
+        DecisionArg::Block => "block",
+    };
+    let request = serde_json::json!({"command": "decide", "id": id, "decision": decision});
+    command(socket, &request, "decide", |_| {
+        format!("flow {id}: {decision}")
+    })
+}
+
+fn kill(socket: &std::path::Path, select: serde_json::Value, all: bool) -> ExitCode {
+    if !all && select.as_object().is_some_and(|m| m.is_empty()) {
+        eprintln!("tunwall: kill: give a filter, --id N, or --all to close every flow");
+        return ExitCode::FAILURE;
+    }
+    let request = serde_json::json!({"command": "kill", "select": select});
+    command(socket, &request, "kill", |v| {
+        let closed = v.get("closed").and_then(|n| n.as_u64()).unwrap_or(0);
+        format!("{closed} flows closed")
+    })
+}
+
+/// Sends a command that answers `{"ok": true, …}` or `{"ok": false,
+/// "error"}`; prints `done(answer)`, or the error and exits 1.
+fn command(
+    socket: &std::path::Path,
+    request: &serde_json::Value,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    match tunwall::control::send(socket, request) {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+            println!("{}", done(&v));
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "tunwall: {name}: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("failed")
+            );
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("tunwall: {e}");

@@ -83,6 +83,18 @@ named_enum! {
         WrongInterface => "wrong_interface",
         /// The arrival port index is not a configured port.
         UnknownPort => "unknown_port",
+        /// A packet of a pending flow beyond its queue's bounds (SPEC §10).
+        PendQueueFull => "pend_queue_full",
+        /// A new flow a callout pended while `pend_max_flows` flows were pending.
+        PendLimit => "pend_limit",
+        /// A translated flow needed a port (or ICMP id) and none was free.
+        NatPortsExhausted => "nat_ports_exhausted",
+        /// A redirect filter has no `to_address` of the packet's IP family.
+        NatNoAddress => "nat_no_address",
+        /// The translated tuple is already another flow's.
+        NatConflict => "nat_conflict",
+        /// A callout pended a translated flow, which cannot be pended.
+        NatPended => "nat_pended",
     }
 }
 
@@ -101,5 +113,7 @@ named_enum! {
         Evicted => "evicted",
         /// The gateway shut down.
         Shutdown => "shutdown",
+        /// An operator closed it (`tunwall kill`).
+        Admin => "admin",
     }
 }

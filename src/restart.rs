@@ -187,6 +187,10 @@ impl Daemon {
         match handover::hand_over(&binary, &socket, || self.pack()) {
             Ok(done) => {
                 info!(to_pid = done.pid, flows = done.flows, "handed over");
+                // Under systemd (`Type=notify`) the new process is the service now.
+                if let Err(e) = crate::io::notify::notify(&format!("MAINPID={}", done.pid)) {
+                    warn!(error = %e, "telling the service manager the new main pid");
+                }
                 self.hub.emit(json!({
                     "event": "handover",
                     "flows": done.flows,
@@ -239,6 +243,7 @@ impl Daemon {
                     .collect(),
                 queues: self.ports.first().map_or(0, |p| p.queues.len()),
                 vnet_hdr: self.ports.first().is_some_and(|p| p.vnet_hdr),
+                udp_gso: self.ports.first().is_some_and(|p| p.udp_gso),
                 socket: config.gateway.control_socket.clone(),
                 state_len: state.len() as u64,
             },

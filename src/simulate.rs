@@ -31,6 +31,7 @@ impl Sim {
         let shown = match verdict {
             Verdict::Forward(out) => format!("forwarded to {}", self.ports[usize::from(out)]),
             Verdict::Drop(reason) => format!("DROPPED ({reason})"),
+            Verdict::Held => "held (pending)".to_string(),
         };
         println!(
             "  t={:>6} ms  {:<4} → {:<46} {}",
@@ -202,7 +203,7 @@ fn print_flows(sim: &Sim, json: bool) {
 
 fn print_stats(sim: &Sim, json: bool) {
     let stats: &Stats = sim.h.engine.stats();
-    let value = render::json::stats(stats, &IoStats::default(), &sim.h.gw, 1, 1);
+    let value = render::json::stats(stats, &IoStats::default(), &sim.h.gw, 1, 1, &[]);
     if json {
         println!("{value}");
     } else {

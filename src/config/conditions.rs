@@ -3,8 +3,9 @@
 use super::schema::{LayerName, RawFilter};
 use super::{ConfigError, Loader, parse_prefix};
 use crate::packet::IpVersion;
-use crate::policy::{AddrSet, ArrivalPort, ClassifyFlags, Conditions, ValueSet};
-use std::collections::HashMap;
+use crate::policy::{
+    Action, AddrSet, ArrivalPort, ClassifyFlags, Conditions, Identities, IdentityCond, ValueSet,
+};
 use toml::{Spanned, Value};
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -132,13 +133,16 @@ fn protocol_number(name: &str) -> Option<u8> {
     })
 }
 
+const ORIGINAL_AT_AUTH: &str =
+    "original_* conditions match at the auth layers (auth_connect, auth_recv_accept) only";
+
 /// Parses every condition of `f` and renders them for `tunwall check`.
 pub(super) fn parse(
     loader: &Loader<'_>,
     f: &RawFilter,
     name: &str,
     ports: &[&str],
-    identities: &HashMap<String, AddrSet>,
+    identities: &Identities,
 ) -> Result<(Conditions, String)> {
     let err = |v: &Spanned<Value>, key: &str, msg: String| {
         loader.error(v.span(), format!("filter \"{name}\": {key}: {msg}"))
@@ -202,6 +206,50 @@ pub(super) fn parse(
         show("remote_port", v);
         c.remote_port =
             Some(values(v.get_ref(), u16::MAX, "port").map_err(|m| err(v, "remote_port", m))?);
+    }
+    let auth_layer = matches!(
+        f.layer.get_ref(),
+        LayerName::AuthConnect | LayerName::AuthRecvAccept
+    );
+    for (key, value, slot) in [
+        (
+            "original_local_address",
+            &f.original_local_address,
+            &mut c.original_local_address,
+        ),
+        (
+            "original_remote_address",
+            &f.original_remote_address,
+            &mut c.original_remote_address,
+        ),
+    ] {
+        if let Some(v) = value {
+            show(key, v);
+            if !auth_layer {
+                return Err(err(v, key, ORIGINAL_AT_AUTH.into()));
+            }
+            *slot = Some(address(v, key)?);
+        }
+    }
+    for (key, value, slot) in [
+        (
+            "original_local_port",
+            &f.original_local_port,
+            &mut c.original_local_port,
+        ),
+        (
+            "original_remote_port",
+            &f.original_remote_port,
+            &mut c.original_remote_port,
+        ),
+    ] {
+        if let Some(v) = value {
+            show(key, v);
+            if !auth_layer {
+                return Err(err(v, key, ORIGINAL_AT_AUTH.into()));
+            }
+            *slot = Some(values(v.get_ref(), u16::MAX, "port").map_err(|m| err(v, key, m))?);
+        }
     }
     let icmp_only = c.protocol.as_ref().is_some_and(|p| {
         !p.ranges.is_empty() && p.ranges.iter().all(|&(lo, _)| lo == 1 || lo == 58)
@@ -270,18 +318,21 @@ pub(super) fn parse(
     ] {
         if let Some(v) = value {
             show(key, v);
-            let mut set = AddrSet::default();
+            let mut groups = Vec::new();
             for group in strings(v.get_ref(), "identity").map_err(|m| err(v, key, m))? {
-                let members = identities.get(group).ok_or_else(|| {
-                    err(
+                if !identities.defs.contains_key(group) {
+                    return Err(err(
                         v,
                         key,
                         format!("unknown identity \"{group}\" (define it under [identities])"),
-                    )
-                })?;
-                set.extend(members);
+                    ));
+                }
+                groups.push(group.to_string());
             }
-            *slot = Some(set);
+            *slot = Some(IdentityCond {
+                groups,
+                addrs: Default::default(),
+            });
         }
     }
     for (key, value, slot) in [
@@ -306,11 +357,12 @@ pub(super) fn parse(
                     "fragment" => ClassifyFlags::FRAGMENT,
                     "multicast" => ClassifyFlags::MULTICAST,
                     "broadcast" => ClassifyFlags::BROADCAST,
+                    "redirected" => ClassifyFlags::REDIRECTED,
                     other => {
                         return Err(err(
                             v,
                             key,
-                            format!("unknown flag \"{other}\" (reauthorize, fragment, multicast, broadcast)"),
+                            format!("unknown flag \"{other}\" (reauthorize, fragment, multicast, broadcast, redirected)"),
                         ));
                     }
                 });
@@ -349,6 +401,7 @@ pub(super) fn parse(
     }
     for option in [
         f.unicast_lifetime.as_ref().map(|v| ("unicast_lifetime", v)),
+        f.pend_timeout.as_ref().map(|v| ("pend_timeout", v)),
         f.mcast_bcast_lifetime
             .as_ref()
             .map(|v| ("mcast_bcast_lifetime", v)),
@@ -369,6 +422,12 @@ pub(super) fn parse(
         .is_some_and(|v| *v.get_ref())
     {
         summary.push("loose_source_mapping".into());
+    }
+    if let Some(a) = &f.timeout_action {
+        summary.push(format!(
+            "timeout_action = \"{}\"",
+            Action::from(*a.get_ref()).as_str()
+        ));
     }
     if let Some(r) = &f.rate {
         summary.push(format!("rate = \"{}\"", r.get_ref()));

@@ -25,6 +25,13 @@ impl Config {
         if self.sync != new.sync {
             changes.push("[sync]".to_string());
         }
+        if self.metrics_listen != new.metrics_listen {
+            changes.push("[metrics]".to_string());
+        }
+        // The identity watcher reads the interfaces it started with.
+        if self.wireguard != new.wireguard {
+            changes.push("[[wireguard]]".to_string());
+        }
         if changes.is_empty() {
             Ok(())
         } else {

@@ -8,12 +8,16 @@
 //! policy.
 
 mod conditions;
+mod identities;
+mod lint;
 mod live;
 mod policy;
+mod redirect;
 mod schema;
 mod sync;
 mod validate;
 
+pub use lint::warnings;
 pub(crate) use validate::{Loader, parse_prefix};
 
 use crate::engine::{GatewayConfig, HostModel};
@@ -55,6 +59,15 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+fn cannot_read(path: &Path, e: std::io::Error) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    }
+}
 
 /// `workers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +127,19 @@ pub struct PortConfig {
     pub kernel_routes: Vec<IpNet>,
 }
 
+/// One `[[wireguard]]` (SPEC §11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireguardConfig {
+    /// The WireGuard interface.
+    pub interface: String,
+    /// The network namespace it lives in.
+    pub netns: Option<String>,
+    /// How often its peers are read.
+    pub refresh: std::time::Duration,
+    /// The index of the port its traffic arrives on, if bound to one.
+    pub port: Option<u8>,
+}
+
 /// `[events]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
@@ -121,6 +147,8 @@ pub struct EventsConfig {
     pub file: Option<PathBuf>,
     /// Discard events per second (the first of each reason always goes out).
     pub discard_rate: u32,
+    /// `reject_rate`: rejections (RSTs, ICMP errors) sent per second at most.
+    pub reject_rate: u32,
 }
 
 /// A validated configuration.
@@ -134,24 +162,38 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     /// `[flows]`.
     pub flows: FlowConfig,
-    /// `[defaults]`, `[[sublayer]]`, `[[filter]]` (identities resolved).
+    /// `[defaults]`, `[identities]`, `[[sublayer]]`, `[[filter]]` (address
+    /// groups resolved; WireGuard identities once their peers are read).
     pub policy: PolicySpec,
+    /// `[[wireguard]]`.
+    pub wireguard: Vec<WireguardConfig>,
     /// `[events]`.
     pub events: EventsConfig,
     /// `[sync]` (SPEC §15), if this node is one of an HA pair.
     pub sync: Option<crate::sync::SyncConfig>,
+    /// `[metrics] listen`: where Prometheus reads `GET /metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path, registry: &CalloutRegistry) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| cannot_read(path, e))?;
         Config::parse(path, &text, registry)
+    }
+
+    /// The text of `path` for `tunwall check`, where `-` is standard input,
+    /// and the name to give it in messages (`<stdin>`).
+    pub fn read_text(path: &Path) -> Result<(PathBuf, String)> {
+        if path.as_os_str() != "-" {
+            let text = std::fs::read_to_string(path).map_err(|e| cannot_read(path, e))?;
+            return Ok((path.to_path_buf(), text));
+        }
+        let name = PathBuf::from("<stdin>");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| cannot_read(&name, e))?;
+        Ok((name, text))
     }
 
     /// Validates `text`; `path` names the file in messages.
@@ -199,5 +241,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunwall/control.sock";
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;

@@ -4,46 +4,23 @@
 
 use super::schema::*;
 use super::validate::{Loader, parse_rate, valid_name};
-use super::{ConfigError, PortConfig, Result, conditions};
+use super::{ConfigError, PortConfig, Result, conditions, redirect};
 use crate::flow::MAX_TIMEOUT;
 use crate::policy::{
-    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Layer,
-    PolicySpec, SpecAction, Sublayer,
+    Action, CalloutParams, CalloutRegistry, DefaultPolicy, FilterSpec, FlowOptions, Identities,
+    Layer, Pend, PolicySpec, SpecAction, Sublayer,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
 impl Loader<'_> {
-    pub(super) fn identities(
-        &self,
-        raw: &BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
-    ) -> Result<HashMap<String, crate::policy::AddrSet>> {
-        let mut out = HashMap::new();
-        for (name, members) in raw {
-            let mut set = crate::policy::AddrSet::default();
-            for m in members {
-                conditions::add_address(self, &mut set, m.get_ref()).map_err(|msg| {
-                    self.error(m.span(), format!("identity \"{}\": {msg}", name.get_ref()))
-                })?;
-            }
-            if set.is_empty() {
-                return Err(self.error(
-                    name.span(),
-                    format!("identity \"{}\" is empty", name.get_ref()),
-                ));
-            }
-            out.insert(name.get_ref().clone(), set);
-        }
-        Ok(out)
-    }
-
     pub(super) fn policy(
         &self,
         raw: &Raw,
         ports: &[PortConfig],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: Identities,
         registry: &CalloutRegistry,
     ) -> Result<PolicySpec> {
         let d = &raw.defaults;
@@ -96,12 +73,13 @@ impl Loader<'_> {
             if names.insert(name, ()).is_some() {
                 return Err(self.error(f.name.span(), format!("duplicate filter name \"{name}\"")));
             }
-            filters.push(self.filter(f, &sublayers, &port_names, identities, registry)?);
+            filters.push(self.filter(f, &sublayers, &port_names, &identities, registry)?);
         }
         Ok(PolicySpec {
             defaults,
             sublayers,
             filters,
+            identities,
         })
     }
 
@@ -110,14 +88,20 @@ impl Loader<'_> {
         f: &RawFilter,
         sublayers: &[Sublayer],
         ports: &[&str],
-        identities: &HashMap<String, crate::policy::AddrSet>,
+        identities: &Identities,
         registry: &CalloutRegistry,
     ) -> Result<FilterSpec> {
         let name = f.name.get_ref().clone();
         let here =
             |span: Range<usize>, msg: String| self.error(span, format!("filter \"{name}\": {msg}"));
         let layer = Layer::from(*f.layer.get_ref());
-        let callout_only = matches!(layer, Layer::FlowEstablished | Layer::EndpointClosure);
+        let callout_only = matches!(
+            layer,
+            Layer::FlowEstablished
+                | Layer::EndpointClosure
+                | Layer::ResourceAssignment
+                | Layer::ResourceRelease
+        );
         let sublayer = match &f.sublayer {
             None => 0,
             Some(s) => sublayers
@@ -148,8 +132,28 @@ impl Loader<'_> {
                 ),
             ));
         }
+        let pend_keys = [
+            ("pend_timeout", f.pend_timeout.as_ref().map(|v| v.span())),
+            (
+                "timeout_action",
+                f.timeout_action.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in pend_keys {
+            if let Some(span) = span
+                && (kind != FilterActionName::Callout
+                    || !matches!(layer, Layer::AuthConnect | Layer::AuthRecvAccept))
+            {
+                return Err(here(
+                    span,
+                    format!(
+                        "{key} belongs to a callout filter at auth_connect or auth_recv_accept (only there may a callout pend a flow)"
+                    ),
+                ));
+            }
+        }
         let action = match kind {
-            FilterActionName::Permit | FilterActionName::Block => {
+            FilterActionName::Permit | FilterActionName::Block | FilterActionName::Redirect => {
                 if let Some(c) = &f.callout {
                     return Err(here(
                         c.span(),
@@ -163,7 +167,10 @@ impl Loader<'_> {
                     ));
                 }
                 let hard = f.hard.as_ref().map(|h| *h.get_ref());
-                if kind == FilterActionName::Permit {
+                if kind == FilterActionName::Redirect {
+                    // Filled in below, once the conditions are known.
+                    SpecAction::Redirect(Default::default())
+                } else if kind == FilterActionName::Permit {
                     SpecAction::Permit {
                         hard: hard.unwrap_or(false),
                     }
@@ -192,7 +199,17 @@ impl Loader<'_> {
                         here(r.span(), format!("rate \"{}\" must look like \"100/s\" (a positive number per second)", r.get_ref()))
                     })?),
                 };
-                let params = CalloutParams { rate };
+                let mut pend = Pend::default();
+                pend.timeout = self
+                    .duration(&f.pend_timeout, "pend_timeout", pend.timeout)
+                    .map_err(|e| ConfigError {
+                        message: format!("filter \"{name}\": {}", e.message),
+                        ..e
+                    })?;
+                if let Some(a) = &f.timeout_action {
+                    pend.timeout_action = (*a.get_ref()).into();
+                }
+                let params = CalloutParams { rate, pend };
                 match registry.build(callout.get_ref(), &params) {
                     None => {
                         let known: Vec<&str> = registry.names().collect();
@@ -275,7 +292,38 @@ impl Loader<'_> {
                 .as_ref()
                 .is_some_and(|v| *v.get_ref()),
         };
-        let (conditions, summary) = conditions::parse(self, f, &name, ports, identities)?;
+        let reject = match &f.reject {
+            Some(r) if *r.get_ref() => {
+                if kind != FilterActionName::Block
+                    || !matches!(layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+                {
+                    return Err(here(
+                        r.span(),
+                        "reject = true answers a blocked packet: only block filters at auth_connect or auth_recv_accept take it".into(),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
+        let (conditions, mut summary) = conditions::parse(self, f, &name, ports, identities)?;
+        if reject {
+            summary = if summary.is_empty() {
+                "reject".to_string()
+            } else {
+                format!("{summary} reject")
+            };
+        }
+        let mut action = action;
+        if let Some(target) = redirect::target(self, f, &name, layer, &conditions)? {
+            action = SpecAction::Redirect(target);
+            for (key, v) in [("to_address", &f.to_address), ("to_port", &f.to_port)] {
+                if let Some(v) = v {
+                    let sep = if summary.is_empty() { "" } else { ", " };
+                    summary = format!("{summary}{sep}{key} = {}", v.get_ref());
+                }
+            }
+        }
         Ok(FilterSpec {
             name,
             layer,
@@ -285,6 +333,7 @@ impl Loader<'_> {
             conditions,
             options,
             summary,
+            reject,
         })
     }
 }

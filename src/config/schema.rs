@@ -20,7 +20,9 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
     #[serde(default)]
-    pub(super) identities: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    pub(super) identities: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub(super) wireguard: Vec<RawWireguard>,
     #[serde(default, rename = "sublayer")]
     pub(super) sublayers: Vec<RawSublayer>,
     #[serde(default, rename = "filter")]
@@ -28,6 +30,14 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) events: RawEvents,
     pub(super) sync: Option<Spanned<RawSync>>,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 /// `[sync]` (SPEC §15).
@@ -44,7 +54,7 @@ pub(super) struct RawSync {
 pub(super) struct RawGateway {
     pub(super) workers: Option<Spanned<toml::Value>>,
     pub(super) host_model: Option<HostModelName>,
-    pub(super) control_socket: Option<PathBuf>,
+    pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) control_socket_group: Option<String>,
     pub(super) offload: Option<bool>,
     pub(super) state_file: Option<PathBuf>,
@@ -80,6 +90,15 @@ pub(super) struct RawPort {
     pub(super) kernel_routes: Vec<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWireguard {
+    pub(super) interface: Spanned<String>,
+    pub(super) netns: Option<Spanned<String>>,
+    pub(super) refresh: Option<Spanned<toml::Value>>,
+    pub(super) port: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFlows {
@@ -99,6 +118,9 @@ pub(super) struct RawFlows {
     pub(super) tcp_loose_pickup: Option<bool>,
     pub(super) max_fragments: Option<Spanned<i64>>,
     pub(super) fragment_timeout: Option<Spanned<toml::Value>>,
+    pub(super) pend_queue_packets: Option<Spanned<i64>>,
+    pub(super) pend_queue_bytes: Option<Spanned<i64>>,
+    pub(super) pend_max_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +163,10 @@ pub(super) enum LayerName {
     FlowEstablished,
     EndpointClosure,
     IcmpError,
+    BindRedirect,
+    ConnectRedirect,
+    ResourceAssignment,
+    ResourceRelease,
 }
 
 impl From<LayerName> for Layer {
@@ -151,6 +177,10 @@ impl From<LayerName> for Layer {
             LayerName::FlowEstablished => Layer::FlowEstablished,
             LayerName::EndpointClosure => Layer::EndpointClosure,
             LayerName::IcmpError => Layer::IcmpError,
+            LayerName::BindRedirect => Layer::BindRedirect,
+            LayerName::ConnectRedirect => Layer::ConnectRedirect,
+            LayerName::ResourceAssignment => Layer::ResourceAssignment,
+            LayerName::ResourceRelease => Layer::ResourceRelease,
         }
     }
 }
@@ -161,6 +191,7 @@ pub(super) enum FilterActionName {
     Permit,
     Block,
     Callout,
+    Redirect,
 }
 
 #[derive(Deserialize)]
@@ -172,8 +203,11 @@ pub(super) struct RawFilter {
     pub(super) weight: Option<Spanned<i64>>,
     pub(super) action: Spanned<FilterActionName>,
     pub(super) hard: Option<Spanned<bool>>,
+    pub(super) reject: Option<Spanned<bool>>,
     pub(super) callout: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
+    pub(super) pend_timeout: Option<Spanned<toml::Value>>,
+    pub(super) timeout_action: Option<Spanned<ActionName>>,
     pub(super) protocol: Option<Spanned<toml::Value>>,
     pub(super) ip_version: Option<Spanned<toml::Value>>,
     pub(super) local_address: Option<Spanned<toml::Value>>,
@@ -191,6 +225,12 @@ pub(super) struct RawFilter {
     pub(super) mcast_bcast_lifetime: Option<Spanned<toml::Value>>,
     pub(super) deny_multicast_state: Option<Spanned<bool>>,
     pub(super) loose_source_mapping: Option<Spanned<bool>>,
+    pub(super) to_address: Option<Spanned<toml::Value>>,
+    pub(super) to_port: Option<Spanned<toml::Value>>,
+    pub(super) original_local_address: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_address: Option<Spanned<toml::Value>>,
+    pub(super) original_local_port: Option<Spanned<toml::Value>>,
+    pub(super) original_remote_port: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,4 +238,5 @@ pub(super) struct RawFilter {
 pub(super) struct RawEvents {
     pub(super) file: Option<PathBuf>,
     pub(super) discard_rate: Option<Spanned<i64>>,
+    pub(super) reject_rate: Option<Spanned<i64>>,
 }

@@ -5,7 +5,7 @@ use crate::policy::DefaultPolicy;
 use std::path::Path;
 use std::time::Duration;
 
-const PORTS: &str = r#"
+pub(super) const PORTS: &str = r#"
 [[port]]
 name = "lan"
 device = "tw-lan"
@@ -19,13 +19,13 @@ zone = "outside"
 routes = ["0.0.0.0/0"]
 "#;
 
-fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> std::result::Result<Config, ConfigError> {
     Config::parse(Path::new("test.toml"), text, &CalloutRegistry::default())
 }
 
 /// Asserts that `text` fails at `line:column` with a message containing `what`.
 #[track_caller]
-fn fails(text: &str, line: usize, column: usize, what: &str) {
+pub(super) fn fails(text: &str, line: usize, column: usize, what: &str) {
     let e = parse(text).expect_err("the config must be rejected");
     assert_eq!((e.line, e.column), (line, column), "position of: {e}");
     assert!(
@@ -42,7 +42,7 @@ fn fails(text: &str, line: usize, column: usize, what: &str) {
 
 /// A config with the two ports and one filter of the given body (the filter
 /// starts at line 15; its first body line is line 16).
-fn filter(body: &str) -> String {
+pub(super) fn filter(body: &str) -> String {
     format!("{PORTS}\n\n[[filter]]\n{body}\n")
 }
 
@@ -309,7 +309,7 @@ fn callout_rules() {
         &f("action = \"callout\"\ncallout = \"dpi\""),
         19,
         11,
-        "unknown callout \"dpi\" (known: log, rate_limit)",
+        "unknown callout \"dpi\" (known: ask, log, rate_limit)",
     );
     fails(
         &f("action = \"callout\"\ncallout = \"rate_limit\""),
@@ -647,4 +647,92 @@ fn sync_section() {
     assert!(e.contains("[sync]"), "{e}");
     assert!(config.reloadable_from(&config.clone()).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pend_rules() {
+    let f = |layer: &str, body: &str| filter(&format!("name = \"f\"\nlayer = \"{layer}\"\n{body}"));
+    let config = parse(&f(
+        "auth_recv_accept",
+        "action = \"callout\"\ncallout = \"ask\"\npend_timeout = \"30s\"\ntimeout_action = \"permit\"",
+    ))
+    .expect("valid");
+    match &config.policy.filters[0].action {
+        crate::policy::SpecAction::Callout { params, .. } => {
+            assert_eq!(params.pend.timeout, Duration::from_secs(30));
+            assert_eq!(params.pend.timeout_action, crate::policy::Action::Permit);
+        }
+        other => panic!("{other:?}"),
+    }
+    let config = parse(&f(
+        "auth_connect",
+        "action = \"callout\"\ncallout = \"ask\"",
+    ))
+    .expect("valid");
+    match &config.policy.filters[0].action {
+        crate::policy::SpecAction::Callout { params, .. } => {
+            assert_eq!(params.pend, crate::policy::Pend::default());
+        }
+        other => panic!("{other:?}"),
+    }
+    fails(
+        &f("auth_connect", "action = \"permit\"\npend_timeout = \"5s\""),
+        19,
+        16,
+        "pend_timeout belongs to a callout filter at auth_connect or auth_recv_accept",
+    );
+    fails(
+        &f(
+            "flow_established",
+            "action = \"callout\"\ncallout = \"log\"\ntimeout_action = \"permit\"",
+        ),
+        20,
+        18,
+        "timeout_action belongs to a callout filter",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\npend_timeout = \"soon\"",
+        ),
+        20,
+        16,
+        "filter \"f\": pend_timeout: \"soon\" is not a duration",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\ntimeout_action = \"maybe\"",
+        ),
+        20,
+        18,
+        "unknown variant `maybe`",
+    );
+    fails(
+        &f(
+            "auth_connect",
+            "action = \"callout\"\ncallout = \"ask\"\nrate = \"5/s\"",
+        ),
+        19,
+        11,
+        "the ask callout takes no `rate`",
+    );
+    fails(
+        "[flows]\npend_queue_packets = 0\n",
+        2,
+        22,
+        "pend_queue_packets must be between 1 and 65536, not 0",
+    );
+    let config = parse(&format!(
+        "{PORTS}\n[flows]\npend_queue_packets = 4\npend_queue_bytes = 3000\npend_max_flows = 7\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        (
+            config.flows.pend_queue_packets,
+            config.flows.pend_queue_bytes,
+            config.flows.pend_max_flows
+        ),
+        (4, 3000, 7)
+    );
 }

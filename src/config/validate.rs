@@ -40,6 +40,18 @@ impl Loader<'_> {
         }
     }
 
+    /// Where `needle` first occurs inside `span` (the start of `span` if
+    /// nowhere): values inside arrays and inline tables have no span of
+    /// their own.
+    pub(super) fn within(&self, span: Range<usize>, needle: &str) -> Range<usize> {
+        let start = self
+            .text
+            .get(span.clone())
+            .and_then(|t| t.find(needle))
+            .map_or(span.start, |i| span.start + i);
+        start..start
+    }
+
     pub(super) fn prefix(&self, s: &Spanned<String>, what: &str) -> Result<IpNet> {
         parse_prefix(s.get_ref()).ok_or_else(|| {
             self.error(
@@ -104,22 +116,41 @@ impl Loader<'_> {
         let gateway = self.gateway(&raw.gateway)?;
         let ports = self.ports(&raw.ports)?;
         let flows = self.flows(&raw.flows)?;
-        let identities = self.identities(&raw.identities)?;
-        let policy = self.policy(&raw, &ports, &identities, registry)?;
+        let wireguard = self.wireguard(&raw.wireguard, &ports)?;
+        let identities = self.identities(&raw.identities, &wireguard)?;
+        let mut policy = self.policy(&raw, &ports, identities, registry)?;
+        policy.resolve_identities(&Default::default());
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
         let sync = self.sync(&raw.sync)?;
+        let reject_rate =
+            self.count(&raw.events.reject_rate, "reject_rate", 0, 1_000_000, 100)? as u32;
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => Some(l.get_ref().parse().map_err(|_| {
+                self.error(
+                    l.span(),
+                    format!(
+                        "[metrics] listen \"{}\" must be ADDRESS:PORT, e.g. \"127.0.0.1:9560\" or \"[::1]:9560\"",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
             ports,
             flows,
             policy,
+            wireguard,
             events: EventsConfig {
                 file: raw.events.file.clone(),
                 discard_rate,
+                reject_rate,
             },
             sync,
+            metrics_listen,
         })
     }
 
@@ -145,7 +176,8 @@ impl Loader<'_> {
             },
             control_socket: g
                 .control_socket
-                .clone()
+                .as_ref()
+                .map(|s| s.get_ref().clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             control_socket_group: g.control_socket_group.clone(),
             offload: g.offload.unwrap_or(true),
@@ -308,6 +340,27 @@ impl Loader<'_> {
             1,
             10_000_000,
             c.max_fragments as i64,
+        )? as usize;
+        c.pend_queue_packets = self.count(
+            &f.pend_queue_packets,
+            "pend_queue_packets",
+            1,
+            65_536,
+            c.pend_queue_packets as i64,
+        )? as usize;
+        c.pend_queue_bytes = self.count(
+            &f.pend_queue_bytes,
+            "pend_queue_bytes",
+            1,
+            16 << 20,
+            c.pend_queue_bytes as i64,
+        )? as usize;
+        c.pend_max_flows = self.count(
+            &f.pend_max_flows,
+            "pend_max_flows",
+            0,
+            1_000_000,
+            c.pend_max_flows as i64,
         )? as usize;
         c.tcp_window_tracking = f.tcp_window_tracking.unwrap_or(true);
         c.tcp_loose_pickup = f.tcp_loose_pickup.unwrap_or(false);

@@ -26,6 +26,9 @@ pub enum HubMessage {
     Control(Value),
     /// Stream every later event to this client.
     Subscribe(UnixStream),
+    /// Flush the event file and open it again at this path (logrotate has
+    /// moved it away; SIGUSR1).
+    Reopen(std::path::PathBuf),
     /// Flush and stop.
     Stop,
 }
@@ -173,6 +176,22 @@ impl Sinks {
         }
     }
 
+    /// Closes the event file and opens `path` afresh; on failure the old
+    /// file stays (events keep landing somewhere the operator can find).
+    fn reopen(&mut self, path: &std::path::Path) {
+        let Some(old) = self.file.as_mut() else {
+            return;
+        };
+        let _ = old.flush();
+        match open_event_file(path) {
+            Ok(f) => {
+                self.file = Some(BufWriter::new(f));
+                info!(file = %path.display(), "event file reopened");
+            }
+            Err(e) => warn!(error = %e, "reopening the event file; still writing the old one"),
+        }
+    }
+
     /// Renders and emits an engine event, if anything wants it.
     fn event(&mut self, event: &Event, config: &HubConfig) {
         if !self.wanted(&event.kind) {
@@ -233,6 +252,7 @@ pub fn spawn(
                             Ok(s) => sinks.subscribers.push(s),
                             Err(e) => warn!(error = %e, "events subscriber"),
                         },
+                        Ok(HubMessage::Reopen(path)) => sinks.reopen(&path),
                         Ok(HubMessage::Stop) | Err(_) => {
                             // Workers have stopped: take what they left in the channel.
                             while let Ok(batch) = events.channel().try_recv() {

@@ -1,8 +1,13 @@
 //! The control socket: a Unix socket speaking one JSON request per
-//! connection (`{"command": "flows"}`, `stats`, `reload`, `events`), and the
+//! connection (`{"command": "flows"}`, `kill`, `stats`, `reload`,
+//! `upgrade`, `events`, `pending`,
+//! `{"command": "decide", "id": N, "decision": "permit"}`), and the
 //! client side the CLI uses, with the human-readable renderings.
 
+pub mod capture;
+pub mod flows;
 pub mod hub;
+pub mod metrics;
 pub mod queue;
 
 use serde_json::{Value, json};
@@ -17,14 +22,28 @@ use tracing::{debug, warn};
 
 /// What the control server asks of the daemon.
 pub trait ControlHandler: Send + Sync + 'static {
-    /// `flows --json`: the JSON array of flows.
-    fn flows(&self) -> Value;
+    /// `flows`: writes the answer to `request` (see [`flows`]) to `out`.
+    fn flows(&self, request: &Value, out: &mut dyn Write) -> std::io::Result<()>;
+    /// `kill`: closes the flows `request` selects;
+    /// `{"ok": true, "closed": N}` or `{"ok": false, "error"}`.
+    fn kill(&self, request: &Value) -> Value;
     /// `stats --json`: the counters object.
     fn stats(&self) -> Value;
     /// `reload`: `{"ok": true, "generation", "changed_layers"}` or `{"ok": false, "error"}`.
     fn reload(&self) -> Value;
+    /// `capture`: stream packets as pcapng to this connection.
+    fn capture(&self, stream: UnixStream, request: &Value);
+    /// `identities`: each identity with its source and current addresses
+    /// (none unless the handler has a configuration).
+    fn identities(&self) -> Value {
+        Value::Array(Vec::new())
+    }
     /// `events`: stream every later event to this connection.
     fn subscribe(&self, stream: UnixStream);
+    /// `decide`: completes pending flow `id`; `{"ok": true, …}` or `{"ok": false, "error"}`.
+    fn decide(&self, id: u64, decision: crate::policy::Action) -> Value;
+    /// `pending --json`: the JSON array of pending flows.
+    fn pending(&self) -> Value;
     /// `upgrade`: hand over to a new process running `binary` (SPEC §13);
     /// `{"ok": true, "flows", "to_pid"}` or `{"ok": false, "error"}`.
     fn upgrade(&self, _binary: Option<PathBuf>) -> Value {
@@ -212,18 +231,37 @@ impl ControlServer {
 }
 
 fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) && handler.serving() {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*handler) {
-                    debug!(error = %e, "control connection");
+    accept_until(
+        &stop,
+        "control socket",
+        || listener.accept().map(|(s, _)| s),
+        |stream| answer(stream, &*handler),
+        || handler.serving(),
+    );
+}
+
+/// Accepts connections from a non-blocking listener and answers each in
+/// turn until `stop` is set or `serving` says no more (the control socket,
+/// the metrics listener).
+pub(crate) fn accept_until<S>(
+    stop: &AtomicBool,
+    what: &str,
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    mut answer: impl FnMut(S) -> std::io::Result<()>,
+    serving: impl Fn() -> bool,
+) {
+    while !stop.load(Ordering::Relaxed) && serving() {
+        match accept() {
+            Ok(stream) => {
+                if let Err(e) = answer(stream) {
+                    debug!(error = %e, "{what} connection");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                warn!(error = %e, "control socket accept");
+                warn!(error = %e, "{what} accept");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -238,7 +276,17 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
     let command = request.get("command").and_then(Value::as_str).unwrap_or("");
     let response = match command {
-        "flows" => handler.flows(),
+        "flows" => {
+            // A reader that stops reading is cut off after the timeout.
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let mut out = std::io::BufWriter::with_capacity(flows::OUTPUT_BUFFER, &stream);
+            return handler.flows(&request, &mut out);
+        }
+        "kill" => handler.kill(&request),
+        "capture" => {
+            handler.capture(stream, &request);
+            return Ok(());
+        }
         "stats" => handler.stats(),
         "sync_status" => handler.sync_status(),
         "reload" => handler.reload(),
@@ -248,6 +296,9 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
                 .and_then(Value::as_str)
                 .map(PathBuf::from),
         ),
+        "pending" => handler.pending(),
+        "decide" => decide(&request, handler),
+        "identities" => handler.identities(),
         "events" => {
             handler.subscribe(stream);
             return Ok(());
@@ -258,13 +309,30 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
     writeln!(stream, "{response}")
 }
 
-/// Sends `command` to the daemon at `socket` and returns its answer.
-pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
-    request_with(socket, json!({"command": command}))
+/// `{"command": "decide", "id": N, "decision": "permit"|"block"}`.
+fn decide(request: &Value, handler: &dyn ControlHandler) -> Value {
+    use crate::policy::Action;
+    let id = request.get("id").and_then(Value::as_u64);
+    let decision = match request.get("decision").and_then(Value::as_str) {
+        Some("permit") => Some(Action::Permit),
+        Some("block") => Some(Action::Block),
+        _ => None,
+    };
+    match (id, decision) {
+        (Some(id), Some(decision)) => handler.decide(id, decision),
+        _ => {
+            json!({"ok": false, "error": "decide needs \"id\" (a flow id) and \"decision\" (\"permit\" or \"block\")"})
+        }
+    }
 }
 
-/// Sends a request object (`{"command": …, …}`) and returns the answer.
-pub fn request_with(socket: &Path, request: Value) -> std::io::Result<Value> {
+/// Sends `command` to the daemon at `socket` and returns its answer.
+pub fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    send(socket, &json!({ "command": command }))
+}
+
+/// Sends a whole request object to the daemon and returns its answer.
+pub fn send(socket: &Path, request: &Value) -> std::io::Result<Value> {
     let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     writeln!(stream, "{request}")?;

@@ -1,16 +1,17 @@
 //! Flow admission: the first packet of a would-be flow, and the flows
 //! admitted by multicast/broadcast or loose-source state.
 
+use super::pend::PendRequest;
 use super::pipeline::{Arrival, tcp_segment};
 use super::report::Dropped;
 use super::{Gateway, Local};
-use crate::event::{EventKind, FlowInfo};
+use crate::event::EventKind;
 use crate::flow::key::PacketKey;
-use crate::flow::table::ShardGuard;
+use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::wildcard::{Wildcard, WildcardKey};
 use crate::flow::{Direction, FlowClass, FlowEntry, FlowKey, TcpTracker};
 use crate::packet::Transport;
-use crate::policy::{Action, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, Original, SourceArrival};
 use crate::reason::DropReason;
 
 pub(super) fn wildcard_key(key: &FlowKey) -> WildcardKey {
@@ -29,6 +30,7 @@ impl Local {
         gw: &Gateway,
         a: &Arrival<'_>,
         shard: &mut ShardGuard<'_>,
+        shard_index: usize,
         hash: u64,
         pk: PacketKey,
     ) -> Result<u8, Dropped> {
@@ -44,6 +46,7 @@ impl Local {
 
         if direction == Direction::Inbound
             && tcp.is_none()
+            && a.route_error.is_none()
             && let Some(w) = self.wildcard_match(gw, a, &key, group)
         {
             return self.admit_child(gw, a, shard, hash, pk, w);
@@ -65,13 +68,72 @@ impl Local {
             request.icmp = Some((icmp_type, code));
         }
         request.arrival_port = Some(a.port);
+        request.source = Some(SourceArrival {
+            local: direction == Direction::Outbound,
+            port: a.port,
+        });
         request.flags = self.packet_flags(gw, packet);
+        // SPEC §9: the redirect layers first; the auth layer then sees the
+        // translated tuple, and the original one in `original_*`.
+        let mut plan = match key.same_zone() || group {
+            true => None,
+            false if self.policy.has_redirects() => self.plan(gw, a, &flow_key, &request)?,
+            false => None,
+        };
+        if plan.is_none() && a.route_error.is_some() {
+            return Err(a.unrouted());
+        }
+        let mut assigned = false;
+        if let Some(plan) = plan.as_mut() {
+            assigned = self.acquire(gw, plan)?;
+            if gw.nat.aliases.find(&plan.key).is_some() {
+                Self::unacquire(gw, plan);
+                return Err(DropReason::NatConflict.into());
+            }
+            let mut translated = ClassifyRequest::for_flow(layer, &plan.key, a.now);
+            translated.icmp = request.icmp;
+            translated.arrival_port = request.arrival_port;
+            translated.source = request.source;
+            translated.flags = request.flags | ClassifyFlags::REDIRECTED;
+            translated.original = Some(Original::of(&flow_key));
+            request = translated;
+        }
+        let id = self.peek_id(gw);
+        request.flow_id = Some(id);
+        // A callout may hand the id to another thread that completes the
+        // flow before it is pending: the store remembers such a decision.
+        gw.pend.classifying(self.worker, id);
         let decision = self.classify(&request);
+        if decision.pend.is_none() {
+            gw.pend.classifying(self.worker, 0);
+        }
+        if let Some(plan) = &plan
+            && (decision.pend.is_some() || decision.action == Action::Block)
+        {
+            // Nothing is allocated for a flow that is not created; a
+            // translated flow is not pended (docs/deviations.md).
+            Self::unacquire(gw, plan);
+            if decision.pend.is_some() {
+                gw.pend.classifying(self.worker, 0);
+                return Err(DropReason::NatPended.into());
+            }
+        }
+        if let Some(pend) = decision.pend {
+            let request = PendRequest {
+                tcp,
+                layer,
+                filter: decision.filter,
+                pend,
+                flags: request.flags,
+            };
+            return self.pend_new_flow(gw, a, shard, hash, pk, request);
+        }
         if decision.action == Action::Block {
             return Err(Dropped::blocked(layer, decision));
         }
         let mcast_state = direction == Direction::Outbound && group;
         let loose_source = !mcast_state
+            && plan.is_none()
             && decision.options.loose_source_mapping
             && packet.protocol == crate::packet::proto::UDP;
         if mcast_state && decision.options.deny_multicast_state {
@@ -109,7 +171,23 @@ impl Local {
         if mcast_state || loose_source {
             entry.set_wildcard_owner();
         }
-        let egress = self.insert(gw, a, shard, hash, entry, None)?;
+        let slot = match self.insert_entry(gw, a, shard, hash, entry, None) {
+            Ok(slot) => slot,
+            Err(dropped) => {
+                if let Some(plan) = &plan {
+                    Self::unacquire(gw, plan);
+                }
+                return Err(dropped);
+            }
+        };
+        let egress = match plan {
+            Some(plan) => self.translated(gw, a, shard, shard_index, slot, plan, assigned),
+            None => a.egress,
+        };
+        self.announce(gw, a, shard, slot);
+        if let Some(filter) = &decision.filter {
+            self.policy.flow_created(filter);
+        }
         if mcast_state || loose_source {
             let owner_key = entry.key();
             gw.wildcards.add(
@@ -188,8 +266,8 @@ impl Local {
     }
 
     /// Inserts a new flow and indicates it (created; established unless it
-    /// is a TCP flow still in its handshake).
-    fn insert(
+    /// is a TCP flow still in its handshake or pending).
+    pub(super) fn insert(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -198,6 +276,21 @@ impl Local {
         entry: FlowEntry,
         parent: Option<u64>,
     ) -> Result<u8, Dropped> {
+        let slot = self.insert_entry(gw, a, shard, hash, entry, parent)?;
+        self.announce(gw, a, shard, slot);
+        Ok(a.egress)
+    }
+
+    /// Inserts a new flow (making room if the table is full).
+    fn insert_entry(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        hash: u64,
+        entry: FlowEntry,
+        parent: Option<u64>,
+    ) -> Result<SlotId, Dropped> {
         let (slot, made_room) = shard
             .insert(hash, entry, parent, a.now)
             .ok_or(DropReason::FlowTableFull)?;
@@ -205,13 +298,30 @@ impl Local {
         if let Some((removed, reason)) = made_room {
             self.closed(gw, a.now, factor, &removed, reason);
         }
+        Ok(slot)
+    }
+
+    /// Indicates a new flow: created; established unless it is a TCP flow
+    /// still in its handshake or pending.
+    fn announce(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        slot: SlotId,
+    ) {
         self.stats.flows_created += 1;
-        let flow = FlowInfo::of(shard.entry(slot), parent, a.now, &gw.config.flows, factor);
+        let factor = gw.table.adaptive_factor();
+        let flow = shard.info(slot, a.now, &gw.config.flows, factor);
         self.emit(a.now, EventKind::FlowCreated(flow));
-        if (!entry.is_tcp() || entry.tcp().handshake_done()) && shard.mark_established(slot) {
+        let entry = shard.entry(slot);
+        // A pending flow is indicated at `flow_established` once permitted.
+        if (!entry.is_tcp() || entry.tcp().handshake_done())
+            && !entry.is_pending()
+            && shard.mark_established(slot)
+        {
             self.established(gw, a.now, shard, slot);
         }
         self.export(gw, shard, slot);
-        Ok(a.egress)
     }
 }

@@ -11,14 +11,112 @@
 
 use super::Gateway;
 use super::admission::wildcard_key;
+use super::pend::CarriedPend;
 use crate::flow::record::{self, FLOW_RECORD_LEN};
 use crate::flow::wildcard::Wildcard;
-use crate::flow::{FlowClass, FlowEntry};
-use crate::state::{Container, FLOW, Header, StateError, Writer};
+use crate::flow::{FlowClass, FlowEntry, FlowInfo, FlowKey};
+use crate::policy::{Action, ClassifyFlags, Layer};
+use crate::state::{Container, FLOW, Header, PENDING, StateError, Writer};
 use crate::time::Instant;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The flags a pending record keeps, in bit order.
+const FLAGS: [ClassifyFlags; 4] = [
+    ClassifyFlags::REAUTHORIZE,
+    ClassifyFlags::FRAGMENT,
+    ClassifyFlags::MULTICAST,
+    ClassifyFlags::BROADCAST,
+];
+/// The longest filter name a pending record carries.
+const MAX_FILTER: usize = 4096;
+
+/// A pending flow's record: id, layer, flags, time left, timeout action,
+/// decision, filter name.
+fn encode_pending(p: &CarriedPend, now: Instant, out: &mut Vec<u8>) {
+    out.extend_from_slice(&p.id.to_le_bytes());
+    out.push(p.layer.index() as u8);
+    out.push(
+        FLAGS
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| p.flags.contains(**f))
+            .fold(0, |bits, (i, _)| bits | 1 << i),
+    );
+    let left = p.deadline.as_millis().saturating_sub(now.as_millis());
+    out.extend_from_slice(&left.to_le_bytes());
+    out.push(action_byte(Some(p.timeout_action)));
+    out.push(action_byte(p.decision));
+    let filter = p.filter.as_deref().unwrap_or("").as_bytes();
+    let filter = &filter[..filter.len().min(MAX_FILTER)];
+    out.extend_from_slice(&(filter.len() as u16).to_le_bytes());
+    out.extend_from_slice(filter);
+}
+
+fn action_byte(action: Option<Action>) -> u8 {
+    match action {
+        None => 0,
+        Some(Action::Permit) => 1,
+        Some(Action::Block) => 2,
+    }
+}
+
+fn byte_action(byte: u8) -> Result<Option<Action>, StateError> {
+    match byte {
+        0 => Ok(None),
+        1 => Ok(Some(Action::Permit)),
+        2 => Ok(Some(Action::Block)),
+        _ => Err(StateError::Corrupt("bad pending action".into())),
+    }
+}
+
+/// Decodes a pending record; its deadline is the time left, as an instant
+/// after zero (the caller places it).
+fn decode_pending(b: &[u8]) -> Result<(CarriedPend, Duration), StateError> {
+    let bad = || StateError::Corrupt("bad pending record".into());
+    let fixed = b.get(..22).ok_or_else(bad)?;
+    let id = u64::from_le_bytes(fixed[..8].try_into().map_err(|_| bad())?);
+    let layer = *Layer::ALL
+        .get(usize::from(fixed[8]))
+        .filter(|l| matches!(l, Layer::AuthConnect | Layer::AuthRecvAccept))
+        .ok_or_else(bad)?;
+    if fixed[9] >> FLAGS.len() != 0 {
+        return Err(bad());
+    }
+    let flags = FLAGS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| fixed[9] & 1 << i != 0)
+        .fold(ClassifyFlags::empty(), |all, (_, f)| all | *f);
+    let left = Duration::from_millis(u64::from_le_bytes(
+        fixed[10..18].try_into().map_err(|_| bad())?,
+    ));
+    let timeout_action = byte_action(fixed[18])?.ok_or_else(bad)?;
+    let decision = byte_action(fixed[19])?;
+    let len = usize::from(u16::from_le_bytes([fixed[20], fixed[21]]));
+    let name = b
+        .get(22..)
+        .filter(|n| n.len() == len && len <= MAX_FILTER)
+        .ok_or_else(bad)?;
+    let filter = match len {
+        0 => None,
+        _ => Some(std::str::from_utf8(name).map_err(|_| bad())?.into()),
+    };
+    Ok((
+        CarriedPend {
+            id,
+            layer,
+            filter,
+            flags,
+            deadline: Instant::ZERO,
+            timeout_action,
+            decision,
+        },
+        left,
+    ))
+}
 
 /// What a restore did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,10 +153,20 @@ impl Gateway {
                 let shard = self.table.lock_shard(idx);
                 buf.reserve(shard.len() * FLOW_RECORD_LEN);
                 for (slot, entry) in shard.iter() {
+                    // Translations (SPEC §9) are not carried yet: such a
+                    // flow would ride on untranslated, so it stays behind.
+                    if shard.translation(slot).is_some() {
+                        continue;
+                    }
                     record::encode(entry, shard.parent(slot), group, now, &mut buf);
                 }
             }
             writer.records(FLOW, FLOW_RECORD_LEN, &buf)?;
+        }
+        for pending in self.carried_pending() {
+            buf.clear();
+            encode_pending(&pending, now, &mut buf);
+            writer.records(PENDING, buf.len(), &buf)?;
         }
         writer.finish()
     }
@@ -82,17 +190,36 @@ impl Gateway {
             return Err(StateError::Corrupt("next flow id out of range".into()));
         }
         let ports = self.config.ports.len();
-        let mut ids = std::collections::HashSet::with_capacity(container.len() as usize);
+        let mut ids = HashSet::with_capacity(container.len() as usize);
+        let mut waiting = HashSet::new();
+        let mut pendings = Vec::new();
         for record in container.records() {
-            let (_, payload) = record?;
+            let (kind, payload) = record?;
+            if kind == PENDING {
+                let (pending, left) = decode_pending(payload)?;
+                if !waiting.remove(&pending.id) {
+                    return Err(StateError::Corrupt(format!(
+                        "pending record of flow {}, which is not pending",
+                        pending.id
+                    )));
+                }
+                pendings.push((pending, left));
+                continue;
+            }
             let carried =
                 record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
-            if !ids.insert(carried.entry.id()) {
-                return Err(StateError::Corrupt(format!(
-                    "flow id {} twice",
-                    carried.entry.id()
-                )));
+            let id = carried.entry.id();
+            if !ids.insert(id) {
+                return Err(StateError::Corrupt(format!("flow id {id} twice")));
             }
+            if carried.entry.is_pending() {
+                waiting.insert(id);
+            }
+        }
+        if let Some(id) = waiting.iter().next() {
+            return Err(StateError::Corrupt(format!(
+                "pending flow {id} without its pending record"
+            )));
         }
         drop(ids);
         let config = &self.config.flows;
@@ -100,8 +227,12 @@ impl Gateway {
         let groups = self.table.groups();
         let mut done = Restored::default();
         let mut max_id = 0;
+        let mut placed: HashMap<u64, (usize, FlowKey, u64)> = HashMap::new();
         for record in container.records() {
-            let (_, payload) = record?;
+            let (kind, payload) = record?;
+            if kind != FLOW {
+                continue;
+            }
             let carried =
                 record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
             max_id = max_id.max(carried.entry.id());
@@ -124,8 +255,33 @@ impl Gateway {
                 done.refused += 1;
                 continue;
             }
+            if entry.is_pending() {
+                placed.insert(entry.id(), (group, key, hash));
+            }
             self.add_carried_wildcard(&entry, now);
             done.flows += 1;
+        }
+        // Pending flows wait again for the rest of their pend timeout
+        // (their held packets stayed behind: the senders retransmit).
+        for (mut pending, left) in pendings {
+            let Some((group, key, hash)) = placed.remove(&pending.id) else {
+                continue;
+            };
+            let shard = self.table.lock(group, hash);
+            let Some(slot) = shard.find(hash, &key) else {
+                continue;
+            };
+            let flow = FlowInfo::of(
+                shard.entry(slot),
+                shard.parent(slot),
+                shard.translation(slot),
+                now,
+                config,
+                self.table.adaptive_factor(),
+            );
+            drop(shard);
+            pending.deadline = now + left.saturating_sub(elapsed);
+            self.restore_pending(group % self.workers(), key, hash, flow, pending);
         }
         let next = container.header.next_id.max(max_id.saturating_add(1));
         self.next_id.fetch_max(next, Ordering::Relaxed);

@@ -5,7 +5,8 @@ use super::{Engine, Local, Stats};
 use crate::event::FlowInfo;
 use crate::flow::fragment::FragmentTable;
 use crate::flow::wildcard::Wildcards;
-use crate::flow::{FlowConfig, FlowTable};
+use crate::flow::{FlowConfig, FlowSelector, FlowTable};
+use crate::nat::Nat;
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
@@ -13,8 +14,11 @@ use crate::sync::{EXPORT_QUEUE, Export, Exporter, NODE_SHIFT};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+/// `[events] reject_rate` unless configured.
+pub const DEFAULT_REJECT_RATE: u32 = 100;
 
 /// `host_model` (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +54,7 @@ pub struct Gateway {
     pub(super) fragments: FragmentTable,
     pub(super) routes: RouteTable,
     pub(super) wildcards: Wildcards,
+    pub(super) nat: Nat,
     broadcast: Vec<RawAddr>,
     pub(super) next_id: AtomicU64,
     /// The one policy of every worker (SPEC §14: a reload is atomic across
@@ -58,6 +63,10 @@ pub struct Gateway {
     workers: usize,
     /// The HA export queue (SPEC §15), set once before traffic flows.
     pub(super) sync: OnceLock<Exporter>,
+    /// `[events] reject_rate`: answers to rejected packets per second.
+    reject_rate: AtomicU32,
+    /// Pending flows and their held packets (SPEC §10).
+    pub(super) pend: super::pend::PendStore,
 }
 
 impl Gateway {
@@ -89,12 +98,15 @@ impl Gateway {
             ),
             routes: RouteTable::new(&config.ports),
             wildcards: Wildcards::default(),
+            nat: Nat::default(),
             broadcast,
             next_id: AtomicU64::new(1),
             policy: ArcSwap::from_pointee(policy),
             workers,
+            pend: super::pend::PendStore::new(workers),
             config,
             sync: OnceLock::new(),
+            reject_rate: AtomicU32::new(DEFAULT_REJECT_RATE),
         })
     }
 
@@ -138,6 +150,11 @@ impl Gateway {
         &self.table
     }
 
+    /// The NAT state.
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
     /// The fragment table.
     pub fn fragments(&self) -> &FragmentTable {
         &self.fragments
@@ -153,6 +170,16 @@ impl Gateway {
         self.table.adaptive_factor()
     }
 
+    /// Answers to rejected packets sent per second at most (all workers).
+    pub fn reject_rate(&self) -> u32 {
+        self.reject_rate.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gateway::reject_rate`].
+    pub fn set_reject_rate(&self, rate: u32) {
+        self.reject_rate.store(rate, Ordering::Relaxed);
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Arc<dyn Authorizer> {
         Arc::clone(&self.policy.load())
@@ -165,24 +192,32 @@ impl Gateway {
         self.policy.store(Arc::new(policy));
     }
 
-    /// Snapshots every flow (one shard lock at a time).
+    /// Snapshots every flow (one shard lock at a time), by id.
     pub fn flows(&self, now: Instant) -> Vec<FlowInfo> {
-        let factor = self.table.adaptive_factor();
         let mut out = Vec::with_capacity(self.table.len());
         for i in 0..self.table.shard_count() {
-            let shard = self.table.lock_shard(i);
-            for (slot, entry) in shard.iter() {
-                out.push(FlowInfo::of(
-                    entry,
-                    shard.parent(slot),
-                    now,
-                    &self.config.flows,
-                    factor,
-                ));
-            }
+            self.shard_flows(i, now, &FlowSelector::default(), &mut out);
         }
         out.sort_by_key(|f| f.id);
         out
+    }
+
+    /// Appends snapshots of the flows of shard `idx` that `selector` picks
+    /// to `out` (the lock is held only while copying them).
+    pub fn shard_flows(
+        &self,
+        idx: usize,
+        now: Instant,
+        selector: &FlowSelector,
+        out: &mut Vec<FlowInfo>,
+    ) {
+        let factor = self.table.adaptive_factor();
+        let shard = self.table.lock_shard(idx);
+        for (slot, entry) in shard.iter() {
+            if selector.matches_translated(entry, shard.translation(slot).map(|t| &t.key)) {
+                out.push(shard.info(slot, now, &self.config.flows, factor));
+            }
+        }
     }
 
     /// Creates the engine of worker `worker` (of [`Gateway::workers`]).
@@ -192,11 +227,20 @@ impl Gateway {
             local: Local {
                 policy: self.policy(),
                 group: worker % self.table.groups(),
+                worker,
                 stats: Stats::new(self.config.ports.len()),
                 events: Vec::new(),
                 notes: Vec::new(),
+                rewrite: None,
                 queued_discards: 0,
                 ids: 0..0,
+                note_drops: false,
+                last_drop: None,
+                reply: None,
+                reject_tokens: f64::from(self.reject_rate()),
+                reject_refilled: Instant::ZERO,
+                released: Vec::new(),
+                completing: Vec::new(),
             },
             worker,
             sweep_budget: super::DEFAULT_SWEEP_BUDGET,

@@ -26,22 +26,30 @@
 //!      `auth_connect` (inside port) or `auth_recv_accept` (outside port) and
 //!      on permit create the flow, making room if the table is full.
 //!
+//! A callout may pend a new flow instead (`pend`): its packets are held
+//! until the flow is completed, then released or dropped by the worker that
+//! holds them (SPEC §10).
+//!
 //! Events and counters are kept by `report`.
 
 mod admission;
 mod carry;
 mod gateway;
+mod pend;
 mod pipeline;
 mod replica;
 mod report;
 mod stats;
+mod translate;
 
 pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
+pub use pend::{PendError, PendingInfo};
 pub use replica::Applied;
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
+use crate::flow::FlowSelector;
 use crate::flow::table::SlotId;
 use crate::policy::Authorizer;
 use crate::reason::{CloseReason, DropReason};
@@ -55,7 +63,14 @@ pub enum Verdict {
     Forward(u8),
     /// Drop it.
     Drop(DropReason),
+    /// The engine copied it: its flow is pending (SPEC §10). It leaves
+    /// later through [`Engine::drain_released`], or is dropped and counted.
+    Held,
 }
+
+/// The egress the pipeline reports for a held packet: no port has this
+/// index (ports are at most 255, numbered from 0).
+pub(crate) const HELD: u8 = u8::MAX;
 
 /// Flow ids are taken from the shared counter in blocks so that creating a
 /// flow does not touch a shared cache line.
@@ -81,12 +96,29 @@ struct Local {
     policy: Arc<dyn Authorizer>,
     /// The flow-table shard group this worker creates its flows in.
     group: usize,
+    /// This worker's index: the owner of the flows it pends.
+    worker: usize,
     stats: Stats,
     events: Vec<Event>,
     /// Scratch space for the policy's notes, turned into events at once.
     notes: Vec<crate::policy::PolicyNote>,
+    /// The rewrite of the packet being processed (translated flows).
+    rewrite: Option<translate::Rewrite>,
     queued_discards: usize,
     ids: std::ops::Range<u64>,
+    /// Whether to keep the layer and filter of the last drop (a capture
+    /// client wants them).
+    note_drops: bool,
+    last_drop: Option<(Option<crate::policy::Layer>, Option<Arc<str>>)>,
+    /// The answer to a rejected packet: (port, packet), taken by the shell.
+    reply: Option<(u8, Vec<u8>)>,
+    /// The reject rate limit's bucket.
+    reject_tokens: f64,
+    reject_refilled: Instant,
+    /// Permitted pending flows' packets, ready to be written.
+    released: Vec<pend::Queue>,
+    /// Scratch list of the completions being applied.
+    completing: Vec<(u64, crate::flow::FlowKey, u64)>,
 }
 
 impl Engine {
@@ -126,14 +158,48 @@ impl Engine {
         &self.local.stats
     }
 
+    /// Keeps (or stops keeping) the layer and filter of each drop for
+    /// [`Engine::take_drop`]; the shell turns it on while a capture runs.
+    pub fn note_drops(&mut self, on: bool) {
+        self.local.note_drops = on;
+    }
+
+    /// The layer and deciding filter of the last dropped packet, when
+    /// [`Engine::note_drops`] is on.
+    pub fn take_drop(&mut self) -> Option<(Option<crate::policy::Layer>, Option<Arc<str>>)> {
+        self.local.last_drop.take()
+    }
+
+    /// The answer to the last packet, if a `reject = true` filter blocked
+    /// it: the port to write it to and the packet (SPEC §12).
+    pub fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.local.reply.take()
+    }
+
     /// Takes the queued events.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
         self.local.queued_discards = 0;
         self.local.events.drain(..)
     }
 
-    /// Decides what happens to one packet that arrived on port `port` at `now`.
+    /// Decides what happens to one packet that arrived on port `port` at
+    /// `now`; a packet of a translated flow is rewritten in place.
     pub fn process(&mut self, now: Instant, port: u8, bytes: &mut [u8]) -> Verdict {
+        self.process_framed(now, port, &[], bytes)
+    }
+
+    /// [`Engine::process`] for a packet that came behind a frame header (the
+    /// virtio-net header): a held packet keeps its header, so it is released
+    /// exactly as it came; a header with `NEEDS_CSUM` says the transport
+    /// checksum field holds the pseudo-header sum, which translation updates
+    /// as such.
+    pub fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        header: &[u8],
+        bytes: &mut [u8],
+    ) -> Verdict {
         let gw = &*self.gw;
         let local = &mut self.local;
         let len = bytes.len() as u64;
@@ -149,13 +215,23 @@ impl Engine {
                 return Verdict::Drop(reason);
             }
         };
-        match local.route_and_process(gw, now, port, spec.zone, &packet, bytes) {
+        let frame = pipeline::Frame { header, bytes };
+        match local.route_and_process(gw, now, port, spec.zone, &packet, frame) {
+            Ok(HELD) => Verdict::Held,
             Ok(egress) => {
                 local.stats.ports[usize::from(egress)].tx(len);
                 Verdict::Forward(egress)
             }
             Err(dropped) => {
                 let reason = dropped.reason;
+                if dropped.reject
+                    && matches!(
+                        reason,
+                        DropReason::AuthConnectBlocked | DropReason::AuthRecvAcceptBlocked
+                    )
+                {
+                    local.reject(gw, now, port, &packet, bytes);
+                }
                 local.discard(now, port, Some(&packet), dropped);
                 Verdict::Drop(reason)
             }
@@ -164,7 +240,7 @@ impl Engine {
 
     /// The shards this worker sweeps and closes at shutdown: its group, or,
     /// when workers share one group, every `workers`-th shard of it.
-    fn owned_shards(&self) -> Vec<usize> {
+    pub fn owned_shards(&self) -> Vec<usize> {
         let table = &self.gw.table;
         let group = table.group_shards(self.local.group);
         let sharing = self.gw.workers().div_ceil(table.groups());
@@ -185,26 +261,84 @@ impl Engine {
             });
         }
         gw.fragments.expire(now, self.worker, gw.workers());
+        local.expire_pending(gw, now);
+        self.apply_completions(now);
+    }
+
+    /// Applies the completions of the pending flows this worker holds
+    /// (decided by `tunwall decide`, [`Gateway::complete`] or their pend
+    /// timeout): each is reauthorized, and a permitted flow's held packets
+    /// go through its normal path, to be written by
+    /// [`Engine::drain_released`]. The shell calls this when woken (see
+    /// [`Gateway::set_waker`]); [`Engine::handle_timeout`] calls it too.
+    pub fn apply_completions(&mut self, now: Instant) {
+        self.refresh_policy();
+        self.local.apply_completions(&self.gw, now);
+    }
+
+    /// Hands every released packet to `out` as (egress port, frame), in
+    /// the order its flow held them.
+    pub fn drain_released(&mut self, out: impl FnMut(u8, &[u8])) {
+        self.local.drain_released(&self.gw, out);
     }
 
     /// Removes every flow of the shards this worker owns with reason
     /// `shutdown` (or all shards when `all`).
     pub fn close_all(&mut self, now: Instant, all: bool) {
+        self.close_matching(now, all, &FlowSelector::default(), CloseReason::Shutdown);
+    }
+
+    /// Closes the flows `selector` picks in the shards this worker owns (or
+    /// all shards when `all`) with `reason`; returns how many.
+    pub fn close_matching(
+        &mut self,
+        now: Instant,
+        all: bool,
+        selector: &FlowSelector,
+        reason: CloseReason,
+    ) -> usize {
         let shards: Vec<usize> = if all {
             (0..self.gw.table.shard_count()).collect()
         } else {
             self.owned_shards()
         };
+        shards
+            .into_iter()
+            .map(|idx| self.close_in_shard(now, idx, selector, reason))
+            .sum()
+    }
+
+    /// Closes the flows `selector` picks in shard `idx` with `reason`,
+    /// indicating each at `endpoint_closure`; returns how many. A worker
+    /// closing many flows (`tunwall kill`) goes shard by shard and flushes
+    /// the events in between, so they never pile up.
+    pub fn close_in_shard(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        selector: &FlowSelector,
+        reason: CloseReason,
+    ) -> usize {
         let gw = &*self.gw;
         let local = &mut self.local;
         let factor = gw.table.adaptive_factor();
-        for idx in shards {
-            let mut shard = gw.table.lock_shard(idx);
-            let slots: Vec<SlotId> = shard.iter().map(|(slot, _)| slot).collect();
-            for slot in slots {
-                let removed = shard.remove(slot);
-                local.closed(gw, now, factor, &removed, CloseReason::Shutdown);
+        let mut shard = gw.table.lock_shard(idx);
+        let slots: Vec<SlotId> = shard
+            .iter()
+            .filter(|(slot, entry)| {
+                selector.matches_translated(entry, shard.translation(*slot).map(|t| &t.key))
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &slots {
+            let removed = shard.remove(slot);
+            if removed.entry.is_pending() {
+                // SPEC §10: a pending flow closed here (shutdown, `kill`)
+                // completes as blocked: its held packets are dropped.
+                local.drop_pending(gw, now, removed.entry.id());
             }
+            local.closed(gw, now, factor, &removed, reason);
         }
+        slots.len()
     }
 }

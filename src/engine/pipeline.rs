@@ -2,14 +2,16 @@
 //! existing flows (riding, TCP tracking, reauthorization).
 
 use super::report::Dropped;
+use super::translate::{Rewrite, find_alias};
 use super::{Gateway, HostModel, Local};
 use crate::event::{EventKind, FlowInfo, ReauthTrigger};
 use crate::flow::fragment::{FirstVerdict, FragmentKey};
 use crate::flow::key::{Orientation, PacketKey};
 use crate::flow::table::{ShardGuard, SlotId};
 use crate::flow::{Direction, FlowClass, FlowKey, Zone};
+use crate::packet::rewrite::Endpoints;
 use crate::packet::{Fragment, IcmpClass, Packet, TcpSegment, Transport, parse_quoted};
-use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer};
+use crate::policy::{Action, ClassifyFlags, ClassifyRequest, Layer, SourceArrival};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 
@@ -21,6 +23,19 @@ pub(super) struct Arrival<'p> {
     pub packet: &'p Packet,
     pub egress: u8,
     pub egress_zone: Zone,
+    /// The packet's frame header and bytes, copied if its flow is pending.
+    pub header: &'p [u8],
+    pub bytes: &'p [u8],
+    /// Why the destination does not route as it is (only while NAT is in
+    /// use: a translated flow may still take it).
+    pub route_error: Option<DropReason>,
+}
+
+/// A packet as it was read: its frame header (empty without offload) and
+/// the IP packet (rewritten in place if its flow is translated).
+pub(super) struct Frame<'p> {
+    pub header: &'p [u8],
+    pub bytes: &'p mut [u8],
 }
 
 impl Arrival<'_> {
@@ -31,6 +46,11 @@ impl Arrival<'_> {
 
     pub fn orientation(&self) -> Orientation {
         Orientation::of(self.zone, self.egress_zone)
+    }
+
+    /// The drop of a packet that does not route and was not translated.
+    pub fn unrouted(&self) -> Dropped {
+        self.route_error.unwrap_or(DropReason::NoRoute).into()
     }
 }
 
@@ -67,26 +87,67 @@ impl Local {
         port: u8,
         zone: Zone,
         packet: &Packet,
-        bytes: &[u8],
+        frame: Frame<'_>,
     ) -> Result<u8, Dropped> {
-        let egress = gw
-            .routes
-            .lookup(packet.version, &packet.dst)
-            .ok_or(DropReason::NoRoute)?;
-        if egress == port {
-            return Err(DropReason::RouteLoop.into());
-        }
+        self.rewrite = None;
+        let routed = match gw.routes.lookup(packet.version, &packet.dst) {
+            None => Err(DropReason::NoRoute),
+            Some(egress) if egress == port => Err(DropReason::RouteLoop),
+            Some(egress) => Ok(egress),
+        };
+        // A packet to a translated address routes only once translated: with
+        // NAT in use an unroutable packet may still belong to (or create) a
+        // translated flow, which is always a cross-zone one.
+        let (egress, egress_zone, route_error) = match routed {
+            Ok(egress) => (egress, gw.config.ports[usize::from(egress)].zone, None),
+            Err(reason) if !gw.nat.aliases.is_empty() || self.policy.has_redirects() => {
+                let other = match zone {
+                    Zone::Inside => Zone::Outside,
+                    Zone::Outside => Zone::Inside,
+                };
+                (port, other, Some(reason))
+            }
+            Err(reason) => return Err(reason.into()),
+        };
         let arrival = Arrival {
             now,
             port,
             zone,
             packet,
             egress,
-            egress_zone: gw.config.ports[usize::from(egress)].zone,
+            egress_zone,
+            header: frame.header,
+            bytes: &*frame.bytes,
+            route_error,
         };
+        let egress = self.dispatch(gw, &arrival)?;
+        if let Some(rewrite) = self.rewrite.take() {
+            // virtio_net_hdr.flags bit 0: VIRTIO_NET_HDR_F_NEEDS_CSUM.
+            let partial = frame.header.first().is_some_and(|f| f & 1 != 0);
+            rewrite
+                .apply(frame.bytes, packet, partial)
+                .ok_or(DropReason::MalformedTransport)?;
+        }
+        Ok(egress)
+    }
+
+    #[inline]
+    fn dispatch(&mut self, gw: &Gateway, a: &Arrival<'_>) -> Result<u8, Dropped> {
+        let packet = a.packet;
+        let now = a.now;
         if let Fragment::Later { id } = packet.fragment {
             return match gw.fragments.lookup(&fragment_key(packet, id), now) {
-                Some(FirstVerdict::Forwarded(_)) => Ok(egress),
+                Some(FirstVerdict::Translated { port, src, dst }) => {
+                    self.rewrite = Some(Rewrite::Packet(Endpoints {
+                        src,
+                        dst,
+                        ports: (0, 0),
+                        icmp_id: 0,
+                    }));
+                    Ok(port)
+                }
+                _ if a.route_error.is_some() => Err(a.unrouted()),
+                Some(FirstVerdict::Forwarded(_)) => Ok(a.egress),
                 Some(FirstVerdict::Dropped) => Err(DropReason::FragmentOfDropped.into()),
                 None => Err(DropReason::FragmentWithoutFirst.into()),
             };
@@ -96,15 +157,22 @@ impl Local {
             ..
         } = packet.transport
         {
-            return self.icmp_error(gw, &arrival, bytes);
+            return self.icmp_error(gw, a);
         }
-        let key = FlowKey::of_packet(packet, arrival.orientation())
-            .ok_or(DropReason::MalformedTransport)?;
-        let result = self.flow_packet(gw, &arrival, key);
+        let key =
+            FlowKey::of_packet(packet, a.orientation()).ok_or(DropReason::MalformedTransport)?;
+        let result = self.flow_packet(gw, a, key);
         if let Fragment::First { id } = packet.fragment {
-            let verdict = match result {
-                Ok(port) => FirstVerdict::Forwarded(port),
-                Err(_) => FirstVerdict::Dropped,
+            let verdict = match (&result, &self.rewrite) {
+                // Later fragments of a held first fragment cannot follow it.
+                (Ok(port), _) if *port == super::HELD => FirstVerdict::Dropped,
+                (Ok(port), Some(Rewrite::Packet(e))) => FirstVerdict::Translated {
+                    port: *port,
+                    src: e.src,
+                    dst: e.dst,
+                },
+                (Ok(port), _) => FirstVerdict::Forwarded(*port),
+                (Err(_), _) => FirstVerdict::Dropped,
             };
             if gw
                 .fragments
@@ -120,9 +188,10 @@ impl Local {
         result
     }
 
-    /// An ICMP error: related to a flow, or classified at `icmp_error`.
-    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>, bytes: &[u8]) -> Result<u8, Dropped> {
-        let packet = a.packet;
+    /// An ICMP error: related to a flow (translated back through NAT for a
+    /// translated one), or classified at `icmp_error`.
+    fn icmp_error(&mut self, gw: &Gateway, a: &Arrival<'_>) -> Result<u8, Dropped> {
+        let (packet, bytes) = (a.packet, a.bytes);
         let quote = bytes
             .get(usize::from(packet.l4_offset) + 8..)
             .unwrap_or(&[]);
@@ -135,16 +204,37 @@ impl Local {
         {
             let hash = gw.table.hash(&key);
             let factor = gw.table.adaptive_factor();
-            let related = (0..gw.table.groups()).any(|group| {
+            let mut related = None;
+            for group in 0..gw.table.groups() {
                 let shard = gw.table.lock(group, hash);
-                shard
-                    .find(hash, &key)
-                    .is_some_and(|slot| !shard.entry(slot).expired(a.now, &gw.config.flows, factor))
-            });
-            if related {
-                self.stats.related_icmp += 1;
-                return Ok(a.egress);
+                if let Some(slot) = shard.find(hash, &key)
+                    && !shard.entry(slot).expired(a.now, &gw.config.flows, factor)
+                {
+                    related = Some(match shard.entry(slot).is_translated() {
+                        true => self.error_translated(a, &shard, slot, false),
+                        false => Some(a.egress),
+                    });
+                    break;
+                }
             }
+            if related.is_none()
+                && !gw.nat.aliases.is_empty()
+                && let Some((shard, slot)) = find_alias(gw, &key)
+                && !shard.entry(slot).expired(a.now, &gw.config.flows, factor)
+            {
+                related = Some(self.error_translated(a, &shard, slot, true));
+            }
+            match related {
+                Some(Some(egress)) if a.route_error.is_none() || self.rewrite.is_some() => {
+                    self.stats.related_icmp += 1;
+                    return Ok(egress);
+                }
+                Some(_) => return Err(a.unrouted()),
+                None => {}
+            }
+        }
+        if a.route_error.is_some() {
+            return Err(a.unrouted());
         }
         let Transport::Icmp {
             icmp_type, code, ..
@@ -167,7 +257,14 @@ impl Local {
             icmp: Some((icmp_type, code)),
             arrival_port: Some(a.port),
             flags: self.packet_flags(gw, packet),
+            source: Some(SourceArrival {
+                local: a.direction() == Direction::Outbound,
+                port: a.port,
+            }),
             now: a.now,
+            flow_id: None,
+            completed: None,
+            original: None,
         };
         let decision = self.classify(&request);
         match decision.action {
@@ -209,9 +306,18 @@ impl Local {
             if let Some(verdict) = self.find_and_ride(gw, a, &mut shard, hash, pk) {
                 return verdict;
             }
-            if groups == 1 {
-                return self.new_flow(gw, a, &mut shard, hash, pk);
+            if groups == 1 && gw.nat.aliases.is_empty() {
+                let index = gw.table.shard_index(own, hash);
+                return self.new_flow(gw, a, &mut shard, index, hash, pk);
             }
+        }
+        // Not under its own tuple: a packet of a translated flow carries
+        // the translated one. (No table lock is held here: see `crate::nat`.)
+        if !gw.nat.aliases.is_empty()
+            && !pk.key.same_zone()
+            && let Some(verdict) = self.ride_alias(gw, a, pk)
+        {
+            return verdict;
         }
         let mut held = Vec::with_capacity(groups);
         for group in 0..groups {
@@ -221,7 +327,31 @@ impl Local {
             }
             held.push(shard);
         }
-        self.new_flow(gw, a, &mut held[own], hash, pk)
+        let index = gw.table.shard_index(own, hash);
+        self.new_flow(gw, a, &mut held[own], index, hash, pk)
+    }
+
+    /// Rides the translated flow whose translated tuple is `pk`'s key.
+    fn ride_alias(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        pk: PacketKey,
+    ) -> Option<Result<u8, Dropped>> {
+        let (mut shard, slot) = find_alias(gw, &pk.key)?;
+        let factor = gw.table.adaptive_factor();
+        let entry = shard.entry(slot);
+        let reopened = entry.is_tcp()
+            && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
+        if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
+            // Both keys are cross-zone keys: the packet lies on the flow's
+            // key as it lies on the translated one.
+            return Some(self.ride(gw, a, &mut shard, slot, pk.swapped));
+        }
+        let reason = entry.expiry_reason();
+        let removed = shard.remove(slot);
+        self.closed(gw, a.now, factor, &removed, reason);
+        None
     }
 
     /// Rides the flow of `pk` in `shard` if it is there and alive. A flow
@@ -253,7 +383,7 @@ impl Local {
 
     /// A packet of an existing flow; `swapped` says how it lies on the key.
     #[inline]
-    fn ride(
+    pub(super) fn ride(
         &mut self,
         gw: &Gateway,
         a: &Arrival<'_>,
@@ -262,6 +392,13 @@ impl Local {
         swapped: bool,
     ) -> Result<u8, Dropped> {
         let entry = shard.entry(slot);
+        let translated = entry.is_translated();
+        if a.route_error.is_some() && !translated {
+            return Err(a.unrouted());
+        }
+        if entry.is_pending() {
+            return self.hold(gw, a, entry.id(), swapped);
+        }
         let flow_direction = entry.direction();
         let with_flow = entry.with_flow(swapped);
         let (arrival_port, flow_generation, is_tcp, established) = (
@@ -283,14 +420,30 @@ impl Local {
             // SPEC §15: the first packet here of a flow the peer created.
             Some(ReauthTrigger::Failover)
         } else if newer(generation, flow_generation) {
-            Some(ReauthTrigger::PolicyChange)
+            Some(
+                if self.policy.identity_change_only(layer, flow_generation) {
+                    ReauthTrigger::IdentityChange
+                } else {
+                    ReauthTrigger::PolicyChange
+                },
+            )
         } else if port_changed {
             Some(ReauthTrigger::ArrivalInterface)
         } else {
             None
         };
         if let Some(trigger) = trigger {
-            self.reauthorize(gw, a, shard, slot, with_flow, trigger)?;
+            // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
+            let flags = self.packet_flags(gw, a.packet);
+            self.reauthorize(
+                gw,
+                a.now,
+                shard,
+                slot,
+                with_flow.then_some(a.port),
+                flags,
+                trigger,
+            )?;
         }
         let mut changed = synced;
         if let Some(segment) = tcp_segment(a.packet)
@@ -336,43 +489,56 @@ impl Local {
             }
         }
         entry.count(direction, a.packet.len);
+        if translated {
+            return self
+                .ride_translated(a, shard, slot)
+                .ok_or_else(|| a.unrouted());
+        }
         Ok(a.egress)
     }
 
-    /// SPEC §5: classify a live flow again at the layer that created it.
-    fn reauthorize(
+    /// SPEC §5: classify a live flow again at the layer that created it,
+    /// with `arrival_port` (`None`: unknown) and the packet's `flags`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reauthorize(
         &mut self,
         gw: &Gateway,
-        a: &Arrival<'_>,
+        now: Instant,
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
-        with_flow: bool,
+        arrival_port: Option<u8>,
+        flags: ClassifyFlags,
         trigger: ReauthTrigger,
     ) -> Result<(), Dropped> {
         let entry = *shard.entry(slot);
         let layer = Layer::auth(entry.direction());
         let generation = self.policy.generation(layer);
-        let mut request = ClassifyRequest::for_flow(layer, &entry.key(), a.now);
-        // Against the flow's direction the arrival interface is unknown (FWP_EMPTY).
-        request.arrival_port = with_flow.then_some(a.port);
-        request.flags = self.packet_flags(gw, a.packet) | ClassifyFlags::REAUTHORIZE;
+        // A translated flow is classified on its translated tuple.
+        let translated = shard.translation(slot).map(|t| t.key);
+        let mut request = ClassifyRequest::for_flow(layer, &translated.unwrap_or(entry.key()), now);
+        request.arrival_port = arrival_port;
+        // Against the flow's direction the packet's source arrived where
+        // the flow was authorized.
+        request.source = Some(SourceArrival {
+            local: entry.direction() == Direction::Outbound,
+            port: arrival_port.unwrap_or(entry.arrival_port()),
+        });
+        request.flags = flags | ClassifyFlags::REAUTHORIZE;
+        if translated.is_some() {
+            request.flags.insert(ClassifyFlags::REDIRECTED);
+            request.original = Some(crate::policy::Original::of(&entry.key()));
+        }
+        request.flow_id = Some(entry.id());
+        request.completed = entry.completed();
         let decision = self.classify(&request);
         self.stats.reauthorizations += 1;
         let factor = gw.table.adaptive_factor();
         match decision.action {
             Action::Permit => {
-                shard
-                    .entry_mut(slot)
-                    .authorize(generation, with_flow.then_some(a.port));
-                let flow = FlowInfo::of(
-                    shard.entry(slot),
-                    shard.parent(slot),
-                    a.now,
-                    &gw.config.flows,
-                    factor,
-                );
+                shard.entry_mut(slot).authorize(generation, arrival_port);
+                let flow = shard.info(slot, now, &gw.config.flows, factor);
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -384,9 +550,9 @@ impl Local {
             }
             Action::Block => {
                 let removed = shard.remove(slot);
-                let flow = FlowInfo::of_removed(&removed, a.now, &gw.config.flows, factor);
+                let flow = FlowInfo::of_removed(&removed, now, &gw.config.flows, factor);
                 self.emit(
-                    a.now,
+                    now,
                     EventKind::FlowReauthorized {
                         flow,
                         trigger,
@@ -394,7 +560,7 @@ impl Local {
                         filter: decision.filter.clone(),
                     },
                 );
-                self.closed(gw, a.now, factor, &removed, CloseReason::ReauthBlocked);
+                self.closed(gw, now, factor, &removed, CloseReason::ReauthBlocked);
                 let mut dropped = Dropped::blocked(layer, decision);
                 if dropped.reason != DropReason::Vetoed {
                     dropped.reason = DropReason::ReauthBlocked;

@@ -8,6 +8,7 @@
 //! order is the restore's: one shard at a time.
 
 use super::Gateway;
+use super::report::replicated;
 use crate::flow::FlowEntry;
 use crate::flow::record::{self, Carried};
 use crate::time::Instant;
@@ -111,10 +112,11 @@ impl Gateway {
         let group = self.table.group_of_shard(idx) as u16;
         let shard = self.table.lock_shard(idx);
         for (slot, entry) in shard.iter() {
-            let wanted = match since {
-                None => true,
-                Some(t) => !entry.synced() && entry.last_seen(now) >= t,
-            };
+            let wanted = replicated(entry, shard.translation(slot).is_some())
+                && match since {
+                    None => true,
+                    Some(t) => !entry.synced() && entry.last_seen(now) >= t,
+                };
             if wanted {
                 out.clear();
                 record::encode(entry, shard.parent(slot), group, now, out);

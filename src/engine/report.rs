@@ -2,6 +2,7 @@
 
 use super::{Gateway, ID_BLOCK, Local, MAX_QUEUED_DISCARDS};
 use crate::event::{Event, EventKind, FlowInfo, PacketSummary};
+use crate::flow::FlowEntry;
 use crate::flow::table::{Removed, ShardGuard, SlotId};
 use crate::packet::Packet;
 use crate::policy::{Action, ClassifyRequest, Decision, Layer};
@@ -12,10 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// A drop with what the discard event reports.
+#[derive(Clone)]
 pub(super) struct Dropped {
     pub reason: DropReason,
     pub layer: Option<Layer>,
     pub filter: Option<Arc<str>>,
+    /// Blocked by a `reject = true` filter: answer the packet.
+    pub reject: bool,
 }
 
 impl From<DropReason> for Dropped {
@@ -24,6 +28,7 @@ impl From<DropReason> for Dropped {
             reason,
             layer: None,
             filter: None,
+            reject: false,
         }
     }
 }
@@ -44,6 +49,7 @@ impl Dropped {
             reason,
             layer: Some(layer),
             filter: decision.filter,
+            reject: decision.reject && !decision.vetoed,
         }
     }
 }
@@ -54,7 +60,7 @@ impl Local {
     }
 
     /// Turns what the policy noted (vetoes, callout logs) into events.
-    fn take_notes(&mut self) {
+    pub(super) fn take_notes(&mut self) {
         self.events.extend(self.notes.drain(..).map(Event::from));
     }
 
@@ -66,6 +72,9 @@ impl Local {
         dropped: Dropped,
     ) {
         self.stats.discards[dropped.reason.index()] += 1;
+        if self.note_drops {
+            self.last_drop = Some((dropped.layer, dropped.filter.clone()));
+        }
         if self.queued_discards >= MAX_QUEUED_DISCARDS {
             self.stats.events_dropped += 1;
             return;
@@ -83,14 +92,47 @@ impl Local {
         );
     }
 
+    /// Answers a first packet a `reject = true` filter blocked, out of its
+    /// arrival port, within the gateway's `reject_rate` (split between the
+    /// workers; one second of burst).
+    pub(super) fn reject(
+        &mut self,
+        gw: &Gateway,
+        now: Instant,
+        port: u8,
+        packet: &Packet,
+        bytes: &[u8],
+    ) {
+        let workers = gw.workers().max(1) as f64;
+        let rate = f64::from(gw.reject_rate()) / workers;
+        let elapsed = now.saturating_since(self.reject_refilled).as_secs_f64();
+        self.reject_refilled = now;
+        self.reject_tokens = (self.reject_tokens + elapsed * rate).min(rate.max(1.0));
+        if self.reject_tokens < 1.0 || rate <= 0.0 {
+            self.stats.rejects_limited += 1;
+            return;
+        }
+        let to_group = packet.dst_is_multicast() || gw.is_broadcast(packet);
+        if let Some(answer) = crate::packet::reject::reject(packet, bytes, to_group) {
+            self.reject_tokens -= 1.0;
+            self.stats.rejects_sent += 1;
+            self.reply = Some((port, answer));
+        }
+    }
+
     pub(super) fn next_id(&mut self, gw: &Gateway) -> u64 {
+        let id = self.peek_id(gw);
+        self.ids.start += 1;
+        id
+    }
+
+    /// The id the next flow this worker creates will get.
+    pub(super) fn peek_id(&mut self, gw: &Gateway) -> u64 {
         if self.ids.is_empty() {
             let start = gw.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
             self.ids = start..start + ID_BLOCK;
         }
-        let id = self.ids.start;
-        self.ids.start += 1;
-        id
+        self.ids.start
     }
 
     /// Classifies and counts the layer's verdict.
@@ -99,6 +141,9 @@ impl Local {
         self.take_notes();
         let layer = request.layer.index();
         match decision.action {
+            // A pend is counted by the engine once the flow is pending (or
+            // blocked, beyond `pend_max_flows`).
+            _ if decision.pend.is_some() => {}
             Action::Permit => self.stats.layer_permit[layer] += 1,
             Action::Block => self.stats.layer_block[layer] += 1,
         }
@@ -127,7 +172,9 @@ impl Local {
             return;
         }
         self.stats.flows_closed[reason.index()] += 1;
-        if let Some(sync) = gw.sync.get() {
+        if let Some(sync) = gw.sync.get()
+            && replicated(entry, removed.translation.is_some())
+        {
             sync.send(Export::Closed {
                 entry: removed.entry,
                 parent: removed.parent,
@@ -138,6 +185,7 @@ impl Local {
         self.policy
             .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
         self.take_notes();
+        self.untranslate(gw, now, removed, &flow);
         self.emit(now, EventKind::FlowClosed { flow, reason });
     }
 
@@ -145,7 +193,9 @@ impl Local {
     /// forwarding (SPEC §15), if replication is on.
     #[inline]
     pub(super) fn export(&self, gw: &Gateway, shard: &ShardGuard<'_>, slot: SlotId) {
-        if let Some(sync) = gw.sync.get() {
+        if let Some(sync) = gw.sync.get()
+            && replicated(shard.entry(slot), shard.translation(slot).is_some())
+        {
             sync.send(Export::Flow {
                 entry: *shard.entry(slot),
                 parent: shard.parent(slot),
@@ -162,16 +212,18 @@ impl Local {
         shard: &ShardGuard<'_>,
         slot: SlotId,
     ) {
-        let flow = FlowInfo::of(
-            shard.entry(slot),
-            shard.parent(slot),
-            now,
-            &gw.config.flows,
-            gw.table.adaptive_factor(),
-        );
+        let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
         self.policy
             .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
         self.take_notes();
         self.emit(now, EventKind::FlowEstablished(flow));
     }
+}
+
+/// Whether the HA peer is told about a flow (SPEC §15): not while it is
+/// pending (it is replicated when it is decided), never when a pend
+/// blocked it (the peer never had it), and not when it is translated
+/// (translations are not replicated yet).
+pub(super) fn replicated(entry: &FlowEntry, translated: bool) -> bool {
+    !translated && !entry.is_pending() && entry.completed() != Some(Action::Block)
 }

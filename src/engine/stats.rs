@@ -43,12 +43,18 @@ pub struct Stats {
     pub layer_permit: [u64; Layer::COUNT],
     /// Blocks per layer.
     pub layer_block: [u64; Layer::COUNT],
+    /// Pends per layer (a callout put a new flow in state pending).
+    pub layer_pend: [u64; Layer::COUNT],
     /// Reauthorizations performed.
     pub reauthorizations: u64,
     /// Callout vetoes of hard permits.
     pub vetoes: u64,
     /// ICMP errors forwarded as related to a flow.
     pub related_icmp: u64,
+    /// Answers sent to packets blocked by `reject = true` filters.
+    pub rejects_sent: u64,
+    /// Such answers not sent: over `reject_rate`.
+    pub rejects_limited: u64,
     /// Discard events not queued because too many were waiting (the counters above still count them).
     pub events_dropped: u64,
 }
@@ -63,9 +69,12 @@ impl Stats {
             flows_closed: [0; CloseReason::COUNT],
             layer_permit: [0; Layer::COUNT],
             layer_block: [0; Layer::COUNT],
+            layer_pend: [0; Layer::COUNT],
             reauthorizations: 0,
             vetoes: 0,
             related_icmp: 0,
+            rejects_sent: 0,
+            rejects_limited: 0,
             events_dropped: 0,
         }
     }
@@ -89,10 +98,13 @@ impl Stats {
         add(&mut self.flows_closed, &other.flows_closed);
         add(&mut self.layer_permit, &other.layer_permit);
         add(&mut self.layer_block, &other.layer_block);
+        add(&mut self.layer_pend, &other.layer_pend);
         self.flows_created += other.flows_created;
         self.reauthorizations += other.reauthorizations;
         self.vetoes += other.vetoes;
         self.related_icmp += other.related_icmp;
+        self.rejects_sent += other.rejects_sent;
+        self.rejects_limited += other.rejects_limited;
         self.events_dropped += other.events_dropped;
     }
 

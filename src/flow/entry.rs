@@ -8,6 +8,7 @@
 use super::key::{Direction, FlowKey};
 use super::tcp::{TcpState, TcpTracker};
 use super::{FlowClass, FlowState};
+use crate::policy::Action;
 use crate::time::{Instant, millis};
 use std::time::Duration;
 
@@ -20,15 +21,28 @@ pub(super) const F_WILDCARD_OWNER: u8 = 0x20;
 /// The flow's local host is the key's remote endpoint (same-zone keys are in
 /// canonical order, not the flow's).
 pub(super) const F_REVERSED: u8 = 0x40;
+/// The flow is translated; its [`crate::nat::Translation`] is in the shard's side map.
+pub(super) const F_TRANSLATED: u8 = 0x80;
 
 pub(super) const STATE_ACTIVE: u8 = 0xff;
 
+// The `marks` byte holds two things that never share a bit.
+// Its low two bits are the pend state (SPEC §10): never pended, pending, or
+// completed with a decision the pending callout returns for the flow's
+// whole life. The state file (SPEC §13) carries only these.
+const PEND_MASK: u8 = 0x03;
+const PEND_NONE: u8 = 0;
+pub(super) const PEND_WAITING: u8 = 1;
+const PEND_PERMIT: u8 = 2;
+pub(super) const PEND_BLOCK: u8 = 3;
+// Its high bits are the HA marks (SPEC §15) of a flow replicated from the
+// peer; all clear for a flow of this node.
 /// Replicated from the HA peer and not yet seen by a packet here.
-const SYNCED: u8 = 0x01;
+const SYNCED: u8 = 0x10;
 /// Replicated, and no packet of the flow's direction seen here yet.
-const LOOSE_FWD: u8 = 0x02;
+const LOOSE_FWD: u8 = 0x20;
 /// Replicated, and no packet against the flow's direction seen here yet.
-const LOOSE_REV: u8 = 0x04;
+const LOOSE_REV: u8 = 0x40;
 
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
@@ -51,9 +65,8 @@ pub struct FlowEntry {
     pub(super) state: u8,
     pub(super) flags: u8,
     pub(super) arrival_port: u8,
-    /// SPEC §15: `SYNCED`, `LOOSE_FWD`, `LOOSE_REV` of a flow replicated
-    /// from the HA peer; 0 for a flow of this node.
-    pub(super) sync: u8,
+    /// The pend state (`PEND_MASK`) and the HA marks (`SYNCED`, `LOOSE_*`).
+    pub(super) marks: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
@@ -71,7 +84,7 @@ impl FlowEntry {
         state: 0,
         flags: 0,
         arrival_port: 0,
-        sync: 0,
+        marks: PEND_NONE,
     };
 
     /// A new flow. `tcp` is `Some` for TCP flows.
@@ -111,7 +124,7 @@ impl FlowEntry {
             state,
             flags,
             arrival_port,
-            sync: 0,
+            marks: PEND_NONE,
         }
     }
 
@@ -195,15 +208,31 @@ impl FlowEntry {
         self.flags & F_WILDCARD_OWNER != 0
     }
 
+    /// Whether the flow is translated (SPEC §9).
+    #[inline]
+    pub fn is_translated(&self) -> bool {
+        self.flags & F_TRANSLATED != 0
+    }
+
     /// Whether the flow has a parent (see [`Shard::parent`]).
     #[inline]
     pub fn has_parent(&self) -> bool {
         self.flags & F_HAS_PARENT != 0
     }
 
-    /// The TCP state, or `Active`.
+    /// The state shown: `Pending`, a TCP state, or `Active`.
     #[inline]
     pub fn state(&self) -> FlowState {
+        if self.is_pending() {
+            return FlowState::Pending;
+        }
+        self.tracked_state()
+    }
+
+    /// The TCP state, or `Active`, also while the flow is pending (which
+    /// timeout applies once it is not).
+    #[inline]
+    pub(super) fn tracked_state(&self) -> FlowState {
         match self.state {
             STATE_ACTIVE => FlowState::Active,
             _ => FlowState::Tcp(self.tcp.state()),
@@ -242,8 +271,7 @@ impl FlowEntry {
 
     /// When the last packet refreshed the flow, given the current time.
     pub fn last_seen(&self, now: Instant) -> Instant {
-        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen);
-        Instant::from_millis(now.as_millis().saturating_sub(u64::from(idle)))
+        Instant::from_millis(now.as_millis().saturating_sub(millis(self.idle(now))))
     }
 
     /// The idle-timeout override set by classify options.
@@ -300,6 +328,47 @@ impl FlowEntry {
         }
     }
 
+    /// Whether the flow waits for a pending callout's decision.
+    #[inline]
+    pub fn is_pending(&self) -> bool {
+        self.marks & PEND_MASK == PEND_WAITING
+    }
+
+    /// Puts the flow in state `pending`.
+    pub fn set_pending(&mut self) {
+        self.set_pend_state(PEND_WAITING);
+    }
+
+    /// Records a pending flow's completed decision.
+    pub(super) fn set_completed(&mut self, decision: Action) {
+        self.set_pend_state(match decision {
+            Action::Permit => PEND_PERMIT,
+            Action::Block => PEND_BLOCK,
+        });
+    }
+
+    /// The pend state alone (what the state file carries).
+    #[inline]
+    pub(super) fn pend_state(&self) -> u8 {
+        self.marks & PEND_MASK
+    }
+
+    /// Sets the pend state (`PEND_*`), keeping the HA marks.
+    #[inline]
+    pub(super) fn set_pend_state(&mut self, pend: u8) {
+        self.marks = (self.marks & !PEND_MASK) | (pend & PEND_MASK);
+    }
+
+    /// The decision a pending flow was completed with, if it was pended.
+    #[inline]
+    pub fn completed(&self) -> Option<Action> {
+        match self.marks & PEND_MASK {
+            PEND_PERMIT => Some(Action::Permit),
+            PEND_BLOCK => Some(Action::Block),
+            _ => None,
+        }
+    }
+
     /// Tracks a TCP segment (see [`TcpTracker::track`]) and keeps the cached state.
     #[inline]
     pub fn track_tcp(
@@ -321,27 +390,27 @@ impl FlowEntry {
     /// packet here reauthorizes it, and its TCP windows are checked
     /// loosely until each direction has been seen here.
     pub fn set_synced(&mut self) {
-        self.sync = SYNCED | LOOSE_FWD | LOOSE_REV;
+        self.marks |= SYNCED | LOOSE_FWD | LOOSE_REV;
     }
 
     /// Whether the flow was replicated from the peer and no packet of it
     /// has been seen here since.
     #[inline]
     pub fn synced(&self) -> bool {
-        self.sync & SYNCED != 0
+        self.marks & SYNCED != 0
     }
 
     /// Whether the flow's TCP windows are checked strictly: each direction
     /// has been seen here since it was replicated, if it was.
     #[inline]
     pub fn strict_windows(&self) -> bool {
-        self.sync & (LOOSE_FWD | LOOSE_REV) == 0
+        self.marks & (LOOSE_FWD | LOOSE_REV) == 0
     }
 
     /// A packet of the flow was seen here (`with_flow`: in its direction).
     #[inline]
     pub fn seen_here(&mut self, with_flow: bool) {
-        self.sync &= !(SYNCED | if with_flow { LOOSE_FWD } else { LOOSE_REV });
+        self.marks &= !(SYNCED | if with_flow { LOOSE_FWD } else { LOOSE_REV });
     }
 
     #[inline]

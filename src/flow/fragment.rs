@@ -48,6 +48,15 @@ impl Hash for FragmentKey {
 pub enum FirstVerdict {
     /// Forwarded out of this port.
     Forwarded(u8),
+    /// Translated to these addresses and forwarded out of `port`.
+    Translated {
+        /// The egress port.
+        port: u8,
+        /// The translated source.
+        src: RawAddr,
+        /// The translated destination.
+        dst: RawAddr,
+    },
     /// Dropped.
     Dropped,
 }

@@ -2,8 +2,19 @@
 
 use super::table::Removed;
 use super::{Direction, FlowClass, FlowConfig, FlowEntry, FlowKey, FlowState};
+use crate::nat::Translation;
 use crate::time::Instant;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A translated flow's endpoints as seen on the outside port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranslationInfo {
+    /// The outside view (local = the public end).
+    pub key: FlowKey,
+    /// The redirect filter.
+    pub filter: Arc<str>,
+}
 
 /// A snapshot of one flow.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,8 +23,10 @@ pub struct FlowInfo {
     pub id: u64,
     /// The flow that caused this one (multicast state, loose source mapping).
     pub parent_id: Option<u64>,
-    /// Identity.
+    /// Identity, as seen on the inside port (SPEC §9).
     pub key: FlowKey,
+    /// For a translated flow, its endpoints as seen on the outside port.
+    pub translation: Option<TranslationInfo>,
     /// Direction of the creating packet.
     pub direction: Direction,
     /// Ordinary flow or multicast/broadcast state.
@@ -45,14 +58,32 @@ impl FlowInfo {
     pub fn of(
         entry: &FlowEntry,
         parent_id: Option<u64>,
+        translation: Option<&Translation>,
         now: Instant,
         config: &FlowConfig,
         factor: f64,
     ) -> FlowInfo {
+        // The entry holds the creating packet's view: the inside one for
+        // an outbound flow, the outside one for an inbound flow.
+        let (key, translation) = match translation {
+            None => (entry.key(), None),
+            Some(t) => {
+                let (inside, outside) = match entry.direction() {
+                    Direction::Outbound => (entry.key(), t.key),
+                    Direction::Inbound => (t.key, entry.key()),
+                };
+                let info = TranslationInfo {
+                    key: outside,
+                    filter: Arc::clone(&t.filter),
+                };
+                (inside, Some(info))
+            }
+        };
         FlowInfo {
             id: entry.id(),
             parent_id,
-            key: entry.key(),
+            key,
+            translation,
             direction: entry.direction(),
             class: entry.class(),
             state: entry.state(),
@@ -75,6 +106,13 @@ impl FlowInfo {
         config: &FlowConfig,
         factor: f64,
     ) -> FlowInfo {
-        FlowInfo::of(&removed.entry, removed.parent, now, config, factor)
+        FlowInfo::of(
+            &removed.entry,
+            removed.parent,
+            removed.translation.as_ref(),
+            now,
+            config,
+            factor,
+        )
     }
 }

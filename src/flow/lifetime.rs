@@ -44,6 +44,12 @@ pub struct FlowConfig {
     pub max_fragments: usize,
     /// How long a first fragment's verdict is remembered for its later fragments.
     pub fragment_timeout: Duration,
+    /// Most packets held for one pending flow (SPEC §10).
+    pub pend_queue_packets: usize,
+    /// Most bytes (IP packet lengths) held for one pending flow.
+    pub pend_queue_bytes: usize,
+    /// Most pending flows in the gateway.
+    pub pend_max_flows: usize,
 }
 
 /// The longest timeout a flow can have: last-seen times are 32-bit
@@ -76,6 +82,9 @@ impl FlowConfig {
             tcp_loose_pickup: false,
             max_fragments: 8192,
             fragment_timeout: Duration::from_secs(10),
+            pend_queue_packets: 16,
+            pend_queue_bytes: 65_536,
+            pend_max_flows: 1024,
         }
     }
 
@@ -100,6 +109,9 @@ impl FlowConfig {
             ("tcp_loose_pickup", self.tcp_loose_pickup.to_string()),
             ("max_fragments", self.max_fragments.to_string()),
             ("fragment_timeout", d(self.fragment_timeout)),
+            ("pend_queue_packets", self.pend_queue_packets.to_string()),
+            ("pend_queue_bytes", self.pend_queue_bytes.to_string()),
+            ("pend_max_flows", self.pend_max_flows.to_string()),
         ]
     }
 
@@ -124,7 +136,7 @@ impl FlowEntry {
         if self.class() == FlowClass::McastBcastState {
             return (self.lifetime().unwrap_or(config.mcast_bcast_lifetime), true);
         }
-        match self.state() {
+        match self.tracked_state() {
             FlowState::Tcp(state) => match state {
                 TcpState::SynSent | TcpState::SynReceived => (config.tcp_opening, true),
                 TcpState::Established => (config.tcp_established, false),
@@ -132,7 +144,7 @@ impl FlowEntry {
                 TcpState::TimeWait => (config.tcp_time_wait, true),
                 TcpState::Closed => (config.tcp_closed, true),
             },
-            FlowState::Active => {
+            FlowState::Active | FlowState::Pending => {
                 let default = if self.key.is_icmp() {
                     config.icmp_idle
                 } else if self.key.protocol == crate::packet::proto::UDP {
@@ -159,15 +171,19 @@ impl FlowEntry {
     /// How long the flow has been idle at `now`.
     #[inline]
     pub fn idle(&self, now: Instant) -> Duration {
-        Duration::from_millis(u64::from(
-            (now.as_millis() as u32).wrapping_sub(self.last_seen),
-        ))
+        // Workers read the clock once per batch: another worker may have
+        // touched the flow after this one's `now` (common for translated
+        // flows, whose two sides the kernel steers to different queues).
+        // That is no idle time, not 49 days of it.
+        let idle = (now.as_millis() as u32).wrapping_sub(self.last_seen) as i32;
+        Duration::from_millis(idle.max(0) as u64)
     }
 
     /// Whether the flow's idle timeout has passed at `now`.
     #[inline]
     pub fn expired(&self, now: Instant, config: &FlowConfig, factor: f64) -> bool {
-        self.idle(now) >= self.timeout(config, factor)
+        // A pending flow ends by its completion or its pend timeout only.
+        !self.is_pending() && self.idle(now) >= self.timeout(config, factor)
     }
 
     /// The closure reason if the flow is removed because its timer ran out.

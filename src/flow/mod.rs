@@ -7,6 +7,7 @@ pub mod info;
 pub mod key;
 pub mod lifetime;
 pub mod record;
+pub mod select;
 pub mod table;
 pub mod tcp;
 pub mod wildcard;
@@ -15,6 +16,7 @@ pub use entry::FlowEntry;
 pub use info::FlowInfo;
 pub use key::{Direction, FlowKey, IcmpIdentity, Zone};
 pub use lifetime::{FlowConfig, MAX_TIMEOUT};
+pub use select::FlowSelector;
 pub use table::{FlowTable, Shard, SlotId};
 pub use tcp::{TcpState, TcpTracker};
 
@@ -35,6 +37,8 @@ pub enum FlowState {
     Tcp(TcpState),
     /// Any flow that is not TCP.
     Active,
+    /// Waiting for a pending callout's decision (SPEC §10).
+    Pending,
 }
 
 impl FlowState {
@@ -43,6 +47,7 @@ impl FlowState {
         match self {
             FlowState::Tcp(s) => s.as_str(),
             FlowState::Active => "active",
+            FlowState::Pending => "pending",
         }
     }
 }

@@ -11,7 +11,9 @@
 //! (translations, pending decisions) goes into records of its own kind
 //! that follow the flow's, not into this layout.
 
-use super::entry::{F_ESTABLISHED, F_INBOUND, F_MCAST_STATE, F_REVERSED, F_WILDCARD_OWNER};
+use super::entry::{
+    F_ESTABLISHED, F_INBOUND, F_MCAST_STATE, F_REVERSED, F_WILDCARD_OWNER, PEND_BLOCK,
+};
 use super::key::{Direction, FlowKey};
 use super::tcp::TcpPeer;
 use super::{FlowEntry, TcpTracker};
@@ -24,7 +26,7 @@ use std::time::Duration;
 pub const MAX_ID: u64 = 1 << 62;
 
 /// The payload length of a flow record.
-pub const FLOW_RECORD_LEN: usize = 143;
+pub const FLOW_RECORD_LEN: usize = 144;
 
 /// Entry flags a record carries; the others are table bookkeeping that the
 /// table derives again on insertion.
@@ -88,6 +90,7 @@ pub fn encode(entry: &FlowEntry, parent: Option<u64>, group: u16, now: Instant, 
         STATE_ACTIVE
     });
     out.push(entry.arrival_port);
+    out.push(entry.pend_state());
     out.extend_from_slice(&entry.generation.to_le_bytes());
     out.extend_from_slice(&entry.lifetime_ms.to_le_bytes());
     let idle = entry.idle(now).as_millis() as u32;
@@ -167,6 +170,10 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
     if usize::from(arrival_port) >= ports {
         return Err("arrival port out of range");
     }
+    let pend = f.u8();
+    if pend > PEND_BLOCK {
+        return Err("bad pend state");
+    }
     let generation = f.u32();
     let lifetime_ms = f.u32();
     let idle = Duration::from_millis(u64::from(f.u32()));
@@ -194,6 +201,7 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
     };
     entry.tcp = if is_tcp { tcp } else { TcpTracker::EMPTY };
     entry.arrival_port = arrival_port;
+    entry.set_pend_state(pend);
     entry.generation = generation;
     entry.lifetime_ms = lifetime_ms;
     for (direction, (packets, bytes)) in [Direction::Outbound, Direction::Inbound]

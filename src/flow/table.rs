@@ -28,8 +28,9 @@
 //! chosen by attackers.
 
 use super::FlowConfig;
-use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, FlowEntry};
+use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
 use super::key::FlowKey;
+use crate::nat::Translation;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_utils::CachePadded;
@@ -45,6 +46,12 @@ pub type SlotId = u32;
 /// Slab chunk size: small enough that the unused tail of a shard's last
 /// chunk stays under a byte per flow in a full table.
 const CHUNK: usize = 64;
+
+/// The translations of one slab chunk's slots.
+struct TranslationChunk {
+    slots: Box<[Option<Translation>]>,
+    live: u32,
+}
 
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
@@ -64,6 +71,10 @@ pub struct Shard {
     embryos: VecDeque<(SlotId, u32)>,
     embryo_count: usize,
     parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
+    /// The translated side of translated flows, by slot, in chunks that
+    /// exist only while a translated flow lives in them: untranslated flows
+    /// carry nothing for NAT but a null pointer per chunk.
+    translations: Vec<Option<TranslationChunk>>,
     sweep_cursor: SlotId,
     hasher: ahash::RandomState,
 }
@@ -80,6 +91,7 @@ impl Shard {
             embryos: VecDeque::new(),
             embryo_count: 0,
             parents: hashbrown::HashMap::with_hasher(hasher.clone()),
+            translations: Vec::new(),
             sweep_cursor: 0,
             hasher,
         }
@@ -132,6 +144,62 @@ impl Shard {
         }
     }
 
+    /// The translation of the flow in `slot`, if it is translated.
+    #[inline]
+    pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
+        if !self.entry(slot).is_translated() {
+            return None;
+        }
+        let slot = slot as usize;
+        self.translations.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
+    }
+
+    /// Makes the flow in `slot` a translated one.
+    pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
+        self.entry_mut(slot).flags |= F_TRANSLATED;
+        let slot = slot as usize;
+        if self.translations.len() <= slot / CHUNK {
+            self.translations.resize_with(slot / CHUNK + 1, || None);
+        }
+        let chunk = self.translations[slot / CHUNK].get_or_insert_with(|| TranslationChunk {
+            slots: (0..CHUNK).map(|_| None).collect(),
+            live: 0,
+        });
+        if chunk.slots[slot % CHUNK].replace(translation).is_none() {
+            chunk.live += 1;
+        }
+    }
+
+    fn take_translation(&mut self, slot: SlotId) -> Option<Translation> {
+        let slot = slot as usize;
+        let cell = self.translations.get_mut(slot / CHUNK)?;
+        let chunk = cell.as_mut()?;
+        let translation = chunk.slots[slot % CHUNK].take()?;
+        chunk.live -= 1;
+        if chunk.live == 0 {
+            *cell = None;
+        }
+        Some(translation)
+    }
+
+    /// A snapshot of the flow in `slot`.
+    pub fn info(
+        &self,
+        slot: SlotId,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+    ) -> super::FlowInfo {
+        super::FlowInfo::of(
+            self.entry(slot),
+            self.parent(slot),
+            self.translation(slot),
+            now,
+            config,
+            factor,
+        )
+    }
+
     fn insert(&mut self, hash: u64, mut entry: FlowEntry, parent: Option<u64>) -> SlotId {
         let slot = match self.free.pop() {
             Some(Reverse(slot)) => slot,
@@ -149,7 +217,9 @@ impl Shard {
             entry.flags |= F_HAS_PARENT;
             self.parents.insert(entry.id, parent);
         }
-        if entry.is_tcp() && !entry.tcp.handshake_done() {
+        // Pending flows are never evicted; they become evictable embryos
+        // when they are permitted (`complete_pending`).
+        if entry.is_tcp() && !entry.tcp.handshake_done() && !entry.is_pending() {
             entry.flags |= F_EMBRYONIC;
             self.embryos.push_back((slot, entry.id as u32));
             self.embryo_count += 1;
@@ -164,7 +234,7 @@ impl Shard {
         slot
     }
 
-    fn remove(&mut self, slot: SlotId) -> (FlowEntry, Option<u64>) {
+    fn remove(&mut self, slot: SlotId) -> Removed {
         let entry = *self.entry(slot);
         let hash = self.hasher.hash_one(entry.key);
         if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
@@ -178,11 +248,20 @@ impl Shard {
         } else {
             None
         };
+        let translation = if entry.is_translated() {
+            self.take_translation(slot)
+        } else {
+            None
+        };
         *self.entry_mut(slot) = FlowEntry::VACANT;
         self.free.push(Reverse(slot));
         self.live[slot as usize / CHUNK] -= 1;
         self.len -= 1;
-        (entry, parent)
+        Removed {
+            entry,
+            parent,
+            translation,
+        }
     }
 
     /// Records that the flow in `slot` completed its handshake (it may no
@@ -198,6 +277,23 @@ impl Shard {
             self.embryo_count -= 1;
         }
         true
+    }
+
+    /// Records a pending flow's decision; a permitted TCP flow still in its
+    /// handshake joins the evictable embryos from now on.
+    pub fn complete_pending(&mut self, slot: SlotId, decision: crate::policy::Action) {
+        let entry = self.entry_mut(slot);
+        entry.set_completed(decision);
+        if entry.is_tcp()
+            && !entry.tcp.handshake_done()
+            && entry.flags & (F_EMBRYONIC | F_ESTABLISHED) == 0
+        {
+            entry.flags |= F_EMBRYONIC;
+            let id = entry.id as u32;
+            self.embryos.push_back((slot, id));
+            self.embryo_count += 1;
+            self.compact_embryos();
+        }
     }
 
     /// Gives back the empty chunks at the top of the slab once the shard
@@ -229,6 +325,8 @@ impl Shard {
         self.index
             .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
         self.parents.shrink_to_fit();
+        self.translations.truncate(self.chunks.len());
+        self.translations.shrink_to_fit();
     }
 
     fn compact_embryos(&mut self) {
@@ -295,16 +393,25 @@ impl Shard {
             + self.free.capacity() * 4
             + self.embryos.capacity() * 8
             + self.parents.allocation_size()
+            + self.translations.capacity() * std::mem::size_of::<Option<TranslationChunk>>()
+            + self
+                .translations
+                .iter()
+                .flatten()
+                .map(|c| c.slots.len() * std::mem::size_of::<Option<Translation>>())
+                .sum::<usize>()
     }
 }
 
 /// A flow removed from the table, with what its closure indication needs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Removed {
     /// The entry as it was.
     pub entry: FlowEntry,
     /// Its parent id, if any.
     pub parent: Option<u64>,
+    /// Its translation, if it was translated.
+    pub translation: Option<Translation>,
 }
 
 /// The flow table shared by every worker.
@@ -369,14 +476,7 @@ impl ShardGuard<'_> {
             let (slot, reason) = victim?;
             // Removing and re-adding under this shard's lock keeps the count
             // at or below the limit: the freed place goes to this flow.
-            let (old, old_parent) = self.shard.remove(slot);
-            made_room = Some((
-                Removed {
-                    entry: old,
-                    parent: old_parent,
-                },
-                reason,
-            ));
+            made_room = Some((self.shard.remove(slot), reason));
         }
         Some((self.shard.insert(hash, entry, parent), made_room))
     }
@@ -394,9 +494,9 @@ impl ShardGuard<'_> {
 
     /// Removes the flow in `slot`.
     pub fn remove(&mut self, slot: SlotId) -> Removed {
-        let (entry, parent) = self.shard.remove(slot);
+        let removed = self.shard.remove(slot);
         self.table.count.fetch_sub(1, Ordering::Relaxed);
-        Removed { entry, parent }
+        removed
     }
 
     /// Inspects up to `budget` slots from the sweep cursor and removes the
@@ -494,10 +594,16 @@ impl FlowTable {
     /// Locks the shard of `group` that holds keys of `hash`.
     #[inline]
     pub fn lock(&self, group: usize, hash: u64) -> ShardGuard<'_> {
+        self.lock_shard(self.shard_index(group, hash))
+    }
+
+    /// The index of the shard of `group` that holds keys of `hash`.
+    #[inline]
+    pub fn shard_index(&self, group: usize, hash: u64) -> usize {
         // Bits 24..56: hashbrown uses the low bits for the bucket and the top
         // seven as the tag, so the shard choice stays independent of both.
         let within = ((hash >> 24) as u32 as u64 * self.per_group as u64) >> 32;
-        self.lock_shard((group % self.groups) * self.per_group + within as usize)
+        (group % self.groups) * self.per_group + within as usize
     }
 
     /// Locks shard number `idx`.

@@ -4,19 +4,22 @@
 //! namespace of the thread that opens `/dev/net/tun`. So a port that lives in
 //! a namespace is opened on a short-lived thread that first calls `setns`;
 //! the file descriptors work from any thread afterwards. Addresses, MTU,
-//! txqueuelen and kernel routes are set with `ip -n NS`, which enters the
-//! namespace itself.
+//! txqueuelen and kernel routes are set over netlink ([`netlink`]) from such
+//! a thread too.
 
+pub mod capture;
 pub mod clock;
+pub mod netlink;
+pub mod notify;
 pub mod worker;
 
 use crate::config::PortConfig;
 use ipnet::IpNet;
+use netlink::Link;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::process::Command;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use tun_rs::DeviceBuilder;
 
 /// One TUN queue: a plain file descriptor (read one packet, write one
@@ -80,25 +83,23 @@ pub fn in_netns<T: Send + 'static>(
     .unwrap_or_else(|_| Err(io::Error::other("network namespace thread panicked")))
 }
 
-/// Runs `ip [-n NETNS] ARGS…`, failing with its stderr.
-pub fn ip(netns: Option<&str>, args: &[&str]) -> io::Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    cmd.args(args);
-    debug!(?cmd, "ip");
-    let out = cmd
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("running ip: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+/// What tunwall added to a device it did not create, to take away at exit.
+#[derive(Clone, Copy)]
+enum Added {
+    Address(IpNet),
+    Route(IpNet),
+}
+
+/// Takes away, newest first, what tunwall added to a device.
+fn undo(link: &mut Link, added: Vec<Added>) {
+    for item in added.into_iter().rev() {
+        let result = match item {
+            Added::Address(a) => link.delete_address(a),
+            Added::Route(r) => link.delete_route(r),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "cleanup");
+        }
     }
 }
 
@@ -117,9 +118,14 @@ pub struct Port {
     /// Whether the queues carry a virtio-net header (offload on): reads
     /// return GSO superframes behind it, and writes must carry one.
     pub vnet_hdr: bool,
+    /// Whether the kernel also took UDP segmentation offload (TUN_F_USO4/6,
+    /// Linux 6.2+): a sender's UDP_SEGMENT superframes then reach tunwall
+    /// whole (virtio gso_type UDP_L4) and are classified once, like TCP's.
+    /// Without it the sender's kernel splits them before the device.
+    pub udp_gso: bool,
     /// Addresses and routes tunwall added to a device it did not create,
     /// removed again at shutdown.
-    added: Vec<Vec<String>>,
+    added: Vec<Added>,
 }
 
 impl Port {
@@ -136,7 +142,7 @@ impl Port {
     ) -> io::Result<Port> {
         let device = config.device.clone();
         let netns = config.netns.clone();
-        let (devices, created, vnet_hdr) = in_netns(netns.as_deref(), move || {
+        let (devices, created, vnet_hdr, udp_gso) = in_netns(netns.as_deref(), move || {
             let existed = nix::net::if_::if_nametoindex(device.as_str()).is_ok();
             let first = DeviceBuilder::new()
                 .name(&device)
@@ -146,7 +152,18 @@ impl Port {
                 .inherit_enable_state()
                 .build_sync()
                 .map_err(|e| {
-                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}"))
+                    // The kernel's EINVAL/EBUSY alone do not tell the operator
+                    // that the name is taken.
+                    let hint = match e.raw_os_error() {
+                        Some(nix::libc::EINVAL) if existed => {
+                            " (a device of this name exists and is not a multi-queue TUN device: remove it or choose another name)"
+                        }
+                        Some(nix::libc::EBUSY) => {
+                            " (the device is in use by another process, e.g. another tunwall)"
+                        }
+                        _ => "",
+                    };
+                    io::Error::new(e.kind(), format!("opening TUN device {device}: {e}{hint}"))
                 })?;
             let mut devices = Vec::with_capacity(queues);
             for _ in 1..queues {
@@ -159,6 +176,9 @@ impl Port {
                 d.set_nonblocking(true)?;
             }
             let vnet_hdr = offload && devices[0].tcp_gso();
+            // tun-rs asks for USO after TSO and keeps TSO alone when the
+            // kernel refuses it (TUNSETOFFLOAD EINVAL before 6.2).
+            let udp_gso = vnet_hdr && devices[0].udp_gso();
             if persist && !existed {
                 devices[0].persist().map_err(|e| {
                     io::Error::new(e.kind(), format!("making {device} persistent: {e}"))
@@ -169,7 +189,7 @@ impl Port {
                 .iter()
                 .map(|d| d.as_fd().try_clone_to_owned().map(Queue::from))
                 .collect::<io::Result<Vec<Queue>>>()?;
-            Ok((queues, !existed, vnet_hdr))
+            Ok((queues, !existed, vnet_hdr, udp_gso))
         })?;
         let mut port = Port {
             config: config.clone(),
@@ -177,6 +197,7 @@ impl Port {
             created,
             persistent: persist && created,
             vnet_hdr,
+            udp_gso,
             added: Vec::new(),
         };
         port.configure()?;
@@ -187,45 +208,63 @@ impl Port {
             queues,
             created,
             offload = vnet_hdr,
+            udp_offload = udp_gso,
             "port open"
         );
+        if vnet_hdr && !udp_gso {
+            warn!(
+                port = %config.name,
+                "the kernel refused UDP segmentation offload (TUN_F_USO4/6, Linux 6.2+): UDP superframes are split before tunwall"
+            );
+        }
         Ok(port)
     }
 
-    fn configure(&mut self) -> io::Result<()> {
-        let ns = self.config.netns.clone();
-        let dev = self.config.device.clone();
-        let ns = ns.as_deref();
-        let qlen = TX_QUEUE_LEN.to_string();
-        let mut link = vec!["link", "set", "dev", &dev, "up", "txqueuelen", &qlen];
-        let mtu = self.config.mtu.map(|m| m.to_string());
-        if let Some(mtu) = &mtu {
-            link.extend(["mtu", mtu.as_str()]);
+    /// The offloads the kernel granted, as `stats` shows them per port:
+    /// `tcp+udp`, `tcp` (UDP segmentation refused) or `off`.
+    pub fn offload(&self) -> &'static str {
+        match (self.vnet_hdr, self.udp_gso) {
+            (true, true) => "tcp+udp",
+            (true, false) => "tcp",
+            (false, _) => "off",
         }
-        ip(ns, &link)?;
-        for addr in &self.config.addresses.clone() {
-            let a = addr.to_string();
-            let mut args = vec!["addr", "replace", a.as_str(), "dev", dev.as_str()];
-            if matches!(addr, IpNet::V6(_)) {
-                // A TUN device has no link layer to detect duplicates on.
-                args.push("nodad");
-            }
-            ip(ns, &args)?;
-            self.remember(&["addr", "del", &a, "dev", &dev]);
-        }
-        for route in &self.config.kernel_routes.clone() {
-            let r = route.to_string();
-            ip(ns, &["route", "replace", &r, "dev", &dev])?;
-            self.remember(&["route", "del", &r, "dev", &dev]);
-        }
-        Ok(())
     }
 
-    fn remember(&mut self, undo: &[&str]) {
-        if !self.created {
-            self.added
-                .push(undo.iter().map(|s| s.to_string()).collect());
-        }
+    /// Brings the device up with tunwall's txqueuelen, the MTU, addresses
+    /// and kernel routes of its configuration, inside its namespace.
+    fn configure(&mut self) -> io::Result<()> {
+        let config = self.config.clone();
+        let created = self.created;
+        self.added = in_netns(config.netns.as_deref(), move || {
+            let mut link = Link::open(&config.device)?;
+            link.set_txqueuelen(TX_QUEUE_LEN)?;
+            if let Some(mtu) = config.mtu {
+                link.set_mtu(mtu)?;
+            }
+            link.set_up()?;
+            let mut added = Vec::new();
+            let all = config
+                .addresses
+                .iter()
+                .map(|&a| Added::Address(a))
+                .chain(config.kernel_routes.iter().map(|&r| Added::Route(r)));
+            for item in all {
+                let result = match item {
+                    Added::Address(a) => link.replace_address(a),
+                    Added::Route(r) => link.replace_route(r),
+                };
+                if let Err(e) = result {
+                    if !created {
+                        undo(&mut link, added);
+                    }
+                    return Err(e);
+                }
+                added.push(item);
+            }
+            // A device tunwall created takes its addresses and routes with it.
+            Ok(if created { Vec::new() } else { added })
+        })?;
+        Ok(())
     }
 
     /// A port whose open queues came from another process (SPEC §13): the
@@ -236,6 +275,7 @@ impl Port {
         created: bool,
         persistent: bool,
         vnet_hdr: bool,
+        udp_gso: bool,
     ) -> Port {
         Port {
             config: config.clone(),
@@ -243,6 +283,7 @@ impl Port {
             created,
             persistent,
             vnet_hdr,
+            udp_gso,
             added: Vec::new(),
         }
     }
@@ -256,19 +297,23 @@ impl Port {
     /// persistent one is deleted).
     pub fn close(mut self) {
         self.queues.clear();
-        if self.persistent
-            && let Err(e) = ip(
-                self.config.netns.as_deref(),
-                &["link", "del", "dev", &self.config.device],
-            )
-        {
-            warn!(port = %self.config.name, error = %e, "deleting the persistent device");
+        let added = std::mem::take(&mut self.added);
+        let persistent = self.persistent;
+        if added.is_empty() && !persistent {
+            return;
         }
-        for undo in self.added.drain(..).rev() {
-            let args: Vec<&str> = undo.iter().map(String::as_str).collect();
-            if let Err(e) = ip(self.config.netns.as_deref(), &args) {
-                warn!(port = %self.config.name, error = %e, "cleanup");
+        let device = self.config.device.clone();
+        let undone = in_netns(self.config.netns.as_deref(), move || {
+            let mut link = Link::open(&device)?;
+            if persistent {
+                link.delete()
+            } else {
+                undo(&mut link, added);
+                Ok(())
             }
+        });
+        if let Err(e) = undone {
+            warn!(port = %self.config.name, error = %e, "cleanup");
         }
     }
 }

@@ -5,7 +5,9 @@
 //! flows and the shard locks it takes are nearly never contended. Packets
 //! never cross a thread: a worker reads a packet, asks its engine, and writes
 //! it to its own queue of the egress port. Control messages (a new policy, a
-//! stats request, shutdown) arrive on a channel with a mio `Waker`.
+//! stats request, shutdown) arrive on a channel with a mio `Waker`; the same
+//! waker tells the worker that a pending flow it holds was decided, and the
+//! worker itself releases that flow's held packets (SPEC §10).
 //!
 //! The loop reads in bounded batches per port (fairness between ports),
 //! reads the clock once per batch, and drives expiry from the same loop. The
@@ -14,10 +16,14 @@
 //! rest of the loop.
 
 use super::Queue;
+use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
+use crate::flow::FlowSelector;
+use crate::policy::Layer;
+use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
@@ -25,7 +31,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 /// The token of the control waker.
@@ -42,8 +48,24 @@ const MAX_READ: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
 pub trait Processor: Send {
     /// The verdict for one packet that arrived on `port`.
     fn process(&mut self, now: Instant, port: u8, packet: &mut [u8]) -> Verdict;
+    /// The verdict for a packet read behind a frame header (`header` is
+    /// empty without offload).
+    fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        _header: &[u8],
+        packet: &mut [u8],
+    ) -> Verdict {
+        self.process(now, port, packet)
+    }
     /// Periodic work (expiry).
     fn handle_timeout(&mut self, _now: Instant) {}
+    /// Applies decisions on held packets made elsewhere (pending flows).
+    fn apply_completions(&mut self, _now: Instant) {}
+    /// Hands the packets released since the last call to `out` (egress
+    /// port, frame as it was read).
+    fn drain_released(&mut self, _out: &mut dyn FnMut(u8, &[u8])) {}
     /// Moves the pending events to `out`.
     fn drain_events(&mut self, _out: &mut Vec<Event>) {}
     /// The start of a batch: pick up the gateway's policy.
@@ -54,6 +76,25 @@ pub trait Processor: Send {
     }
     /// Shutdown: close what the processor owns.
     fn close_all(&mut self, _now: Instant) {}
+    /// The shards whose flows this processor closes (`tunwall kill`).
+    fn owned_shards(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// Closes the flows of shard `idx` that `selector` picks with reason
+    /// `admin`; returns how many.
+    fn kill(&mut self, _now: Instant, _idx: usize, _selector: &FlowSelector) -> usize {
+        0
+    }
+    /// Keep the layer and filter of drops for [`Processor::take_drop`].
+    fn note_drops(&mut self, _on: bool) {}
+    /// The layer and filter of the last drop.
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        None
+    }
+    /// The answer to a rejected packet: (port, packet).
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        None
+    }
 }
 
 impl Processor for Engine {
@@ -61,8 +102,26 @@ impl Processor for Engine {
         Engine::process(self, now, port, packet)
     }
 
+    fn process_framed(
+        &mut self,
+        now: Instant,
+        port: u8,
+        header: &[u8],
+        packet: &mut [u8],
+    ) -> Verdict {
+        Engine::process_framed(self, now, port, header, packet)
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         Engine::handle_timeout(self, now);
+    }
+
+    fn apply_completions(&mut self, now: Instant) {
+        Engine::apply_completions(self, now);
+    }
+
+    fn drain_released(&mut self, out: &mut dyn FnMut(u8, &[u8])) {
+        Engine::drain_released(self, out);
     }
 
     fn drain_events(&mut self, out: &mut Vec<Event>) {
@@ -80,6 +139,26 @@ impl Processor for Engine {
     fn close_all(&mut self, now: Instant) {
         Engine::close_all(self, now, false);
     }
+
+    fn owned_shards(&self) -> Vec<usize> {
+        Engine::owned_shards(self)
+    }
+
+    fn kill(&mut self, now: Instant, idx: usize, selector: &FlowSelector) -> usize {
+        self.close_in_shard(now, idx, selector, CloseReason::Admin)
+    }
+
+    fn note_drops(&mut self, on: bool) {
+        Engine::note_drops(self, on);
+    }
+
+    fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
+        Engine::take_drop(self)
+    }
+
+    fn take_reply(&mut self) -> Option<(u8, Vec<u8>)> {
+        Engine::take_reply(self)
+    }
 }
 
 /// I/O counters of one worker, beside the engine's.
@@ -89,12 +168,18 @@ pub struct IoStats {
     pub read_errors: u64,
     /// Writes that failed (the packet is lost).
     pub write_errors: u64,
+    /// Packets a capture lost because its reader was behind (for the
+    /// whole gateway, filled in by the daemon).
+    pub capture_lost: u64,
 }
 
 /// What the control thread asks of a worker.
 pub enum Control {
     /// Send a copy of the counters.
     Stats(Sender<(Stats, IoStats)>),
+    /// Close the selected flows of the owned shards (reason `admin`) and
+    /// send how many.
+    Kill(Arc<FlowSelector>, Sender<usize>),
     /// Close every flow of the owned shards (reason shutdown) and exit.
     Shutdown,
     /// Stop reading (packets wait in the TUN queues) and answer once
@@ -119,6 +204,8 @@ pub struct Worker<P: Processor = Engine> {
     io: IoStats,
     /// Bytes of virtio-net header in front of every packet (0 without offload).
     header: usize,
+    /// Where packets go while `tunwall capture` runs.
+    capture: Arc<CaptureTap>,
 }
 
 impl Worker {
@@ -154,7 +241,14 @@ impl<P: Processor> Worker<P> {
             } else {
                 0
             },
+            capture: Arc::new(CaptureTap::default()),
         }
+    }
+
+    /// Hands packets to `tap` while a capture runs.
+    pub fn with_capture(mut self, tap: Arc<CaptureTap>) -> Worker<P> {
+        self.capture = tap;
+        self
     }
 
     /// Runs until told to shut down.
@@ -171,6 +265,7 @@ impl<P: Processor> Worker<P> {
         // Edge-triggered readiness: a port stays pending until a read would block.
         let mut pending = vec![true; self.queues.len()];
         let mut next_tick = self.clock.now() + TICK;
+        let mut capturing = CaptureMode::Off;
         loop {
             let now = self.clock.now();
             let timeout = if pending.iter().any(|p| *p) {
@@ -183,6 +278,7 @@ impl<P: Processor> Worker<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let mut woken = false;
             for event in events.iter() {
                 if event.token() == WAKE {
                     if self.handle_control() {
@@ -190,21 +286,37 @@ impl<P: Processor> Worker<P> {
                     }
                     // After a pause the queues filled without a new edge.
                     pending.fill(true);
+                    woken = true;
                 } else if let Some(p) = pending.get_mut(event.token().0) {
                     *p = true;
                 }
             }
             let now = self.clock.now();
             self.engine.begin_batch();
+            // The one look at the capture per batch.
+            let mode = self.capture.mode();
+            if mode != capturing {
+                self.engine.note_drops(mode != CaptureMode::Off);
+                capturing = mode;
+            }
+            let wall = if mode == CaptureMode::Off {
+                SystemTime::UNIX_EPOCH
+            } else {
+                SystemTime::now()
+            };
             for (port, pending) in pending.iter_mut().enumerate() {
                 if *pending {
-                    *pending = self.pump(now, port, &mut buf);
+                    *pending = self.pump(now, port, &mut buf, mode, wall);
                 }
             }
             if now >= next_tick {
                 self.engine.handle_timeout(now);
                 next_tick = now + TICK;
+            } else if woken {
+                // A pending flow of this worker may have been decided.
+                self.engine.apply_completions(now);
             }
+            self.release();
             self.flush_events();
         }
     }
@@ -218,7 +330,14 @@ impl<P: Processor> Worker<P> {
     /// sequence range, and the superframe leaves whole, header and all,
     /// through the egress queue, which has the same offloads: nothing is
     /// split and re-coalesced in between.
-    fn pump(&mut self, now: Instant, port: usize, buf: &mut [u8]) -> bool {
+    fn pump(
+        &mut self,
+        now: Instant,
+        port: usize,
+        buf: &mut [u8],
+        capture: CaptureMode,
+        wall: SystemTime,
+    ) -> bool {
         for _ in 0..BATCH {
             let n = match self.queues[port].recv(buf) {
                 Ok(n) => n,
@@ -230,13 +349,26 @@ impl<P: Processor> Worker<P> {
                     return false;
                 }
             };
-            if n < self.header {
+            let Some(verdict) = process_frame(
+                &mut self.engine,
+                now,
+                port as u8,
+                self.header,
+                &mut buf[..n],
+            ) else {
                 self.io.read_errors += 1;
                 continue;
+            };
+            if capture != CaptureMode::Off
+                && let Some(packet) = buf.get(self.header..n)
+            {
+                self.capture(capture, wall, port as u8, packet, verdict);
             }
-            let verdict = self
-                .engine
-                .process(now, port as u8, &mut buf[self.header..n]);
+            if let Verdict::Drop(_) = verdict
+                && let Some((out, answer)) = self.engine.take_reply()
+            {
+                self.send_reply(out, &answer);
+            }
             if let Verdict::Forward(out) = verdict
                 && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
             {
@@ -245,6 +377,57 @@ impl<P: Processor> Worker<P> {
             }
         }
         true
+    }
+
+    /// Writes the answer to a rejected packet (behind a zeroed virtio
+    /// header with offload: no GSO, checksums already complete).
+    fn send_reply(&mut self, port: u8, answer: &[u8]) {
+        let mut frame = vec![0u8; self.header];
+        frame.extend_from_slice(answer);
+        if let Some(queue) = self.queues.get(usize::from(port))
+            && let Err(e) = queue.send(&frame)
+        {
+            self.io.write_errors += 1;
+            debug!(port, error = %e, "write of a reject");
+        }
+    }
+
+    /// Hands a copy of a packet to the capture.
+    fn capture(
+        &mut self,
+        mode: CaptureMode,
+        at: SystemTime,
+        port: u8,
+        packet: &[u8],
+        verdict: Verdict,
+    ) {
+        let dropped = match verdict {
+            Verdict::Drop(reason) => {
+                let (layer, filter) = self.engine.take_drop().unwrap_or((None, None));
+                Some(DropNote {
+                    reason,
+                    layer,
+                    filter,
+                })
+            }
+            Verdict::Forward(_) | Verdict::Held => None,
+        };
+        if mode == CaptureMode::Discards && dropped.is_none() {
+            return;
+        }
+        self.capture.offer(at, port, packet, dropped);
+    }
+
+    /// Writes the packets of pending flows this worker permitted: they
+    /// leave from the worker that held them, as any other packet does.
+    fn release(&mut self) {
+        let (queues, io) = (&self.queues, &mut self.io);
+        self.engine.drain_released(&mut |out, frame| {
+            if let Err(e) = queues[usize::from(out)].send(frame) {
+                io.write_errors += 1;
+                debug!(port = out, error = %e, "write");
+            }
+        });
     }
 
     fn flush_events(&mut self) {
@@ -273,8 +456,18 @@ impl<P: Processor> Worker<P> {
                 Control::Stats(reply) => {
                     let _ = reply.send((self.engine.stats(), self.io));
                 }
+                Control::Kill(selector, reply) => {
+                    let now = self.clock.now();
+                    let mut closed = 0;
+                    for idx in self.engine.owned_shards() {
+                        closed += self.engine.kill(now, idx, &selector);
+                        self.flush_events();
+                    }
+                    let _ = reply.send(closed);
+                }
                 Control::Shutdown => {
                     let now = self.clock.now();
+                    self.release();
                     self.engine.close_all(now);
                     self.flush_events();
                     return true;
@@ -292,6 +485,27 @@ impl<P: Processor> Worker<P> {
             }
         }
     }
+}
+
+/// One frame as a queue returns it: `header` bytes of virtio-net header
+/// (0 without offload), then the IP packet. The processor sees the IP packet
+/// only: a TCP or UDP GSO superframe (gso_type TCPV4/TCPV6/UDP_L4) is one IP
+/// packet whose length fields cover all its segments, so it is classified
+/// and counted once, and leaves whole with its header unchanged (the egress
+/// queue has the same offloads, and the receiving kernel segments it).
+/// `None` for a frame shorter than its header.
+pub fn process_frame<P: Processor>(
+    processor: &mut P,
+    now: Instant,
+    port: u8,
+    header: usize,
+    frame: &mut [u8],
+) -> Option<Verdict> {
+    if frame.len() < header {
+        return None;
+    }
+    let (header, packet) = frame.split_at_mut(header);
+    Some(processor.process_framed(now, port, header, packet))
 }
 
 /// A worker thread as the control side holds it.

@@ -11,6 +11,8 @@
 //! fragment and an unfragmented packet alike.
 
 mod icmp;
+pub mod reject;
+pub mod rewrite;
 
 pub use icmp::{IcmpClass, QuotedPacket, icmp_class, parse_quoted};
 

@@ -83,6 +83,11 @@ impl Arbiter {
         self.current.is_some_and(|(r, _)| r.hard)
     }
 
+    /// Whether a callout vetoed a hard permit.
+    pub fn vetoed(&self) -> bool {
+        self.current.is_some_and(|(_, v)| v.is_some())
+    }
+
     /// The current result, if any sublayer decided.
     pub fn current_action(&self) -> Option<(Action, bool)> {
         self.current.map(|(r, _)| (r.action, r.hard))

@@ -4,11 +4,13 @@
 //! layers; its permit and block are soft, and a block against a hard permit
 //! is a veto. At `flow_established` and `endpoint_closure` it is notified of
 //! the flow. Built in: `log` and `rate_limit`; an embedder registers its own
-//! in a [`CalloutRegistry`] before compiling the policy.
+//! in a [`CalloutRegistry`] before compiling the policy. A callout may also
+//! pend a new flow and have it completed later (`ask`, or an embedder's
+//! callout calling [`crate::engine::Gateway::complete`]).
 
-use super::PolicyNote;
 use super::rate_limit::RateLimit;
 use super::{ClassifyRequest, Layer};
+use super::{Pend, PolicyNote};
 use crate::flow::FlowInfo;
 use crate::time::Instant;
 use std::collections::BTreeMap;
@@ -23,6 +25,10 @@ pub enum CalloutResult {
     Block,
     /// No decision: evaluation continues with the next filter.
     Continue,
+    /// Decide later (SPEC §10): at an auth layer's initial authorization the
+    /// flow waits, its packets held, until it is completed; anywhere else
+    /// (a reauthorization, `icmp_error`) it counts as `Continue`.
+    Pend,
 }
 
 /// A classify function.
@@ -53,6 +59,9 @@ pub trait Callout: Send + Sync {
 pub struct CalloutParams {
     /// `rate = "N/s"`, as N.
     pub rate: Option<u32>,
+    /// `pend_timeout` and `timeout_action`: how a flow this filter's callout
+    /// pends completes when nobody decides.
+    pub pend: Pend,
 }
 
 /// Builds a callout instance for one filter, or says why its parameters are wrong.
@@ -66,7 +75,7 @@ pub struct CalloutRegistry {
 }
 
 impl Default for CalloutRegistry {
-    /// The built-ins: `log` and `rate_limit`.
+    /// The built-ins: `log`, `rate_limit` and `ask`.
     fn default() -> Self {
         let mut registry = CalloutRegistry {
             factories: BTreeMap::new(),
@@ -80,6 +89,12 @@ impl Default for CalloutRegistry {
         registry.register("rate_limit", |params| match params.rate {
             Some(rate) => Ok(Arc::new(RateLimit::new(rate)) as Arc<dyn Callout>),
             None => Err("the rate_limit callout needs `rate = \"N/s\"`".into()),
+        });
+        registry.register("ask", |params| {
+            if params.rate.is_some() {
+                return Err("the ask callout takes no `rate`".into());
+            }
+            Ok(Arc::new(AskCallout) as Arc<dyn Callout>)
         });
         registry
     }
@@ -145,5 +160,20 @@ impl Callout for LogCallout {
             flow: Some(flow.clone()),
             request: None,
         });
+    }
+}
+
+/// `ask`: pends every initial authorization it sees; `tunwall decide` (or
+/// the filter's `pend_timeout`) completes the flow.
+pub struct AskCallout;
+
+impl Callout for AskCallout {
+    fn classify(
+        &self,
+        _filter: &Arc<str>,
+        _request: &ClassifyRequest,
+        _notes: &mut Vec<PolicyNote>,
+    ) -> CalloutResult {
+        CalloutResult::Pend
     }
 }

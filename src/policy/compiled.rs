@@ -13,8 +13,16 @@
 use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
-use super::filter::{AddrSet, Block, Conditions, Filter, FilterAction, addr_value};
-use super::{Action, Authorizer, ClassifyRequest, Decision, DefaultPolicy, FlowOptions, Layer};
+use super::counters::{FilterCounters, FilterCounts};
+use super::filter::{
+    AddrSet, Block, Conditions, Filter, FilterAction, RedirectTarget, ValueSet, addr_value,
+};
+use super::identity::IdentityCond;
+use super::trace::{Trace, TraceStep};
+use super::{
+    Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
+    Layer, Pend, Redirect, RedirectAddress,
+};
 use crate::flow::FlowInfo;
 use crate::packet::IpVersion;
 use crate::time::Instant;
@@ -51,6 +59,8 @@ pub enum SpecAction {
         /// Its parameters.
         params: CalloutParams,
     },
+    /// `action = "redirect"` (redirect layers).
+    Redirect(RedirectTarget),
 }
 
 /// A validated filter, before compilation.
@@ -72,6 +82,8 @@ pub struct FilterSpec {
     pub options: FlowOptions,
     /// The conditions and options as written, for `tunwall check`.
     pub summary: String,
+    /// A block that answers the blocked first packet (`reject = true`).
+    pub reject: bool,
 }
 
 /// A validated policy, before compilation.
@@ -83,6 +95,8 @@ pub struct PolicySpec {
     pub sublayers: Vec<Sublayer>,
     /// Filters in file order.
     pub filters: Vec<FilterSpec>,
+    /// `[identities]`, which the filters' identity conditions name.
+    pub identities: super::Identities,
 }
 
 impl Default for PolicySpec {
@@ -94,6 +108,7 @@ impl Default for PolicySpec {
                 weight: 0,
             }],
             filters: Vec::new(),
+            identities: super::Identities::default(),
         }
     }
 }
@@ -152,8 +167,11 @@ impl LayerIndex {
                 .filter(|s| !s.is_empty() && !s.v4.iter().chain(&s.v6).any(|b| b.len == 0))
                 .cloned()
         };
-        let remote = addr(&conditions.remote_address).or_else(|| addr(&conditions.remote_identity));
-        let local = addr(&conditions.local_address).or_else(|| addr(&conditions.local_identity));
+        let identity = |c: &Option<IdentityCond>| addr(&c.as_ref().map(|c| c.addrs.all()));
+        let remote =
+            addr(&conditions.remote_address).or_else(|| identity(&conditions.remote_identity));
+        let local =
+            addr(&conditions.local_address).or_else(|| identity(&conditions.local_identity));
         for (dim, set) in [(DIM_REMOTE_ADDR, remote), (DIM_LOCAL_ADDR, local)] {
             if let Some(set) = set {
                 for b in &set.v4 {
@@ -219,6 +237,9 @@ impl LayerIndex {
 pub struct Policy {
     pub(super) generation: u64,
     pub(super) layer_generations: [u32; Layer::COUNT],
+    /// Per layer, the generation of its last change by a reload (the later
+    /// ones came from identities changing).
+    reloaded_at: [u32; Layer::COUNT],
     pub(super) changed: Vec<Layer>,
     defaults: DefaultPolicy,
     sublayers: Vec<Sublayer>,
@@ -226,6 +247,10 @@ pub struct Policy {
     summaries: Vec<String>,
     callouts: Vec<CompiledCallout>,
     pub(super) layers: Vec<LayerIndex>,
+    /// Per filter, by index: shared with the previous policy for a filter
+    /// that kept its name.
+    counters: Vec<Arc<FilterCounters>>,
+    by_name: HashMap<Arc<str>, usize, ahash::RandomState>,
 }
 
 /// A callout instance and what it was built for: a reload reuses the
@@ -280,6 +305,7 @@ impl Policy {
             let action = match &f.action {
                 SpecAction::Permit { hard } => FilterAction::Permit { hard: *hard },
                 SpecAction::Block { hard } => FilterAction::Block { hard: *hard },
+                SpecAction::Redirect(target) => FilterAction::Redirect(*target),
                 SpecAction::Callout { name, params } => {
                     let kept = previous.and_then(|p| {
                         p.callouts
@@ -318,6 +344,7 @@ impl Policy {
                 action,
                 conditions: f.conditions.clone(),
                 options: f.options,
+                reject: f.reject,
             });
         }
 
@@ -345,8 +372,15 @@ impl Policy {
             let sub = &spec.sublayers[f.sublayer];
             let _ = writeln!(
                 layer.canonical,
-                "{}|{}:{}|{}|{:?}|{:?}|{:?}",
-                f.name, sub.name, sub.weight, f.weight, spec_f.action, f.conditions, f.options
+                "{}|{}:{}|{}|{:?}|{:?}|{:?}|{}",
+                f.name,
+                sub.name,
+                sub.weight,
+                f.weight,
+                spec_f.action,
+                f.conditions,
+                f.options,
+                f.reject
             );
         }
         for &layer in Layer::ALL {
@@ -372,9 +406,33 @@ impl Policy {
         } else {
             changed.extend(Layer::ALL);
         }
+        let mut reloaded_at = layer_generations;
+        if let Some(prev) = previous {
+            for &layer in Layer::ALL {
+                if !changed.contains(&layer) {
+                    reloaded_at[layer.index()] = prev.reloaded_at[layer.index()];
+                }
+            }
+        }
+        let counters = filters
+            .iter()
+            .map(|f| {
+                previous
+                    .and_then(|p| p.by_name.get(&f.name).map(|&i| Arc::clone(&p.counters[i])))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let by_name = filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (Arc::clone(&f.name), i))
+            .collect();
         Ok(Policy {
+            counters,
+            by_name,
             generation: previous.map_or(1, |p| p.generation + 1),
             layer_generations,
+            reloaded_at,
             changed,
             defaults: spec.defaults,
             sublayers: spec.sublayers.clone(),
@@ -390,6 +448,16 @@ impl Policy {
         self.generation
     }
 
+    /// Marks this policy, compiled against `previous`, as changed only by
+    /// identities' addresses: its flows are reauthorized with the trigger
+    /// `identity_change` (unless a reload changed their layer meanwhile).
+    pub fn identity_change(mut self, previous: &Policy) -> Policy {
+        for &layer in &self.changed {
+            self.reloaded_at[layer.index()] = previous.reloaded_at[layer.index()];
+        }
+        self
+    }
+
     /// The layers whose definition changed relative to the previous policy.
     pub fn changed_layers(&self) -> &[Layer] {
         &self.changed
@@ -400,27 +468,48 @@ impl Policy {
         self.filters.len()
     }
 
-    /// Classifies with arbitration over the candidates from the index.
-    fn arbitrate(
+    /// Classifies with arbitration over the candidates from the index,
+    /// reporting every step to `trace`.
+    fn arbitrate<T: Trace>(
         &self,
         request: &ClassifyRequest,
-        ranks: impl Iterator<Item = u32>,
+        ranks: &[u32],
         notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
     ) -> Decision {
         let layer = &self.layers[request.layer.index()];
+        trace.step(TraceStep::Candidates {
+            layer: request.layer,
+            ranks,
+        });
         let mut arbiter = Arbiter::default();
         let mut decided_sublayer = None;
-        for rank in ranks {
+        // SPEC §10: only an auth layer's initial authorization may pend.
+        let may_pend = matches!(request.layer, Layer::AuthConnect | Layer::AuthRecvAccept)
+            && !request.flags.contains(ClassifyFlags::REAUTHORIZE);
+        let mut pended: Option<(usize, Pend)> = None;
+        for &rank in ranks {
             let rank = rank as usize;
             let sublayer = layer.sublayer_of_rank[rank];
-            if decided_sublayer == Some(sublayer) {
-                continue;
-            }
             let index = layer.order[rank];
             let filter = &self.filters[index];
-            if !filter.conditions.matches(request) {
+            let sublayer_name = &self.sublayers[sublayer].name;
+            if decided_sublayer == Some(sublayer) {
+                trace.step(TraceStep::SublayerDecided {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                });
                 continue;
             }
+            if let Some(condition) = filter.conditions.mismatch(request) {
+                trace.step(TraceStep::Mismatch {
+                    filter: &filter.name,
+                    sublayer: sublayer_name,
+                    condition,
+                });
+                continue;
+            }
+            self.counters[index].matched();
             let result = match filter.action {
                 FilterAction::Permit { hard } => Some((Action::Permit, hard, false)),
                 FilterAction::Block { hard } => Some((Action::Block, hard, false)),
@@ -432,22 +521,68 @@ impl Policy {
                         CalloutResult::Permit => Some((Action::Permit, false, true)),
                         CalloutResult::Block => Some((Action::Block, false, true)),
                         CalloutResult::Continue => None,
+                        // The pending callout ends its sublayer without a
+                        // result; the other sublayers arbitrate as usual.
+                        CalloutResult::Pend if may_pend => {
+                            pended.get_or_insert((index, self.callouts[c].params.pend));
+                            decided_sublayer = Some(sublayer);
+                            trace.step(TraceStep::Pended {
+                                filter: &filter.name,
+                                sublayer: sublayer_name,
+                            });
+                            continue;
+                        }
+                        // At a reauthorization the pending callout returns
+                        // the flow's completed decision, or continues.
+                        CalloutResult::Pend => request.completed.map(|a| (a, false, true)),
                     }
                 }
+                // Validation keeps redirects at the redirect layers.
+                FilterAction::Redirect(_) => None,
             };
+            trace.step(TraceStep::Matched {
+                filter: &filter.name,
+                sublayer: sublayer_name,
+                result,
+            });
             if let Some((action, hard, callout)) = result {
+                let before = arbiter.current_action();
+                let vetoed_before = arbiter.vetoed();
                 arbiter.merge(SublayerResult {
                     action,
                     hard,
                     callout,
                     filter: index,
                 });
+                trace.step(TraceStep::Arbitrated {
+                    filter: &filter.name,
+                    before,
+                    after: arbiter.current_action(),
+                    veto: !vetoed_before && arbiter.vetoed(),
+                });
                 decided_sublayer = Some(sublayer);
             }
         }
+        // A hard block decided elsewhere is final: nothing to wait for.
+        if let Some((index, pend)) = pended
+            && arbiter.current_action() != Some((Action::Block, true))
+        {
+            self.counters[index].decided();
+            return Decision {
+                action: Action::Block,
+                filter: Some(Arc::clone(&self.filters[index].name)),
+                options: FlowOptions::default(),
+                vetoed: false,
+                reject: false,
+                pend: Some(pend),
+            };
+        }
         let Some(verdict) = arbiter.finish() else {
-            return Decision::default_action(self.defaults.action(request.layer));
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
         };
+        self.counters[verdict.filter].decided();
         let filter = &self.filters[verdict.filter];
         if let Some(overridden) = verdict.vetoed {
             notes.push(PolicyNote::Veto {
@@ -466,7 +601,53 @@ impl Policy {
             filter: Some(Arc::clone(&filter.name)),
             options,
             vetoed: verdict.vetoed.is_some(),
+            reject: verdict.action == Action::Block && filter.reject,
+            pend: None,
         }
+    }
+
+    /// Classifies `request` exactly as the gateway does (the index, then
+    /// arbitration), reporting each step to `trace` (`tunwall explain`).
+    pub fn classify_traced<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        notes: &mut Vec<PolicyNote>,
+        trace: &mut T,
+    ) -> Decision {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            let action = self.defaults.action(request.layer);
+            trace.step(TraceStep::Candidates {
+                layer: request.layer,
+                ranks: &[],
+            });
+            trace.step(TraceStep::Default { action });
+            return Decision::default_action(action);
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        self.arbitrate(request, &candidates, notes, trace)
+    }
+
+    /// The filters of `layer` in evaluation order: (name, sublayer name).
+    pub fn layer_filters(&self, layer: Layer) -> Vec<(&str, &str)> {
+        self.layers[layer.index()]
+            .order
+            .iter()
+            .map(|&i| {
+                let f = &self.filters[i];
+                (&*f.name, self.sublayers[f.sublayer].name.as_str())
+            })
+            .collect()
+    }
+
+    /// Every filter's counters: (name, layer, counts), in file order.
+    pub fn filter_counts(&self) -> Vec<(&str, Layer, FilterCounts)> {
+        self.filters
+            .iter()
+            .zip(&self.counters)
+            .map(|(f, c)| (&*f.name, f.layer, c.get()))
+            .collect()
     }
 
     /// The reference classification: every filter of the layer in order, no
@@ -477,7 +658,8 @@ impl Policy {
         notes: &mut Vec<PolicyNote>,
     ) -> Decision {
         let n = self.layers[request.layer.index()].order.len() as u32;
-        self.arbitrate(request, 0..n, notes)
+        let ranks: Vec<u32> = (0..n).collect();
+        self.arbitrate(request, &ranks, notes, &mut ())
     }
 
     /// The compiled policy, readably: layers → sublayers → filters in
@@ -493,7 +675,11 @@ impl Policy {
         for &layer in Layer::ALL {
             let index = &self.layers[layer.index()];
             let default = match layer {
-                Layer::FlowEstablished | Layer::EndpointClosure => "callouts only".to_string(),
+                Layer::FlowEstablished
+                | Layer::EndpointClosure
+                | Layer::ResourceAssignment
+                | Layer::ResourceRelease => "callouts only".to_string(),
+                Layer::BindRedirect | Layer::ConnectRedirect => "first match decides".to_string(),
                 _ => format!("default {}", self.defaults.action(layer).as_str()),
             };
             let _ = writeln!(
@@ -520,6 +706,7 @@ impl Policy {
                     FilterAction::Block { hard: true } => "block".to_string(),
                     FilterAction::Block { hard: false } => "block (soft)".to_string(),
                     FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].name),
+                    FilterAction::Redirect(_) => "redirect".to_string(),
                 };
                 let summary = &self.summaries[f];
                 let _ = writeln!(
@@ -541,19 +728,78 @@ impl Policy {
     }
 }
 
+/// The first port of the range of `set` that holds `port`, if that range
+/// is wider than one port.
+fn range_base(set: &Option<ValueSet>, port: u16) -> Option<u16> {
+    set.as_ref()?
+        .ranges
+        .iter()
+        .find(|&&(lo, hi)| lo <= port && port <= hi && lo < hi)
+        .map(|&(lo, _)| lo)
+}
+
 impl Authorizer for Policy {
     fn generation(&self, layer: Layer) -> u32 {
         self.layer_generations[layer.index()]
     }
 
-    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
+    fn has_redirects(&self) -> bool {
+        [Layer::BindRedirect, Layer::ConnectRedirect]
+            .iter()
+            .any(|l| !self.layers[l.index()].order.is_empty())
+    }
+
+    fn redirect(&self, request: &ClassifyRequest) -> Option<Redirect> {
         let layer = &self.layers[request.layer.index()];
         if layer.order.is_empty() {
-            return Decision::default_action(self.defaults.action(request.layer));
+            return None;
         }
         let mut candidates = Vec::with_capacity(16);
         layer.candidates(request, &mut candidates);
-        self.arbitrate(request, candidates.into_iter(), notes)
+        for rank in candidates {
+            let filter = &self.filters[layer.order[rank as usize]];
+            if !filter.conditions.matches(request) {
+                continue;
+            }
+            let FilterAction::Redirect(target) = filter.action else {
+                // A permit exempts the flow from translation.
+                return None;
+            };
+            let address = match (target.v4, target.v6) {
+                (None, None) => RedirectAddress::Keep,
+                (v4, v6) => match request.version {
+                    IpVersion::V4 => v4.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                    IpVersion::V6 => v6.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                },
+            };
+            let (condition, port) = match request.layer {
+                Layer::ConnectRedirect => (&filter.conditions.remote_port, request.remote_port),
+                _ => (&filter.conditions.local_port, request.local_port),
+            };
+            return Some(Redirect {
+                filter: Arc::clone(&filter.name),
+                address,
+                to_port: target.port,
+                port_base: range_base(condition, port),
+            });
+        }
+        None
+    }
+
+    fn identity_change_only(&self, layer: Layer, since: u32) -> bool {
+        // Wrapping order, as the engine compares generations.
+        let reloaded = self.reloaded_at[layer.index()];
+        (since.wrapping_sub(reloaded) as i32) >= 0
+    }
+
+    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
+        self.classify_traced(request, notes, &mut ())
+    }
+
+    fn flow_created(&self, filter: &Arc<str>) {
+        if let Some(&i) = self.by_name.get(filter) {
+            self.counters[i].created();
+        }
     }
 
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
@@ -563,6 +809,10 @@ impl Authorizer for Policy {
         }
         let mut request = ClassifyRequest::for_flow(layer, &flow.key, now);
         request.arrival_port = Some(flow.arrival_port);
+        request.source = Some(super::SourceArrival {
+            local: flow.direction == crate::flow::Direction::Outbound,
+            port: flow.arrival_port,
+        });
         let mut candidates = Vec::new();
         index.candidates(&request, &mut candidates);
         for rank in candidates {

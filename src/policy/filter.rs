@@ -5,6 +5,7 @@
 //! blocks (an `a-b` range becomes the few prefixes that cover it exactly), so
 //! the same representation serves matching and the classification index.
 
+use super::identity::IdentityCond;
 use super::{Action, ClassifyFlags, ClassifyRequest, FlowOptions, Layer};
 use crate::packet::{IpVersion, RawAddr};
 use ipnet::IpNet;
@@ -144,6 +145,19 @@ impl AddrSet {
             .any(|b| b.contains(value, width))
     }
 
+    /// The set as prefixes, IPv4 first.
+    pub fn prefixes(&self) -> Vec<IpNet> {
+        let v4 = self.v4.iter().filter_map(|b| {
+            let a = std::net::Ipv4Addr::from(u32::try_from(b.value).ok()?);
+            ipnet::Ipv4Net::new(a, b.len).ok().map(IpNet::V4)
+        });
+        let v6 = self.v6.iter().filter_map(|b| {
+            let a = std::net::Ipv6Addr::from(b.value);
+            ipnet::Ipv6Net::new(a, b.len).ok().map(IpNet::V6)
+        });
+        v4.chain(v6).collect()
+    }
+
     /// Whether the set holds no address of either family.
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
@@ -204,50 +218,70 @@ pub struct Conditions {
     /// Arrival ports.
     pub arrival_port: Option<Vec<ArrivalPort>>,
     /// Local identity (the union of the groups listed).
-    pub local_identity: Option<AddrSet>,
+    pub local_identity: Option<IdentityCond>,
     /// Remote identity (the union of the groups listed).
-    pub remote_identity: Option<AddrSet>,
+    pub remote_identity: Option<IdentityCond>,
     /// Flags that must all be set.
     pub flags: ClassifyFlags,
     /// Flags that must all be clear.
     pub not_flags: ClassifyFlags,
+    /// Untranslated local addresses (SPEC §9).
+    pub original_local_address: Option<AddrSet>,
+    /// Untranslated remote addresses.
+    pub original_remote_address: Option<AddrSet>,
+    /// Untranslated local ports.
+    pub original_local_port: Option<ValueSet>,
+    /// Untranslated remote ports.
+    pub original_remote_port: Option<ValueSet>,
 }
 
 impl Conditions {
     /// Whether every given condition matches `r`.
+    #[inline]
     pub fn matches(&self, r: &ClassifyRequest) -> bool {
+        self.mismatch(r).is_none()
+    }
+
+    /// The first given condition that does not match `r` (its name in the
+    /// configuration file), or `None` when all match: `matches` and
+    /// `tunwall explain` share this one evaluation.
+    #[inline]
+    pub fn mismatch(&self, r: &ClassifyRequest) -> Option<&'static str> {
         if let Some(v) = self.ip_version
             && v != r.version
         {
-            return false;
+            return Some("ip_version");
         }
         if let Some(p) = &self.protocol
             && !p.contains(u16::from(r.protocol))
         {
-            return false;
+            return Some("protocol");
         }
         if let Some(ports) = &self.local_port
             && (r.icmp.is_some() || !ports.contains(r.local_port))
         {
-            return false;
+            return Some("local_port");
         }
         if let Some(ports) = &self.remote_port
             && (r.icmp.is_some() || !ports.contains(r.remote_port))
         {
-            return false;
+            return Some("remote_port");
         }
         if let Some(types) = &self.icmp_type
             && !r.icmp.is_some_and(|(t, _)| types.contains(u16::from(t)))
         {
-            return false;
+            return Some("icmp_type");
         }
         if let Some(codes) = &self.icmp_code
             && !r.icmp.is_some_and(|(_, c)| codes.contains(u16::from(c)))
         {
-            return false;
+            return Some("icmp_code");
         }
-        if !r.flags.contains(self.flags) || r.flags.intersects(self.not_flags) {
-            return false;
+        if !r.flags.contains(self.flags) {
+            return Some("flags");
+        }
+        if r.flags.intersects(self.not_flags) {
+            return Some("not_flags");
         }
         if let Some(ports) = &self.arrival_port {
             let arrival = match r.arrival_port {
@@ -255,22 +289,64 @@ impl Conditions {
                 None => ArrivalPort::Empty,
             };
             if !ports.contains(&arrival) {
-                return false;
+                return Some("arrival_port");
             }
         }
-        for (set, addr) in [
-            (&self.local_address, &r.local_addr),
-            (&self.remote_address, &r.remote_addr),
-            (&self.local_identity, &r.local_addr),
-            (&self.remote_identity, &r.remote_addr),
+        let original = r.original.unwrap_or(super::Original {
+            local_addr: r.local_addr,
+            remote_addr: r.remote_addr,
+            local_port: r.local_port,
+            remote_port: r.remote_port,
+        });
+        for (name, ports, port) in [
+            (
+                "original_local_port",
+                &self.original_local_port,
+                original.local_port,
+            ),
+            (
+                "original_remote_port",
+                &self.original_remote_port,
+                original.remote_port,
+            ),
+        ] {
+            if let Some(ports) = ports
+                && (r.icmp.is_some() || !ports.contains(port))
+            {
+                return Some(name);
+            }
+        }
+        for (name, set, addr) in [
+            ("local_address", &self.local_address, &r.local_addr),
+            ("remote_address", &self.remote_address, &r.remote_addr),
+            (
+                "original_local_address",
+                &self.original_local_address,
+                &original.local_addr,
+            ),
+            (
+                "original_remote_address",
+                &self.original_remote_address,
+                &original.remote_addr,
+            ),
         ] {
             if let Some(set) = set
                 && !set.contains(r.version, addr)
             {
-                return false;
+                return Some(name);
             }
         }
-        true
+        for (name, cond, local) in [
+            ("local_identity", &self.local_identity, true),
+            ("remote_identity", &self.remote_identity, false),
+        ] {
+            if let Some(cond) = cond
+                && !cond.matches(r, local)
+            {
+                return Some(name);
+            }
+        }
+        None
     }
 }
 
@@ -289,6 +365,19 @@ pub enum FilterAction {
     },
     /// Run the callout with this index in the policy's callout list.
     Callout(usize),
+    /// Translate (at a redirect layer).
+    Redirect(RedirectTarget),
+}
+
+/// `to_address` and `to_port` of a redirect filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectTarget {
+    /// The IPv4 target address.
+    pub v4: Option<RawAddr>,
+    /// The IPv6 target address.
+    pub v6: Option<RawAddr>,
+    /// A port or an inclusive range.
+    pub port: Option<(u16, u16)>,
 }
 
 /// A filter as compiled.
@@ -310,6 +399,8 @@ pub struct Filter {
     pub conditions: Conditions,
     /// Classify options attached to the flows its permit creates.
     pub options: FlowOptions,
+    /// A block answered with a TCP RST or an ICMP error (`reject = true`).
+    pub reject: bool,
 }
 
 impl Filter {
@@ -318,7 +409,7 @@ impl Filter {
         match self.action {
             FilterAction::Permit { hard } => Some((Action::Permit, hard)),
             FilterAction::Block { hard } => Some((Action::Block, hard)),
-            FilterAction::Callout(_) => None,
+            FilterAction::Callout(_) | FilterAction::Redirect(_) => None,
         }
     }
 }

@@ -11,13 +11,21 @@
 pub mod arbitration;
 pub mod callout;
 pub mod compiled;
+pub mod counters;
 pub mod filter;
+pub mod identity;
+pub mod identity_table;
 pub mod lineage;
 pub mod rate_limit;
+pub mod trace;
 
-pub use callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
+pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
 pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
-pub use filter::{AddrSet, ArrivalPort, Conditions, ValueSet};
+pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
+pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
+pub use identity_table::{
+    Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
+};
 pub use lineage::Lineage;
 
 use crate::flow::FlowInfo;
@@ -41,6 +49,16 @@ named_enum! {
         EndpointClosure => "endpoint_closure",
         /// An ICMP error that matches no flow.
         IcmpError => "icmp_error",
+        /// First packet of a flow, before its auth layer: may rewrite the
+        /// flow's local endpoint (masquerade, port forwarding).
+        BindRedirect => "bind_redirect",
+        /// First packet of an outbound flow, after `bind_redirect`: may
+        /// rewrite its remote endpoint.
+        ConnectRedirect => "connect_redirect",
+        /// A translated port was allocated (callouts only).
+        ResourceAssignment => "resource_assignment",
+        /// A translated port was released (callouts only).
+        ResourceRelease => "resource_release",
     }
 }
 
@@ -54,6 +72,8 @@ impl FlowInfo {
 /// What the policy reports besides its decisions; the engine turns each
 /// note into an event.
 #[derive(Clone, Debug, PartialEq)]
+// Notes are rare (vetoes, log callouts) and moved straight into events.
+#[allow(clippy::large_enum_variant)]
 pub enum PolicyNote {
     /// A callout blocked against a hard permit.
     Veto {
@@ -123,6 +143,8 @@ impl ClassifyFlags {
     pub const MULTICAST: ClassifyFlags = ClassifyFlags(4);
     /// The destination is a broadcast address.
     pub const BROADCAST: ClassifyFlags = ClassifyFlags(8);
+    /// The flow is translated (FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED).
+    pub const REDIRECTED: ClassifyFlags = ClassifyFlags(16);
 
     /// No flag.
     pub const fn empty() -> Self {
@@ -175,8 +197,87 @@ pub struct ClassifyRequest {
     pub arrival_port: Option<u8>,
     /// Condition flags.
     pub flags: ClassifyFlags,
+    /// The untranslated endpoints of a translated flow (`original_*`
+    /// conditions); `None`: the same as the translated ones.
+    pub original: Option<Original>,
+    /// Where the packet's source came in (SPEC §11), `None` when unknown:
+    /// WireGuard identities with a `port` then match by address alone.
+    pub source: Option<SourceArrival>,
     /// The time of the packet (for rate limits).
     pub now: Instant,
+    /// The flow's id: the id a new flow will get at its initial
+    /// authorization, the flow's own at a reauthorization (a callout that
+    /// pends keeps it to complete the flow later); `None` at `icmp_error`.
+    pub flow_id: Option<u64>,
+    /// The completed decision of a flow that was pending (SPEC §10): a
+    /// callout that answers `pend` at a reauthorization of this flow
+    /// returns it instead, for the flow's whole life.
+    pub completed: Option<Action>,
+}
+
+/// The endpoints of a flow before translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Original {
+    /// Local address.
+    pub local_addr: RawAddr,
+    /// Remote address.
+    pub remote_addr: RawAddr,
+    /// Local port (0 for ICMP).
+    pub local_port: u16,
+    /// Remote port (0 for ICMP).
+    pub remote_port: u16,
+}
+
+impl Original {
+    /// The endpoints of `key` as a classify request shows them.
+    pub fn of(key: &FlowKey) -> Original {
+        let r = ClassifyRequest::for_flow(Layer::AuthConnect, key, Instant::ZERO);
+        Original {
+            local_addr: r.local_addr,
+            remote_addr: r.remote_addr,
+            local_port: r.local_port,
+            remote_port: r.remote_port,
+        }
+    }
+}
+
+/// Where a redirect sends the address it rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectAddress {
+    /// No `to_address`: the address stays.
+    Keep,
+    /// The `to_address` of the flow's family.
+    To(RawAddr),
+    /// `to_address` has none of the flow's family (`nat_no_address`).
+    Missing,
+}
+
+/// The answer of a redirect layer that translates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// The redirect filter.
+    pub filter: Arc<str>,
+    /// The new address.
+    pub address: RedirectAddress,
+    /// `to_port`: the allocation range (masquerade) or target range.
+    pub to_port: Option<(u16, u16)>,
+    /// The first port of the match range the rewritten port fell in, when
+    /// that range is wider than one port (it maps onto `to_port` in order).
+    pub port_base: Option<u16>,
+}
+
+impl Redirect {
+    /// The target port for `port` (port forwarding, connect redirection).
+    pub fn target_port(&self, port: u16) -> u16 {
+        match (self.to_port, self.port_base) {
+            (None, _) => port,
+            (Some((lo, hi)), Some(base)) => {
+                let p = u32::from(lo) + u32::from(port.saturating_sub(base));
+                if p <= u32::from(hi) { p as u16 } else { lo }
+            }
+            (Some((lo, _)), None) => lo,
+        }
+    }
 }
 
 impl ClassifyRequest {
@@ -195,7 +296,11 @@ impl ClassifyRequest {
             icmp: icmp.map(|i| (i.icmp_type, i.code)),
             arrival_port: None,
             flags: ClassifyFlags::empty(),
+            original: None,
+            source: None,
             now,
+            flow_id: None,
+            completed: None,
         }
     }
 }
@@ -224,6 +329,31 @@ pub struct Decision {
     pub options: FlowOptions,
     /// Whether a callout vetoed a hard permit.
     pub vetoed: bool,
+    /// A block by a `reject = true` filter: the gateway answers the packet.
+    pub reject: bool,
+    /// A callout pended the flow (SPEC §10): `action` is block and `filter`
+    /// the pending callout's filter; the engine holds the flow instead.
+    pub pend: Option<Pend>,
+}
+
+/// How a pended flow completes when nobody decides (a callout filter's
+/// `pend_timeout` and `timeout_action`, SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pend {
+    /// How long the flow may stay pending.
+    pub timeout: Duration,
+    /// The decision when the timeout passes.
+    pub timeout_action: Action,
+}
+
+impl Default for Pend {
+    /// SPEC §10: 10 s, then block.
+    fn default() -> Self {
+        Pend {
+            timeout: Duration::from_secs(10),
+            timeout_action: Action::Block,
+        }
+    }
 }
 
 impl Decision {
@@ -234,6 +364,8 @@ impl Decision {
             filter: None,
             options: FlowOptions::default(),
             vetoed: false,
+            reject: false,
+            pend: None,
         }
     }
 }
@@ -248,10 +380,34 @@ pub trait Authorizer: Send + Sync {
     /// generation of its layer is reauthorized on its next packet.
     fn generation(&self, layer: Layer) -> u32;
 
+    /// Whether every change of `layer` since generation `since` came from
+    /// an identity's addresses changing (SPEC §11), not from a reload: the
+    /// reauthorization's trigger is then `identity_change`.
+    fn identity_change_only(&self, _layer: Layer, _since: u32) -> bool {
+        false
+    }
+
     /// Classifies at `request.layer`.
     fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision;
 
-    /// Runs the callouts of `flow_established` or `endpoint_closure` for `flow` at `now`.
+    /// Classifies at a redirect layer: the first matching filter in
+    /// arbitration order decides; `None` for no match or an exempting permit.
+    fn redirect(&self, _request: &ClassifyRequest) -> Option<Redirect> {
+        None
+    }
+
+    /// Whether any filter sits at a redirect layer.
+    fn has_redirects(&self) -> bool {
+        false
+    }
+
+    /// A flow was admitted with `filter` as the deciding filter (its
+    /// `flows_created` counter).
+    fn flow_created(&self, _filter: &Arc<str>) {}
+
+    /// Runs the callouts of a callout-only layer (`flow_established`,
+    /// `endpoint_closure`, `resource_assignment`, `resource_release`) for
+    /// `flow` at `now`.
     fn indicate(
         &self,
         _layer: Layer,
@@ -291,7 +447,12 @@ impl DefaultPolicy {
             Layer::AuthConnect => self.auth_connect,
             Layer::AuthRecvAccept => self.auth_recv_accept,
             Layer::IcmpError => self.icmp_error,
-            Layer::FlowEstablished | Layer::EndpointClosure => Action::Permit,
+            Layer::FlowEstablished
+            | Layer::EndpointClosure
+            | Layer::BindRedirect
+            | Layer::ConnectRedirect
+            | Layer::ResourceAssignment
+            | Layer::ResourceRelease => Action::Permit,
         }
     }
 }

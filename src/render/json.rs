@@ -2,12 +2,13 @@
 //! the `stats --json` object. Every field name is written here and nowhere
 //! else; the text and Prometheus renderings read these values.
 
-use crate::engine::{Gateway, Stats};
+use crate::engine::{Gateway, PendingInfo, Stats};
 use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
-use crate::policy::Layer;
+use crate::policy::counters::FilterCounts;
+use crate::policy::{Identities, IdentitySource, Layer, key_base64};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use serde_json::{Map, Value, json};
@@ -49,8 +50,114 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
+        "translation": f.translation.as_ref().map(|t| {
+            let k = &t.key;
+            let ports = |p: u16| if icmp.is_some() { Value::Null } else { json!(p) };
+            json!({
+                "local_addr": to_ip_addr(version, &k.local).to_string(),
+                "local_port": ports(k.local_port),
+                "remote_addr": to_ip_addr(version, &k.remote).to_string(),
+                "remote_port": ports(k.remote_port),
+                "icmp_id": k.icmp().and_then(|i| i.id),
+                "filter": &*t.filter,
+            })
+        }),
         "synced": f.synced,
     })
+}
+
+/// A pending flow as in `pending --json` (SPEC §10): the flow's fields,
+/// its age, what it holds and when its pend timeout completes it.
+pub fn pending(p: &PendingInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
+    let mut object = flow(&p.flow, ports, now);
+    let map = object.as_object_mut().expect("json! of an object");
+    map.insert("state".into(), json!("pending"));
+    map.insert("filter".into(), json!(p.filter.as_deref()));
+    map.insert("queued_packets".into(), json!(p.packets));
+    map.insert("queued_bytes".into(), json!(p.bytes));
+    map.insert(
+        "expires_in_ms".into(),
+        json!(millis(p.deadline.saturating_since(now))),
+    );
+    map.insert("timeout_action".into(), json!(p.timeout_action.as_str()));
+    map.insert("decision".into(), json!(p.decision.map(|d| d.as_str())));
+    for key in [
+        "idle_ms",
+        "packets_out",
+        "packets_in",
+        "bytes_out",
+        "bytes_in",
+    ] {
+        map.remove(key);
+    }
+    object
+}
+
+/// Adds the identities of a flow's endpoints (SPEC §11) to its JSON.
+pub fn flow_identities(flow: &mut Value, local: Vec<String>, remote: Vec<String>) {
+    if let Some(map) = flow.as_object_mut() {
+        map.insert("local_identity".into(), json!(local));
+        map.insert("remote_identity".into(), json!(remote));
+    }
+}
+
+/// `identities --json`: each identity, its source and current addresses.
+pub fn identities(ids: &Identities, ports: &[impl AsRef<str>]) -> Value {
+    let list: Vec<Value> = ids
+        .defs
+        .iter()
+        .map(|(name, source)| {
+            let resolved = ids.resolved.get(name).cloned().unwrap_or_default();
+            let addresses: Vec<String> = resolved
+                .all()
+                .prefixes()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut v = json!({"name": name, "addresses": addresses});
+            let map = v.as_object_mut().expect("json! of an object");
+            match source {
+                IdentitySource::Addresses(_) => {
+                    map.insert("source".into(), json!("addresses"));
+                }
+                IdentitySource::WireGuard { interface, peers } => {
+                    let port = ids.ports.get(interface).copied().flatten();
+                    map.insert("source".into(), json!("wireguard"));
+                    map.insert("interface".into(), json!(interface));
+                    map.insert(
+                        "peers".into(),
+                        json!(peers.iter().map(key_base64).collect::<Vec<_>>()),
+                    );
+                    map.insert(
+                        "port".into(),
+                        json!(port.and_then(|p| ports.get(usize::from(p)).map(|p| p.as_ref()))),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Adds the WireGuard counters to `stats --json`.
+pub fn wireguard_stats(stats: &mut Value, read_errors: u64) {
+    if let Some(map) = stats.as_object_mut() {
+        map.insert("wireguard_read_errors".into(), json!(read_errors));
+    }
+}
+
+/// Adds each port's offloads (`tcp+udp`, `tcp`, `off`) to its entry in
+/// `stats --json`: `tcp` alone means the kernel refused UDP segmentation
+/// offload and UDP superframes are split before tunwall reads them.
+pub fn offload_stats(stats: &mut Value, names: &[String], offloads: &[&str]) {
+    if let Some(ports) = stats.get_mut("ports").and_then(Value::as_object_mut) {
+        for (name, offload) in names.iter().zip(offloads) {
+            if let Some(port) = ports.get_mut(name).and_then(Value::as_object_mut) {
+                port.insert("offload".into(), json!(offload));
+            }
+        }
+    }
 }
 
 /// An event as a JSON object (without `ts`, which the shell adds from the
@@ -64,6 +171,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
     map.insert("event".into(), json!(e.name()));
     match &e.kind {
         EventKind::FlowCreated(_) | EventKind::FlowEstablished(_) => {}
+        EventKind::FlowPending {
+            filter,
+            layer,
+            timeout,
+            ..
+        } => {
+            map.insert("layer".into(), json!(layer.as_str()));
+            map.insert("filter".into(), json!(filter.as_deref()));
+            map.insert("pend_timeout_ms".into(), json!(millis(timeout.timeout)));
+            map.insert(
+                "timeout_action".into(),
+                json!(timeout.timeout_action.as_str()),
+            );
+        }
         EventKind::FlowReauthorized {
             trigger,
             result,
@@ -110,6 +231,20 @@ pub fn event(e: &Event, ports: &[impl AsRef<str>]) -> Value {
                 map.insert("dst_port".into(), json!(p.ports.map(|(_, d)| d)));
                 map.insert("length".into(), json!(p.len));
             }
+        }
+        EventKind::PortAssigned(m) | EventKind::PortReleased(m) => {
+            map.insert("ip_version".into(), json!(m.version.number()));
+            map.insert("protocol".into(), protocol(m.protocol));
+            map.insert(
+                "inside_addr".into(),
+                json!(to_ip_addr(m.version, &m.inside_addr).to_string()),
+            );
+            map.insert("inside_port".into(), json!(m.inside_port));
+            map.insert(
+                "translated_addr".into(),
+                json!(to_ip_addr(m.version, &m.translated_addr).to_string()),
+            );
+            map.insert("translated_port".into(), json!(m.translated_port));
         }
         EventKind::Veto {
             layer,
@@ -176,16 +311,40 @@ fn millis(d: Duration) -> u64 {
     crate::time::millis(d)
 }
 
-/// The `stats --json` object of SPEC §7.
-pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: usize) -> Value {
+/// Per-filter counters as `stats --json` reports them: (name, layer, counts).
+pub type FilterStats<'a> = [(&'a str, Layer, FilterCounts)];
+
+/// The `stats --json` object of SPEC §7 and §12. Every known drop and
+/// closure reason is present, at zero too.
+pub fn stats(
+    s: &Stats,
+    io: &IoStats,
+    gw: &Gateway,
+    generation: u64,
+    workers: usize,
+    filter_stats: &FilterStats<'_>,
+) -> Value {
     let by_reason =
         |counts: &[u64], names: &mut dyn Iterator<Item = &'static str>| -> Map<String, Value> {
             names
                 .zip(counts)
-                .filter(|(_, n)| **n > 0)
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect()
         };
+    let filters: Map<String, Value> = filter_stats
+        .iter()
+        .map(|(name, layer, c)| {
+            (
+                name.to_string(),
+                json!({
+                    "layer": layer.as_str(),
+                    "matches": c.matches,
+                    "decisions": c.decisions,
+                    "flows_created": c.flows_created,
+                }),
+            )
+        })
+        .collect();
     let closed = by_reason(
         &s.flows_closed,
         &mut CloseReason::ALL.iter().map(|r| r.as_str()),
@@ -196,7 +355,7 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         .map(|l| {
             (
                 l.as_str().to_string(),
-                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()]}),
+                json!({"permit": s.layer_permit[l.index()], "block": s.layer_block[l.index()], "pend": s.layer_pend[l.index()]}),
             )
         })
         .collect();
@@ -213,6 +372,7 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         .collect();
     json!({
         "flows_active": gw.flows_active(),
+        "flows_pending": gw.pending_count(),
         "flows_created": s.flows_created,
         "flows_closed": closed,
         "discards": discards,
@@ -220,6 +380,7 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         "reauthorizations": s.reauthorizations,
         "vetoes": s.vetoes,
         "related_icmp": s.related_icmp,
+        "rejects": {"sent": s.rejects_sent, "rate_limited": s.rejects_limited},
         "adaptive_factor": gw.adaptive_factor(),
         "policy_generation": generation,
         "ports": ports,
@@ -228,5 +389,11 @@ pub fn stats(s: &Stats, io: &IoStats, gw: &Gateway, generation: u64, workers: us
         "events_dropped": s.events_dropped,
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
+        "capture_lost": io.capture_lost,
+        "filters": filters,
+        "nat": {
+            "ports_in_use": gw.nat().ports_in_use(),
+            "ports_exhausted": s.discarded(DropReason::NatPortsExhausted),
+        },
     })
 }

@@ -3,6 +3,8 @@
 //! Prometheus exposition ([`prometheus`]). The daemon, the CLI and the
 //! simulator all render through here.
 
+pub mod explain;
 pub mod json;
+pub mod pcapng;
 pub mod prometheus;
 pub mod text;

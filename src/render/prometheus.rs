@@ -36,6 +36,12 @@ pub fn prometheus(stats: &Value) -> String {
         plain("flows_active"),
     );
     metric(
+        "flows_pending",
+        "gauge",
+        "Flows waiting for a pending callout's decision.",
+        plain("flows_pending"),
+    );
+    metric(
         "flows_created_total",
         "counter",
         "Flows created.",
@@ -56,7 +62,7 @@ pub fn prometheus(stats: &Value) -> String {
     let mut decisions = Vec::new();
     if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
         for (layer, v) in layers {
-            for action in ["permit", "block"] {
+            for action in ["permit", "block", "pend"] {
                 decisions.push((
                     format!("{{layer=\"{layer}\",action=\"{action}\"}}"),
                     v.get(action).cloned().unwrap_or(json!(0)),
@@ -77,6 +83,12 @@ pub fn prometheus(stats: &Value) -> String {
         plain("reauthorizations"),
     );
     metric(
+        "wireguard_read_errors_total",
+        "counter",
+        "Reads of a WireGuard interface's peers that failed (the last known peers stay).",
+        plain("wireguard_read_errors"),
+    );
+    metric(
         "vetoes_total",
         "counter",
         "Hard permits vetoed by a callout.",
@@ -95,6 +107,60 @@ pub fn prometheus(stats: &Value) -> String {
         plain("policy_generation"),
     );
     metric("workers", "gauge", "Worker threads.", plain("workers"));
+    let nat = |k: &str| vec![(String::new(), stats["nat"][k].clone())];
+    metric(
+        "nat_ports_in_use",
+        "gauge",
+        "Translated ports (and ICMP ids) held by mappings.",
+        nat("ports_in_use"),
+    );
+    metric(
+        "nat_ports_exhausted_total",
+        "counter",
+        "Allocations refused: no free port.",
+        nat("ports_exhausted"),
+    );
+    for (key, help) in [
+        ("read_errors", "Failed reads from the ports."),
+        (
+            "write_errors",
+            "Failed writes to the ports (the packet is lost).",
+        ),
+        (
+            "events_dropped",
+            "Events lost: a full queue or a slow reader.",
+        ),
+    ] {
+        metric(&format!("{key}_total"), "counter", help, plain(key));
+    }
+    for (key, help) in [
+        (
+            "matches",
+            "Times the filter's conditions matched a packet being classified.",
+        ),
+        (
+            "decisions",
+            "Times the filter's action was its layer's final result.",
+        ),
+        ("flows_created", "Flows admitted with the filter deciding."),
+    ] {
+        let samples = stats
+            .get("filters")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(filter, v)| {
+                        let layer = v.get("layer").and_then(Value::as_str).unwrap_or("");
+                        (
+                            format!("{{layer=\"{layer}\",filter=\"{}\"}}", label(filter)),
+                            v.get(key).cloned().unwrap_or(json!(0)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(&format!("filter_{key}_total"), "counter", help, samples);
+    }
     for (key, help) in [
         ("rx_packets", "Packets read from the port."),
         ("rx_bytes", "Bytes read from the port."),
@@ -184,4 +250,13 @@ pub fn prometheus(stats: &Value) -> String {
         );
     }
     out
+}
+
+/// A label value escaped as the exposition format asks (`\\`, `\"`, `\n`):
+/// filter names come from the configuration file.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

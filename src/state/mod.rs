@@ -6,7 +6,8 @@
 //! magic    "TWSTATE\n"                     8 bytes
 //! version  u32 LE                          FORMAT_VERSION
 //! header   u32 LE length + JSON            Header: node, pid, time, ports, policy lineage, …
-//! records  kind u8, length u32 LE, payload one per flow (kind FLOW, crate::flow::record)
+//! records  kind u8, length u32 LE, payload one per flow (kind FLOW, crate::flow::record),
+//!                                          then one per pending flow (kind PENDING)
 //! end      kind END, length 12: u64 LE record count, u32 LE CRC-32 of every byte before the CRC
 //! ```
 //!
@@ -32,6 +33,8 @@ pub const MAGIC: &[u8; 8] = b"TWSTATE\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// A flow record ([`crate::flow::record`]).
 pub const FLOW: u8 = 1;
+/// A pending flow's place in the pend store (SPEC §10), after every flow.
+pub const PENDING: u8 = 2;
 /// The end record: record count and checksum.
 pub const END: u8 = 0x7f;
 /// Record kinds from here up may be skipped by a reader that does not know them.
@@ -323,6 +326,7 @@ impl<'a> Container<'a> {
                         rest = &[];
                         return Some(Err(StateError::Corrupt("flow record length".into())));
                     }
+                    PENDING => return Some(Ok((kind, payload))),
                     k if k >= OPTIONAL => continue,
                     k => {
                         rest = &[];
@@ -359,5 +363,5 @@ pub fn node_name() -> String {
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| crate::time::millis(d))
+        .map_or(0, crate::time::millis)
 }

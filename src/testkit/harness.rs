@@ -6,9 +6,9 @@
 
 use super::packets::{ACK, Ep, FIN, RST, SYN, tcp};
 use crate::engine::{Engine, Gateway, GatewayConfig, HostModel, Verdict};
-use crate::event::{Event, EventKind, FlowInfo};
+use crate::event::{Event, EventKind, FlowInfo, ReauthTrigger};
 use crate::flow::{FlowConfig, Zone};
-use crate::policy::{Authorizer, DefaultPolicy};
+use crate::policy::{Action, Authorizer, DefaultPolicy};
 use crate::reason::{CloseReason, DropReason};
 use crate::route::PortSpec;
 use crate::time::Instant;
@@ -60,6 +60,8 @@ pub struct Harness {
     pub engine: Engine,
     pub now: Instant,
     pub events: Vec<Event>,
+    /// Packets of pending flows the engine released, as (egress port, frame).
+    pub released: Vec<(u8, Vec<u8>)>,
 }
 
 pub fn ports() -> Vec<PortSpec> {
@@ -97,6 +99,7 @@ impl Harness {
             engine,
             now: Instant::ZERO,
             events: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -104,6 +107,14 @@ impl Harness {
         let verdict = self.engine.process(self.now, port, &mut packet);
         self.events.extend(self.engine.drain_events());
         verdict
+    }
+
+    /// Sends a packet and returns the verdict with the packet as it leaves
+    /// (rewritten if its flow is translated).
+    pub fn pass(&mut self, port: u8, mut packet: Vec<u8>) -> (Verdict, Vec<u8>) {
+        let verdict = self.engine.process(self.now, port, &mut packet);
+        self.events.extend(self.engine.drain_events());
+        (verdict, packet)
     }
 
     /// A packet arriving on the inside port.
@@ -116,11 +127,31 @@ impl Harness {
         self.send(WAN, packet)
     }
 
-    /// Moves the clock and runs expiry.
+    /// Moves the clock and runs expiry (pend timeouts and completions
+    /// included), collecting released packets.
     pub fn advance(&mut self, d: Duration) {
         self.now = self.now + d;
         self.engine.handle_timeout(self.now);
+        self.collect();
+    }
+
+    /// Applies completed pending flows as a woken worker does, collecting
+    /// released packets.
+    pub fn apply_completions(&mut self) {
+        self.engine.apply_completions(self.now);
+        self.collect();
+    }
+
+    fn collect(&mut self) {
         self.events.extend(self.engine.drain_events());
+        let released = &mut self.released;
+        self.engine
+            .drain_released(|port, frame| released.push((port, frame.to_vec())));
+    }
+
+    /// The events named `name`.
+    pub fn named(&self, name: &str) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.name() == name).collect()
     }
 
     pub fn advance_ms(&mut self, ms: u64) {
@@ -170,6 +201,19 @@ impl Harness {
             .iter()
             .filter_map(|e| match &e.kind {
                 EventKind::FlowClosed { flow, reason } => Some((flow.id, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The reauthorizations so far: trigger and result.
+    pub fn reauthorizations(&self) -> Vec<(ReauthTrigger, Action)> {
+        self.events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::FlowReauthorized {
+                    trigger, result, ..
+                } => Some((*trigger, *result)),
                 _ => None,
             })
             .collect()

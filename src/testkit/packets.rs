@@ -202,3 +202,73 @@ pub fn fragments(packet: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A UDP GSO superframe as a TUN queue with UDP segmentation offload
+/// returns it: the virtio-net header (gso_type UDP_L4, `segment` bytes of
+/// payload a datagram, checksum left to the receiver: NEEDS_CSUM with only
+/// the pseudo-header sum in place) and one IP packet whose IP and UDP
+/// lengths cover all of `payload`.
+pub fn udp_superframe(from: Ep, to: Ep, segment: u16, payload: &[u8]) -> Vec<u8> {
+    use tun_rs::{VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN};
+    // virtio_net.h: use csum_start and csum_offset (tun-rs does not export it).
+    const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+    let packet = udp(from, to, payload);
+    let l4 = packet.len() - payload.len() - 8;
+    let header = tun_rs::VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+        hdr_len: u16::try_from(l4 + 8).expect("header length"),
+        gso_size: segment,
+        csum_start: u16::try_from(l4).expect("header length"),
+        csum_offset: 6,
+    };
+    let mut frame = vec![0u8; VIRTIO_NET_HDR_LEN];
+    header.encode(&mut frame).expect("header fits");
+    frame.extend_from_slice(&packet);
+    // The sender's kernel leaves the UDP checksum partial: any value the
+    // engine must not check.
+    frame[VIRTIO_NET_HDR_LEN + l4 + 6..VIRTIO_NET_HDR_LEN + l4 + 8].copy_from_slice(&[0x12, 0x34]);
+    frame
+}
+
+/// The packet with every checksum (IPv4 header; TCP, UDP, ICMP, ICMPv6 of
+/// an unfragmented packet) computed from scratch: equal to the input
+/// exactly when the input's checksums are right. A UDP/IPv4 checksum of
+/// zero ("none") is kept.
+pub fn recompute(b: &[u8]) -> Vec<u8> {
+    use crate::packet::rewrite::{finish, pseudo_sum, sum};
+    use crate::packet::{Fragment, IpVersion, parse, proto};
+    let mut b = b.to_vec();
+    let p = parse(&b).expect("parses");
+    if p.version == IpVersion::V4 {
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        b[10..12].fill(0);
+        let c = finish(sum(&b[..ihl]));
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    if p.fragment != Fragment::No {
+        return b;
+    }
+    let l4 = usize::from(p.l4_offset);
+    let end = p.len as usize;
+    let at = match (p.protocol, p.version) {
+        (proto::TCP, _) => l4 + 16,
+        (proto::UDP, _) => l4 + 6,
+        (proto::ICMP, IpVersion::V4) | (proto::ICMPV6, IpVersion::V6) => l4 + 2,
+        _ => return b,
+    };
+    if p.protocol == proto::UDP && p.version == IpVersion::V4 && b[at..at + 2] == [0, 0] {
+        return b;
+    }
+    b[at..at + 2].fill(0);
+    let mut s = sum(&b[l4..end]);
+    if p.protocol != proto::ICMP {
+        s += pseudo_sum(p.version, &p.src, &p.dst, p.protocol, (end - l4) as u32);
+    }
+    let mut c = finish(s);
+    if c == 0 && p.protocol == proto::UDP {
+        c = 0xffff;
+    }
+    b[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    b
+}

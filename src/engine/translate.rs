@@ -1,0 +1,395 @@
+//! Address translation in the engine (SPEC §9): redirect classification of
+//! a new flow, port allocation and release, and the rewrite of every packet
+//! of a translated flow (ICMP errors about it included).
+//!
+//! Keys of translated flows are cross-zone keys, whose local end is the
+//! inside-side endpoint as the packet shows it. The flow is stored under
+//! the key its creating packet carried; its [`Translation`] holds the key
+//! the other side of the gateway sees. A packet is rewritten from the view
+//! it arrived in to the other view, and leaves through the port cached in
+//! the translation.
+
+use super::pipeline::Arrival;
+use super::report::Dropped;
+use super::{Gateway, Local};
+use crate::event::{EventKind, PortMapping};
+use crate::flow::table::{Removed, ShardGuard, SlotId};
+use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
+use crate::nat::{MapKey, Translation};
+use crate::packet::rewrite::{self, Endpoints};
+use crate::packet::{Packet, RawAddr, proto};
+use crate::policy::{ClassifyRequest, Layer, RedirectAddress};
+use crate::reason::DropReason;
+use crate::time::Instant;
+use std::sync::Arc;
+
+/// The default range masquerade allocates from (SPEC §9).
+const DEFAULT_RANGE: (u16, u16) = (1024, 65535);
+
+/// A rewrite decided while processing a packet, applied once it is forwarded.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Rewrite {
+    /// The packet's endpoints become these.
+    Packet(Endpoints),
+    /// An ICMP error: outer (source, destination) and the quoted packet.
+    IcmpError {
+        outer: (RawAddr, RawAddr),
+        quoted: Endpoints,
+    },
+}
+
+impl Rewrite {
+    pub(super) fn apply(&self, bytes: &mut [u8], packet: &Packet, partial: bool) -> Option<()> {
+        match self {
+            Rewrite::Packet(to) => rewrite::translate(bytes, packet, to, partial),
+            Rewrite::IcmpError { outer, quoted } => {
+                rewrite::translate_icmp_error(bytes, packet, *outer, quoted)
+            }
+        }
+    }
+}
+
+/// What the redirect layers decided for a new flow.
+pub(super) struct Plan {
+    /// The translated key (its port or id still the original where one is
+    /// to be allocated).
+    pub key: FlowKey,
+    /// A mapping to acquire: (key, range, the port to keep if free); the
+    /// port lands in the key.
+    pub allocate: Option<(MapKey, (u16, u16), Option<u16>)>,
+    pub filter: Arc<str>,
+    /// Egress toward [0] the outside and [1] the inside.
+    pub egress: [u8; 2],
+}
+
+/// Whether translation rewrites the transport ports of this protocol.
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, proto::TCP | proto::UDP)
+}
+
+/// The endpoints a packet that arrived in `zone` carries once moved into
+/// the view of `to` (the other side's key).
+pub(super) fn endpoints(to: &FlowKey, zone: Zone) -> Endpoints {
+    let (src, dst, ports) = match zone {
+        Zone::Inside => (to.local, to.remote, (to.local_port, to.remote_port)),
+        Zone::Outside => (to.remote, to.local, (to.remote_port, to.local_port)),
+    };
+    Endpoints {
+        src,
+        dst,
+        ports,
+        icmp_id: to.remote_port,
+    }
+}
+
+/// The inside and the outside view of a translated flow.
+fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
+    match entry.direction() {
+        Direction::Outbound => (entry.table_key(), t.key),
+        Direction::Inbound => (t.key, entry.table_key()),
+    }
+}
+
+impl Local {
+    /// Classifies a new cross-zone flow at `bind_redirect` and (outbound)
+    /// `connect_redirect`; `key` is the flow as its first packet shows it.
+    pub(super) fn plan(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        key: &FlowKey,
+        request: &ClassifyRequest,
+    ) -> Result<Option<Plan>, Dropped> {
+        let direction = a.direction();
+        let icmp_query = key.icmp().is_some_and(|i| i.id.is_some());
+        let ports = has_ports(key.protocol);
+        let mut translated = *key;
+        let mut allocate = None;
+        let mut filters: Vec<Arc<str>> = Vec::new();
+        let pick = |address: RedirectAddress, keep: RawAddr| match address {
+            RedirectAddress::Keep => Ok(keep),
+            RedirectAddress::To(addr) => Ok(addr),
+            RedirectAddress::Missing => Err(Dropped::from(DropReason::NatNoAddress)),
+        };
+        let mut bind = *request;
+        bind.layer = Layer::BindRedirect;
+        if let Some(r) = self.policy.redirect(&bind) {
+            translated.local = pick(r.address, key.local)?;
+            match direction {
+                Direction::Outbound if ports || icmp_query => {
+                    let inside_port = if ports {
+                        key.local_port
+                    } else {
+                        key.remote_port
+                    };
+                    let map = MapKey {
+                        protocol: key.protocol,
+                        inside: key.local,
+                        inside_port,
+                        translated: translated.local,
+                    };
+                    // SPEC §9: without to_port the original port is kept when
+                    // free; with one, only if it lies in the range.
+                    let range = r.to_port.unwrap_or(DEFAULT_RANGE);
+                    let keep = (r.to_port.is_none() || (range.0..=range.1).contains(&inside_port))
+                        .then_some(inside_port);
+                    allocate = Some((map, range, keep));
+                }
+                Direction::Inbound if ports => {
+                    translated.local_port = r.target_port(key.local_port)
+                }
+                _ => {}
+            }
+            filters.push(r.filter);
+        }
+        if direction == Direction::Outbound {
+            let mut connect = *request;
+            connect.layer = Layer::ConnectRedirect;
+            if let Some(r) = self.policy.redirect(&connect) {
+                translated.remote = pick(r.address, key.remote)?;
+                if ports {
+                    translated.remote_port = r.target_port(key.remote_port);
+                }
+                filters.push(r.filter);
+            }
+        }
+        if filters.is_empty() {
+            return Ok(None);
+        }
+        let filter = match filters.as_slice() {
+            [one] => Arc::clone(one),
+            many => Arc::from(many.join(",")),
+        };
+        let (inside, outside) = match direction {
+            Direction::Outbound => (key, &translated),
+            Direction::Inbound => (&translated, key),
+        };
+        let route = |addr: &RawAddr| {
+            gw.routes
+                .lookup(key.version(), addr)
+                .ok_or(Dropped::from(DropReason::NoRoute))
+        };
+        let egress = [route(&outside.remote)?, route(&inside.local)?];
+        Ok(Some(Plan {
+            key: translated,
+            allocate,
+            filter,
+            egress,
+        }))
+    }
+
+    /// Acquires the plan's mapping and puts its port into the plan's key.
+    /// Returns whether a new mapping was assigned.
+    pub(super) fn acquire(&mut self, gw: &Gateway, plan: &mut Plan) -> Result<bool, Dropped> {
+        let Some((map, range, keep)) = plan.allocate else {
+            return Ok(false);
+        };
+        let ports = has_ports(plan.key.protocol);
+        let (port, new) = gw
+            .nat
+            .allocator()
+            .acquire(map, range, keep)
+            .map_err(|_| Dropped::from(DropReason::NatPortsExhausted))?;
+        if ports {
+            plan.key.local_port = port;
+        } else {
+            plan.key.remote_port = port;
+        }
+        Ok(new)
+    }
+
+    /// Gives back a mapping acquired for a flow that was then not created.
+    pub(super) fn unacquire(gw: &Gateway, plan: &Plan) {
+        if let Some((map, ..)) = plan.allocate {
+            gw.nat.allocator().release(&map);
+        }
+    }
+
+    /// Makes the just-inserted flow in `slot` translated: its side data,
+    /// its alias, and the NAT log. Returns the creating packet's egress.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn translated(
+        &mut self,
+        gw: &Gateway,
+        a: &Arrival<'_>,
+        shard: &mut ShardGuard<'_>,
+        shard_index: usize,
+        slot: SlotId,
+        plan: Plan,
+        assigned: bool,
+    ) -> u8 {
+        let entry = *shard.entry(slot);
+        let egress = plan.egress;
+        // Only outbound flows allocate: their translated key is the outside view.
+        let mapping = plan.allocate.map(|(map, ..)| {
+            let port = if has_ports(plan.key.protocol) {
+                plan.key.local_port
+            } else {
+                plan.key.remote_port
+            };
+            (map, port)
+        });
+        gw.nat.aliases.add(
+            plan.key,
+            crate::nat::AliasTarget {
+                shard: shard_index as u32,
+                slot,
+                id: entry.id(),
+            },
+        );
+        shard.set_translation(
+            slot,
+            Translation {
+                key: plan.key,
+                egress,
+                mapping,
+                filter: plan.filter,
+            },
+        );
+        if let Some((map, port)) = mapping
+            && assigned
+        {
+            self.port_event(gw, a.now, shard, slot, map, port, true);
+        }
+        let (zone_index, to) = match entry.direction() {
+            Direction::Outbound => (0, plan.key),
+            Direction::Inbound => (1, plan.key),
+        };
+        self.rewrite = Some(Rewrite::Packet(endpoints(&to, a.zone)));
+        egress[zone_index]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn port_event(
+        &mut self,
+        gw: &Gateway,
+        now: Instant,
+        shard: &ShardGuard<'_>,
+        slot: SlotId,
+        map: MapKey,
+        port: u16,
+        assigned: bool,
+    ) {
+        let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
+        self.port_log(now, &flow, map, port, assigned);
+    }
+
+    fn port_log(
+        &mut self,
+        now: Instant,
+        flow: &crate::flow::FlowInfo,
+        map: MapKey,
+        port: u16,
+        assigned: bool,
+    ) {
+        let layer = if assigned {
+            Layer::ResourceAssignment
+        } else {
+            Layer::ResourceRelease
+        };
+        self.policy.indicate(layer, flow, now, &mut self.notes);
+        self.take_notes();
+        let log = PortMapping {
+            version: flow.key.version(),
+            protocol: map.protocol,
+            inside_addr: map.inside,
+            inside_port: map.inside_port,
+            translated_addr: map.translated,
+            translated_port: port,
+        };
+        let kind = if assigned {
+            EventKind::PortAssigned(log)
+        } else {
+            EventKind::PortReleased(log)
+        };
+        self.emit(now, kind);
+    }
+
+    /// A translated flow was removed: its alias goes, and its mapping's
+    /// port is released with the mapping's last flow.
+    pub(super) fn untranslate(
+        &mut self,
+        gw: &Gateway,
+        now: Instant,
+        removed: &Removed,
+        flow: &crate::flow::FlowInfo,
+    ) {
+        let Some(t) = &removed.translation else {
+            return;
+        };
+        gw.nat.aliases.remove(&t.key, removed.entry.id());
+        if let Some((map, port)) = t.mapping
+            && gw.nat.allocator().release(&map).is_some()
+        {
+            self.port_log(now, flow, map, port, false);
+        }
+    }
+
+    /// The rewrite of a packet riding translated flow `slot`, and its egress.
+    #[inline]
+    pub(super) fn ride_translated(
+        &mut self,
+        a: &Arrival<'_>,
+        shard: &ShardGuard<'_>,
+        slot: SlotId,
+    ) -> Option<u8> {
+        let entry = shard.entry(slot);
+        let t = shard.translation(slot)?;
+        let (inside, outside) = views(entry, t);
+        let (to, egress) = match a.zone {
+            Zone::Inside => (outside, t.egress[0]),
+            Zone::Outside => (inside, t.egress[1]),
+        };
+        self.rewrite = Some(Rewrite::Packet(endpoints(&to, a.zone)));
+        Some(egress)
+    }
+
+    /// An ICMP error quoting a packet of translated flow `slot`, the quote
+    /// lying on the flow's table key (`on_alias` false) or its translated
+    /// key: translated into the other view, outer addresses and quote.
+    pub(super) fn error_translated(
+        &mut self,
+        a: &Arrival<'_>,
+        shard: &ShardGuard<'_>,
+        slot: SlotId,
+        on_alias: bool,
+    ) -> Option<u8> {
+        let entry = shard.entry(slot);
+        let t = shard.translation(slot)?;
+        let (q, to) = if on_alias {
+            (t.key, entry.table_key())
+        } else {
+            (entry.table_key(), t.key)
+        };
+        let packet = a.packet;
+        // The quoted packet left through the error's arrival zone.
+        let (quoted, outer_dst, src_match, src_new, egress) = match a.zone {
+            Zone::Outside => {
+                let e = endpoints(&to, Zone::Inside);
+                (e, to.local, q.remote, to.remote, t.egress[1])
+            }
+            Zone::Inside => {
+                let e = endpoints(&to, Zone::Outside);
+                (e, to.remote, q.local, to.local, t.egress[0])
+            }
+        };
+        let outer_src = if packet.src == src_match {
+            src_new
+        } else {
+            packet.src
+        };
+        self.rewrite = Some(Rewrite::IcmpError {
+            outer: (outer_src, outer_dst),
+            quoted,
+        });
+        Some(egress)
+    }
+}
+
+/// The translated flow whose translated tuple is `key`, its shard locked.
+pub(super) fn find_alias<'g>(gw: &'g Gateway, key: &FlowKey) -> Option<(ShardGuard<'g>, SlotId)> {
+    let target = gw.nat.aliases.find(key)?;
+    let shard = gw.table.lock_shard(target.shard as usize);
+    let live = shard.entry(target.slot).id() == target.id;
+    live.then_some((shard, target.slot))
+}

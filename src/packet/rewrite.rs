@@ -1,0 +1,326 @@
+//! Address translation in place, with incremental checksums (RFC 1624).
+//!
+//! Only the changed 16-bit words enter a checksum update: `HC' = ~(~HC +
+//! ~m + m')` (RFC 1624 eqn. 3), so a 64 KiB superframe costs what a small
+//! packet does. Every rewritten field (addresses, ports, the ICMP query id)
+//! sits at an even offset of the data its checksum covers, so word
+//! arithmetic applies directly.
+//!
+//! Special cases:
+//! * a UDP/IPv4 checksum of zero means "none" and stays zero; a computed
+//!   zero is sent as `0xffff`;
+//! * a partial checksum (an offloaded frame whose virtio header says
+//!   `NEEDS_CSUM`) holds the folded pseudo-header sum, not its complement,
+//!   and the device adds the transport header and payload itself: only the
+//!   pseudo-header (address) changes enter it, uncomplemented (Linux's
+//!   `inet_proto_csum_replace4` with `CHECKSUM_PARTIAL`);
+//! * a later fragment has no transport header: only its IP header changes;
+//! * an ICMP error has its quoted header translated too: the quoted IP
+//!   header's checksum and the quoted transport checksum (when the quote
+//!   holds it) are updated incrementally, the error's own ICMP checksum is
+//!   recomputed (the message is small and rare).
+
+use super::{Fragment, IpVersion, Packet, RawAddr, proto};
+
+/// What a packet's endpoints become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Source address.
+    pub src: RawAddr,
+    /// Destination address.
+    pub dst: RawAddr,
+    /// Source and destination port (TCP and UDP).
+    pub ports: (u16, u16),
+    /// The ICMP query id (ICMP echo and other queries).
+    pub icmp_id: u16,
+}
+
+/// A running one's-complement checksum delta: the sum of `~old + new` over
+/// every changed word.
+#[derive(Clone, Copy, Debug, Default)]
+struct Delta(u32);
+
+impl Delta {
+    /// Adds the change of `old` to `new` (of equal, even length).
+    #[inline]
+    fn add(&mut self, old: &[u8], new: &[u8]) {
+        let mut s = self.0;
+        for i in (0..old.len().min(new.len()) & !1).step_by(2) {
+            s += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+            s += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        }
+        self.0 = fold32(s);
+    }
+
+    fn merged(self, other: Delta) -> Delta {
+        Delta(fold32(self.0 + other.0))
+    }
+
+    /// Applies the delta to a stored checksum (`~sum`).
+    fn apply(self, check: u16) -> u16 {
+        !fold(u32::from(!check) + self.0)
+    }
+
+    /// Applies the delta to a partial checksum (the uncomplemented sum).
+    fn apply_partial(self, partial: u16) -> u16 {
+        fold(u32::from(partial) + self.0)
+    }
+}
+
+fn word(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], *b.get(1).unwrap_or(&0)])
+}
+
+fn fold32(mut s: u32) -> u32 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+fn fold(s: u32) -> u16 {
+    fold32(s) as u16
+}
+
+/// The one's-complement sum of `data` as big-endian words (an odd last byte
+/// is padded with zero), unfolded.
+pub fn sum(data: &[u8]) -> u32 {
+    let mut s = 0u64;
+    for w in data.chunks(2) {
+        s += u64::from(word(w));
+    }
+    while s > 0xffff_ffff {
+        s = (s & 0xffff_ffff) + (s >> 32);
+    }
+    fold32((s & 0xffff) as u32 + (s >> 16) as u32)
+}
+
+/// The folded one's-complement sum of a pseudo-header.
+pub fn pseudo_sum(version: IpVersion, src: &RawAddr, dst: &RawAddr, protocol: u8, len: u32) -> u32 {
+    let n = addr_len(version);
+    let mut s = sum(&src[..n]) + sum(&dst[..n]) + u32::from(protocol);
+    s += (len >> 16) + (len & 0xffff);
+    fold32(s)
+}
+
+/// The checksum (`~sum`) of a finished sum.
+pub fn finish(s: u32) -> u16 {
+    !fold(s)
+}
+
+fn addr_len(version: IpVersion) -> usize {
+    match version {
+        IpVersion::V4 => 4,
+        IpVersion::V6 => 16,
+    }
+}
+
+fn addr_offsets(version: IpVersion) -> (usize, usize) {
+    match version {
+        IpVersion::V4 => (12, 16),
+        IpVersion::V6 => (8, 24),
+    }
+}
+
+fn read16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn write16(b: &mut [u8], at: usize, v: u16) {
+    if let Some(s) = b.get_mut(at..at + 2) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Replaces `len` bytes at `at` with `new`, adding the change to `delta`.
+fn replace(b: &mut [u8], at: usize, new: &[u8], delta: &mut Delta) -> Option<()> {
+    let field = b.get_mut(at..at + new.len())?;
+    delta.add(field, new);
+    field.copy_from_slice(new);
+    Some(())
+}
+
+/// Rewrites an IP header's addresses (and the IPv4 header checksum) and
+/// returns the pseudo-header delta.
+fn rewrite_ip(b: &mut [u8], version: IpVersion, src: &RawAddr, dst: &RawAddr) -> Option<Delta> {
+    let n = addr_len(version);
+    let (s, d) = addr_offsets(version);
+    let mut delta = Delta::default();
+    replace(b, s, &src[..n], &mut delta)?;
+    replace(b, d, &dst[..n], &mut delta)?;
+    if version == IpVersion::V4 {
+        let check = read16(b, 10)?;
+        write16(b, 10, delta.apply(check));
+    }
+    Some(delta)
+}
+
+/// Where a transport protocol keeps what translation changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum L4 {
+    /// Ports at 0 and 2, checksum at `check` (with the pseudo-header).
+    Ports { check: usize, udp: bool },
+    /// An ICMP query: id at 4, checksum at 2; `pseudo` for ICMPv6.
+    IcmpQuery { pseudo: bool },
+    /// ICMPv6 without an id: only the pseudo-header changes its checksum.
+    Icmpv6,
+    /// Nothing translation touches beyond the IP header.
+    Opaque,
+}
+
+fn l4_kind(version: IpVersion, protocol: u8, icmp_type: Option<u8>) -> L4 {
+    match (protocol, version) {
+        (proto::TCP, _) => L4::Ports {
+            check: 16,
+            udp: false,
+        },
+        (proto::UDP, _) => L4::Ports {
+            check: 6,
+            udp: true,
+        },
+        (proto::ICMP, IpVersion::V4) | (proto::ICMPV6, IpVersion::V6) => {
+            let pseudo = version == IpVersion::V6;
+            match icmp_type.map(|t| super::icmp_class(version, t)) {
+                Some(super::IcmpClass::Query { .. }) => L4::IcmpQuery { pseudo },
+                _ if pseudo => L4::Icmpv6,
+                _ => L4::Opaque,
+            }
+        }
+        _ => L4::Opaque,
+    }
+}
+
+/// Rewrites the transport header at `l4` of a packet whose pseudo-header
+/// changed by `pseudo`. `partial`: the checksum field holds a partial
+/// (pseudo-header) sum.
+fn rewrite_l4(
+    b: &mut [u8],
+    l4: usize,
+    kind: L4,
+    to: &Endpoints,
+    pseudo: Delta,
+    partial: bool,
+) -> Option<()> {
+    match kind {
+        L4::Ports { check, udp } => {
+            let mut delta = Delta::default();
+            let mut ports = [0u8; 4];
+            ports[..2].copy_from_slice(&to.ports.0.to_be_bytes());
+            ports[2..].copy_from_slice(&to.ports.1.to_be_bytes());
+            replace(b, l4, &ports, &mut delta)?;
+            let old = read16(b, l4 + check)?;
+            let new = if partial {
+                // The device sums the header (ports included) itself.
+                pseudo.apply_partial(old)
+            } else if udp && old == 0 {
+                // UDP/IPv4 without a checksum stays without one.
+                0
+            } else {
+                match delta.merged(pseudo).apply(old) {
+                    0 if udp => 0xffff,
+                    c => c,
+                }
+            };
+            write16(b, l4 + check, new);
+        }
+        L4::IcmpQuery {
+            pseudo: with_pseudo,
+        } => {
+            let mut delta = Delta::default();
+            replace(b, l4 + 4, &to.icmp_id.to_be_bytes(), &mut delta)?;
+            if with_pseudo {
+                delta = delta.merged(pseudo);
+            }
+            let old = read16(b, l4 + 2)?;
+            let new = if partial {
+                pseudo.apply_partial(old)
+            } else {
+                delta.apply(old)
+            };
+            write16(b, l4 + 2, new);
+        }
+        L4::Icmpv6 => {
+            let old = read16(b, l4 + 2)?;
+            let new = if partial {
+                pseudo.apply_partial(old)
+            } else {
+                pseudo.apply(old)
+            };
+            write16(b, l4 + 2, new);
+        }
+        L4::Opaque => {}
+    }
+    Some(())
+}
+
+/// Translates a parsed packet in place to `to`. Returns `None` (the packet
+/// may be half-rewritten) only if the bytes do not hold what `packet` says.
+pub fn translate(b: &mut [u8], packet: &Packet, to: &Endpoints, partial: bool) -> Option<()> {
+    let pseudo = rewrite_ip(b, packet.version, &to.src, &to.dst)?;
+    if matches!(packet.fragment, Fragment::Later { .. }) {
+        return Some(());
+    }
+    let icmp_type = match packet.transport {
+        super::Transport::Icmp { icmp_type, .. } => Some(icmp_type),
+        _ => None,
+    };
+    let kind = l4_kind(packet.version, packet.protocol, icmp_type);
+    rewrite_l4(b, usize::from(packet.l4_offset), kind, to, pseudo, partial)
+}
+
+/// Translates an ICMP error in place: the outer source and destination
+/// become `outer` (source, destination) and the quoted packet's endpoints
+/// `quoted`; the ICMP checksum is recomputed.
+pub fn translate_icmp_error(
+    b: &mut [u8],
+    packet: &Packet,
+    outer: (RawAddr, RawAddr),
+    quoted: &Endpoints,
+) -> Option<()> {
+    let version = packet.version;
+    rewrite_ip(b, version, &outer.0, &outer.1)?;
+    let l4 = usize::from(packet.l4_offset);
+    let end = (packet.len as usize).min(b.len());
+    let inner = l4 + 8;
+    let quote = b.get(inner..end)?;
+    let (ip, _) = etherparse::LaxIpSlice::from_slice(quote).ok()?;
+    let inner_protocol = ip.payload().ip_number.0;
+    let inner_l4 = inner + (ip.payload().payload.as_ptr() as usize - quote.as_ptr() as usize);
+    let inner_type = b.get(inner_l4).copied();
+    let pseudo = rewrite_ip(&mut b[inner..end], version, &quoted.src, &quoted.dst)?;
+    // The quote is usually cut short: translate what it holds.
+    let kind = l4_kind(version, inner_protocol, inner_type);
+    let _ = rewrite_l4(&mut b[..end], inner_l4, kind, quoted, pseudo, false).or_else(|| {
+        // Too short for the checksum: the ports or id alone, if present.
+        match kind {
+            L4::Ports { .. } => {
+                let mut ports = [0u8; 4];
+                ports[..2].copy_from_slice(&quoted.ports.0.to_be_bytes());
+                ports[2..].copy_from_slice(&quoted.ports.1.to_be_bytes());
+                b.get_mut(inner_l4..inner_l4 + 4)?.copy_from_slice(&ports);
+            }
+            L4::IcmpQuery { .. } => {
+                write16(b, inner_l4 + 4, quoted.icmp_id);
+            }
+            _ => {}
+        }
+        Some(())
+    });
+    write16(b, l4 + 2, 0);
+    let mut s = sum(b.get(l4..end)?);
+    if version == IpVersion::V6 {
+        s += pseudo_sum(
+            version,
+            &outer.0,
+            &outer.1,
+            proto::ICMPV6,
+            (end - l4) as u32,
+        );
+    }
+    write16(b, l4 + 2, finish(s));
+    Some(())
+}
+
+#[cfg(test)]
+#[path = "rewrite_tests.rs"]
+mod tests;
