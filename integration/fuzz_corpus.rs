@@ -70,6 +70,7 @@ fn run(target: &str, data: &[u8]) {
         "engine" => harness::engine(data),
         "config" => harness::config(data),
         "state" => harness::state(data),
+        "sync" => harness::sync(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -180,6 +181,11 @@ fn corpus_state() {
 #[test]
 fn regressions_state() {
     replay_regressions("state");
+}
+
+#[test]
+fn corpus_sync() {
+    replay_corpus("sync");
 }
 
 #[test]
@@ -737,6 +743,29 @@ fn translated_seed() -> Vec<u8> {
     h.snapshot()
 }
 
+/// Items of a sync message (SPEC §15) from the records of the mixed
+/// state seed: every flow, a closure, a bulk resync around them.
+fn sync_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use tunwall::sync::wire::{BULK_BEGIN, BULK_END, CLOSE, FLOW};
+    let (_, mixed) = state_seeds().pop().expect("the mixed seed");
+    let container = tunwall::state::Container::parse(&mixed).expect("the seed parses");
+    let records: Vec<Vec<u8>> = container
+        .records()
+        .map(|r| r.expect("record").1.to_vec())
+        .collect();
+    let mut flows = Vec::new();
+    for r in &records {
+        flows.push(FLOW);
+        flows.extend_from_slice(r);
+    }
+    let mut bulk = vec![BULK_BEGIN];
+    bulk.extend_from_slice(&flows);
+    bulk.push(CLOSE);
+    bulk.extend_from_slice(&records[0]);
+    bulk.push(BULK_END);
+    vec![("flows", flows), ("bulk", bulk), ("empty", Vec::new())]
+}
+
 /// Writes the hand-made seeds into fuzz/corpus/ and the hand-made
 /// regression inputs into fuzz/regressions/.
 #[test]
@@ -755,6 +784,9 @@ fn write_seeds() {
     }
     for (name, bytes) in state_seeds() {
         write("corpus", "state", &format!("seed-{name}"), &bytes);
+    }
+    for (name, bytes) in sync_seeds() {
+        write("corpus", "sync", &format!("seed-{name}"), &bytes);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in ["demo.toml", "example.toml"] {

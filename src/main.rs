@@ -11,9 +11,11 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::stdout_or_quit(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+mod client;
 mod simulate;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use client::{DecisionArg, FlowFilterArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tunwall::config::Config;
@@ -39,63 +41,10 @@ struct SocketArg {
     socket: PathBuf,
 }
 
-/// The flow filters of `flows` and `kill`: every one given must match.
-#[derive(clap::Args)]
-struct FlowFilterArgs {
-    /// Protocol: tcp, udp, icmp, icmpv6 or a number.
-    #[arg(long)]
-    protocol: Option<String>,
-    /// State: active (not TCP), pending (held by a callout) or a TCP state (established, syn_sent, …).
-    #[arg(long)]
-    state: Option<String>,
-    /// outbound or inbound.
-    #[arg(long)]
-    direction: Option<String>,
-    /// auth_connect or auth_recv_accept.
-    #[arg(long)]
-    layer: Option<String>,
-    /// An address of either endpoint.
-    #[arg(long)]
-    addr: Option<String>,
-    /// A port of either endpoint.
-    #[arg(long)]
-    port: Option<u16>,
-    /// The port the flow arrived on (its name).
-    #[arg(long)]
-    arrival_port: Option<String>,
-    /// An identity of [identities]: either endpoint in its address group.
-    #[arg(long)]
-    identity: Option<String>,
-}
-
-impl FlowFilterArgs {
-    /// The `select` object of the control request.
-    fn select(&self, id: Option<u64>) -> serde_json::Value {
-        let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
-        tunwall::flow::select::request_select(&[
-            ("protocol", text(&self.protocol)),
-            ("state", text(&self.state)),
-            ("direction", text(&self.direction)),
-            ("layer", text(&self.layer)),
-            ("addr", text(&self.addr)),
-            ("port", self.port.map(serde_json::Value::from)),
-            ("arrival_port", text(&self.arrival_port)),
-            ("identity", text(&self.identity)),
-            ("id", id.map(serde_json::Value::from)),
-        ])
-    }
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DecisionArg {
-    Permit,
-    Block,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +118,11 @@ enum Command {
         /// The Prometheus text format.
         #[arg(long)]
         prometheus: bool,
+    },
+    /// The HA pair's flow replication (SPEC §15).
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
     },
     /// Streams packets as pcapng (to FILE or standard output, for
     /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
@@ -267,47 +221,45 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// The peer, the link's state (up, down or resyncing), its message
+    /// counters and the replication lag. Exits 1 if the gateway has no
+    /// [sync] section.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => run(&config, log_format),
-        Command::Reload { socket } => reload(&socket.socket),
-        Command::Upgrade { socket, binary } => upgrade(&socket.socket, binary),
+        Command::Reload { socket } => client::reload(&socket.socket),
+        Command::Upgrade { socket, binary } => client::upgrade(&socket.socket, binary),
         Command::Flows {
             socket,
             json,
             filter,
             count,
             limit,
-        } => {
-            let request = serde_json::json!({
-                "command": "flows",
-                "select": filter.select(None),
-                "count": count,
-                "limit": limit,
-            });
-            let mut out = std::io::stdout().lock();
-            match tunwall::control::flows::print_flows(&socket.socket, &request, json, &mut out) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunwall: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => client::flows(&socket.socket, &filter, json, count, limit),
         Command::Kill {
             socket,
             filter,
             id,
             all,
-        } => kill(&socket.socket, filter.select(id), all),
+        } => client::kill(&socket.socket, filter.select(id), all),
         Command::Stats {
             socket,
             json,
             prometheus,
-        } => client(&socket.socket, "stats", |v| {
+        } => client::query(&socket.socket, "stats", |v| {
             if json {
                 v.to_string() + "\n"
             } else if prometheus {
@@ -316,13 +268,16 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Sync {
+            command: SyncCommand::Status { socket, json },
+        } => client::sync_status(&socket.socket, json),
         Command::Capture {
             socket,
             file,
             discards,
             count,
-        } => capture(&socket.socket, file.as_deref(), discards, count),
-        Command::Pending { socket, json } => client(&socket.socket, "pending", |v| {
+        } => client::capture(&socket.socket, file.as_deref(), discards, count),
+        Command::Pending { socket, json } => client::query(&socket.socket, "pending", |v| {
             if json {
                 v.to_string() + "\n"
             } else {
@@ -333,24 +288,15 @@ fn main() -> ExitCode {
             socket,
             id,
             decision,
-        } => decide(&socket.socket, id, decision),
-        Command::Identities { socket, json } => client(&socket.socket, "identities", |v| {
+        } => client::decide(&socket.socket, id, decision),
+        Command::Identities { socket, json } => client::query(&socket.socket, "identities", |v| {
             if json {
                 v.to_string() + "\n"
             } else {
                 tunwall::render::text::identities(v)
             }
         }),
-        Command::Events { socket } => {
-            match tunwall::control::stream_events(&socket.socket, &mut std::io::stdout().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunwall: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Events { socket } => client::events(&socket.socket),
         Command::Simulate { json } => simulate::run(json),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -472,175 +418,6 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tunwall: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn reload(socket: &std::path::Path) -> ExitCode {
-    match tunwall::control::request(socket, "reload") {
-        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
-            let changed: Vec<String> = v
-                .get("changed_layers")
-                .and_then(|l| l.as_array())
-                .map(|l| {
-                    l.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!(
-                "policy generation {}; changed layers: {}",
-                v.get("generation").cloned().unwrap_or_default(),
-                if changed.is_empty() {
-                    "none".to_string()
-                } else {
-                    changed.join(", ")
-                }
-            );
-            for w in v
-                .get("warnings")
-                .and_then(|w| w.as_array())
-                .into_iter()
-                .flatten()
-            {
-                eprintln!("tunwall: warning: {}", w.as_str().unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            eprintln!(
-                "tunwall: reload failed, the running policy stays: {}",
-                v.get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("unknown error")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("tunwall: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn capture(
-    socket: &std::path::Path,
-    file: Option<&std::path::Path>,
-    discards: bool,
-    count: Option<u64>,
-) -> ExitCode {
-    let request = serde_json::json!({"command": "capture", "discards": discards, "count": count});
-    let copied = match file {
-        Some(path) => std::fs::File::create(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-            .and_then(|mut f| tunwall::control::capture::print_capture(socket, &request, &mut f)),
-        None => tunwall::control::capture::print_capture(socket, &request, &mut std::io::stdout()),
-    };
-    match copied {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tunwall: capture: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn upgrade(socket: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
-    let mut request = serde_json::json!({"command": "upgrade"});
-    if let Some(binary) = binary {
-        // The gateway starts it: a relative path means the caller's.
-        let binary = std::path::absolute(&binary).unwrap_or(binary);
-        request["binary"] = binary.to_string_lossy().into();
-    }
-    match tunwall::control::send(socket, &request) {
-        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
-            println!(
-                "handed over to pid {}: {} flows carried",
-                v.get("to_pid").cloned().unwrap_or_default(),
-                v.get("flows").cloned().unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            eprintln!(
-                "tunwall: {}",
-                v.get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("upgrade failed")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("tunwall: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn decide(socket: &std::path::Path, id: u64, decision: DecisionArg) -> ExitCode {
-    let decision = match decision {
-        DecisionArg::Permit => "permit",
-        DecisionArg::Block => "block",
-    };
-    let request = serde_json::json!({"command": "decide", "id": id, "decision": decision});
-    command(socket, &request, "decide", |_| {
-        format!("flow {id}: {decision}")
-    })
-}
-
-fn kill(socket: &std::path::Path, select: serde_json::Value, all: bool) -> ExitCode {
-    if !all && select.as_object().is_some_and(|m| m.is_empty()) {
-        eprintln!("tunwall: kill: give a filter, --id N, or --all to close every flow");
-        return ExitCode::FAILURE;
-    }
-    let request = serde_json::json!({"command": "kill", "select": select});
-    command(socket, &request, "kill", |v| {
-        let closed = v.get("closed").and_then(|n| n.as_u64()).unwrap_or(0);
-        format!("{closed} flows closed")
-    })
-}
-
-/// Sends a command that answers `{"ok": true, …}` or `{"ok": false,
-/// "error"}`; prints `done(answer)`, or the error and exits 1.
-fn command(
-    socket: &std::path::Path,
-    request: &serde_json::Value,
-    name: &str,
-    done: impl Fn(&serde_json::Value) -> String,
-) -> ExitCode {
-    match tunwall::control::send(socket, request) {
-        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
-            println!("{}", done(&v));
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            eprintln!(
-                "tunwall: {name}: {}",
-                v.get("error").and_then(|e| e.as_str()).unwrap_or("failed")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("tunwall: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn client(
-    socket: &std::path::Path,
-    command: &str,
-    render: impl Fn(&serde_json::Value) -> String,
-) -> ExitCode {
-    match tunwall::control::request(socket, command) {
-        Ok(v) => {
-            print!("{}", render(&v));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("tunwall: {e}");
             ExitCode::FAILURE
         }
     }

@@ -21,7 +21,7 @@ use super::pend::CarriedPend;
 use crate::flow::record::{self, FLOW_RECORD_LEN, FilterNames};
 use crate::flow::table::SlotId;
 use crate::flow::wildcard::Wildcard;
-use crate::flow::{FlowClass, FlowInfo, FlowKey};
+use crate::flow::{FlowClass, FlowEntry, FlowInfo, FlowKey};
 use crate::nat::{AliasTarget, MapKey, Translation};
 use crate::packet::RawAddr;
 use crate::policy::{Action, ClassifyFlags, Layer};
@@ -300,21 +300,7 @@ impl Gateway {
             if entry.is_pending() {
                 placed.insert(entry.id(), (group, key, hash));
             }
-            if entry.is_wildcard_owner() {
-                let key = entry.key();
-                self.wildcards.add(
-                    wildcard_key(&key),
-                    Wildcard {
-                        local: key.local,
-                        any_group: entry.class() == FlowClass::McastBcastState,
-                        parent_id: entry.id(),
-                        direction: entry.direction(),
-                        arrival_port: entry.arrival_port(),
-                        refreshed: entry.last_seen(now),
-                        lifetime: entry.timeout(config, 1.0),
-                    },
-                );
-            }
+            self.add_carried_wildcard(&entry, now);
             done.flows += 1;
         }
         // Pending flows wait again for the rest of their pend timeout
@@ -370,6 +356,25 @@ impl Gateway {
         }
         shard_guard.set_translation(slot, t);
         true
+    }
+
+    /// The wildcard state a carried or replicated flow owns, if it owns any.
+    pub(super) fn add_carried_wildcard(&self, entry: &FlowEntry, now: Instant) {
+        if entry.is_wildcard_owner() {
+            let key = entry.key();
+            self.wildcards.add(
+                wildcard_key(&key),
+                Wildcard {
+                    local: key.local,
+                    any_group: entry.class() == FlowClass::McastBcastState,
+                    parent_id: entry.id(),
+                    direction: entry.direction(),
+                    arrival_port: entry.arrival_port(),
+                    refreshed: entry.last_seen(now),
+                    lifetime: entry.timeout(&self.config.flows, 1.0),
+                },
+            );
+        }
     }
 }
 

@@ -101,7 +101,7 @@ pub fn encode(entry: &FlowEntry, parent: Option<u64>, group: u16, now: Instant, 
         STATE_ACTIVE
     });
     out.push(entry.arrival_port);
-    out.push(entry.pend);
+    out.push(entry.pend_state());
     out.extend_from_slice(&entry.generation.to_le_bytes());
     out.extend_from_slice(&entry.lifetime_ms.to_le_bytes());
     let idle = entry.idle(now).as_millis() as u32;
@@ -212,7 +212,7 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
     };
     entry.tcp = if is_tcp { tcp } else { TcpTracker::EMPTY };
     entry.arrival_port = arrival_port;
-    entry.pend = pend;
+    entry.set_pend_state(pend);
     entry.generation = generation;
     entry.lifetime_ms = lifetime_ms;
     for (direction, (packets, bytes)) in [Direction::Outbound, Direction::Inbound]

@@ -2,22 +2,18 @@
 //!
 //! Each layer keeps its filters in evaluation order (sublayers by weight,
 //! highest first; filters by weight, highest first, then file order) and an
-//! index that, for a request, yields the few filters that can match it:
-//! every filter is filed under one of its address or port conditions as
-//! prefix blocks (ranges are split into blocks), so a lookup is a handful of
-//! hash probes — one per prefix length in use — instead of a scan. Filters
-//! without an indexable condition are always candidates. The candidates are
-//! then evaluated in order with WFP arbitration, which gives exactly the
-//! result of evaluating every filter in order (a property test checks this).
+//! index ([`super::layer_index`]) that, for a request, yields the few filters
+//! that can match it. The candidates are then evaluated in order with WFP
+//! arbitration, which gives exactly the result of evaluating every filter in
+//! order (a property test checks this).
 
 use super::PolicyNote;
 use super::arbitration::{Arbiter, SublayerResult};
 use super::callout::{Callout, CalloutParams, CalloutRegistry, CalloutResult};
 use super::counters::{FilterCounters, FilterCounts};
-use super::filter::{
-    AddrSet, Block, Conditions, Filter, FilterAction, RedirectTarget, ValueSet, addr_value,
-};
-use super::identity::IdentityCond;
+use super::filter::{Filter, FilterAction, ValueSet};
+use super::layer_index::LayerIndex;
+use super::spec::{PolicySpec, SpecAction, Sublayer};
 use super::trace::{Trace, TraceStep};
 use super::{
     Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, DefaultPolicy, FlowOptions,
@@ -30,209 +26,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// A sublayer: a name and a weight (higher is evaluated first).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sublayer {
-    /// Name.
-    pub name: String,
-    /// Weight (WFP's UINT16).
-    pub weight: u16,
-}
-
-/// The action of a filter as written in the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpecAction {
-    /// `action = "permit"`.
-    Permit {
-        /// `hard = true`.
-        hard: bool,
-    },
-    /// `action = "block"`.
-    Block {
-        /// Unless `hard = false`.
-        hard: bool,
-    },
-    /// `action = "callout"`.
-    Callout {
-        /// `callout = "…"`.
-        name: String,
-        /// Its parameters.
-        params: CalloutParams,
-    },
-    /// `action = "redirect"` (redirect layers).
-    Redirect(RedirectTarget),
-}
-
-/// A validated filter, before compilation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FilterSpec {
-    /// Unique name.
-    pub name: String,
-    /// Layer.
-    pub layer: Layer,
-    /// Index into [`PolicySpec::sublayers`].
-    pub sublayer: usize,
-    /// Weight.
-    pub weight: u64,
-    /// Action.
-    pub action: SpecAction,
-    /// Conditions.
-    pub conditions: Conditions,
-    /// Classify options.
-    pub options: FlowOptions,
-    /// The conditions and options as written, for `tunwall check`.
-    pub summary: String,
-    /// A block that answers the blocked first packet (`reject = true`).
-    pub reject: bool,
-}
-
-/// A validated policy, before compilation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicySpec {
-    /// `[defaults]`.
-    pub defaults: DefaultPolicy,
-    /// Sublayers, the implicit `default` (weight 0) included.
-    pub sublayers: Vec<Sublayer>,
-    /// Filters in file order.
-    pub filters: Vec<FilterSpec>,
-    /// `[identities]`, which the filters' identity conditions name.
-    pub identities: super::Identities,
-}
-
-impl Default for PolicySpec {
-    fn default() -> Self {
-        PolicySpec {
-            defaults: DefaultPolicy::default(),
-            sublayers: vec![Sublayer {
-                name: "default".into(),
-                weight: 0,
-            }],
-            filters: Vec::new(),
-            identities: super::Identities::default(),
-        }
-    }
-}
-
-// Index dimensions, in order of preference for filing a filter.
-const DIM_REMOTE_ADDR: u8 = 0;
-const DIM_LOCAL_ADDR: u8 = 1;
-const DIM_REMOTE_PORT: u8 = 2;
-const DIM_LOCAL_PORT: u8 = 3;
-/// Value kinds: IPv4 address, IPv6 address, port.
-const KIND_V4: u8 = 0;
-const KIND_V6: u8 = 1;
-const KIND_PORT: u8 = 2;
-
-fn width(kind: u8) -> u8 {
-    match kind {
-        KIND_V4 => 32,
-        KIND_V6 => 128,
-        _ => 16,
-    }
-}
-
-/// One layer, ready to classify.
-#[derive(Default)]
-pub(super) struct LayerIndex {
-    /// Filter indices in evaluation order; a filter's rank is its position here.
-    order: Vec<usize>,
-    /// The sublayer of each rank.
-    sublayer_of_rank: Vec<usize>,
-    /// Prefix lengths in use per (dimension, kind).
-    lengths: HashMap<(u8, u8), Vec<u8>>,
-    /// (dimension, kind, prefix length, masked value) → ranks.
-    blocks: HashMap<(u8, u8, u8, u128), Vec<u32>, ahash::RandomState>,
-    /// Ranks of filters with no indexable condition.
-    unindexed: Vec<u32>,
-    /// The layer's definition as text: a change means a new generation.
-    pub(super) canonical: String,
-}
-
-impl LayerIndex {
-    fn file(&mut self, rank: u32, dim: u8, kind: u8, block: Block) {
-        let lengths = self.lengths.entry((dim, kind)).or_default();
-        if !lengths.contains(&block.len) {
-            lengths.push(block.len);
-        }
-        self.blocks
-            .entry((dim, kind, block.len, block.value))
-            .or_default()
-            .push(rank);
-    }
-
-    /// Files a filter under its most selective condition.
-    fn add(&mut self, rank: u32, conditions: &Conditions) {
-        let addr = |set: &Option<AddrSet>| {
-            set.as_ref()
-                .filter(|s| !s.is_empty() && !s.v4.iter().chain(&s.v6).any(|b| b.len == 0))
-                .cloned()
-        };
-        let identity = |c: &Option<IdentityCond>| addr(&c.as_ref().map(|c| c.addrs.all()));
-        let remote =
-            addr(&conditions.remote_address).or_else(|| identity(&conditions.remote_identity));
-        let local =
-            addr(&conditions.local_address).or_else(|| identity(&conditions.local_identity));
-        for (dim, set) in [(DIM_REMOTE_ADDR, remote), (DIM_LOCAL_ADDR, local)] {
-            if let Some(set) = set {
-                for b in &set.v4 {
-                    self.file(rank, dim, KIND_V4, *b);
-                }
-                for b in &set.v6 {
-                    self.file(rank, dim, KIND_V6, *b);
-                }
-                return;
-            }
-        }
-        for (dim, ports) in [
-            (DIM_REMOTE_PORT, &conditions.remote_port),
-            (DIM_LOCAL_PORT, &conditions.local_port),
-        ] {
-            if let Some(ports) = ports {
-                let blocks = ports.blocks();
-                if !blocks.is_empty() && blocks.iter().all(|b| b.len > 0) {
-                    for b in blocks {
-                        self.file(rank, dim, KIND_PORT, b);
-                    }
-                    return;
-                }
-            }
-        }
-        self.unindexed.push(rank);
-    }
-
-    /// The ranks of the filters that may match `r`, in evaluation order.
-    fn candidates(&self, r: &ClassifyRequest, out: &mut Vec<u32>) {
-        out.clear();
-        out.extend_from_slice(&self.unindexed);
-        let kind = match r.version {
-            IpVersion::V4 => KIND_V4,
-            IpVersion::V6 => KIND_V6,
-        };
-        let mut probe = |dim: u8, kind: u8, value: u128| {
-            if let Some(lengths) = self.lengths.get(&(dim, kind)) {
-                for &len in lengths {
-                    let key = (dim, kind, len, value & Block::mask(len, width(kind)));
-                    if let Some(ranks) = self.blocks.get(&key) {
-                        out.extend_from_slice(ranks);
-                    }
-                }
-            }
-        };
-        probe(
-            DIM_REMOTE_ADDR,
-            kind,
-            addr_value(r.version, &r.remote_addr).0,
-        );
-        probe(DIM_LOCAL_ADDR, kind, addr_value(r.version, &r.local_addr).0);
-        if r.icmp.is_none() {
-            probe(DIM_REMOTE_PORT, KIND_PORT, u128::from(r.remote_port));
-            probe(DIM_LOCAL_PORT, KIND_PORT, u128::from(r.local_port));
-        }
-        out.sort_unstable();
-        out.dedup();
-    }
-}
-
 /// The compiled policy.
 pub struct Policy {
     pub(super) generation: u64,
@@ -241,11 +34,11 @@ pub struct Policy {
     /// ones came from identities changing).
     reloaded_at: [u32; Layer::COUNT],
     pub(super) changed: Vec<Layer>,
-    defaults: DefaultPolicy,
-    sublayers: Vec<Sublayer>,
-    filters: Vec<Filter>,
-    summaries: Vec<String>,
-    callouts: Vec<CompiledCallout>,
+    pub(super) defaults: DefaultPolicy,
+    pub(super) sublayers: Vec<Sublayer>,
+    pub(super) filters: Vec<Filter>,
+    pub(super) summaries: Vec<String>,
+    pub(super) callouts: Vec<CompiledCallout>,
     pub(super) layers: Vec<LayerIndex>,
     /// Per filter, by index: shared with the previous policy for a filter
     /// that kept its name.
@@ -256,9 +49,9 @@ pub struct Policy {
 /// A callout instance and what it was built for: a reload reuses the
 /// instance of a filter whose name, callout and parameters are unchanged,
 /// so its state (a rate limit's buckets) carries over.
-struct CompiledCallout {
+pub(super) struct CompiledCallout {
     filter: String,
-    name: String,
+    pub(super) name: String,
     params: CalloutParams,
     callout: Arc<dyn Callout>,
 }
@@ -660,71 +453,6 @@ impl Policy {
         let n = self.layers[request.layer.index()].order.len() as u32;
         let ranks: Vec<u32> = (0..n).collect();
         self.arbitrate(request, &ranks, notes, &mut ())
-    }
-
-    /// The compiled policy, readably: layers → sublayers → filters in
-    /// evaluation order.
-    pub fn describe(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "policy: {} filters, {} sublayers",
-            self.filters.len(),
-            self.sublayers.len()
-        );
-        for &layer in Layer::ALL {
-            let index = &self.layers[layer.index()];
-            let default = match layer {
-                Layer::FlowEstablished
-                | Layer::EndpointClosure
-                | Layer::ResourceAssignment
-                | Layer::ResourceRelease => "callouts only".to_string(),
-                Layer::BindRedirect | Layer::ConnectRedirect => "first match decides".to_string(),
-                _ => format!("default {}", self.defaults.action(layer).as_str()),
-            };
-            let _ = writeln!(
-                out,
-                "\nlayer {} ({default}, generation {})",
-                layer.as_str(),
-                self.layer_generations[layer.index()]
-            );
-            if index.order.is_empty() {
-                let _ = writeln!(out, "  (no filters)");
-                continue;
-            }
-            let mut current = None;
-            for (rank, &f) in index.order.iter().enumerate() {
-                let filter = &self.filters[f];
-                if current != Some(filter.sublayer) {
-                    current = Some(filter.sublayer);
-                    let sub = &self.sublayers[filter.sublayer];
-                    let _ = writeln!(out, "  sublayer {} (weight {})", sub.name, sub.weight);
-                }
-                let action = match &filter.action {
-                    FilterAction::Permit { hard: true } => "permit (hard)".to_string(),
-                    FilterAction::Permit { hard: false } => "permit".to_string(),
-                    FilterAction::Block { hard: true } => "block".to_string(),
-                    FilterAction::Block { hard: false } => "block (soft)".to_string(),
-                    FilterAction::Callout(c) => format!("callout {}", self.callouts[*c].name),
-                    FilterAction::Redirect(_) => "redirect".to_string(),
-                };
-                let summary = &self.summaries[f];
-                let _ = writeln!(
-                    out,
-                    "    {:>3}. {:<28} weight {:<6} {:<18} {}",
-                    rank + 1,
-                    filter.name,
-                    filter.weight,
-                    action,
-                    if summary.is_empty() {
-                        "(matches everything)"
-                    } else {
-                        summary
-                    }
-                );
-            }
-        }
-        out
     }
 }
 

@@ -12,21 +12,25 @@ pub mod arbitration;
 pub mod callout;
 pub mod compiled;
 pub mod counters;
+mod describe;
 pub mod filter;
 pub mod identity;
 pub mod identity_table;
+mod layer_index;
 pub mod lineage;
 pub mod rate_limit;
+pub mod spec;
 pub mod trace;
 
 pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
-pub use compiled::{CompileError, FilterSpec, Policy, PolicySpec, SpecAction, Sublayer};
+pub use compiled::{CompileError, Policy};
 pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
 pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
 pub use identity_table::{
     Identities, IdentitySource, Peer, PeerSnapshot, PublicKey, key_base64, parse_key,
 };
 pub use lineage::Lineage;
+pub use spec::{FilterSpec, PolicySpec, SpecAction, Sublayer};
 
 use crate::flow::FlowInfo;
 use crate::flow::FlowKey;

@@ -62,6 +62,7 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
                 "filter": &*t.filter,
             })
         }),
+        "synced": f.synced,
     })
 }
 
