@@ -59,6 +59,14 @@ impl Config {
         if self.gateway.offload != new.gateway.offload {
             changes.push("[gateway] offload".to_string());
         }
+        if self.gateway.state_file.is_none() && new.gateway.state_file.is_some() {
+            // The devices tunwall created are not persistent: handed over as
+            // they are, the new process's stop could not keep them.
+            changes.push(
+                "[gateway] state_file added (the devices it needs persistent were created without it)"
+                    .to_string(),
+            );
+        }
         if changes.is_empty() {
             Ok(())
         } else {

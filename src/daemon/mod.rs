@@ -50,6 +50,8 @@ struct Opened {
     carried: Option<Vec<u8>>,
     bound: BoundSocket,
     ports: Vec<Port>,
+    /// The metrics listener handed over by the process taken over from.
+    metrics: Option<crate::control::metrics::MetricsListener>,
 }
 
 /// The running gateway as the control socket and signals see it.
@@ -68,6 +70,8 @@ pub struct Daemon {
     pub(crate) ports: Vec<Port>,
     /// A copy of the listening control socket, to hand over.
     pub(crate) listener: Option<std::os::fd::OwnedFd>,
+    /// The metrics address and a copy of its listening socket, to hand over.
+    pub(crate) metrics: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
     /// Set once an upgrade handed everything over: the gateway exits.
     pub(crate) handed_over: AtomicBool,
     /// Ends the signal loop.
