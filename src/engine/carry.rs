@@ -204,7 +204,8 @@ impl Gateway {
             return Err(StateError::Corrupt("next flow id out of range".into()));
         }
         let ports = self.config.ports.len();
-        let mut ids = HashSet::with_capacity(container.len() as usize);
+        let mut ids =
+            HashSet::with_capacity_and_hasher(container.len() as usize, ahash::RandomState::new());
         let mut waiting = HashSet::new();
         let mut pendings = Vec::new();
         let mut names = FilterNames::default();
@@ -333,8 +334,16 @@ impl Gateway {
     /// Makes restored flow `id` in `slot` of `shard` translated again: its
     /// mapping taken in the allocator, its alias, its side data. A
     /// translation that does not fit (checked not to happen before the
-    /// restore began) removes the flow, and `false` says so.
-    fn restore_translation(&self, shard: usize, slot: SlotId, id: u64, t: Translation) -> bool {
+    /// restore began) removes the flow, and `false` says so. A replica
+    /// applying a translated flow (SPEC §15) calls this after inserting
+    /// the flow ([`crate::flow::table::ShardGuard::insert_carried_at`]).
+    pub(super) fn restore_translation(
+        &self,
+        shard: usize,
+        slot: SlotId,
+        id: u64,
+        t: Translation,
+    ) -> bool {
         let mut shard_guard = self.table.lock_shard(shard);
         if let Some((map, port)) = t.mapping
             && self.nat.allocator().reserve(map, port).is_err()
@@ -386,9 +395,9 @@ impl Gateway {
 struct TranslationCheck {
     /// The flow record just read and not yet translated: id, key.
     last: Option<(u64, FlowKey)>,
-    tuples: HashSet<FlowKey>,
-    mappings: HashMap<MapKey, u16>,
-    ports: HashMap<(RawAddr, u8, u16), MapKey>,
+    tuples: HashSet<FlowKey, ahash::RandomState>,
+    mappings: HashMap<MapKey, u16, ahash::RandomState>,
+    ports: HashMap<(RawAddr, u8, u16), MapKey, ahash::RandomState>,
 }
 
 impl TranslationCheck {

@@ -284,16 +284,27 @@ pub fn encode_translation(id: u64, t: &Translation, out: &mut Vec<u8>) {
 /// Filter names shared between decoded translations: a million flows of
 /// one masquerade filter hold one name.
 #[derive(Default)]
-pub struct FilterNames(HashMap<Box<str>, Arc<str>>);
+pub struct FilterNames {
+    names: HashMap<Box<str>, Arc<str>, ahash::RandomState>,
+    /// The name last asked for: flows come in runs of the same filter.
+    last: Option<Arc<str>>,
+}
 
 impl FilterNames {
     /// The shared copy of `name`.
     pub fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(name) {
-            return Arc::clone(shared);
+        if let Some(last) = self.last.as_ref().filter(|l| ***l == *name) {
+            return Arc::clone(last);
         }
-        let shared: Arc<str> = Arc::from(name);
-        self.0.insert(name.into(), Arc::clone(&shared));
+        let shared = match self.names.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(name);
+                self.names.insert(name.into(), Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
         shared
     }
 }
