@@ -67,7 +67,7 @@ pub(super) fn take_over(
     // The metrics socket goes on if the address stayed; otherwise the
     // gateway binds the configured one (the old process lets go of its own).
     let metrics = match fds.next() {
-        Some(fd) if offer.metrics.is_some() && offer.metrics == config.metrics_listen => {
+        Some(fd) if offer.metrics == config.metrics_listen => {
             Some(MetricsListener::adopt(std::net::TcpListener::from(fd))?)
         }
         _ => None,
