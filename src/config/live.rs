@@ -22,6 +22,9 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        if self.sync != new.sync {
+            changes.push("[sync]".to_string());
+        }
         if self.metrics_listen != new.metrics_listen {
             changes.push("[metrics]".to_string());
         }

@@ -72,6 +72,8 @@ pub struct Daemon {
     pub(crate) handed_over: AtomicBool,
     /// Ends the signal loop.
     pub(crate) signals: signal_hook::iterator::Handle,
+    /// The HA sync thread's status (SPEC §15), with `[sync]`.
+    pub(crate) sync: Option<Arc<crate::sync::node::Shared>>,
     /// The WireGuard peers last read (SPEC §11).
     peers: Mutex<PeerSnapshot>,
     /// WireGuard reads that failed since start.
@@ -265,7 +267,17 @@ impl ControlHandler for Daemon {
         );
         render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
         render::json::offload_stats(&mut stats, &self.gateway.port_names(), &self.offloads);
+        if let Some(sync) = &self.sync {
+            stats["sync"] = sync.status();
+        }
         stats
+    }
+
+    fn sync_status(&self) -> Value {
+        match &self.sync {
+            Some(sync) => sync.status(),
+            None => json!({"ok": false, "error": "this gateway has no [sync] section"}),
+        }
     }
 
     fn reload(&self) -> Value {

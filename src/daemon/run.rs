@@ -176,6 +176,22 @@ impl Start<'_> {
                 let _ = std::fs::remove_file(p);
             }
         }
+        // Replication starts before any packet, so every flow is exported.
+        let sync = match &config.sync {
+            Some(settings) => {
+                if settings.key_shared {
+                    warn!(key_file = %settings.key_file.display(), "the sync key file is readable by its group or others; make it mode 0600");
+                }
+                match crate::sync::node::spawn(settings, Arc::clone(&gateway), clock) {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        give_up(ports, bound, taking_over);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
         let event_counters = Arc::clone(events_tx.counters());
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
@@ -230,6 +246,7 @@ impl Start<'_> {
             listener,
             handed_over: AtomicBool::new(false),
             signals: signals.handle(),
+            sync: sync.as_ref().map(|h| Arc::clone(&h.shared)),
         });
         let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
             Ok(s) => Some(s),
@@ -280,6 +297,7 @@ impl Start<'_> {
             hub_thread,
             worker_failed,
             socket,
+            sync,
         })
     }
 }
