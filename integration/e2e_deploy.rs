@@ -31,7 +31,7 @@ fn receive(socket: &UnixDatagram) -> String {
 }
 
 #[test]
-fn readiness_is_sent_once_the_ports_are_up_and_stopping_at_shutdown() {
+fn readiness_is_sent_once_the_ports_are_up_reloads_are_announced_and_stopping_at_shutdown() {
     require_netns!();
     let mut t = Topology::prepare(true, false, FLOWS, "");
     let (socket, path) = notify_socket(&t);
@@ -43,6 +43,45 @@ fn readiness_is_sent_once_the_ports_are_up_and_stopping_at_shutdown() {
     let out = t.in_client(&["ping", "-c", "1", "-W", "2", SERVER4]);
     assert!(out.status.success(), "{out:?}\n{}", t.log());
     assert!(!t.log().contains('\x1b'), "colour codes in a log file");
+    // A reload is bracketed by RELOADING=1, stamped with CLOCK_MONOTONIC,
+    // and READY=1 (sd_notify(3)), from `tunwall reload` and from SIGHUP,
+    // and also when the file is refused (the old policy serves on).
+    let monotonic = || {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
+    };
+    let reloads: [&dyn Fn(&Topology) -> bool; 3] = [
+        &|t| t.cli(&["reload"]).status.success(),
+        &|t| {
+            Command::new("kill")
+                .args(["-HUP", &t.pid().to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        },
+        &|t| {
+            t.rewrite_config(|c| c + "\n[[filter]]\nname = \"broken\"\n");
+            !t.cli(&["reload"]).status.success()
+        },
+    ];
+    for reload in reloads {
+        let before = monotonic();
+        assert!(reload(&t), "{}", t.log());
+        let reloading = receive(&socket);
+        let after = monotonic();
+        let mut lines = reloading.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading:?}");
+        let stamp: u64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"));
+        assert!(
+            (before..=after).contains(&stamp),
+            "{before} {stamp} {after}"
+        );
+        assert_eq!(receive(&socket), "READY=1");
+    }
     assert!(t.stop().success());
     assert_eq!(receive(&socket), "STOPPING=1");
 }

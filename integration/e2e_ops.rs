@@ -159,6 +159,15 @@ fn start_capture(t: &Topology, args: &[&str]) -> std::process::Child {
     child
 }
 
+/// `tcpdump -n -r FILE`.
+fn tcpdump_read(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .output()
+        .expect("tcpdump")
+}
+
 fn finish(child: std::process::Child) -> std::process::Output {
     let mut child = child;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -183,11 +192,7 @@ fn capture_streams_pcapng_that_tcpdump_and_tshark_read() {
     assert!(!refused.status.success(), "inbound ping is blocked");
     let out = finish(capture);
     assert!(out.status.success(), "{}", text(&out));
-    let read = std::process::Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .output()
-        .expect("tcpdump");
+    let read = tcpdump_read(&file);
     let shown = text(&read);
     assert!(read.status.success(), "{shown}");
     assert_eq!(
@@ -239,6 +244,72 @@ fn capture_streams_pcapng_that_tcpdump_and_tshark_read() {
     let shown = text(&read);
     assert!(shown.contains("ICMP echo request"), "{shown}");
     assert!(shown.contains("ICMP echo reply"), "{shown}");
+    assert_eq!(t.stats()["capture_lost"], 0);
+}
+
+/// `capture --filter`: the daemon copies only the packets the expression
+/// passes; a bad expression is refused with its column, by the command and
+/// by the daemon.
+#[test]
+fn capture_filter_keeps_only_the_matching_packets() {
+    require_netns!();
+    let t = Topology::new("max_flows = 1000", UDP_FILTER);
+    let bad = t.cli(&["capture", "--filter", "icmp and port"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("capture filter: at the end: expected a port number"),
+        "{}",
+        text(&bad)
+    );
+    // The daemon checks it too (a client that skips the check).
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(&t.socket).expect("connect");
+    writeln!(
+        stream,
+        "{}",
+        serde_json::json!({"command": "capture", "filter": "tcp or (udp"})
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut answer)
+        .unwrap();
+    let answer: Value = serde_json::from_str(&answer).expect("a JSON answer");
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at the end: expected \")\""),
+        "{answer}"
+    );
+
+    // If the filter were not applied, the UDP datagrams and the IPv6 pings
+    // sent first would fill the two packets the capture waits for.
+    let file = t.dir.join("filtered.pcapng");
+    let filter = format!("icmp and dst host {SERVER4}");
+    let capture = start_capture(
+        &t,
+        &["-c", "2", "-w", file.to_str().unwrap(), "--filter", &filter],
+    );
+    udp_to(&t, &[5000, 5001, 5002]);
+    let ping6 = t.in_client(&["ping", "-c", "2", "-i", "0.2", "-W", "2", netns::SERVER6]);
+    assert!(ping6.status.success(), "{}", text(&ping6));
+    let ping = t.in_client(&["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER4]);
+    assert!(ping.status.success(), "{}", text(&ping));
+    let out = finish(capture);
+    assert!(out.status.success(), "{}", text(&out));
+    let read = tcpdump_read(&file);
+    assert!(read.status.success(), "{}", text(&read));
+    let shown = String::from_utf8_lossy(&read.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    for line in lines {
+        assert!(
+            line.contains(&format!("{CLIENT4} > {SERVER4}: ICMP echo request")),
+            "{shown}"
+        );
+    }
     assert_eq!(t.stats()["capture_lost"], 0);
 }
 

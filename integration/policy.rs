@@ -12,6 +12,7 @@ use std::time::Duration;
 use tunwall::config::Config;
 use tunwall::engine::{HostModel, Verdict};
 use tunwall::event::EventKind;
+use tunwall::explain::Outcome;
 use tunwall::flow::FlowConfig;
 use tunwall::packet::{IpVersion, raw_addr};
 use tunwall::policy::{
@@ -879,6 +880,45 @@ fn explain_packet() -> impl Strategy<Value = String> {
         )
 }
 
+/// A random filter of the translation (SPEC §9): at a redirect layer (a
+/// redirect or an exemption), or at an auth layer on the translated flow
+/// (`original_*` conditions, the `redirected` flag).
+fn translation_filter_text() -> impl Strategy<Value = String> {
+    let pick =
+        |values: Vec<&'static str>| prop::option::weighted(0.3, prop::sample::select(values));
+    let cond = (
+        pick(vec!["protocol = \"tcp\"", "protocol = [\"udp\", 1]"]),
+        pick(vec!["remote_address = \"198.18.2.0/30\""]),
+        pick(vec!["local_address = \"198.18.1.0/31\""]),
+        pick(vec!["remote_port = [1, \"3-5\"]"]),
+        pick(vec!["local_port = \"1-3\""]),
+        pick(vec!["arrival_port = \"lan\"", "arrival_port = \"wan\""]),
+    )
+        .prop_map(|(a, b, c, d, e, f)| {
+            [a, b, c, d, e, f].into_iter().flatten().collect::<Vec<_>>()
+        });
+    let what = prop::sample::select(vec![
+        "layer = \"bind_redirect\"\naction = \"redirect\"\nto_address = [\"198.18.2.100\", \"fd00:9::100\"]",
+        "layer = \"bind_redirect\"\naction = \"redirect\"\nto_address = \"198.18.2.101\"\nto_port = \"20000-20003\"",
+        "layer = \"bind_redirect\"\naction = \"redirect\"\nto_address = \"198.18.1.1\"\nto_port = 6",
+        "layer = \"bind_redirect\"\naction = \"permit\"",
+        "layer = \"connect_redirect\"\naction = \"redirect\"\nto_address = \"198.18.2.5\"\nto_port = 3",
+        "layer = \"connect_redirect\"\naction = \"redirect\"\nto_port = \"1-2\"",
+        "layer = \"connect_redirect\"\naction = \"permit\"",
+        "layer = \"auth_connect\"\naction = \"block\"\nflags = [\"redirected\"]",
+        "layer = \"auth_connect\"\naction = \"permit\"\nhard = true\noriginal_remote_port = \"3-5\"",
+        "layer = \"auth_recv_accept\"\naction = \"permit\"\noriginal_local_address = \"198.18.2.100\"",
+        "layer = \"auth_recv_accept\"\naction = \"block\"\nnot_flags = [\"redirected\"]\noriginal_remote_address = \"198.18.2.0/29\"",
+    ]);
+    let sublayer = prop::sample::select(vec!["default", "a", "b"]);
+    (what, sublayer, 0u8..3, cond).prop_map(|(what, sublayer, weight, cond)| {
+        format!(
+            "{what}\nsublayer = \"{sublayer}\"\nweight = {weight}\n{}\n",
+            cond.join("\n")
+        )
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
 
@@ -889,10 +929,11 @@ proptest! {
     #[test]
     fn explain_agrees_with_the_engine(
         filters in prop::collection::vec(filter_text(), 0..40),
+        translations in prop::collection::vec(translation_filter_text(), 0..12),
         packets in prop::collection::vec(explain_packet(), 10),
     ) {
         let mut text = String::from("[identities]\ngroup = [\"198.18.2.2\", \"198.18.2.7\"]\n\n[[sublayer]]\nname = \"a\"\nweight = 5\n\n[[sublayer]]\nname = \"b\"\nweight = 7\n");
-        for (i, f) in filters.iter().enumerate() {
+        for (i, f) in filters.iter().chain(&translations).enumerate() {
             text.push_str(&format!("\n[[filter]]\nname = \"f{i}\"\n{f}"));
         }
         let registry = CalloutRegistry::default();
@@ -903,14 +944,22 @@ proptest! {
             let policy = Arc::new(Policy::compile(&config.policy, &registry, None).unwrap());
             let explained = tunwall::explain::explain(&config, Arc::clone(&policy), &packet).unwrap();
             for c in &explained.classifications {
+                let shown = tunwall::render::explain::json(&explained);
+                let decision = match &c.outcome {
+                    Outcome::Decision(d) => d,
+                    Outcome::Redirect(r) => {
+                        let reference = policy.redirect_unindexed(&c.request);
+                        prop_assert_eq!(r, &reference, "{} {:?}", line, c.request);
+                        continue;
+                    }
+                };
                 let reference = policy.classify_unindexed(&c.request, &mut Vec::new());
                 prop_assert_eq!(
-                    (c.decision.action, &c.decision.filter),
+                    (decision.action, &decision.filter),
                     (reference.action, &reference.filter),
                     "{} {:?}", line, c.request
                 );
-                let shown = tunwall::render::explain::json(&explained);
-                if let Some(filter) = c.decision.filter.as_deref() {
+                if let Some(filter) = decision.filter.as_deref() {
                     let layer = shown["layers"].as_array().unwrap().iter()
                         .find(|l| l["layer"] == c.request.layer.as_str()).unwrap();
                     let entry = layer["filters"].as_array().unwrap().iter()
@@ -926,6 +975,9 @@ proptest! {
             let arrival = explained.ports.iter().position(|p| *p == packet.arrival).unwrap() as u8;
             let verdict = h.send(arrival, packet.bytes());
             prop_assert_eq!(explained.verdict, verdict, "{}", line);
+            // The translation explain shows is the one the gateway makes.
+            let made = h.flows().into_iter().find_map(|f| f.translation);
+            prop_assert_eq!(&explained.translation, &made, "{}", line);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tunwall::packet::pcap_filter::CaptureFilter;
 
 /// The flow filters of `flows` and `kill`: every one given must match.
 #[derive(clap::Args)]
@@ -109,8 +110,20 @@ pub(crate) fn capture(
     file: Option<&Path>,
     discards: bool,
     count: Option<u64>,
+    filter: Option<String>,
 ) -> ExitCode {
-    let request = serde_json::json!({"command": "capture", "discards": discards, "count": count});
+    // The daemon parses it again; checked here, a mistake is shown before
+    // the gateway is asked (or even when none runs).
+    if let Some(Err(e)) = filter.as_deref().map(CaptureFilter::parse) {
+        eprintln!("tunwall: {e}");
+        return ExitCode::FAILURE;
+    }
+    let request = serde_json::json!({
+        "command": "capture",
+        "discards": discards,
+        "count": count,
+        "filter": filter,
+    });
     let copied = match file {
         Some(path) => std::fs::File::create(path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))

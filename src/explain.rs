@@ -4,16 +4,19 @@
 //! Nothing is re-implemented: the packet is built as bytes and run through
 //! a real engine of a gateway made from the file, whose authorizer is the
 //! compiled policy asked through [`Policy::classify_traced`], the very
-//! evaluation the gateway runs, with a recorder as its trace. The verdict
-//! is the engine's.
+//! evaluation the gateway runs, with a recorder as its trace; so are the
+//! redirect layers, through [`Policy::redirect_traced`]. The verdict and the
+//! translation are the engine's.
 
 use crate::config::Config;
 use crate::engine::{Gateway, Verdict};
 use crate::event::EventKind;
 use crate::flow::FlowInfo;
+use crate::flow::info::TranslationInfo;
 use crate::policy::trace::{Standing, Trace, TraceStep};
 use crate::policy::{
     Action, Authorizer, ClassifyFlags, ClassifyRequest, Decision, Layer, Policy, PolicyNote,
+    Redirect,
 };
 use crate::reason::DropReason;
 use crate::time::Instant;
@@ -248,6 +251,17 @@ pub enum Step {
     Default(Action),
     /// Its callout pended the flow.
     Pended(String),
+    /// At a redirect layer, the first match: it translates (`true`) or exempts.
+    FirstMatch(String, bool),
+}
+
+/// A layer's answer.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// An auth (or `icmp_error`) layer's decision.
+    Decision(Decision),
+    /// A redirect layer's: the translation it asks for, if any.
+    Redirect(Option<Redirect>),
 }
 
 /// One classification the engine asked for while deciding the packet.
@@ -262,7 +276,17 @@ pub struct Classification {
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// The layer's answer.
-    pub decision: Decision,
+    pub outcome: Outcome,
+}
+
+impl Classification {
+    /// The decision of an auth layer (`None` at a redirect layer).
+    pub fn decision(&self) -> Option<&Decision> {
+        match &self.outcome {
+            Outcome::Decision(d) => Some(d),
+            Outcome::Redirect(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -296,6 +320,9 @@ impl Trace for Recorder {
             },
             TraceStep::Default { action } => Step::Default(action),
             TraceStep::Pended { filter, .. } => Step::Pended(filter.into()),
+            TraceStep::FirstMatch {
+                filter, translates, ..
+            } => Step::FirstMatch(filter.into(), translates),
         };
         self.steps.push(step);
     }
@@ -309,18 +336,8 @@ struct Tracing {
     seen: Mutex<Vec<Classification>>,
 }
 
-impl Authorizer for Tracing {
-    fn generation(&self, layer: Layer) -> u32 {
-        self.policy.generation(layer)
-    }
-
-    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
-        let mut request = *request;
-        if self.reauthorize {
-            request.flags.insert(ClassifyFlags::REAUTHORIZE);
-        }
-        let mut recorder = Recorder::default();
-        let decision = self.policy.classify_traced(&request, notes, &mut recorder);
+impl Tracing {
+    fn record(&self, request: ClassifyRequest, recorder: Recorder, outcome: Outcome) {
         let filters = self
             .policy
             .layer_filters(request.layer)
@@ -335,9 +352,36 @@ impl Authorizer for Tracing {
                 filters,
                 candidates: recorder.candidates,
                 steps: recorder.steps,
-                decision: decision.clone(),
+                outcome,
             });
+    }
+}
+
+impl Authorizer for Tracing {
+    fn generation(&self, layer: Layer) -> u32 {
+        self.policy.generation(layer)
+    }
+
+    fn classify(&self, request: &ClassifyRequest, notes: &mut Vec<PolicyNote>) -> Decision {
+        let mut request = *request;
+        if self.reauthorize {
+            request.flags.insert(ClassifyFlags::REAUTHORIZE);
+        }
+        let mut recorder = Recorder::default();
+        let decision = self.policy.classify_traced(&request, notes, &mut recorder);
+        self.record(request, recorder, Outcome::Decision(decision.clone()));
         decision
+    }
+
+    fn has_redirects(&self) -> bool {
+        self.policy.has_redirects()
+    }
+
+    fn redirect(&self, request: &ClassifyRequest) -> Option<Redirect> {
+        let mut recorder = Recorder::default();
+        let redirect = self.policy.redirect_traced(request, &mut recorder);
+        self.record(*request, recorder, Outcome::Redirect(redirect.clone()));
+        redirect
     }
 
     fn flow_created(&self, filter: &Arc<str>) {
@@ -360,6 +404,9 @@ pub struct Explanation {
     pub classifications: Vec<Classification>,
     /// The engine's verdict.
     pub verdict: Verdict,
+    /// The translation of the flow the packet created (SPEC §9): its
+    /// endpoints as seen on the outside port, and the redirect filter.
+    pub translation: Option<TranslationInfo>,
     /// For a drop: the layer and filter the discard names.
     pub discard: Option<(Option<Layer>, Option<Arc<str>>)>,
     /// Vetoes and callout logs the policy noted, as event names and filters.
@@ -409,11 +456,17 @@ pub fn explain(
     }
     let classifications =
         std::mem::take(&mut *tracing.seen.lock().unwrap_or_else(|p| p.into_inner()));
+    // The engine made at most this one flow.
+    let translation = gw
+        .flows(Instant::ZERO)
+        .into_iter()
+        .find_map(|f| f.translation);
     Ok(Explanation {
         packet: packet.clone(),
         ports,
         classifications,
         verdict,
+        translation,
         discard,
         notes,
     })

@@ -126,7 +126,8 @@ enum Command {
     },
     /// Streams packets as pcapng (to FILE or standard output, for
     /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
-    /// carries the comment `reason=… layer=… filter=…`.
+    /// carries the comment `reason=… layer=… filter=…`. The daemon applies
+    /// --filter before copying a packet.
     Capture {
         #[command(flatten)]
         socket: SocketArg,
@@ -139,6 +140,12 @@ enum Command {
         /// Stop after N packets.
         #[arg(short = 'c', long, value_name = "N")]
         count: Option<u64>,
+        /// Only the packets EXPR passes: pcap-filter(7) syntax, the part
+        /// that applies to IP packets — host, net ADDR/LEN, port, portrange,
+        /// src/dst, ip, ip6, tcp, udp, icmp, icmp6, proto N, and, or, not,
+        /// parentheses — e.g. 'tcp port 22 and not host 198.18.1.10'.
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
     },
     /// Lists the flows a callout pended (waiting for `tunwall decide`), with
     /// their age, the packets they hold and their pend timeout.
@@ -276,7 +283,8 @@ fn main() -> ExitCode {
             file,
             discards,
             count,
-        } => client::capture(&socket.socket, file.as_deref(), discards, count),
+            filter,
+        } => client::capture(&socket.socket, file.as_deref(), discards, count, filter),
         Command::Pending { socket, json } => client::query(&socket.socket, "pending", |v| {
             if json {
                 v.to_string() + "\n"

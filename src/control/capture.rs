@@ -1,11 +1,13 @@
 //! `tunwall capture` over the control socket (SPEC §12). One capture runs
 //! at a time, on a thread of its own: it answers `{"ok": true}` on a line,
 //! then streams pcapng ([`crate::render::pcapng`]) from the tap until the
-//! client goes away or `count` packets were sent. A reader that falls
+//! client goes away or `count` packets were sent; with a `filter` (the
+//! pcap-filter subset of [`CaptureFilter`]) only the packets it passes. A reader that falls
 //! behind loses packets at the tap (counted in `capture_lost`); one that
 //! stops reading is cut off after the write timeout.
 
 use crate::io::capture::{CaptureMode, CaptureTap};
+use crate::packet::pcap_filter::CaptureFilter;
 use crate::render::pcapng;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -43,6 +45,16 @@ impl Capture {
 
     /// Serves a `capture` request on `stream` (on a thread of its own).
     pub fn start(&self, mut stream: UnixStream, request: &Value) {
+        let filter = match request.get("filter").and_then(Value::as_str) {
+            Some(text) => match CaptureFilter::parse(text) {
+                Ok(filter) => Some(filter),
+                Err(error) => {
+                    let _ = writeln!(stream, "{}", json!({"ok": false, "error": error}));
+                    return;
+                }
+            },
+            None => None,
+        };
         if self.busy.swap(true, Ordering::Relaxed) {
             let _ = writeln!(
                 stream,
@@ -65,11 +77,11 @@ impl Capture {
         let spawned = std::thread::Builder::new()
             .name("tunwall-capture".into())
             .spawn(move || {
-                info!(?mode, "capture started");
-                if let Err(e) = session(&tap, &ports, mode, count, &stream) {
+                info!(?mode, filtered = filter.is_some(), "capture started");
+                if let Err(e) = session(&tap, &ports, mode, filter, count, &stream) {
                     debug!(error = %e, "capture ended");
                 }
-                tap.set_mode(CaptureMode::Off);
+                tap.set_mode(CaptureMode::Off, None);
                 busy.store(false, Ordering::Relaxed);
                 info!(lost = tap.lost(), "capture stopped");
             });
@@ -83,6 +95,7 @@ fn session(
     tap: &CaptureTap,
     ports: &[String],
     mode: CaptureMode,
+    filter: Option<CaptureFilter>,
     count: Option<u64>,
     stream: &UnixStream,
 ) -> std::io::Result<()> {
@@ -93,7 +106,7 @@ fn session(
     writeln!(out, "{}", json!({"ok": true}))?;
     pcapng::header(&mut out)?;
     out.flush()?;
-    tap.set_mode(mode);
+    tap.set_mode(mode, filter);
     let mut sent = 0u64;
     while count.is_none_or(|c| sent < c) {
         match tap.next(Duration::from_millis(200)) {

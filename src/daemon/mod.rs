@@ -111,8 +111,22 @@ impl Daemon {
     }
 
     /// Reloads the file: compile, refuse what cannot change live, swap the
-    /// one policy of every worker, reauthorize through generations.
+    /// one policy of every worker, reauthorize through generations. The
+    /// service manager is told a reload runs (`RELOADING=1`) and that the
+    /// gateway is ready again after it, whether the new policy or the old
+    /// one is in force (`READY=1`).
     pub fn reload(&self) -> Value {
+        if let Err(e) = crate::io::notify::reloading() {
+            warn!(error = %e, "telling the service manager we reload");
+        }
+        let answer = self.reload_file();
+        if let Err(e) = crate::io::notify::notify("READY=1") {
+            warn!(error = %e, "telling the service manager we are ready again");
+        }
+        answer
+    }
+
+    fn reload_file(&self) -> Value {
         let config = match Config::load(&self.path, &self.registry) {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string()),

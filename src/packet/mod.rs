@@ -11,6 +11,7 @@
 //! fragment and an unfragmented packet alike.
 
 mod icmp;
+pub mod pcap_filter;
 pub mod reject;
 pub mod rewrite;
 

@@ -422,6 +422,90 @@ impl Policy {
         self.arbitrate(request, &candidates, notes, trace)
     }
 
+    /// Classifies `request` at a redirect layer as the gateway does (the
+    /// index, then the first matching filter in order decides), reporting
+    /// each step to `trace`: the redirect it asks for, or `None` (no
+    /// filter matched, or a permit exempts the flow).
+    pub fn redirect_traced<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        trace: &mut T,
+    ) -> Option<Redirect> {
+        let layer = &self.layers[request.layer.index()];
+        if layer.order.is_empty() {
+            trace.step(TraceStep::Candidates {
+                layer: request.layer,
+                ranks: &[],
+            });
+            return None;
+        }
+        let mut candidates = Vec::with_capacity(16);
+        layer.candidates(request, &mut candidates);
+        self.first_match(request, &candidates, trace)
+    }
+
+    /// The reference redirect classification: every filter of the layer in
+    /// order, no index. The indexed path must always agree with it.
+    pub fn redirect_unindexed(&self, request: &ClassifyRequest) -> Option<Redirect> {
+        let n = self.layers[request.layer.index()].order.len() as u32;
+        let ranks: Vec<u32> = (0..n).collect();
+        self.first_match(request, &ranks, &mut ())
+    }
+
+    /// The first of the filters at `ranks` that matches decides a redirect
+    /// layer.
+    fn first_match<T: Trace>(
+        &self,
+        request: &ClassifyRequest,
+        ranks: &[u32],
+        trace: &mut T,
+    ) -> Option<Redirect> {
+        let layer = &self.layers[request.layer.index()];
+        trace.step(TraceStep::Candidates {
+            layer: request.layer,
+            ranks,
+        });
+        for &rank in ranks {
+            let filter = &self.filters[layer.order[rank as usize]];
+            let sublayer = &self.sublayers[filter.sublayer].name;
+            if let Some(condition) = filter.conditions.mismatch(request) {
+                trace.step(TraceStep::Mismatch {
+                    filter: &filter.name,
+                    sublayer,
+                    condition,
+                });
+                continue;
+            }
+            trace.step(TraceStep::FirstMatch {
+                filter: &filter.name,
+                sublayer,
+                translates: matches!(filter.action, FilterAction::Redirect(_)),
+            });
+            let FilterAction::Redirect(target) = filter.action else {
+                // A permit exempts the flow from translation.
+                return None;
+            };
+            let address = match (target.v4, target.v6) {
+                (None, None) => RedirectAddress::Keep,
+                (v4, v6) => match request.version {
+                    IpVersion::V4 => v4.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                    IpVersion::V6 => v6.map_or(RedirectAddress::Missing, RedirectAddress::To),
+                },
+            };
+            let (condition, port) = match request.layer {
+                Layer::ConnectRedirect => (&filter.conditions.remote_port, request.remote_port),
+                _ => (&filter.conditions.local_port, request.local_port),
+            };
+            return Some(Redirect {
+                filter: Arc::clone(&filter.name),
+                address,
+                to_port: target.port,
+                port_base: range_base(condition, port),
+            });
+        }
+        None
+    }
+
     /// The filters of `layer` in evaluation order: (name, sublayer name).
     pub fn layer_filters(&self, layer: Layer) -> Vec<(&str, &str)> {
         self.layers[layer.index()]
@@ -478,40 +562,7 @@ impl Authorizer for Policy {
     }
 
     fn redirect(&self, request: &ClassifyRequest) -> Option<Redirect> {
-        let layer = &self.layers[request.layer.index()];
-        if layer.order.is_empty() {
-            return None;
-        }
-        let mut candidates = Vec::with_capacity(16);
-        layer.candidates(request, &mut candidates);
-        for rank in candidates {
-            let filter = &self.filters[layer.order[rank as usize]];
-            if !filter.conditions.matches(request) {
-                continue;
-            }
-            let FilterAction::Redirect(target) = filter.action else {
-                // A permit exempts the flow from translation.
-                return None;
-            };
-            let address = match (target.v4, target.v6) {
-                (None, None) => RedirectAddress::Keep,
-                (v4, v6) => match request.version {
-                    IpVersion::V4 => v4.map_or(RedirectAddress::Missing, RedirectAddress::To),
-                    IpVersion::V6 => v6.map_or(RedirectAddress::Missing, RedirectAddress::To),
-                },
-            };
-            let (condition, port) = match request.layer {
-                Layer::ConnectRedirect => (&filter.conditions.remote_port, request.remote_port),
-                _ => (&filter.conditions.local_port, request.local_port),
-            };
-            return Some(Redirect {
-                filter: Arc::clone(&filter.name),
-                address,
-                to_port: target.port,
-                port_base: range_base(condition, port),
-            });
-        }
-        None
+        self.redirect_traced(request, &mut ())
     }
 
     fn identity_change_only(&self, layer: Layer, since: u32) -> bool {

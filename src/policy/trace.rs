@@ -44,6 +44,16 @@ pub enum TraceStep<'a> {
         /// (action, hard, from a callout).
         result: Option<(Action, bool, bool)>,
     },
+    /// At a redirect layer, the first filter whose conditions match decides:
+    /// it translates the flow (`redirect`) or exempts it (`permit`).
+    FirstMatch {
+        /// The filter.
+        filter: &'a str,
+        /// Its sublayer.
+        sublayer: &'a str,
+        /// `redirect` (else `permit`).
+        translates: bool,
+    },
     /// A callout pended the flow (SPEC §10): its sublayer has no result.
     Pended {
         /// The filter.

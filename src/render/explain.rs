@@ -2,10 +2,10 @@
 //! from the JSON, so both say the same).
 
 use crate::engine::Verdict;
-use crate::explain::{Classification, Explanation, Step};
-use crate::packet::to_ip_addr;
-use crate::policy::Action;
+use crate::explain::{Classification, Explanation, Outcome, Step};
+use crate::packet::{IpVersion, to_ip_addr};
 use crate::policy::trace::Standing;
+use crate::policy::{Action, RedirectAddress};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 
@@ -32,10 +32,12 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
             Step::SublayerDecided(f)
             | Step::Mismatch(f, _)
             | Step::Matched(f, _)
-            | Step::Pended(f) => f == name,
+            | Step::Pended(f)
+            | Step::FirstMatch(f, _) => f == name,
             _ => false,
         })
     };
+    let first_match = c.steps.iter().any(|s| matches!(s, Step::FirstMatch(..)));
     let filters: Vec<Value> = c
         .filters
         .iter()
@@ -44,6 +46,11 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
             let candidate = c.candidates.contains(&(rank as u32));
             let (evaluated, matched, why) = match find(name) {
                 Some(Step::Matched(_, res)) => (true, json!(true), result(*res)),
+                Some(Step::FirstMatch(_, translates)) => (
+                    true,
+                    json!(true),
+                    json!(if *translates { "redirect" } else { "permit" }),
+                ),
                 Some(Step::Pended(_)) => (true, json!(true), json!("pend")),
                 Some(Step::Mismatch(_, cond)) => {
                     (true, json!(false), json!(format!("{cond} does not match")))
@@ -57,6 +64,11 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
                     false,
                     Value::Null,
                     json!("not a candidate: the index rules out its address or port condition"),
+                ),
+                _ if first_match => (
+                    false,
+                    Value::Null,
+                    json!("an earlier filter matched: the first match decides"),
                 ),
                 _ => (false, Value::Null, Value::Null),
             };
@@ -94,6 +106,7 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
         (crate::policy::ClassifyFlags::FRAGMENT, "fragment"),
         (crate::policy::ClassifyFlags::MULTICAST, "multicast"),
         (crate::policy::ClassifyFlags::BROADCAST, "broadcast"),
+        (crate::policy::ClassifyFlags::REDIRECTED, "redirected"),
     ] {
         if r.flags.contains(flag) {
             flags.push(name);
@@ -114,13 +127,47 @@ fn classification(c: &Classification, ports: &[String]) -> Value {
         },
         "filters": filters,
         "arbitration": arbitration,
-        "decision": {
-            "action": if c.decision.pend.is_some() { "pend" } else { c.decision.action.as_str() },
-            "filter": c.decision.filter.as_deref(),
-            "default": default,
-            "vetoed": c.decision.vetoed,
-        },
+        "original": r.original.map(|o| json!({
+            "local_addr": to_ip_addr(r.version, &o.local_addr).to_string(),
+            "remote_addr": to_ip_addr(r.version, &o.remote_addr).to_string(),
+            "local_port": r.icmp.is_none().then_some(o.local_port),
+            "remote_port": r.icmp.is_none().then_some(o.remote_port),
+        })),
+        "decision": decision(c, default, r.version),
     })
+}
+
+/// A layer's result: an auth layer's action, or a redirect layer's
+/// translation (`redirect`), exemption (`permit`) or `none`.
+fn decision(c: &Classification, default: bool, version: IpVersion) -> Value {
+    match &c.outcome {
+        Outcome::Decision(d) => json!({
+            "action": if d.pend.is_some() { "pend" } else { d.action.as_str() },
+            "filter": d.filter.as_deref(),
+            "default": default,
+            "vetoed": d.vetoed,
+        }),
+        Outcome::Redirect(Some(r)) => json!({
+            "action": "redirect",
+            "filter": &*r.filter,
+            "to_address": match r.address {
+                RedirectAddress::Keep => json!("keep"),
+                RedirectAddress::To(a) => json!(to_ip_addr(version, &a).to_string()),
+                RedirectAddress::Missing => json!("none of this family"),
+            },
+            "to_port": r.to_port.map(|(lo, hi)| if lo == hi { json!(lo) } else { json!(format!("{lo}-{hi}")) }),
+        }),
+        Outcome::Redirect(None) => {
+            let exempt = c.steps.iter().find_map(|s| match s {
+                Step::FirstMatch(f, false) => Some(f.as_str()),
+                _ => None,
+            });
+            json!({
+                "action": if exempt.is_some() { "permit" } else { "none" },
+                "filter": exempt,
+            })
+        }
+    }
 }
 
 /// `tunwall explain --json`.
@@ -132,7 +179,7 @@ pub fn json(e: &Explanation) -> Value {
         }),
         Verdict::Held => json!({
             "action": "hold",
-            "filter": e.classifications.last().and_then(|c| c.decision.filter.as_deref()),
+            "filter": e.classifications.last().and_then(|c| c.decision()?.filter.as_deref()),
         }),
         Verdict::Drop(reason) => {
             let (layer, filter) = e.discard.clone().unwrap_or((None, None));
@@ -153,6 +200,7 @@ pub fn json(e: &Explanation) -> Value {
             "reauthorize": e.packet.reauthorize,
         },
         "layers": e.classifications.iter().map(|c| classification(c, &e.ports)).collect::<Vec<_>>(),
+        "translation": e.translation.as_ref().map(super::json::translation),
         "notes": e.notes.iter().map(|(kind, filter)| json!({"event": kind, "filter": filter})).collect::<Vec<_>>(),
         "verdict": verdict,
     })
@@ -200,6 +248,17 @@ pub fn text(v: &Value) -> String {
                 _ => String::new(),
             }
         );
+        let o = &layer["original"];
+        if !o.is_null() {
+            let _ = writeln!(
+                out,
+                "  original (original_* conditions): {}{} (local) <-> {}{} (remote)",
+                s(&o["local_addr"]),
+                port(&o["local_port"]),
+                s(&o["remote_addr"]),
+                port(&o["remote_port"]),
+            );
+        }
         let mut sublayer = None;
         for f in layer["filters"].as_array().into_iter().flatten() {
             if sublayer != Some(&f["sublayer"]) {
@@ -210,6 +269,10 @@ pub fn text(v: &Value) -> String {
                 let res = &f["result"];
                 if res == "pend" {
                     "matched: its callout pended the flow".to_string()
+                } else if res == "redirect" {
+                    "matched: redirect (the first match decides)".to_string()
+                } else if res == "permit" {
+                    "matched: permit, no translation (the first match decides)".to_string()
                 } else if res.is_string() {
                     "matched: callout returned continue".to_string()
                 } else {
@@ -254,7 +317,27 @@ pub fn text(v: &Value) -> String {
             let _ = writeln!(out, "  arbitration: {} {how}", s(&a["filter"]));
         }
         let d = &layer["decision"];
-        if d["default"] == json!(true) {
+        if d["action"] == "redirect" {
+            let _ = writeln!(
+                out,
+                "  result: redirect by filter {} (to_address {}, to_port {})",
+                s(&d["filter"]),
+                s(&d["to_address"]),
+                if d["to_port"].is_null() {
+                    "keep".to_string()
+                } else {
+                    s(&d["to_port"])
+                }
+            );
+        } else if d["action"] == "none" {
+            let _ = writeln!(out, "  result: no translation (no filter matched)");
+        } else if layer["layer"] == "bind_redirect" || layer["layer"] == "connect_redirect" {
+            let _ = writeln!(
+                out,
+                "  result: no translation (exempted by filter {})",
+                s(&d["filter"])
+            );
+        } else if d["default"] == json!(true) {
             let _ = writeln!(out, "  result: {} (the layer's default)", s(&d["action"]));
         } else {
             let _ = writeln!(
@@ -272,6 +355,28 @@ pub fn text(v: &Value) -> String {
     }
     if no_layer {
         let _ = writeln!(out, "no layer classified the packet");
+    }
+    let t = &v["translation"];
+    if !t.is_null() {
+        let endpoint = |addr: &Value, port: &Value| {
+            if port.is_null() {
+                s(addr)
+            } else {
+                format!("{}:{port}", s(addr))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "translation (filter {}): seen outside as {} (local) <-> {} (remote){}",
+            s(&t["filter"]),
+            endpoint(&t["local_addr"], &t["local_port"]),
+            endpoint(&t["remote_addr"], &t["remote_port"]),
+            if t["icmp_id"].is_null() {
+                String::new()
+            } else {
+                format!(", icmp id {}", t["icmp_id"])
+            }
+        );
     }
     let verdict = &v["verdict"];
     if verdict["action"] == "forward" {

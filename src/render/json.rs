@@ -5,6 +5,7 @@
 use crate::engine::{Gateway, PendingInfo, Stats};
 use crate::event::{Event, EventKind, FlowInfo};
 use crate::flow::FlowClass;
+use crate::flow::info::TranslationInfo;
 use crate::io::worker::IoStats;
 use crate::packet::{protocol_name, to_ip_addr};
 use crate::policy::counters::FilterCounts;
@@ -50,19 +51,30 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_out": f.out.1,
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
-        "translation": f.translation.as_ref().map(|t| {
-            let k = &t.key;
-            let ports = |p: u16| if icmp.is_some() { Value::Null } else { json!(p) };
-            json!({
-                "local_addr": to_ip_addr(version, &k.local).to_string(),
-                "local_port": ports(k.local_port),
-                "remote_addr": to_ip_addr(version, &k.remote).to_string(),
-                "remote_port": ports(k.remote_port),
-                "icmp_id": k.icmp().and_then(|i| i.id),
-                "filter": &*t.filter,
-            })
-        }),
+        "translation": f.translation.as_ref().map(translation),
         "synced": f.synced,
+    })
+}
+
+/// A flow's `translation` (SPEC §9): its endpoints as seen on the outside
+/// port, all four even where unchanged, and the redirect filter.
+pub fn translation(t: &TranslationInfo) -> Value {
+    let k = &t.key;
+    let version = k.version();
+    let ports = |p: u16| {
+        if k.icmp().is_some() {
+            Value::Null
+        } else {
+            json!(p)
+        }
+    };
+    json!({
+        "local_addr": to_ip_addr(version, &k.local).to_string(),
+        "local_port": ports(k.local_port),
+        "remote_addr": to_ip_addr(version, &k.remote).to_string(),
+        "remote_port": ports(k.remote_port),
+        "icmp_id": k.icmp().and_then(|i| i.id),
+        "filter": &*t.filter,
     })
 }
 
