@@ -8,11 +8,12 @@ export CARGO_TERM_COLOR ?= never
 # (`ip` builds the tests' namespaces; the gateway itself needs no iproute2.)
 TOOLS := ip:iproute2 ss:iproute2 ping:iputils-ping iperf3:iperf3 nc:netcat-openbsd python3:python3 \
 	sysctl:procps setpriv:util-linux unshare:util-linux nsenter:util-linux systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev \
-	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl
+	wireguard-go:wireguard-go wg:wireguard-tools jq:jq tcpdump:tcpdump tshark:tshark curl:curl \
+	keepalived:keepalived
 # What bench/throughput.py drives besides TOOLS (not needed by `make test`).
 BENCH_TOOLS := nft:nftables
 
-.PHONY: all build release test lint unit unit-verify bench bench-e2e deps-bench demo demo-vpn deps deps-build clean fuzz fuzz-cmin deb deb-test
+.PHONY: all build release test lint unit unit-verify bench bench-e2e deps-bench demo demo-vpn demo-ha deps deps-build clean fuzz fuzz-cmin deb deb-test
 
 all: build
 
@@ -94,6 +95,12 @@ bench-e2e: deps-bench release
 demo: deps release
 	./scripts/demo.sh
 
+# An HA pair with keepalived in namespaces (docs/ha.md): an iperf3 transfer
+# and an idle TCP connection survive SIGKILL of the active node's tunwall,
+# then of the other after the first came back; prints the failover gaps.
+demo-ha: deps deps-build
+	$(CARGO) test --locked --release --test e2e_ha -- --nocapture
+
 # tunwall as a VPN gateway behind wireguard-go (configs/vpn-gateway.toml):
 # identities from WireGuard peers, permitted and refused traffic per
 # identity, iperf3, `tunwall identities` and `tunwall flows`, a peer
@@ -111,7 +118,7 @@ demo-vpn: deps release
 # A crash stops its target: the input is in fuzz/artifacts/<target>/ and
 # the log in fuzz/artifacts/<target>.log.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= parse engine config state
+FUZZ_TARGETS ?= parse engine config state sync
 FUZZ_FLAGS ?= --sanitizer none
 
 fuzz:

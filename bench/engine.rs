@@ -190,7 +190,7 @@ fn fill(e: &mut Engine, n: usize, packet_for: impl Fn(usize) -> Vec<u8>) {
 
 /// Bytes per flow with 1 000 000 masqueraded UDP flows: 60 000 mappings
 /// (3 750 hosts × 16 ports), each used towards 17 remotes.
-fn million_translated(_c: &mut Criterion) {
+fn million_translated(c: &mut Criterion) {
     const FLOWS: usize = 1_000_000;
     let before = LIVE.load(Ordering::Relaxed);
     let gw = gateway_with(FLOWS, 1, masquerade());
@@ -215,6 +215,9 @@ fn million_translated(_c: &mut Criterion) {
         gw.table().heap_bytes() as f64 / FLOWS as f64,
         gw.nat().aliases.heap_bytes() as f64 / FLOWS as f64,
     );
+    carry_1m(c, &gw, "carry_1m_masquerade", || {
+        gateway_with(FLOWS, 1, masquerade())
+    });
 }
 
 fn policy() -> Arc<dyn Authorizer> {
@@ -435,12 +438,13 @@ fn million_flows(c: &mut Criterion) {
     g.finish();
     assert_eq!(e.stats().discards_total(), 0);
     assert_eq!(gw.flows_active(), FLOWS);
-    carry_1m(c, &gw);
+    carry_1m(c, &gw, "carry_1m", || gateway(FLOWS));
 }
 
 /// SPEC §13: the 1 M-flow table written as a state container (to a sink,
-/// as to a file: one shard's records in memory at a time) and restored.
-fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
+/// as to a file: one shard's records in memory at a time) and restored
+/// into a `fresh` gateway (translations, aliases and mappings included).
+fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>, name: &str, fresh: impl Fn() -> Arc<Gateway>) {
     use tunwall::state::{Container, Header};
     let header = gw.snapshot_header(Header::default());
     let live = LIVE.load(Ordering::Relaxed);
@@ -450,7 +454,7 @@ fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
     size = gw.snapshot(Instant::ZERO, &header, size).expect("snapshot");
     let took = started.elapsed();
     println!(
-        "carry_1m: snapshot of {} flows: {} bytes ({:.1} per flow) in {:.0} ms; {} KiB of heap beyond the table while writing",
+        "{name}: snapshot of {} flows: {} bytes ({:.1} per flow) in {:.0} ms; {} KiB of heap beyond the table while writing",
         gw.flows_active(),
         size.0,
         size.0 as f64 / gw.flows_active() as f64,
@@ -460,7 +464,7 @@ fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
     let bytes = gw
         .snapshot(Instant::ZERO, &header, Vec::with_capacity(size.0))
         .expect("snapshot");
-    let mut g = c.benchmark_group("carry_1m");
+    let mut g = c.benchmark_group(name);
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
     g.bench_function("snapshot", |b| {
@@ -473,13 +477,14 @@ fn carry_1m(c: &mut Criterion, gw: &Arc<Gateway>) {
     });
     g.bench_function("parse_and_restore", |b| {
         b.iter_batched(
-            || gateway(1_000_000),
+            &fresh,
             |fresh| {
                 let container = Container::parse(&bytes).expect("container");
                 let done = fresh
                     .restore(Instant::from_secs(10), &container, Duration::ZERO)
                     .expect("restore");
                 assert_eq!(done.flows, 1_000_000);
+                assert_eq!(fresh.nat().ports_in_use(), gw.nat().ports_in_use());
                 fresh
             },
             BatchSize::PerIteration,

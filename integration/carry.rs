@@ -10,11 +10,10 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tunwall::engine::{Restored, Verdict};
-use tunwall::event::{Event, EventKind, FlowInfo};
+use tunwall::event::{Event, FlowInfo};
 use tunwall::flow::{FlowConfig, TcpState};
 use tunwall::policy::{Action, Authorizer, ClassifyRequest, Decision, FnPolicy};
 use tunwall::reason::CloseReason;
@@ -60,50 +59,6 @@ fn restored(
     h.now = now;
     let done = h.gw.restore(now, &container, elapsed).expect("restore");
     (h, done)
-}
-
-/// Flow ids above `carried` renumbered by first appearance: the two
-/// processes hand out new ids from different blocks.
-struct Ids {
-    carried: u64,
-    map: HashMap<u64, u64>,
-}
-
-impl Ids {
-    fn id(&mut self, id: u64) -> u64 {
-        if id <= self.carried {
-            return id;
-        }
-        let next = self.carried + 1 + self.map.len() as u64;
-        *self.map.entry(id).or_insert(next)
-    }
-
-    fn flow(&mut self, f: &FlowInfo) -> FlowInfo {
-        let mut f = f.clone();
-        f.id = self.id(f.id);
-        f.parent_id = f.parent_id.map(|p| self.id(p));
-        f
-    }
-
-    /// The events of one step, normalized and in a stable order (a sweep
-    /// visits slots in table order, which differs between the two tables).
-    fn events(&mut self, events: &[Event]) -> Vec<String> {
-        let mut out: Vec<String> = events
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                match &mut e.kind {
-                    EventKind::FlowCreated(f) | EventKind::FlowEstablished(f) => *f = self.flow(f),
-                    EventKind::FlowReauthorized { flow, .. }
-                    | EventKind::FlowClosed { flow, .. } => *flow = self.flow(flow),
-                    _ => {}
-                }
-                format!("{e:?}")
-            })
-            .collect();
-        out.sort();
-        out
-    }
 }
 
 /// One step of traffic among a few TCP connections, UDP and ICMP flows and
@@ -260,7 +215,7 @@ proptest! {
         prop_assert_eq!(done.flows, a.flows().len());
         prop_assert!(b.events.is_empty(), "no event for carried flows");
         let carried = a.flows().iter().map(|f| f.id).max().unwrap_or(0);
-        let (mut ia, mut ib) = (Ids { carried, map: HashMap::new() }, Ids { carried, map: HashMap::new() });
+        let (mut ia, mut ib) = (Ids::new(carried), Ids::new(carried));
         prop_assert_eq!(a.flows(), b.flows());
         for s in &after {
             let action = traffic.action(s);

@@ -70,6 +70,7 @@ fn run(target: &str, data: &[u8]) {
         "engine" => harness::engine(data),
         "config" => harness::config(data),
         "state" => harness::state(data),
+        "sync" => harness::sync(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -180,6 +181,11 @@ fn corpus_state() {
 #[test]
 fn regressions_state() {
     replay_regressions("state");
+}
+
+#[test]
+fn corpus_sync() {
+    replay_corpus("sync");
 }
 
 #[test]
@@ -697,7 +703,67 @@ fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
     h.out(udp(ep(C4, 5353), ep("224.0.0.251", 5353), b"m"));
     h.inb(udp(ep("198.18.2.9", 5353), ep(C4, 5353), b"a"));
     h.advance_ms(1500);
-    vec![("empty", empty), ("mixed", h.snapshot())]
+    vec![
+        ("empty", empty),
+        ("mixed", h.snapshot()),
+        ("translated", translated_seed()),
+    ]
+}
+
+/// Translated flows (SPEC §9): masquerade of UDP, TCP and an echo with one
+/// mapping shared by two flows, and a port forward.
+fn translated_seed() -> Vec<u8> {
+    let text = format!(
+        "{PORTS_TOML}\n\
+         [[filter]]\nname = \"masq\"\nlayer = \"bind_redirect\"\naction = \"redirect\"\n\
+         arrival_port = \"lan\"\nto_address = [\"198.18.2.1\", \"fd00:2::1\"]\n\n\
+         [[filter]]\nname = \"fwd\"\nlayer = \"bind_redirect\"\naction = \"redirect\"\n\
+         arrival_port = \"wan\"\nlocal_port = 8080\nprotocol = \"tcp\"\nto_address = \"{C4}\"\n\
+         to_port = 80\n\n\
+         [[filter]]\nname = \"in\"\nlayer = \"auth_recv_accept\"\naction = \"permit\"\n\
+         local_port = 80\nflags = [\"redirected\"]\n"
+    );
+    let registry = tunwall::policy::CalloutRegistry::default();
+    let config = tunwall::config::Config::parse(Path::new("seed.toml"), &text, &registry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = tunwall::policy::Policy::compile(&config.policy, &registry, None).expect("policy");
+    let mut h = Harness::with(
+        tunwall::flow::FlowConfig::with_max_flows(64),
+        tunwall::engine::HostModel::Weak,
+        std::sync::Arc::new(policy),
+    );
+    h.now = tunwall::time::Instant::from_secs(100);
+    h.out(udp(ep(C4, 5000), ep(S4, 53), b"q"));
+    h.out(udp(ep(C4, 5000), ep("198.18.2.21", 53), b"q"));
+    h.out(udp(ep(C6, 5000), ep(S6, 53), b"q"));
+    h.out(TcpConn::new(ep(C4, 40_000), ep(S4, 443)).syn());
+    h.out(echo(C4, S4, true, 9, 1));
+    h.inb(TcpConn::new(ep(S4, 3333), ep("198.18.2.1", 8080)).syn());
+    assert_eq!(h.gw.nat().aliases.len(), 6, "every flow translated");
+    h.snapshot()
+}
+
+/// Items of a sync message (SPEC §15) from the records of the mixed
+/// state seed: every flow, a closure, a bulk resync around them.
+fn sync_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use tunwall::sync::wire::{BULK_BEGIN, BULK_END, CLOSE, FLOW};
+    let (_, mixed) = state_seeds().pop().expect("the mixed seed");
+    let container = tunwall::state::Container::parse(&mixed).expect("the seed parses");
+    let records: Vec<Vec<u8>> = container
+        .records()
+        .map(|r| r.expect("record").1.to_vec())
+        .collect();
+    let mut flows = Vec::new();
+    for r in &records {
+        flows.push(FLOW);
+        flows.extend_from_slice(r);
+    }
+    let mut bulk = vec![BULK_BEGIN];
+    bulk.extend_from_slice(&flows);
+    bulk.push(CLOSE);
+    bulk.extend_from_slice(&records[0]);
+    bulk.push(BULK_END);
+    vec![("flows", flows), ("bulk", bulk), ("empty", Vec::new())]
 }
 
 /// Writes the hand-made seeds into fuzz/corpus/ and the hand-made
@@ -718,6 +784,9 @@ fn write_seeds() {
     }
     for (name, bytes) in state_seeds() {
         write("corpus", "state", &format!("seed-{name}"), &bytes);
+    }
+    for (name, bytes) in sync_seeds() {
+        write("corpus", "sync", &format!("seed-{name}"), &bytes);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in ["demo.toml", "example.toml"] {

@@ -215,6 +215,31 @@ fn command(
     }
 }
 
+/// `tunwall sync status`: exits 1 if the gateway has no `[sync]`.
+pub(crate) fn sync_status(socket: &Path, json: bool) -> ExitCode {
+    match tunwall::control::request(socket, "sync_status") {
+        Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(false)) => {
+            eprintln!(
+                "tunwall: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("error")
+            );
+            ExitCode::FAILURE
+        }
+        Ok(v) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", tunwall::render::text::sync_status(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tunwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sends `command`; prints `render(answer)`, or the error and exits 1.
 pub(crate) fn query(
     socket: &Path,

@@ -74,6 +74,8 @@ named_enum! {
         /// The addresses of an identity a filter of the flow's layer names
         /// changed (SPEC §11).
         IdentityChange => "identity_change",
+        /// The first packet here of a flow replicated from the HA peer (SPEC §15).
+        Failover => "failover",
     }
 }
 

@@ -14,6 +14,8 @@
 //! old → new   the state container (Offer::state_len bytes)
 //!             (new: restores, starts its workers, serves the control socket)
 //! new → old   {"running": flows}
+//!             (old: tells the service manager the new main pid)
+//! old → new   {"main": pid}                          (new: READY=1 to the service manager)
 //! ```
 //!
 //! Either side reports a failure as `{"error": "…"}`. The old process gives
@@ -70,8 +72,13 @@ pub struct Offer {
     /// They carry UDP superframes too (USO granted).
     #[serde(default)]
     pub udp_gso: bool,
-    /// The control socket the last descriptor listens on.
+    /// The control socket the descriptor after the queues listens on.
     pub socket: PathBuf,
+    /// The metrics address (`[metrics] listen`) the last descriptor listens
+    /// on, if the old process serves metrics: the new one serves on the
+    /// same socket, so the port is never closed.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The length of the state container that follows.
     pub state_len: u64,
 }
@@ -80,7 +87,8 @@ pub struct Offer {
 pub struct Payload {
     /// The offer.
     pub offer: Offer,
-    /// Queues port by port, then the control listener.
+    /// Queues port by port, then the control listener, then the metrics
+    /// listener if [`Offer::metrics`].
     pub fds: Vec<OwnedFd>,
     /// The state container.
     pub state: Vec<u8>,
@@ -112,12 +120,16 @@ fn fail(reason: impl Into<String>, paused: bool) -> Failed {
 }
 
 /// The old side: starts `binary` with this process's arguments and hands
-/// over what `pause` gathers (it stops the workers first). On failure the
-/// child is killed; the caller resumes its workers if `paused`.
+/// over what `pause` gathers (it stops the workers first). Once the new
+/// process runs, `running` is called with its pid (the service manager
+/// learns its new main pid) before the new process hears it is the main
+/// one. On failure the child is killed; the caller resumes its workers if
+/// `paused`.
 pub fn hand_over(
     binary: &Path,
     socket: &Path,
     pause: impl FnOnce() -> Result<Payload, String>,
+    running: impl FnOnce(u32),
 ) -> Result<Done, Failed> {
     let path = socket.with_file_name(format!(
         ".{}.handover.{}",
@@ -145,7 +157,7 @@ pub fn hand_over(
             return Err(fail(format!("starting {}: {e}", binary.display()), false));
         }
     };
-    let result = converse(&listener, &mut child, started, pause);
+    let result = converse(&listener, &mut child, started, pause, running);
     let _ = std::fs::remove_file(&path);
     if result.is_err() {
         let _ = child.kill();
@@ -159,6 +171,7 @@ fn converse(
     child: &mut Child,
     started: Instant,
     pause: impl FnOnce() -> Result<Payload, String>,
+    on_running: impl FnOnce(u32),
 ) -> Result<Done, Failed> {
     let pid = child.id();
     let stream = accept(listener, child, started)?;
@@ -192,6 +205,9 @@ fn converse(
         .get("running")
         .and_then(Value::as_u64)
         .ok_or_else(|| fail("the new process did not say it was running", true))?;
+    on_running(pid);
+    // Past this point the new process forwards: a lost answer changes nothing.
+    let _ = writeln!(&stream, "{}", json!({ "main": pid }));
     Ok(Done { pid, flows })
 }
 
@@ -367,6 +383,15 @@ impl Incoming {
     /// Tells the old process this one forwards, carrying `flows` flows.
     pub fn running(&self, flows: usize) -> io::Result<()> {
         self.say(json!({"running": flows}))
+    }
+
+    /// Waits (at most 2 s) until the old process says this one is the
+    /// service's main process now; `false` if it did not say so (an old
+    /// process from before this message, or one that went away).
+    pub fn wait_main(&self) -> bool {
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut reader = BufReader::new(&self.stream);
+        read_message(&mut reader).is_ok_and(|m| m.get("main").is_some())
     }
 
     /// Tells the old process this one failed.

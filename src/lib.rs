@@ -37,6 +37,7 @@ pub mod render;
 pub mod restart;
 pub mod route;
 pub mod state;
+pub mod sync;
 pub mod testkit;
 pub mod time;
 pub mod wireguard;

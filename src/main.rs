@@ -119,6 +119,11 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// The HA pair's flow replication (SPEC §15).
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
     /// Streams packets as pcapng (to FILE or standard output, for
     /// `tcpdump -r -` or Wireshark) until interrupted; a dropped packet
     /// carries the comment `reason=… layer=… filter=…`. The daemon applies
@@ -223,6 +228,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// The peer, the link's state (up, down or resyncing), its message
+    /// counters and the replication lag. Exits 1 if the gateway has no
+    /// [sync] section.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -256,6 +275,9 @@ fn main() -> ExitCode {
                 tunwall::render::text::stats(v)
             }
         }),
+        Command::Sync {
+            command: SyncCommand::Status { socket, json },
+        } => client::sync_status(&socket.socket, json),
         Command::Capture {
             socket,
             file,

@@ -179,17 +179,26 @@ impl Daemon {
             }
             running.gateway.control_socket.clone()
         };
+        let moved = new.gateway.control_socket != socket;
         let binary = match binary.map_or_else(current_binary, Ok) {
             Ok(b) => b,
             Err(e) => return refuse(format!("the running binary: {e}")),
         };
         info!(binary = %binary.display(), "upgrade: starting the new process");
-        match handover::hand_over(&binary, &socket, || self.pack()) {
+        // Under systemd (`Type=notify`, `NotifyAccess=main`) this process,
+        // the main one, names the new main pid; only then does the new one
+        // say READY=1 (see [`crate::handover`]).
+        let main_pid = |pid: u32| {
+            if let Err(e) = crate::io::notify::notify(&format!("MAINPID={pid}")) {
+                warn!(error = %e, "telling the service manager the new main pid");
+            }
+        };
+        match handover::hand_over(&binary, &socket, || self.pack(), main_pid) {
             Ok(done) => {
                 info!(to_pid = done.pid, flows = done.flows, "handed over");
-                // Under systemd (`Type=notify`) the new process is the service now.
-                if let Err(e) = crate::io::notify::notify(&format!("MAINPID={}", done.pid)) {
-                    warn!(error = %e, "telling the service manager the new main pid");
+                if moved {
+                    // The new process listens elsewhere: this path is stale.
+                    let _ = std::fs::remove_file(&socket);
                 }
                 self.hub.emit(json!({
                     "event": "handover",
@@ -228,6 +237,9 @@ impl Daemon {
             .as_ref()
             .ok_or("no control socket to hand over")?;
         fds.push(listener.try_clone().map_err(|e| e.to_string())?);
+        if let Some((_, metrics)) = &self.metrics {
+            fds.push(metrics.try_clone().map_err(|e| e.to_string())?);
+        }
         let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Payload {
             offer: Offer {
@@ -245,6 +257,7 @@ impl Daemon {
                 vnet_hdr: self.ports.first().is_some_and(|p| p.vnet_hdr),
                 udp_gso: self.ports.first().is_some_and(|p| p.udp_gso),
                 socket: config.gateway.control_socket.clone(),
+                metrics: self.metrics.as_ref().map(|(addr, _)| *addr),
                 state_len: state.len() as u64,
             },
             fds,
@@ -278,6 +291,15 @@ impl Daemon {
         }
         if let Err(e) = incoming.running(flows) {
             warn!(error = %e, "telling the old process");
+        }
+        if !incoming.wait_main() {
+            warn!("the old process did not confirm the hand-over to the service manager");
+        }
+        if let Err(e) = crate::io::notify::notify(&format!(
+            "READY=1\nSTATUS=forwarding (took over from pid {})",
+            from.map_or(0, |h| h.pid)
+        )) {
+            warn!(error = %e, "telling the service manager we are ready");
         }
         info!(flows, "took over");
     }

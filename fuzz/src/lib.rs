@@ -696,4 +696,92 @@ fn state_once(data: &[u8]) {
     }
     assert!(restored.is_subset(&closed), "a restored flow never closed");
     assert_eq!(gw.flows_active(), 0);
+    // Every restored translation went with its flow: no alias left, and
+    // every port mapping released as often as it was taken again.
+    assert_eq!(gw.nat().aliases.len(), 0, "an alias outlived its flow");
+    assert_eq!(gw.nat().ports_in_use(), 0, "a restored port never released");
+}
+
+// ----------------------------------------------------------------- sync --
+
+/// The fuzzed node's sync settings: node 1, its peer node 2.
+fn sync_config(key: u8) -> tunwall::sync::SyncConfig {
+    tunwall::sync::SyncConfig {
+        listen: "198.18.9.1:7946".parse().expect("address"),
+        peer: "198.18.9.2:7946".parse().expect("address"),
+        key_file: "sync.key".into(),
+        key: [key; 32],
+        key_shared: false,
+    }
+}
+
+/// The `sync` target: the HA sync decoder (SPEC §15). The bytes go to a
+/// node as a datagram as they are (they must be refused: they carry no
+/// valid tag, and nothing is applied), then sealed with the pair's key as
+/// the items of the peer's first message, so that mutations reach the
+/// item and flow-record decoders and the table: what is applied is marked
+/// synced, stays within `max_flows`, and is never indicated as created or
+/// closed; the same datagram again is refused as a replay.
+pub fn sync(data: &[u8]) {
+    use tunwall::sync::replicator::Replicator;
+    use tunwall::sync::wire::{self, Header, Key};
+    let options = Options {
+        max_flows: 32,
+        shards: 2,
+        ..Options::default()
+    };
+    let (gw, mut engines) = gateway(&options);
+    let now = Instant::from_secs(1 << 20);
+    let mut node = Replicator::new(&sync_config(5), Arc::clone(&gw), 1).expect("replicator");
+    let status = |node: &Replicator| node.status(now);
+    node.receive(now, &mut data.to_vec());
+    assert_eq!(
+        gw.flows_active(),
+        0,
+        "an unauthenticated datagram applied flows"
+    );
+    assert_eq!(status(&node)["rejected"], 1);
+    let header = Header {
+        node: 2,
+        session: 7,
+        counter: 1,
+    };
+    let mut sealed = Vec::new();
+    wire::seal(&Key::new(&[5; 32]), header, 0, 1, 1, data, &mut sealed);
+    node.receive(now, &mut sealed.clone());
+    // Items that do not parse refuse the whole message (nothing applied).
+    let accepted = status(&node)["rejected"] == 1;
+    let flows = gw.flows(now);
+    assert_eq!(flows.len(), gw.flows_active());
+    assert!(flows.len() <= 32);
+    assert!(
+        flows.iter().all(|f| f.synced),
+        "a replicated flow not marked"
+    );
+    let applied = flows.len();
+    node.receive(now, &mut sealed);
+    assert_eq!(
+        gw.flows_active(),
+        applied,
+        "a replayed datagram applied flows"
+    );
+    if accepted {
+        assert_eq!(status(&node)["rejected_by"]["replayed"], 1);
+    } else {
+        assert_eq!(applied, 0, "a refused message applied flows");
+        assert_eq!(status(&node)["rejected_by"]["bad_body"], 2);
+    }
+    let engine = &mut engines[0];
+    engine.handle_timeout(now + Duration::from_secs(3600));
+    engine.close_all(now + Duration::from_secs(3600), true);
+    for event in engine.drain_events() {
+        assert!(
+            !matches!(
+                event.kind,
+                EventKind::FlowCreated(_) | EventKind::FlowClosed { .. }
+            ),
+            "a replicated flow indicated: {event:?}"
+        );
+    }
+    assert_eq!(gw.flows_active(), 0);
 }

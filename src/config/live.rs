@@ -22,6 +22,9 @@ impl Config {
         if self.events != new.events {
             changes.push("[events]".to_string());
         }
+        if self.sync != new.sync {
+            changes.push("[sync]".to_string());
+        }
         if self.metrics_listen != new.metrics_listen {
             changes.push("[metrics]".to_string());
         }
@@ -55,6 +58,14 @@ impl Config {
         }
         if self.gateway.offload != new.gateway.offload {
             changes.push("[gateway] offload".to_string());
+        }
+        if self.gateway.state_file.is_none() && new.gateway.state_file.is_some() {
+            // The devices tunwall created are not persistent: handed over as
+            // they are, the new process's stop could not keep them.
+            changes.push(
+                "[gateway] state_file added (the devices it needs persistent were created without it)"
+                    .to_string(),
+            );
         }
         if changes.is_empty() {
             Ok(())

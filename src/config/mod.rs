@@ -14,6 +14,7 @@ mod live;
 mod policy;
 mod redirect;
 mod schema;
+mod sync;
 mod validate;
 
 pub use lint::warnings;
@@ -168,6 +169,8 @@ pub struct Config {
     pub wireguard: Vec<WireguardConfig>,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[sync]` (SPEC §15), if this node is one of an HA pair.
+    pub sync: Option<crate::sync::SyncConfig>,
     /// `[metrics] listen`: where Prometheus reads `GET /metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }

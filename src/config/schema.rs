@@ -29,6 +29,7 @@ pub(super) struct Raw {
     pub(super) filters: Vec<RawFilter>,
     #[serde(default)]
     pub(super) events: RawEvents,
+    pub(super) sync: Option<Spanned<RawSync>>,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
 }
@@ -37,6 +38,15 @@ pub(super) struct Raw {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) listen: Option<Spanned<String>>,
+}
+
+/// `[sync]` (SPEC §15).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) listen: Spanned<String>,
+    pub(super) peer: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

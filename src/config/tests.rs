@@ -578,6 +578,77 @@ fn dot_names_and_ports_on_icmp_only_filters_are_refused() {
     assert!(parse(&filter("name = \"x\"\nlayer = \"auth_connect\"\naction = \"block\"\nprotocol = [\"icmp\", \"udp\"]\nremote_port = 22")).is_ok());
 }
 
+/// `[sync]` (SPEC §15): endpoints, and a key file of exactly 32 bytes,
+/// every error located at its key.
+#[test]
+fn sync_section() {
+    let dir = std::env::temp_dir().join(format!("tunwall-sync-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.key");
+    std::fs::write(&good, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let short = dir.join("short.key");
+    std::fs::write(&short, [9u8; 31]).unwrap();
+    std::fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let section = |listen: &str, peer: &str, key: &Path| {
+        format!(
+            "{PORTS}\n[sync]\nlisten = \"{listen}\"\npeer = \"{peer}\"\nkey_file = \"{}\"\n",
+            key.display()
+        )
+    };
+    let config = parse(&section("198.18.9.1:7946", "198.18.9.2:7946", &good)).unwrap();
+    let sync = config.sync.as_ref().expect("[sync]");
+    assert_eq!(sync.key, [9; 32]);
+    assert_eq!(sync.node_ids(), (1, 2));
+    assert!(!sync.key_shared);
+    assert!(
+        !format!("{sync:?}").contains("9, 9"),
+        "the key is never printed"
+    );
+    // The section starts on line 14.
+    fails(
+        &section("198.18.9.1", "198.18.9.2:7946", &good),
+        15,
+        10,
+        "not an address and port",
+    );
+    fails(
+        &section("198.18.9.1:1", "198.18.9.1:1", &good),
+        16,
+        8,
+        "own listen address",
+    );
+    fails(
+        &section("198.18.9.1:1", "198.18.9.2:1", &short),
+        17,
+        12,
+        "holds 31 bytes",
+    );
+    fails(
+        &section("198.18.9.1:1", "198.18.9.2:1", &dir.join("missing")),
+        17,
+        12,
+        "cannot read",
+    );
+    fails(
+        &format!("{PORTS}\n[sync]\nlisten = \"198.18.9.1:1\"\n"),
+        14,
+        1,
+        "missing field",
+    );
+    std::fs::write(&short, [1u8; 32]).unwrap();
+    let shared = parse(&section("198.18.9.2:1", "198.18.9.1:1", &short)).unwrap();
+    let sync = shared.sync.unwrap();
+    assert!(sync.key_shared, "a 0644 key file is reported");
+    assert_eq!(sync.node_ids(), (2, 1));
+    // A reload cannot change [sync].
+    let other = parse(&section("198.18.9.1:7946", "198.18.9.3:7946", &good)).unwrap();
+    let e = config.reloadable_from(&other).unwrap_err();
+    assert!(e.contains("[sync]"), "{e}");
+    assert!(config.reloadable_from(&config.clone()).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn pend_rules() {
     let f = |layer: &str, body: &str| filter(&format!("name = \"f\"\nlayer = \"{layer}\"\n{body}"));

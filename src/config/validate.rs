@@ -122,6 +122,7 @@ impl Loader<'_> {
         policy.resolve_identities(&Default::default());
         let discard_rate =
             self.count(&raw.events.discard_rate, "discard_rate", 0, 1_000_000, 100)? as u32;
+        let sync = self.sync(&raw.sync)?;
         let reject_rate =
             self.count(&raw.events.reject_rate, "reject_rate", 0, 1_000_000, 100)? as u32;
         let metrics_listen = match &raw.metrics.listen {
@@ -148,6 +149,7 @@ impl Loader<'_> {
                 discard_rate,
                 reject_rate,
             },
+            sync,
             metrics_listen,
         })
     }

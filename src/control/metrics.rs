@@ -38,6 +38,24 @@ impl MetricsListener {
         Ok(MetricsListener { listener, addr })
     }
 
+    /// A listener handed over by the process a `tunwall upgrade` replaces
+    /// (SPEC §13): the same socket, so the port is never closed.
+    pub fn adopt(listener: TcpListener) -> std::io::Result<MetricsListener> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok(MetricsListener { listener, addr })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A descriptor of the listening socket, to hand over at an upgrade.
+    pub fn handover_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(self.listener.try_clone()?.into())
+    }
+
     /// Serves `handler`'s counters on a thread of its own.
     pub fn serve(self, handler: Arc<dyn ControlHandler>) -> std::io::Result<MetricsServer> {
         let stop = Arc::new(AtomicBool::new(false));

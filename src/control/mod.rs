@@ -49,6 +49,10 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn upgrade(&self, _binary: Option<PathBuf>) -> Value {
         json!({"ok": false, "error": "upgrade is not supported here"})
     }
+    /// `tunwall sync status` (SPEC §15).
+    fn sync_status(&self) -> Value {
+        json!({"ok": false, "error": "no [sync]"})
+    }
     /// Whether to go on accepting connections (false once handed over:
     /// the socket belongs to the new process).
     fn serving(&self) -> bool {
@@ -284,6 +288,7 @@ fn answer(stream: UnixStream, handler: &dyn ControlHandler) -> std::io::Result<(
             return Ok(());
         }
         "stats" => handler.stats(),
+        "sync_status" => handler.sync_status(),
         "reload" => handler.reload(),
         "upgrade" => handler.upgrade(
             request

@@ -33,5 +33,6 @@ pub(super) fn open(config: &Config, workers: usize) -> anyhow::Result<Opened> {
         carried,
         bound,
         ports,
+        metrics: None,
     })
 }

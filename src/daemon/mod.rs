@@ -50,6 +50,8 @@ struct Opened {
     carried: Option<Vec<u8>>,
     bound: BoundSocket,
     ports: Vec<Port>,
+    /// The metrics listener handed over by the process taken over from.
+    metrics: Option<crate::control::metrics::MetricsListener>,
 }
 
 /// The running gateway as the control socket and signals see it.
@@ -68,10 +70,14 @@ pub struct Daemon {
     pub(crate) ports: Vec<Port>,
     /// A copy of the listening control socket, to hand over.
     pub(crate) listener: Option<std::os::fd::OwnedFd>,
+    /// The metrics address and a copy of its listening socket, to hand over.
+    pub(crate) metrics: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
     /// Set once an upgrade handed everything over: the gateway exits.
     pub(crate) handed_over: AtomicBool,
     /// Ends the signal loop.
     pub(crate) signals: signal_hook::iterator::Handle,
+    /// The HA sync thread's status (SPEC §15), with `[sync]`.
+    pub(crate) sync: Option<Arc<crate::sync::node::Shared>>,
     /// The WireGuard peers last read (SPEC §11).
     peers: Mutex<PeerSnapshot>,
     /// WireGuard reads that failed since start.
@@ -265,7 +271,17 @@ impl ControlHandler for Daemon {
         );
         render::json::wireguard_stats(&mut stats, self.wireguard_errors.load(Ordering::Relaxed));
         render::json::offload_stats(&mut stats, &self.gateway.port_names(), &self.offloads);
+        if let Some(sync) = &self.sync {
+            stats["sync"] = sync.status();
+        }
         stats
+    }
+
+    fn sync_status(&self) -> Value {
+        match &self.sync {
+            Some(sync) => sync.status(),
+            None => json!({"ok": false, "error": "this gateway has no [sync] section"}),
+        }
     }
 
     fn reload(&self) -> Value {

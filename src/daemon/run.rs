@@ -107,6 +107,7 @@ impl Start<'_> {
             carried,
             bound,
             mut ports,
+            metrics: handed_metrics,
         } = opened;
         let taking_over = incoming.is_some();
         let workers = config.gateway.workers.count();
@@ -137,10 +138,15 @@ impl Start<'_> {
             },
             None => None,
         };
-        let metrics = match config.metrics_listen.map(MetricsListener::bind).transpose() {
+        let bound_metrics = match handed_metrics {
+            Some(m) => Ok(Some(m)),
+            None => config.metrics_listen.map(MetricsListener::bind).transpose(),
+        };
+        let metrics = match bound_metrics {
             Ok(m) => m,
-            // During an upgrade the old process still listens: the new one
-            // goes without metrics rather than failing the hand-over.
+            // An upgrade moving metrics to an address the old process (or
+            // another) still holds: the new one goes without metrics
+            // rather than failing the hand-over.
             Err(e) if taking_over => {
                 warn!(error = %e, "metrics not served after the upgrade");
                 None
@@ -176,6 +182,22 @@ impl Start<'_> {
                 let _ = std::fs::remove_file(p);
             }
         }
+        // Replication starts before any packet, so every flow is exported.
+        let sync = match &config.sync {
+            Some(settings) => {
+                if settings.key_shared {
+                    warn!(key_file = %settings.key_file.display(), "the sync key file is readable by its group or others; make it mode 0600");
+                }
+                match crate::sync::node::spawn(settings, Arc::clone(&gateway), clock) {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        give_up(ports, bound, taking_over);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let (events_tx, events_rx) = event_queue(queue::DEFAULT_LIMIT);
         let event_counters = Arc::clone(events_tx.counters());
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
@@ -210,6 +232,9 @@ impl Start<'_> {
             .try_clone()
             .ok()
             .map(std::os::fd::OwnedFd::from);
+        let metrics_fd = metrics
+            .as_ref()
+            .and_then(|m| Some((m.addr(), m.handover_fd().ok()?)));
         let wireguard_configs = config.wireguard.clone();
         let wireguard_errors = Arc::new(AtomicU64::new(0));
         let daemon = Arc::new(Daemon {
@@ -228,8 +253,10 @@ impl Start<'_> {
             capture: Capture::new(tap, config_ports),
             ports,
             listener,
+            metrics: metrics_fd,
             handed_over: AtomicBool::new(false),
             signals: signals.handle(),
+            sync: sync.as_ref().map(|h| Arc::clone(&h.shared)),
         });
         let server = match bound.serve(Arc::clone(&daemon) as Arc<dyn ControlHandler>) {
             Ok(s) => Some(s),
@@ -280,6 +307,7 @@ impl Start<'_> {
             hub_thread,
             worker_failed,
             socket,
+            sync,
         })
     }
 }

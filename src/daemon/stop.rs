@@ -24,6 +24,7 @@ pub(super) struct Running {
     pub(super) hub_thread: std::thread::JoinHandle<()>,
     pub(super) worker_failed: Arc<AtomicBool>,
     pub(super) socket: PathBuf,
+    pub(super) sync: Option<crate::sync::node::SyncHandle>,
 }
 
 impl Running {
@@ -41,6 +42,7 @@ impl Running {
             hub_thread,
             worker_failed,
             socket,
+            sync,
         } = self;
         let mut failed = server.is_none();
         if !failed {
@@ -109,6 +111,9 @@ impl Running {
             {
                 failed = true;
             }
+        }
+        if let Some(sync) = sync {
+            sync.stop();
         }
         let _ = hub.control.send(HubMessage::Stop);
         let _ = hub_thread.join();

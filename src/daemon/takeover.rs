@@ -5,6 +5,7 @@
 use super::Opened;
 use crate::config::Config;
 use crate::control::BoundSocket;
+use crate::control::metrics::MetricsListener;
 use crate::handover::Incoming;
 use crate::io::Port;
 use crate::restart;
@@ -28,8 +29,9 @@ pub(super) fn take_over(
         "the ports handed over ({}) are not this configuration's",
         names.join(", ")
     );
+    let listeners = 1 + usize::from(offer.metrics.is_some());
     anyhow::ensure!(
-        offer.queues == workers && received.fds.len() == offer.ports.len() * workers + 1,
+        offer.queues == workers && received.fds.len() == offer.ports.len() * workers + listeners,
         "{} descriptors for {} ports of {} queues, this configuration runs {workers} workers",
         received.fds.len(),
         offer.ports.len(),
@@ -62,10 +64,19 @@ pub(super) fn take_over(
     } else {
         BoundSocket::bind(socket, config.gateway.control_socket_group.as_deref())?
     };
+    // The metrics socket goes on if the address stayed; otherwise the
+    // gateway binds the configured one (the old process lets go of its own).
+    let metrics = match fds.next() {
+        Some(fd) if offer.metrics == config.metrics_listen => {
+            Some(MetricsListener::adopt(std::net::TcpListener::from(fd))?)
+        }
+        _ => None,
+    };
     restart::check(&received.state, config)?;
     Ok(Opened {
         carried: Some(received.state),
         bound,
         ports,
+        metrics,
     })
 }

@@ -322,5 +322,6 @@ impl Local {
         {
             self.established(gw, a.now, shard, slot);
         }
+        self.export(gw, shard, slot);
     }
 }

@@ -8,15 +8,24 @@
 //! removes one indicates it at `endpoint_closure`. A flow whose timer ran
 //! out in between is dropped without an event, as if it had expired
 //! unobserved.
+//!
+//! A translated flow (SPEC §9) is carried with its translation: its alias
+//! comes back, and its port mapping is taken again in the allocator once
+//! per flow, so a mapping shared by several flows is shared again and
+//! released with its last flow. A translated flow that expired meanwhile
+//! holds nothing: its port is free in the new process.
 
 use super::Gateway;
 use super::admission::wildcard_key;
 use super::pend::CarriedPend;
-use crate::flow::record::{self, FLOW_RECORD_LEN};
+use crate::flow::record::{self, FLOW_RECORD_LEN, FilterNames};
+use crate::flow::table::SlotId;
 use crate::flow::wildcard::Wildcard;
-use crate::flow::{FlowClass, FlowInfo, FlowKey};
+use crate::flow::{FlowClass, FlowEntry, FlowInfo, FlowKey};
+use crate::nat::{AliasTarget, MapKey, Translation};
+use crate::packet::RawAddr;
 use crate::policy::{Action, ClassifyFlags, Layer};
-use crate::state::{Container, FLOW, Header, PENDING, StateError, Writer};
+use crate::state::{Container, FLOW, Header, PENDING, StateError, TRANSLATION, Writer, frame};
 use crate::time::Instant;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -149,19 +158,24 @@ impl Gateway {
         for idx in 0..self.table.shard_count() {
             buf.clear();
             let group = self.table.group_of_shard(idx) as u16;
+            let mut records = 0;
             {
                 let shard = self.table.lock_shard(idx);
-                buf.reserve(shard.len() * FLOW_RECORD_LEN);
+                buf.reserve(shard.len() * (5 + FLOW_RECORD_LEN));
                 for (slot, entry) in shard.iter() {
-                    // Translations (SPEC §9) are not carried yet: such a
-                    // flow would ride on untranslated, so it stays behind.
-                    if shard.translation(slot).is_some() {
-                        continue;
+                    frame(&mut buf, FLOW, |out| {
+                        record::encode(entry, shard.parent(slot), group, now, out)
+                    });
+                    records += 1;
+                    if let Some(t) = shard.translation(slot) {
+                        frame(&mut buf, TRANSLATION, |out| {
+                            record::encode_translation(entry.id(), t, out)
+                        });
+                        records += 1;
                     }
-                    record::encode(entry, shard.parent(slot), group, now, &mut buf);
                 }
             }
-            writer.records(FLOW, FLOW_RECORD_LEN, &buf)?;
+            writer.framed(&buf, records)?;
         }
         for pending in self.carried_pending() {
             buf.clear();
@@ -190,11 +204,21 @@ impl Gateway {
             return Err(StateError::Corrupt("next flow id out of range".into()));
         }
         let ports = self.config.ports.len();
-        let mut ids = HashSet::with_capacity(container.len() as usize);
+        let mut ids =
+            HashSet::with_capacity_and_hasher(container.len() as usize, ahash::RandomState::new());
         let mut waiting = HashSet::new();
         let mut pendings = Vec::new();
+        let mut names = FilterNames::default();
+        let mut translations = TranslationCheck::default();
         for record in container.records() {
             let (kind, payload) = record?;
+            if kind == TRANSLATION {
+                let (id, t) = record::decode_translation(payload, ports, &mut names)
+                    .map_err(|e| StateError::Corrupt(e.into()))?;
+                translations.check(id, &t)?;
+                continue;
+            }
+            translations.last = None;
             if kind == PENDING {
                 let (pending, left) = decode_pending(payload)?;
                 if !waiting.remove(&pending.id) {
@@ -215,21 +239,36 @@ impl Gateway {
             if carried.entry.is_pending() {
                 waiting.insert(id);
             }
+            translations.last = Some((id, carried.entry.key()));
         }
         if let Some(id) = waiting.iter().next() {
             return Err(StateError::Corrupt(format!(
                 "pending flow {id} without its pending record"
             )));
         }
-        drop(ids);
+        drop((ids, translations));
         let config = &self.config.flows;
         let factor = config.adaptive_factor(container.header.flows as usize);
         let groups = self.table.groups();
         let mut done = Restored::default();
         let mut max_id = 0;
         let mut placed: HashMap<u64, (usize, FlowKey, u64)> = HashMap::new();
+        // The flow just placed: (id, shard, slot), for its translation.
+        let mut last: Option<(u64, usize, SlotId)> = None;
         for record in container.records() {
             let (kind, payload) = record?;
+            if kind == TRANSLATION {
+                let (id, t) = record::decode_translation(payload, ports, &mut names)
+                    .map_err(|e| StateError::Corrupt(e.into()))?;
+                if let Some((_, shard, slot)) = last.take().filter(|l| l.0 == id)
+                    && !self.restore_translation(shard, slot, id, t)
+                {
+                    done.flows -= 1;
+                    done.refused += 1;
+                }
+                continue;
+            }
+            last = None;
             if kind != FLOW {
                 continue;
             }
@@ -246,33 +285,23 @@ impl Gateway {
             let hash = self.table.hash(&key);
             let present = (0..groups).any(|g| self.table.lock(g, hash).find(hash, &key).is_some());
             let group = usize::from(carried.group) % groups;
-            if present
-                || !self
-                    .table
-                    .lock(group, hash)
-                    .insert_carried(hash, entry, carried.parent)
-            {
+            let slot = match present {
+                true => None,
+                false => {
+                    self.table
+                        .lock(group, hash)
+                        .insert_carried_at(hash, entry, carried.parent)
+                }
+            };
+            let Some(slot) = slot else {
                 done.refused += 1;
                 continue;
-            }
+            };
+            last = Some((entry.id(), self.table.shard_index(group, hash), slot));
             if entry.is_pending() {
                 placed.insert(entry.id(), (group, key, hash));
             }
-            if entry.is_wildcard_owner() {
-                let key = entry.key();
-                self.wildcards.add(
-                    wildcard_key(&key),
-                    Wildcard {
-                        local: key.local,
-                        any_group: entry.class() == FlowClass::McastBcastState,
-                        parent_id: entry.id(),
-                        direction: entry.direction(),
-                        arrival_port: entry.arrival_port(),
-                        refreshed: entry.last_seen(now),
-                        lifetime: entry.timeout(config, 1.0),
-                    },
-                );
-            }
+            self.add_carried_wildcard(&entry, now);
             done.flows += 1;
         }
         // Pending flows wait again for the rest of their pend timeout
@@ -300,5 +329,105 @@ impl Gateway {
         let next = container.header.next_id.max(max_id.saturating_add(1));
         self.next_id.fetch_max(next, Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// Makes restored flow `id` in `slot` of `shard` translated again: its
+    /// mapping taken in the allocator, its alias, its side data. A
+    /// translation that does not fit (checked not to happen before the
+    /// restore began) removes the flow, and `false` says so. A replica
+    /// applying a translated flow (SPEC §15) calls this after inserting
+    /// the flow ([`crate::flow::table::ShardGuard::insert_carried_at`]).
+    pub(super) fn restore_translation(
+        &self,
+        shard: usize,
+        slot: SlotId,
+        id: u64,
+        t: Translation,
+    ) -> bool {
+        let mut shard_guard = self.table.lock_shard(shard);
+        if let Some((map, port)) = t.mapping
+            && self.nat.allocator().reserve(map, port).is_err()
+        {
+            shard_guard.remove(slot);
+            return false;
+        }
+        let target = AliasTarget {
+            shard: shard as u32,
+            slot,
+            id,
+        };
+        if !self.nat.aliases.add(t.key, target) {
+            if let Some((map, _)) = t.mapping {
+                self.nat.allocator().release(&map);
+            }
+            shard_guard.remove(slot);
+            return false;
+        }
+        shard_guard.set_translation(slot, t);
+        true
+    }
+
+    /// The wildcard state a carried or replicated flow owns, if it owns any.
+    pub(super) fn add_carried_wildcard(&self, entry: &FlowEntry, now: Instant) {
+        if entry.is_wildcard_owner() {
+            let key = entry.key();
+            self.wildcards.add(
+                wildcard_key(&key),
+                Wildcard {
+                    local: key.local,
+                    any_group: entry.class() == FlowClass::McastBcastState,
+                    parent_id: entry.id(),
+                    direction: entry.direction(),
+                    arrival_port: entry.arrival_port(),
+                    refreshed: entry.last_seen(now),
+                    lifetime: entry.timeout(&self.config.flows, 1.0),
+                },
+            );
+        }
+    }
+}
+
+/// The checks of a container's translation records before any is applied:
+/// each right after its flow's record, of the flow's protocol and IP
+/// version, no translated tuple twice, and every port mapping consistent
+/// (one port per mapping, one mapping per port).
+#[derive(Default)]
+struct TranslationCheck {
+    /// The flow record just read and not yet translated: id, key.
+    last: Option<(u64, FlowKey)>,
+    tuples: HashSet<FlowKey, ahash::RandomState>,
+    mappings: HashMap<MapKey, u16, ahash::RandomState>,
+    ports: HashMap<(RawAddr, u8, u16), MapKey, ahash::RandomState>,
+}
+
+impl TranslationCheck {
+    fn check(&mut self, id: u64, t: &Translation) -> Result<(), StateError> {
+        let corrupt = |why: &str| {
+            Err(StateError::Corrupt(format!(
+                "translation of flow {id}: {why}"
+            )))
+        };
+        let Some((_, key)) = self.last.take().filter(|l| l.0 == id) else {
+            return corrupt("not right after its flow record");
+        };
+        if t.key.protocol != key.protocol || t.key.version() != key.version() {
+            return corrupt("protocol or IP version differs from the flow's");
+        }
+        if !self.tuples.insert(t.key) {
+            return corrupt("translated tuple held by another flow");
+        }
+        if let Some((map, port)) = t.mapping {
+            if *self.mappings.entry(map).or_insert(port) != port {
+                return corrupt("its mapping has another port in another flow");
+            }
+            let taken = self
+                .ports
+                .entry((map.translated, map.protocol, port))
+                .or_insert(map);
+            if *taken != map {
+                return corrupt("its port is another mapping's");
+            }
+        }
+        Ok(())
     }
 }

@@ -10,10 +10,12 @@ use crate::nat::Nat;
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
+use crate::sync::{EXPORT_QUEUE, Export, Exporter, NODE_SHIFT};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// `[events] reject_rate` unless configured.
 pub const DEFAULT_REJECT_RATE: u32 = 100;
@@ -59,6 +61,8 @@ pub struct Gateway {
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
     workers: usize,
+    /// The HA export queue (SPEC §15), set once before traffic flows.
+    pub(super) sync: OnceLock<Exporter>,
     /// `[events] reject_rate`: answers to rejected packets per second.
     reject_rate: AtomicU32,
     /// Pending flows and their held packets (SPEC §10).
@@ -101,8 +105,29 @@ impl Gateway {
             workers,
             pend: super::pend::PendStore::new(workers),
             config,
+            sync: OnceLock::new(),
             reject_rate: AtomicU32::new(DEFAULT_REJECT_RATE),
         })
+    }
+
+    /// Turns on replication as node `node` of an HA pair (SPEC §15),
+    /// before any packet: flow ids continue from the node's own range and
+    /// the workers export their flows' changes into the returned queue.
+    /// `None` if it was already on.
+    pub fn enable_sync(&self, node: u32) -> Option<Receiver<Export>> {
+        let (exporter, rx) = Exporter::new(EXPORT_QUEUE);
+        self.sync.set(exporter).ok()?;
+        let base = u64::from(node) << NODE_SHIFT;
+        let next = self.next_id.load(Ordering::Relaxed);
+        if next < base {
+            self.next_id.store(base.max(1), Ordering::Relaxed);
+        }
+        Some(rx)
+    }
+
+    /// The export queue's end, if replication is on.
+    pub fn exporter(&self) -> Option<&Exporter> {
+        self.sync.get()
     }
 
     /// The configuration.

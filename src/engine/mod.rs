@@ -37,6 +37,7 @@ mod carry;
 mod gateway;
 mod pend;
 mod pipeline;
+mod replica;
 mod report;
 mod stats;
 mod translate;
@@ -44,6 +45,7 @@ mod translate;
 pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
+pub use replica::Applied;
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;

@@ -533,6 +533,10 @@ impl Local {
                     self.established(gw, now, &shard, slot);
                 }
                 self.release(gw, now, &mut shard, slot, id, &mut queue);
+                // Decided: now the HA peer learns of the flow (SPEC §15).
+                if shard.entry(slot).id() == id {
+                    self.export(gw, &shard, slot);
+                }
                 drop(shard);
                 self.released.push(queue);
             }

@@ -415,7 +415,11 @@ impl Local {
         }
         // Monotonic: a worker still on an older policy (its batch began
         // before a reload) never reauthorizes a flow stamped with a newer one.
-        let trigger = if newer(generation, flow_generation) {
+        let synced = entry.synced();
+        let trigger = if synced {
+            // SPEC §15: the first packet here of a flow the peer created.
+            Some(ReauthTrigger::Failover)
+        } else if newer(generation, flow_generation) {
             Some(
                 if self.policy.identity_change_only(layer, flow_generation) {
                     ReauthTrigger::IdentityChange
@@ -441,19 +445,30 @@ impl Local {
                 trigger,
             )?;
         }
+        let mut changed = synced;
         if let Some(segment) = tcp_segment(a.packet)
             && is_tcp
         {
-            shard
-                .entry_mut(slot)
-                .track_tcp(with_flow, segment, gw.config.flows.tcp_window_tracking)
+            let entry = shard.entry_mut(slot);
+            let before = entry.state();
+            // A replicated flow's windows are checked loosely until each
+            // direction has been seen here (SPEC §15).
+            let enforce = gw.config.flows.tcp_window_tracking && entry.strict_windows();
+            entry
+                .track_tcp(with_flow, segment, enforce)
                 .map_err(Dropped::from)?;
+            changed |= entry.state() != before;
             if !established
                 && shard.entry(slot).tcp().handshake_done()
                 && shard.mark_established(slot)
             {
                 self.established(gw, a.now, shard, slot);
+                changed = true;
             }
+        }
+        shard.entry_mut(slot).seen_here(with_flow);
+        if changed {
+            self.export(gw, shard, slot);
         }
         // The packet's direction as seen from the flow's local host.
         let direction = if with_flow {

@@ -2,10 +2,12 @@
 
 use super::{Gateway, ID_BLOCK, Local, MAX_QUEUED_DISCARDS};
 use crate::event::{Event, EventKind, FlowInfo, PacketSummary};
+use crate::flow::FlowEntry;
 use crate::flow::table::{Removed, ShardGuard, SlotId};
 use crate::packet::Packet;
 use crate::policy::{Action, ClassifyRequest, Decision, Layer};
 use crate::reason::{CloseReason, DropReason};
+use crate::sync::Export;
 use crate::time::Instant;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -160,11 +162,24 @@ impl Local {
         removed: &Removed,
         reason: CloseReason,
     ) {
-        self.stats.flows_closed[reason.index()] += 1;
         let entry = &removed.entry;
         if entry.is_wildcard_owner() {
             gw.wildcards
                 .remove(&super::admission::wildcard_key(&entry.key()), entry.id());
+        }
+        if entry.synced() {
+            // Replicated and never seen here: the peer indicates it (SPEC §15).
+            return;
+        }
+        self.stats.flows_closed[reason.index()] += 1;
+        if let Some(sync) = gw.sync.get()
+            && replicated(entry, removed.translation.is_some())
+        {
+            sync.send(Export::Closed {
+                entry: removed.entry,
+                parent: removed.parent,
+                group: self.group as u16,
+            });
         }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
         self.policy
@@ -172,6 +187,21 @@ impl Local {
         self.take_notes();
         self.untranslate(gw, now, removed, &flow);
         self.emit(now, EventKind::FlowClosed { flow, reason });
+    }
+
+    /// Tells the HA peer about a new flow or a change that matters for
+    /// forwarding (SPEC §15), if replication is on.
+    #[inline]
+    pub(super) fn export(&self, gw: &Gateway, shard: &ShardGuard<'_>, slot: SlotId) {
+        if let Some(sync) = gw.sync.get()
+            && replicated(shard.entry(slot), shard.translation(slot).is_some())
+        {
+            sync.send(Export::Flow {
+                entry: *shard.entry(slot),
+                parent: shard.parent(slot),
+                group: self.group as u16,
+            });
+        }
     }
 
     /// Indicates a flow at `flow_established`.
@@ -188,4 +218,12 @@ impl Local {
         self.take_notes();
         self.emit(now, EventKind::FlowEstablished(flow));
     }
+}
+
+/// Whether the HA peer is told about a flow (SPEC §15): not while it is
+/// pending (it is replicated when it is decided), never when a pend
+/// blocked it (the peer never had it), and not when it is translated
+/// (translations are not replicated yet).
+pub(super) fn replicated(entry: &FlowEntry, translated: bool) -> bool {
+    !translated && !entry.is_pending() && entry.completed() != Some(Action::Block)
 }

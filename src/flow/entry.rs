@@ -26,12 +26,23 @@ pub(super) const F_TRANSLATED: u8 = 0x80;
 
 pub(super) const STATE_ACTIVE: u8 = 0xff;
 
-// The `pend` byte (SPEC §10): never pended, pending, or completed with a
-// decision the pending callout returns for the flow's whole life.
+// The `marks` byte holds two things that never share a bit.
+// Its low two bits are the pend state (SPEC §10): never pended, pending, or
+// completed with a decision the pending callout returns for the flow's
+// whole life. The state file (SPEC §13) carries only these.
+const PEND_MASK: u8 = 0x03;
 const PEND_NONE: u8 = 0;
 pub(super) const PEND_WAITING: u8 = 1;
 const PEND_PERMIT: u8 = 2;
 pub(super) const PEND_BLOCK: u8 = 3;
+// Its high bits are the HA marks (SPEC §15) of a flow replicated from the
+// peer; all clear for a flow of this node.
+/// Replicated from the HA peer and not yet seen by a packet here.
+const SYNCED: u8 = 0x10;
+/// Replicated, and no packet of the flow's direction seen here yet.
+const LOOSE_FWD: u8 = 0x20;
+/// Replicated, and no packet against the flow's direction seen here yet.
+const LOOSE_REV: u8 = 0x40;
 
 const MASK40: u64 = (1 << 40) - 1;
 const MASK56: u64 = (1 << 56) - 1;
@@ -54,7 +65,8 @@ pub struct FlowEntry {
     pub(super) state: u8,
     pub(super) flags: u8,
     pub(super) arrival_port: u8,
-    pub(super) pend: u8,
+    /// The pend state (`PEND_MASK`) and the HA marks (`SYNCED`, `LOOSE_*`).
+    pub(super) marks: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<FlowEntry>() == 124);
@@ -72,7 +84,7 @@ impl FlowEntry {
         state: 0,
         flags: 0,
         arrival_port: 0,
-        pend: PEND_NONE,
+        marks: PEND_NONE,
     };
 
     /// A new flow. `tcp` is `Some` for TCP flows.
@@ -112,7 +124,7 @@ impl FlowEntry {
             state,
             flags,
             arrival_port,
-            pend: PEND_NONE,
+            marks: PEND_NONE,
         }
     }
 
@@ -319,26 +331,38 @@ impl FlowEntry {
     /// Whether the flow waits for a pending callout's decision.
     #[inline]
     pub fn is_pending(&self) -> bool {
-        self.pend == PEND_WAITING
+        self.marks & PEND_MASK == PEND_WAITING
     }
 
     /// Puts the flow in state `pending`.
     pub fn set_pending(&mut self) {
-        self.pend = PEND_WAITING;
+        self.set_pend_state(PEND_WAITING);
     }
 
     /// Records a pending flow's completed decision.
     pub(super) fn set_completed(&mut self, decision: Action) {
-        self.pend = match decision {
+        self.set_pend_state(match decision {
             Action::Permit => PEND_PERMIT,
             Action::Block => PEND_BLOCK,
-        };
+        });
+    }
+
+    /// The pend state alone (what the state file carries).
+    #[inline]
+    pub(super) fn pend_state(&self) -> u8 {
+        self.marks & PEND_MASK
+    }
+
+    /// Sets the pend state (`PEND_*`), keeping the HA marks.
+    #[inline]
+    pub(super) fn set_pend_state(&mut self, pend: u8) {
+        self.marks = (self.marks & !PEND_MASK) | (pend & PEND_MASK);
     }
 
     /// The decision a pending flow was completed with, if it was pended.
     #[inline]
     pub fn completed(&self) -> Option<Action> {
-        match self.pend {
+        match self.marks & PEND_MASK {
             PEND_PERMIT => Some(Action::Permit),
             PEND_BLOCK => Some(Action::Block),
             _ => None,
@@ -360,6 +384,33 @@ impl FlowEntry {
             self.state = state as u8;
         }
         result
+    }
+
+    /// Marks the flow as replicated from the HA peer (SPEC §15): its first
+    /// packet here reauthorizes it, and its TCP windows are checked
+    /// loosely until each direction has been seen here.
+    pub fn set_synced(&mut self) {
+        self.marks |= SYNCED | LOOSE_FWD | LOOSE_REV;
+    }
+
+    /// Whether the flow was replicated from the peer and no packet of it
+    /// has been seen here since.
+    #[inline]
+    pub fn synced(&self) -> bool {
+        self.marks & SYNCED != 0
+    }
+
+    /// Whether the flow's TCP windows are checked strictly: each direction
+    /// has been seen here since it was replicated, if it was.
+    #[inline]
+    pub fn strict_windows(&self) -> bool {
+        self.marks & (LOOSE_FWD | LOOSE_REV) == 0
+    }
+
+    /// A packet of the flow was seen here (`with_flow`: in its direction).
+    #[inline]
+    pub fn seen_here(&mut self, with_flow: bool) {
+        self.marks &= !(SYNCED | if with_flow { LOOSE_FWD } else { LOOSE_REV });
     }
 
     #[inline]

@@ -49,6 +49,8 @@ pub struct FlowInfo {
     pub inbound: (u64, u64),
     /// Policy generation of the flow's layer at its last authorization.
     pub policy_generation: u32,
+    /// Replicated from the HA peer and not yet seen here (SPEC §15).
+    pub synced: bool,
 }
 
 impl FlowInfo {
@@ -93,6 +95,7 @@ impl FlowInfo {
             out: entry.counters(Direction::Outbound),
             inbound: entry.counters(Direction::Inbound),
             policy_generation: entry.generation(),
+            synced: entry.synced(),
         }
     }
 

@@ -8,8 +8,16 @@
 //! are relative (how long the flow has been idle and alive when the record
 //! was taken), so the reader places them on its own clock and adds the time
 //! the flow spent in the file. Whatever a later version adds per flow
-//! (translations, pending decisions) goes into records of its own kind
-//! that follow the flow's, not into this layout.
+//! goes into records of its own kind that follow the flow's, not into this
+//! layout: a translated flow's [`Translation`] (SPEC §9) is a translation
+//! record ([`encode_translation`], [`decode_translation`]) right after the
+//! flow record of the same id.
+//!
+//! A reader places a flow and then its translation: the translation's
+//! mapping (masquerade port or ICMP id) is taken again in the reader's
+//! allocator, once per flow that holds it, so an endpoint-independent
+//! mapping shared by several flows comes back shared and is released with
+//! its last flow.
 
 use super::entry::{
     F_ESTABLISHED, F_INBOUND, F_MCAST_STATE, F_REVERSED, F_WILDCARD_OWNER, PEND_BLOCK,
@@ -17,8 +25,11 @@ use super::entry::{
 use super::key::{Direction, FlowKey};
 use super::tcp::TcpPeer;
 use super::{FlowEntry, TcpTracker};
+use crate::nat::{MapKey, Translation};
 use crate::packet::proto;
 use crate::time::Instant;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Flow ids stay below this (2^62), so a carried id can never bring the
@@ -90,7 +101,7 @@ pub fn encode(entry: &FlowEntry, parent: Option<u64>, group: u16, now: Instant, 
         STATE_ACTIVE
     });
     out.push(entry.arrival_port);
-    out.push(entry.pend);
+    out.push(entry.pend_state());
     out.extend_from_slice(&entry.generation.to_le_bytes());
     out.extend_from_slice(&entry.lifetime_ms.to_le_bytes());
     let idle = entry.idle(now).as_millis() as u32;
@@ -201,7 +212,7 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
     };
     entry.tcp = if is_tcp { tcp } else { TcpTracker::EMPTY };
     entry.arrival_port = arrival_port;
-    entry.pend = pend;
+    entry.set_pend_state(pend);
     entry.generation = generation;
     entry.lifetime_ms = lifetime_ms;
     for (direction, (packets, bytes)) in [Direction::Outbound, Direction::Inbound]
@@ -217,6 +228,140 @@ pub fn decode(bytes: &[u8], ports: usize) -> Result<Carried, &'static str> {
         idle,
         age,
     })
+}
+
+/// The fixed part of a translation record; the filter name follows.
+///
+/// ```text
+/// id        u64          the translated flow (its flow record comes just before)
+/// key       38 bytes     the translated tuple, laid out as in the flow record
+/// egress    u8 u8        egress port toward the outside, toward the inside
+/// mapping   u8           0 none, 1 a port mapping (masquerade) follows
+///           u8 [16] u16 [16] u16   protocol, inside address, inside port or
+///                        ICMP id, translated address, translated port or id
+/// filter    u16 + UTF-8  the redirect filter(s) that decided it
+/// ```
+pub const TRANSLATION_FIXED_LEN: usize = 88;
+/// The longest filter name a translation record carries.
+pub const MAX_FILTER_NAME: usize = 4096;
+
+fn put_key(key: &FlowKey, out: &mut Vec<u8>) {
+    out.extend_from_slice(&key.local);
+    out.extend_from_slice(&key.remote);
+    out.extend_from_slice(&key.local_port.to_le_bytes());
+    out.extend_from_slice(&key.remote_port.to_le_bytes());
+    out.push(key.protocol);
+    out.push(key.meta());
+}
+
+/// Appends the translation record of flow `id` to `out`.
+pub fn encode_translation(id: u64, t: &Translation, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&id.to_le_bytes());
+    put_key(&t.key, out);
+    out.extend_from_slice(&t.egress);
+    match &t.mapping {
+        Some((map, port)) => {
+            out.push(1);
+            out.push(map.protocol);
+            out.extend_from_slice(&map.inside);
+            out.extend_from_slice(&map.inside_port.to_le_bytes());
+            out.extend_from_slice(&map.translated);
+            out.extend_from_slice(&port.to_le_bytes());
+        }
+        None => out.extend_from_slice(&[0; 38]),
+    }
+    let filter = t.filter.as_bytes();
+    let mut len = filter.len().min(MAX_FILTER_NAME);
+    while !t.filter.is_char_boundary(len) {
+        len -= 1;
+    }
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&filter[..len]);
+    debug_assert_eq!(out.len() - start, TRANSLATION_FIXED_LEN + len);
+}
+
+/// Filter names shared between decoded translations: a million flows of
+/// one masquerade filter hold one name.
+#[derive(Default)]
+pub struct FilterNames {
+    names: HashMap<Box<str>, Arc<str>, ahash::RandomState>,
+    /// The name last asked for: flows come in runs of the same filter.
+    last: Option<Arc<str>>,
+}
+
+impl FilterNames {
+    /// The shared copy of `name`.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(last) = self.last.as_ref().filter(|l| ***l == *name) {
+            return Arc::clone(last);
+        }
+        let shared = match self.names.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(name);
+                self.names.insert(name.into(), Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
+        shared
+    }
+}
+
+/// Decodes a translation record of a gateway with `ports` ports: the flow
+/// id and its translation. The error says which field is invalid; nothing
+/// in `bytes` can make this panic. That the flow exists and has the same
+/// protocol and IP version is the reader's to check.
+pub fn decode_translation(
+    bytes: &[u8],
+    ports: usize,
+    names: &mut FilterNames,
+) -> Result<(u64, Translation), &'static str> {
+    if bytes.len() < TRANSLATION_FIXED_LEN {
+        return Err("translation record too short");
+    }
+    let mut f = Fields(bytes);
+    let id = f.u64();
+    if id == 0 || id >= MAX_ID {
+        return Err("translated flow id out of range");
+    }
+    let (local, remote) = (f.take::<16>(), f.take::<16>());
+    let (local_port, remote_port) = (f.u16(), f.u16());
+    let protocol = f.u8();
+    let key = FlowKey::from_record(local, remote, local_port, remote_port, protocol, f.u8())
+        .ok_or("unknown translated key flags")?;
+    let egress = [f.u8(), f.u8()];
+    if egress.iter().any(|e| usize::from(*e) >= ports) {
+        return Err("translation egress port out of range");
+    }
+    let has_mapping = f.u8();
+    let map = MapKey {
+        protocol: f.u8(),
+        inside: f.take(),
+        inside_port: f.u16(),
+        translated: f.take(),
+    };
+    let port = f.u16();
+    let mapping = match has_mapping {
+        0 => None,
+        1 if map.protocol == protocol => Some((map, port)),
+        _ => return Err("bad translation mapping"),
+    };
+    let len = usize::from(f.u16());
+    if len > MAX_FILTER_NAME || f.0.len() != len {
+        return Err("translation filter name length");
+    }
+    let filter = std::str::from_utf8(f.0).map_err(|_| "translation filter name not UTF-8")?;
+    Ok((
+        id,
+        Translation {
+            key,
+            egress,
+            mapping,
+            filter: names.get(filter),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -257,5 +402,54 @@ mod tests {
         let mut zero = out.clone();
         zero[..8].fill(0);
         assert_eq!(decode(&zero, 2).err(), Some("flow id out of range"));
+    }
+
+    #[test]
+    fn a_translation_round_trips_and_every_cut_or_bad_field_is_an_error() {
+        let key = FlowKey::new(
+            crate::packet::IpVersion::V4,
+            proto::TCP,
+            [9; 16],
+            [2; 16],
+            61_000,
+            443,
+        );
+        let map = MapKey {
+            protocol: proto::TCP,
+            inside: [1; 16],
+            inside_port: 40_000,
+            translated: [9; 16],
+        };
+        let t = Translation {
+            key,
+            egress: [1, 0],
+            mapping: Some((map, 61_000)),
+            filter: Arc::from("masq"),
+        };
+        let mut out = Vec::new();
+        encode_translation(5, &t, &mut out);
+        assert_eq!(out.len(), TRANSLATION_FIXED_LEN + 4);
+        let mut names = FilterNames::default();
+        let (id, back) = decode_translation(&out, 2, &mut names).expect("decodes");
+        assert_eq!((id, &back), (5, &t));
+        let (_, again) = decode_translation(&out, 2, &mut names).expect("decodes");
+        assert!(Arc::ptr_eq(&back.filter, &again.filter), "one shared name");
+        for len in 0..out.len() {
+            assert!(decode_translation(&out[..len], 2, &mut names).is_err());
+        }
+        assert_eq!(
+            decode_translation(&out, 1, &mut names).err(),
+            Some("translation egress port out of range")
+        );
+        let mut bad = out.clone();
+        bad[48] = 2;
+        assert_eq!(
+            decode_translation(&bad, 2, &mut names).err(),
+            Some("bad translation mapping")
+        );
+        let none = Translation { mapping: None, ..t };
+        out.clear();
+        encode_translation(6, &none, &mut out);
+        assert_eq!(decode_translation(&out, 2, &mut names), Ok((6, none)));
     }
 }

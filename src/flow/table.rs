@@ -485,11 +485,20 @@ impl ShardGuard<'_> {
     /// never makes room, and a key already present is refused. Returns
     /// whether the flow was inserted.
     pub fn insert_carried(&mut self, hash: u64, entry: FlowEntry, parent: Option<u64>) -> bool {
+        self.insert_carried_at(hash, entry, parent).is_some()
+    }
+
+    /// [`ShardGuard::insert_carried`], returning the flow's slot.
+    pub fn insert_carried_at(
+        &mut self,
+        hash: u64,
+        entry: FlowEntry,
+        parent: Option<u64>,
+    ) -> Option<SlotId> {
         if self.shard.find(hash, &entry.key).is_some() || !self.table.admit() {
-            return false;
+            return None;
         }
-        self.shard.insert(hash, entry, parent);
-        true
+        Some(self.shard.insert(hash, entry, parent))
     }
 
     /// Removes the flow in `slot`.

@@ -171,6 +171,31 @@ impl Allocator {
         Ok((port, true))
     }
 
+    /// Takes `port` for `key` again for one more flow carried over from
+    /// another process (SPEC §13): a mapping already taken again is shared
+    /// (its flow count goes up). Returns whether the mapping is new; an
+    /// error if `key` has another port or another mapping holds `port`.
+    pub fn reserve(&mut self, key: MapKey, port: u16) -> Result<bool, &'static str> {
+        if let Some(m) = self.mappings.get_mut(&key) {
+            if m.port != port {
+                return Err("one mapping with two ports");
+            }
+            m.flows += 1;
+            return Ok(false);
+        }
+        let pool = self
+            .pools
+            .entry((key.translated, key.protocol))
+            .or_insert_with(Pool::new);
+        if !pool.is_free(port) {
+            return Err("a port held by two mappings");
+        }
+        pool.take(port);
+        self.mappings.insert(key, Mapping { port, flows: 1 });
+        self.in_use += 1;
+        Ok(true)
+    }
+
     /// One flow of `key` is gone; returns the port if that was the last one
     /// (the port is free again).
     pub fn release(&mut self, key: &MapKey) -> Option<u16> {
@@ -237,6 +262,29 @@ mod tests {
             a.acquire(key(3, 5000), (1024, 65535), Some(5000)),
             Ok((5000, true))
         );
+    }
+
+    #[test]
+    fn a_reserved_mapping_is_shared_never_handed_out_again_and_freed_with_its_last_flow() {
+        let mut a = Allocator::default();
+        assert_eq!(a.reserve(key(1, 5000), 2000), Ok(true));
+        assert_eq!(a.reserve(key(1, 5000), 2000), Ok(false), "shared");
+        assert!(a.reserve(key(1, 5000), 2001).is_err());
+        assert!(a.reserve(key(2, 5000), 2000).is_err(), "taken");
+        assert_eq!(
+            a.acquire(key(1, 5000), (2000, 2001), None),
+            Ok((2000, false))
+        );
+        assert_eq!(a.acquire(key(3, 1), (2000, 2001), None), Ok((2001, true)));
+        assert_eq!(a.acquire(key(4, 1), (2000, 2001), None), Err(Exhausted));
+        assert_eq!(a.release(&key(1, 5000)), None);
+        assert_eq!(a.release(&key(1, 5000)), None);
+        assert_eq!(
+            a.release(&key(1, 5000)),
+            Some(2000),
+            "the last of three flows"
+        );
+        assert_eq!(a.in_use(), 1);
     }
 
     #[test]

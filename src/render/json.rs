@@ -52,6 +52,7 @@ pub fn flow(f: &FlowInfo, ports: &[impl AsRef<str>], now: Instant) -> Value {
         "bytes_in": f.inbound.1,
         "policy_generation": f.policy_generation,
         "translation": f.translation.as_ref().map(translation),
+        "synced": f.synced,
     })
 }
 

@@ -183,6 +183,72 @@ pub fn prometheus(stats: &Value) -> String {
             .unwrap_or_default();
         metric(&format!("port_{key}_total"), "counter", help, samples);
     }
+    if let Some(sync) = stats.get("sync") {
+        let value = |k: &str| vec![(String::new(), sync.get(k).cloned().unwrap_or(json!(0)))];
+        for (key, kind, help) in [
+            ("sent", "counter", "Sync datagrams sent to the HA peer."),
+            ("sent_bytes", "counter", "Bytes of the sync datagrams sent."),
+            (
+                "received",
+                "counter",
+                "Sync datagrams accepted from the HA peer.",
+            ),
+            ("retransmitted", "counter", "Sync messages sent again."),
+            (
+                "overflowed",
+                "counter",
+                "Sync messages dropped from a full send queue.",
+            ),
+            (
+                "export_dropped",
+                "counter",
+                "Flow changes the workers could not queue for sync.",
+            ),
+            ("applied", "counter", "Replicated flow records applied."),
+            ("bulk_sent", "counter", "Bulk resyncs sent."),
+            ("bulk_received", "counter", "Bulk resyncs received."),
+            (
+                "queued",
+                "gauge",
+                "Sync messages waiting for an acknowledgement.",
+            ),
+            (
+                "lag_ms",
+                "gauge",
+                "Age of the oldest unacknowledged sync message, ms.",
+            ),
+        ] {
+            let name = if kind == "counter" && !key.ends_with("_ms") {
+                format!("sync_{key}_total")
+            } else {
+                format!("sync_{key}")
+            };
+            metric(&name, kind, help, value(key));
+        }
+        let rejected = sync
+            .get("rejected_by")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(r, v)| (format!("{{reason=\"{r}\"}}"), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            "sync_rejected_total",
+            "counter",
+            "Sync datagrams refused, by reason.",
+            rejected,
+        );
+        let up =
+            ["up", "resyncing"].contains(&sync.get("state").and_then(Value::as_str).unwrap_or(""));
+        metric(
+            "sync_peer_up",
+            "gauge",
+            "Whether the HA peer answers.",
+            vec![(String::new(), json!(u8::from(up)))],
+        );
+    }
     out
 }
 

@@ -76,6 +76,36 @@ pub fn flows(flows: &Value) -> String {
     out
 }
 
+/// `tunwall sync status` without `--json`.
+pub fn sync_status(status: &Value) -> String {
+    let get = |k: &str| status.get(k).cloned().unwrap_or(Value::Null);
+    let plain = |k: &str| match get(k) {
+        Value::String(s) => s,
+        v => v.to_string(),
+    };
+    format!(
+        "peer {} {}; lag {} ms; queued {}/{}\n\
+         sent {}, received {}, retransmitted {}, rejected {} {}\n\
+         applied {}, refused {}, bulk resyncs sent {}, received {}; overflowed {}, exports dropped {}\n",
+        plain("peer"),
+        plain("state"),
+        get("lag_ms"),
+        get("queued"),
+        get("queue_limit"),
+        get("sent"),
+        get("received"),
+        get("retransmitted"),
+        get("rejected"),
+        get("rejected_by"),
+        get("applied"),
+        get("refused"),
+        get("bulk_sent"),
+        get("bulk_received"),
+        get("overflowed"),
+        get("export_dropped"),
+    )
+}
+
 /// The column headings of `tunwall flows`.
 pub fn flows_header() -> String {
     format!(

@@ -7,6 +7,8 @@
 //! version  u32 LE                          FORMAT_VERSION
 //! header   u32 LE length + JSON            Header: node, pid, time, ports, policy lineage, …
 //! records  kind u8, length u32 LE, payload one per flow (kind FLOW, crate::flow::record),
+//!                                          a translated flow's followed by its
+//!                                          TRANSLATION record (same module),
 //!                                          then one per pending flow (kind PENDING)
 //! end      kind END, length 12: u64 LE record count, u32 LE CRC-32 of every byte before the CRC
 //! ```
@@ -35,6 +37,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FLOW: u8 = 1;
 /// A pending flow's place in the pend store (SPEC §10), after every flow.
 pub const PENDING: u8 = 2;
+/// A translated flow's translation (SPEC §9, [`crate::flow::record::encode_translation`]),
+/// right after its flow record. A reader from before translations were
+/// carried refuses a container holding one ("needs a newer tunwall").
+pub const TRANSLATION: u8 = 3;
 /// The end record: record count and checksum.
 pub const END: u8 = 0x7f;
 /// Record kinds from here up may be skipped by a reader that does not know them.
@@ -212,6 +218,13 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Appends `count` records already framed by [`frame`].
+    pub fn framed(&mut self, records: &[u8], count: u64) -> io::Result<()> {
+        self.put(records)?;
+        self.records += count;
+        Ok(())
+    }
+
     /// Writes the end record and returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         self.put(&[END])?;
@@ -326,7 +339,7 @@ impl<'a> Container<'a> {
                         rest = &[];
                         return Some(Err(StateError::Corrupt("flow record length".into())));
                     }
-                    PENDING => return Some(Ok((kind, payload))),
+                    PENDING | TRANSLATION => return Some(Ok((kind, payload))),
                     k if k >= OPTIONAL => continue,
                     k => {
                         rest = &[];
@@ -338,6 +351,17 @@ impl<'a> Container<'a> {
             }
         })
     }
+}
+
+/// Appends one record of `kind` to `out`, its payload written by `payload`
+/// (for [`Writer::framed`]: a run of records of mixed kinds in one write).
+pub fn frame(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    out.push(kind);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    payload(out);
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {

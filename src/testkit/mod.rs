@@ -5,7 +5,9 @@
 #![allow(missing_docs)]
 
 pub mod harness;
+pub mod ids;
 pub mod packets;
 
 pub use harness::*;
+pub use ids::Ids;
 pub use packets::*;
