@@ -59,7 +59,10 @@ impl Booted {
             client: client.into(),
             server: server.into(),
         };
-        // unshare's one child is systemd (bash exec'd chroot, which exec'd it).
+        // unshare's one child becomes systemd (bash exec'd chroot, which
+        // exec'd it). Before boot.sh has exec'd unshare, its children are
+        // short-lived commands (stat, mkdir): only a child whose name is
+        // systemd is the one.
         let children = format!("/proc/{0}/task/{0}/children", booted.child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
         while booted.pid1 == 0 {
@@ -68,8 +71,13 @@ impl Booted {
             }
             assert!(Instant::now() < deadline, "no systemd:\n{}", booted.log());
             booted.pid1 = std::fs::read_to_string(&children)
-                .ok()
-                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok())
+                .find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "systemd")
+                })
                 .unwrap_or(0);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -103,6 +111,9 @@ impl Booted {
     fn wait_active(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            if !Path::new(&format!("/proc/{}", self.pid1)).exists() {
+                return format!("systemd (pid {}) ended", self.pid1);
+            }
             let out = self.inside(&["systemctl", "is-active", "tunwall"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if state == "active" || state == "failed" || Instant::now() > deadline {
