@@ -414,3 +414,91 @@ fn replication_bytes_per_flow() {
     );
     assert!(tcp / 1000 < 1500 && udp_bytes / 1000 < 600);
 }
+
+/// A node restored from a state file, or an upgrade's carried table (SPEC
+/// §13), as the daemon does it: its node set, the table restored, then
+/// replication on.
+fn restored_node(
+    listen: &str,
+    peer: &str,
+    session: u64,
+    bytes: &[u8],
+    now: tunwall::time::Instant,
+) -> Node {
+    let mut h = Harness::new(flows());
+    h.now = now;
+    h.gw.set_sync_node(config(listen, peer, 7).node_ids().0);
+    let container = tunwall::state::Container::parse(bytes).expect("container");
+    h.gw.restore(now, &container, Duration::ZERO)
+        .expect("restore");
+    let r = Replicator::new(&config(listen, peer, 7), h.gw.clone(), session).unwrap();
+    Node { h, r }
+}
+
+#[test]
+fn a_restored_state_file_keeps_the_ids_in_this_nodes_range() {
+    let mut p = Pair::new();
+    p.settle();
+    // Node 1 (A) has flows of its own and holds node 2's (B's).
+    assert_eq!(
+        p.a.h.out(udp(ep(C4, 5000), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
+    assert_eq!(
+        p.b.h.out(udp(ep(C4, 6000), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
+    p.settle();
+    let held: Vec<u64> = p.a.h.flows().iter().map(|f| f.id >> NODE_SHIFT).collect();
+    assert_eq!(held.len(), 2);
+    assert!(held.contains(&1) && held.contains(&2), "{held:?}");
+
+    // A stops with a state file and starts again: its new flows' ids stay
+    // node 1's, above every id it handed out before, and never reach
+    // into node 2's.
+    let bytes = p.a.h.snapshot();
+    let old_max =
+        p.a.h
+            .flows()
+            .iter()
+            .map(|f| f.id)
+            .filter(|id| id >> NODE_SHIFT == 1)
+            .max()
+            .unwrap();
+    let now = p.a.h.now;
+    p.a = restored_node(A, B, 2, &bytes, now);
+    assert_eq!(p.a.h.gw.flows_active(), 2);
+    assert_eq!(
+        p.a.h.out(udp(ep(C4, 5001), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
+    let new =
+        p.a.h
+            .flows()
+            .into_iter()
+            .find(|f| f.key.local_port == 5001 || f.key.remote_port == 5001)
+            .expect("the new flow");
+    assert_eq!(
+        new.id >> NODE_SHIFT,
+        1,
+        "id {:#x} out of node 1's range",
+        new.id
+    );
+    assert!(new.id > old_max, "an id handed out before");
+
+    // B, restored from a file written without [sync] (ids from 1), hands
+    // out node 2's ids.
+    let mut plain = Harness::new(flows());
+    plain.now = now;
+    assert_eq!(
+        plain.out(udp(ep(C4, 7000), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
+    let mut b = restored_node(B, A, 3, &plain.snapshot(), now);
+    assert_eq!(
+        b.h.out(udp(ep(C4, 7001), ep(S4, 53), b"q")),
+        Verdict::Forward(WAN)
+    );
+    let ids: Vec<u64> = b.h.flows().iter().map(|f| f.id >> NODE_SHIFT).collect();
+    assert!(ids.contains(&0) && ids.contains(&2), "{ids:?}");
+}

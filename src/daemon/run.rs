@@ -168,6 +168,10 @@ impl Start<'_> {
         );
         gateway.set_reject_rate(config.events.reject_rate);
         let mut carried_flows = 0;
+        if let Some(settings) = &config.sync {
+            // Before the restore: the restored next id stays in this node's range.
+            gateway.set_sync_node(settings.node_ids().0);
+        }
         if let Some(data) = &carried {
             match restart::restore(&gateway, &clock, data) {
                 Ok(done) => carried_flows = done.flows,

@@ -187,7 +187,8 @@ impl Gateway {
 
     /// Restores the flows of `container` at `now`, `elapsed` after the
     /// snapshot was taken, into this gateway, which must hold no flow yet
-    /// and hand out no id before the restore. Every record is checked
+    /// and hand out no id before the restore; on a node of an HA pair, its
+    /// node ([`Gateway::set_sync_node`]) must be set before. Every record is checked
     /// before any is applied: an invalid one refuses the whole container.
     pub fn restore(
         &self,
@@ -251,6 +252,11 @@ impl Gateway {
         let factor = config.adaptive_factor(container.header.flows as usize);
         let groups = self.table.groups();
         let mut done = Restored::default();
+        // This node's ids (SPEC §15): a table restored on a node of an HA
+        // pair holds the peer's flows too, whose ids must not move the
+        // next id out of this node's range.
+        let node = self.node.load(Ordering::Relaxed);
+        let own = crate::sync::id_range(node);
         let mut max_id = 0;
         let mut placed: HashMap<u64, (usize, FlowKey, u64)> = HashMap::new();
         // The flow just placed: (id, shard, slot), for its translation.
@@ -274,7 +280,9 @@ impl Gateway {
             }
             let carried =
                 record::decode(payload, ports).map_err(|e| StateError::Corrupt(e.into()))?;
-            max_id = max_id.max(carried.entry.id());
+            if node == 0 || own.contains(&carried.entry.id()) {
+                max_id = max_id.max(carried.entry.id());
+            }
             let idle = carried.idle + elapsed;
             if idle >= carried.entry.timeout(config, factor) {
                 done.expired += 1;
@@ -326,7 +334,13 @@ impl Gateway {
             pending.deadline = now + left.saturating_sub(elapsed);
             self.restore_pending(group % self.workers(), key, hash, flow, pending);
         }
-        let next = container.header.next_id.max(max_id.saturating_add(1));
+        let saved = container.header.next_id;
+        let saved = if node == 0 || own.contains(&saved) {
+            saved
+        } else {
+            0
+        };
+        let next = saved.max(max_id.saturating_add(1));
         self.next_id.fetch_max(next, Ordering::Relaxed);
         Ok(done)
     }

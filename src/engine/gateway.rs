@@ -10,7 +10,7 @@ use crate::nat::Nat;
 use crate::packet::{IpVersion, Packet, RawAddr, raw_addr};
 use crate::policy::Authorizer;
 use crate::route::{PortSpec, RouteTable};
-use crate::sync::{EXPORT_QUEUE, Export, Exporter, NODE_SHIFT};
+use crate::sync::{EXPORT_QUEUE, Export, Exporter};
 use crate::time::Instant;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
@@ -57,6 +57,9 @@ pub struct Gateway {
     pub(super) nat: Nat,
     broadcast: Vec<RawAddr>,
     pub(super) next_id: AtomicU64,
+    /// This node's id in an HA pair (SPEC §15), 0 without one: flow ids
+    /// come from [`crate::sync::id_range`] of it.
+    pub(super) node: AtomicU32,
     /// The one policy of every worker (SPEC §14: a reload is atomic across
     /// workers). `ArcSwap` needs a sized value, hence the inner `Arc`.
     policy: ArcSwap<Arc<dyn Authorizer>>,
@@ -101,6 +104,7 @@ impl Gateway {
             nat: Nat::default(),
             broadcast,
             next_id: AtomicU64::new(1),
+            node: AtomicU32::new(0),
             policy: ArcSwap::from_pointee(policy),
             workers,
             pend: super::pend::PendStore::new(workers),
@@ -110,17 +114,27 @@ impl Gateway {
         })
     }
 
+    /// Makes this gateway node `node` of an HA pair (SPEC §15): the ids it
+    /// hands out from now on are in the node's range. Set before a restore
+    /// (SPEC §13), so the restored table's next id stays in the range
+    /// whatever ids of the peer's flows it holds.
+    pub fn set_sync_node(&self, node: u32) {
+        self.node.store(node, Ordering::Relaxed);
+        let range = crate::sync::id_range(node);
+        if !range.contains(&self.next_id.load(Ordering::Relaxed)) {
+            self.next_id.store(range.start, Ordering::Relaxed);
+        }
+    }
+
     /// Turns on replication as node `node` of an HA pair (SPEC §15),
-    /// before any packet: flow ids continue from the node's own range and
-    /// the workers export their flows' changes into the returned queue.
-    /// `None` if it was already on.
+    /// before any packet: flow ids continue from the node's own range
+    /// ([`Gateway::set_sync_node`]) and the workers export their flows'
+    /// changes into the returned queue. `None` if it was already on.
     pub fn enable_sync(&self, node: u32) -> Option<Receiver<Export>> {
         let (exporter, rx) = Exporter::new(EXPORT_QUEUE);
         self.sync.set(exporter).ok()?;
-        let base = u64::from(node) << NODE_SHIFT;
-        let next = self.next_id.load(Ordering::Relaxed);
-        if next < base {
-            self.next_id.store(base.max(1), Ordering::Relaxed);
+        if self.node.load(Ordering::Relaxed) != node {
+            self.set_sync_node(node);
         }
         Some(rx)
     }

@@ -27,6 +27,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// which keeps them below 2^53 for JSON readers.
 pub const NODE_SHIFT: u32 = 48;
 
+/// The flow ids node `node` hands out (node 0: a gateway without `[sync]`,
+/// whose ids start at 1).
+pub fn id_range(node: u32) -> std::ops::Range<u64> {
+    let base = u64::from(node) << NODE_SHIFT;
+    base.max(1)..base + (1 << NODE_SHIFT)
+}
+
 /// How many exports the workers may queue for the sync thread.
 pub const EXPORT_QUEUE: usize = 65_536;
 
