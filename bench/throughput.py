@@ -9,6 +9,8 @@ Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
             ct state established,related accept; new from the client side
             accept; policy drop) --veth--> server ns
 * tunwall-1w  tunwall with one worker (TCP 4 streams only: worker scaling)
+* tunwall-nat tunwall with the same policy plus a `bind_redirect` masquerade
+            filter: the server sees the gateway's address 198.18.2.1 (SPEC §9)
 
 and measures, alternating the modes and repeating each at least 3 times:
 iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s, and (`--tests
@@ -20,6 +22,7 @@ is marked disturbed and left out of the medians. Prints medians, min-max and
 the ratios tunwall/copy and tunwall/kernel, and writes everything as JSON.
 
 Run as root: `python3 bench/throughput.py [--reps 3] [--seconds 5] [--json out.json]`
+(`--modes tunwall,tunwall-nat` picks modes; `--tests tcp1` picks tests)
 (`make bench-e2e` builds the binaries first).
 """
 
@@ -37,6 +40,10 @@ TUNWALL = os.path.join(ROOT, "target", "release", "tunwall")
 COPY = os.path.join(ROOT, "target", "release", "tunwall-copy")
 CONNRATE = os.path.join(ROOT, "target", "release", "tunwall-connrate")
 CLIENT, SERVER = "198.18.1.10", "198.18.2.20"
+# The masquerade address of `tunwall-nat`: in the server's on-link prefix,
+# so the server's kernel sends its answers into tunwall.
+PUBLIC = "198.18.2.1"
+MODES = ["tunwall", "copy", "kernel", "tunwall-1w", "tunwall-nat"]
 
 
 def sh(*args, check=True, **kw):
@@ -120,16 +127,33 @@ action = "block"
 protocol = "tcp"
 remote_port = [23, 2323]
 """)
+            if self.mode == "tunwall-nat":
+                f.write(f"""
+[[filter]]
+name = "masquerade"
+layer = "bind_redirect"
+action = "redirect"
+arrival_port = "lan"
+to_address = "{PUBLIC}"
+""")
         self.log = open(os.path.join(self.dir, "log"), "w")
         cmd = [TUNWALL, "run", "-c", config] if self.mode.startswith("tunwall") else [COPY, config]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         for _ in range(200):
             if sh("ip", "netns", "exec", self.client, "ping", "-c", "1", "-W", "1", SERVER, check=False).returncode == 0:
+                if self.mode == "tunwall-nat":
+                    self._check_masquerade()
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.mode} exited: " + open(os.path.join(self.dir, "log")).read())
             time.sleep(0.1)
         raise RuntimeError(f"{self.mode} did not come up")
+
+    def _check_masquerade(self):
+        """The ping went out translated: a port (ICMP id) is mapped."""
+        out = sh(TUNWALL, "stats", "-s", f"{self.dir}/control.sock", "--json").stdout
+        if json.loads(out).get("nat", {}).get("ports_in_use", 0) < 1:
+            raise RuntimeError(f"tunwall-nat: nothing translated: {out}")
 
     def _kernel(self):
         c, s, r = self.client, self.server, self.router
@@ -277,10 +301,13 @@ def main():
     ap.add_argument("--offload", choices=["on", "off"], default="on")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "throughput.json"))
     ap.add_argument("--tests", default="tcp1,tcp4,udp64")
+    ap.add_argument("--modes", default="tunwall,copy,kernel,tunwall-1w",
+                    help="comma-separated, of: " + ", ".join(MODES))
     opts = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("throughput.py: run as root (it creates network namespaces)")
-    for tool in ["iperf3", "nft", "ip"]:
+    # nft only for the kernel mode.
+    for tool in ["iperf3", "ip"] + (["nft"] if "kernel" in opts.modes.split(",") else []):
         if sh("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
             sys.exit(f"throughput.py: {tool} is missing (make deps installs it)")
     for binary in [TUNWALL, COPY, CONNRATE]:
@@ -288,13 +315,19 @@ def main():
             sys.exit(f"throughput.py: {binary} is missing: cargo build --release")
     offload = opts.offload == "on"
     tests = opts.tests.split(",")
+    wanted = opts.modes.split(",")
+    unknown = [m for m in wanted if m not in MODES]
+    if unknown:
+        sys.exit(f"throughput.py: unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
     tag = os.getpid() % 100000
     topos = {
         "tunwall": Topology("tunwall", f"{tag}a", offload),
         "copy": Topology("copy", f"{tag}b", offload),
         "kernel": Topology("kernel", f"{tag}k"),
         "tunwall-1w": Topology("tunwall-1w", f"{tag}w", offload, workers=1),
+        "tunwall-nat": Topology("tunwall-nat", f"{tag}n", offload),
     }
+    topos = {m: t for m, t in topos.items() if m in wanted}
     results = {m: {t: [] for t in tests} for m in topos}
     cc = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
     try:
@@ -302,7 +335,7 @@ def main():
             t.up()
         for rep in range(opts.reps):
             for test in tests:
-                modes = ["tunwall", "copy", "kernel"] + (["tunwall-1w"] if test == "tcp4" else [])
+                modes = [m for m in topos if m != "tunwall-1w" or test == "tcp4"]
                 # Alternate the order so no mode always runs first.
                 modes = modes[rep % len(modes):] + modes[:rep % len(modes)]
                 for mode in modes:
@@ -332,18 +365,19 @@ def main():
                 print(f"{test:<7} {mode:<11} {s['median']:>12.2f} {s['min']:>12.2f} {s['max']:>12.2f} {unit}")
     ratios = {}
     for test in tests:
-        tw = table["tunwall"].get(test)
-        for other in ["copy", "kernel"]:
-            o = table[other].get(test)
+        # Each ratio where both its modes ran.
+        for mode, other in [("tunwall", "copy"), ("tunwall", "kernel"), ("tunwall-nat", "tunwall")]:
+            tw = table.get(mode, {}).get(test)
+            o = table.get(other, {}).get(test)
             if tw and o and o["median"]:
-                ratios[f"{test} tunwall/{other}"] = tw["median"] / o["median"]
-    if "tcp4" in tests and table["tunwall-1w"].get("tcp4") and table["tunwall"].get("tcp4"):
+                ratios[f"{test} {mode}/{other}"] = tw["median"] / o["median"]
+    if "tcp4" in tests and table.get("tunwall-1w", {}).get("tcp4") and table.get("tunwall", {}).get("tcp4"):
         ratios["tcp4 workers 2/1"] = table["tunwall"]["tcp4"]["median"] / table["tunwall-1w"]["tcp4"]["median"]
-    udp_cpu = [s["cpu_ns_per_packet"] for s in results["tunwall"].get("udp64", []) if s.get("cpu_ns_per_packet")]
-    for mode in ["tunwall", "copy"]:
+    udp_cpu = [s["cpu_ns_per_packet"] for s in results.get("tunwall", {}).get("udp64", []) if s.get("cpu_ns_per_packet")]
+    for mode in [m for m in topos if m != "kernel"]:
         drops = {t: sum(s.get("tun_drops") or 0 for s in results[mode][t]) for t in tests}
         print(f"TUN queue drops, {mode}: " + ", ".join(f"{t} {n}" for t, n in drops.items()))
-    for mode in ["tunwall", "copy", "kernel"]:
+    for mode in topos:
         lost = [s["lost_percent"] for t in ["udp64", "udpgso"] if t in tests for s in results[mode][t]]
         if lost:
             print(f"datagrams lost, {mode}: median {statistics.median(lost):.2f} % (min {min(lost):.2f}, max {max(lost):.2f})")

@@ -183,12 +183,20 @@ impl Local {
                 group: self.group as u16,
             });
         }
+        let callouts = self.policy.indicates(Layer::EndpointClosure);
+        if !callouts && !self.flow_events && removed.translation.is_none() {
+            return;
+        }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
-        self.policy
-            .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
-        self.take_notes();
+        if callouts {
+            self.policy
+                .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
+            self.take_notes();
+        }
         self.untranslate(gw, now, removed, &flow);
-        self.emit(now, EventKind::FlowClosed { flow, reason });
+        if self.flow_events {
+            self.emit(now, EventKind::FlowClosed { flow, reason });
+        }
     }
 
     /// Tells the HA peer about a new flow or a change that matters for
@@ -215,11 +223,19 @@ impl Local {
         shard: &ShardGuard<'_>,
         slot: SlotId,
     ) {
+        let callouts = self.policy.indicates(Layer::FlowEstablished);
+        if !callouts && !self.flow_events {
+            return;
+        }
         let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
-        self.policy
-            .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
-        self.take_notes();
-        self.emit(now, EventKind::FlowEstablished(flow));
+        if callouts {
+            self.policy
+                .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
+            self.take_notes();
+        }
+        if self.flow_events {
+            self.emit(now, EventKind::FlowEstablished(flow));
+        }
     }
 }
 
