@@ -45,7 +45,7 @@ mod translate;
 pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
-pub use replica::Applied;
+pub use replica::{Applied, FlowRecords};
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
