@@ -383,6 +383,13 @@ vrrp_instance gateway {{
 /// A TCP echo server.
 pub const ECHO: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('198.18.2.20',7000))\ns.listen(4)\nwhile True:\n c,_=s.accept()\n while True:\n  d=c.recv(100)\n  if not d: break\n  c.sendall(d)\n";
 
+/// The churn's server: answers each connection once, on port 7001, for 8 s.
+pub const CHURN_SERVER: &str = "import socketserver,threading\nclass H(socketserver.BaseRequestHandler):\n def handle(self):\n  d=self.request.recv(4)\n  if d: self.request.sendall(d)\nsocketserver.ThreadingTCPServer.allow_reuse_address=True\nsocketserver.ThreadingTCPServer.daemon_threads=True\ns=socketserver.ThreadingTCPServer(('198.18.2.20',7001),H)\nthreading.Timer(8,s.shutdown).start()\ns.serve_forever()\n";
+
+/// Connection churn for 5 s: short TCP connections to [`CHURN_SERVER`] and
+/// one-datagram UDP flows; prints how many connections were made.
+pub const CHURN: &str = "import socket,time\nt=time.time()\nn=0\nwhile time.time()-t<5:\n try:\n  s=socket.create_connection(('198.18.2.20',7001),timeout=0.5)\n  s.sendall(b'x')\n  s.recv(4)\n  s.close()\n  n+=1\n except Exception:\n  time.sleep(0.05)\n u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n u.sendto(b'x',('198.18.2.20',40000+n%20000))\n u.close()\nprint('connections',n,flush=True)\n";
+
 /// An idle connection: one exchange per line on stdin, "ok N" or the error.
 pub const IDLE: &str = "import socket,sys\ns=socket.create_connection(('198.18.2.20',7000),timeout=5)\nn=0\nwhile True:\n n+=1\n try:\n  s.sendall(b'ping')\n  print('ok',n if s.recv(16)==b'ping' else 'bad',flush=True)\n except Exception as e:\n  print('broken',type(e).__name__,flush=True)\n if not sys.stdin.readline(): break\n";
 
@@ -423,15 +430,39 @@ impl Pair {
             ],
             &out,
         );
-        std::thread::sleep(Duration::from_secs(2));
+        // Connection churn beside the transfer (measured, not asserted):
+        // short TCP connections and one-datagram UDP flows, as fast as one
+        // client makes them.
+        let churn_out = self.dir.join(format!("churn{round}.out"));
+        let server_out = self.dir.join(format!("churn-server{round}.out"));
+        self.spawn("s", &["python3", "-c", CHURN_SERVER], &server_out);
+        std::thread::sleep(Duration::from_millis(300));
+        self.spawn("c", &["python3", "-c", CHURN], &churn_out);
+        // The replication lag on the active node while both run.
+        let before = self.sync(victim);
+        let started = Instant::now();
+        let mut lags = Vec::new();
+        while started.elapsed() < Duration::from_secs(2) {
+            lags.push(self.sync(victim)["lag_ms"].as_u64().unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
             self.has_flow(survivor, 5201, true, Some("established")),
             "the standby holds the transfer's flow, marked synced"
         );
         let active = self.sync(victim);
+        let mean = lags.iter().sum::<u64>() as f64 / lags.len().max(1) as f64;
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = |k: &str| {
+            (active[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0)) as f64 / seconds
+        };
         eprintln!(
-            "during the transfer: lag_ms {} queued {} sent_bytes {}",
-            active["lag_ms"], active["queued"], active["sent_bytes"]
+            "during the transfer and churn: lag_ms mean {mean:.1} max {} ({} samples); {:.0} datagrams/s, {:.0} bytes/s to the standby; {} flows on the active node",
+            lags.iter().max().unwrap_or(&0),
+            lags.len(),
+            rate("sent"),
+            rate("sent_bytes"),
+            self.json(victim, &["stats", "--json"])["flows_active"],
         );
         self.kill(victim);
         wait_until(
@@ -445,6 +476,8 @@ impl Pair {
             assert!(Instant::now() < deadline, "iperf3 did not finish");
             std::thread::sleep(Duration::from_millis(100));
         }
+        let churned = std::fs::read_to_string(&churn_out).unwrap_or_default();
+        eprintln!("churn over 5 s (across the failover): {}", churned.trim());
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         let report: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("iperf3 output ({e}): {text}\n{}", self.logs()));
