@@ -389,6 +389,23 @@ fn new_flow_benches(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The daemon without an event file, subscriber or debug log: the flow
+    // events are not built (the counters still count).
+    g.bench_function("udp_50k_flows_no_event_taker", |b| {
+        b.iter_batched(
+            || (gateway(N), packets.clone()),
+            |(gw, mut packets)| {
+                let mut e = gw.engine(0);
+                e.flow_events(false);
+                for p in &mut packets {
+                    black_box(e.process(Instant::ZERO, LAN, p));
+                }
+                assert_eq!(gw.flows_active(), N);
+                e.drain_events().for_each(drop);
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

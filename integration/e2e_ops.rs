@@ -511,3 +511,39 @@ listen = "127.0.0.1:9560"
     let missing = text(&curl("/"));
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }
+
+/// Without an event file, subscriber or debug log the workers build no
+/// flow events (a third of a new flow's cost); the counters still count,
+/// and a subscriber that connects gets the flow events from then on.
+#[test]
+fn flow_events_are_built_once_a_subscriber_connects() {
+    require_netns!();
+    let mut t = Topology::prepare(true, false, "", UDP_FILTER);
+    t.rewrite_config(|c| c.replace("[events]\nfile = ", "[events]\n# file = "));
+    t.start_with_env(&[("RUST_LOG", "info")]);
+    udp_to(&t, &[7001, 7002]);
+    let created = |t: &Topology| t.stats()["flows_created"].as_u64().unwrap_or(0);
+    assert_eq!(created(&t), 2, "{}", t.stats());
+
+    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_tunwall"))
+        .args(["events", "-s"])
+        .arg(&t.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tunwall events");
+    // The hub takes the subscriber and the workers see it at their next batch.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    udp_to(&t, &[7003]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = events.kill();
+    let streamed =
+        String::from_utf8_lossy(&events.wait_with_output().expect("events").stdout).to_string();
+    let created_ports: Vec<u64> = streamed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "flow_created")
+        .filter_map(|e| e["remote_port"].as_u64())
+        .collect();
+    assert_eq!(created_ports, vec![7003], "{streamed}");
+    assert_eq!(created(&t), 3);
+}

@@ -743,27 +743,45 @@ fn translated_seed() -> Vec<u8> {
     h.snapshot()
 }
 
-/// Items of a sync message (SPEC §15) from the records of the mixed
-/// state seed: every flow, a closure, a bulk resync around them.
+/// Items of a sync message (SPEC §15) from the records of the state
+/// seeds: every flow (a translated one followed by its translation), a
+/// closure, a bulk resync around them.
 fn sync_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use tunwall::sync::wire::{BULK_BEGIN, BULK_END, CLOSE, FLOW};
-    let (_, mixed) = state_seeds().pop().expect("the mixed seed");
-    let container = tunwall::state::Container::parse(&mixed).expect("the seed parses");
-    let records: Vec<Vec<u8>> = container
-        .records()
-        .map(|r| r.expect("record").1.to_vec())
-        .collect();
-    let mut flows = Vec::new();
-    for r in &records {
-        flows.push(FLOW);
-        flows.extend_from_slice(r);
-    }
+    use tunwall::sync::wire::{BULK_BEGIN, BULK_END, CLOSE, FLOW, TRANSLATION, put_item};
+    let seeds = state_seeds();
+    let items = |name: &str| {
+        let (_, bytes) = seeds.iter().find(|(n, _)| *n == name).expect("the seed");
+        let container = tunwall::state::Container::parse(bytes).expect("the seed parses");
+        let mut items = Vec::new();
+        let mut first = None;
+        for record in container.records() {
+            let (kind, payload) = record.expect("record");
+            match kind {
+                tunwall::state::FLOW => {
+                    first.get_or_insert_with(|| payload.to_vec());
+                    put_item(FLOW, payload, &mut items);
+                }
+                tunwall::state::TRANSLATION => put_item(TRANSLATION, payload, &mut items),
+                _ => {}
+            }
+        }
+        (items, first.expect("a flow"))
+    };
+    let (flows, first) = items("mixed");
     let mut bulk = vec![BULK_BEGIN];
     bulk.extend_from_slice(&flows);
-    bulk.push(CLOSE);
-    bulk.extend_from_slice(&records[0]);
+    put_item(CLOSE, &first, &mut bulk);
     bulk.push(BULK_END);
-    vec![("flows", flows), ("bulk", bulk), ("empty", Vec::new())]
+    let (translated, first) = items("translated");
+    let mut closed = translated.clone();
+    put_item(CLOSE, &first, &mut closed);
+    vec![
+        ("flows", flows),
+        ("bulk", bulk),
+        ("empty", Vec::new()),
+        ("translated", translated),
+        ("translated-closed", closed),
+    ]
 }
 
 /// Writes the hand-made seeds into fuzz/corpus/ and the hand-made

@@ -475,6 +475,56 @@ callout = "log"
 }
 
 #[test]
+fn without_a_taker_for_flow_events_the_callouts_and_counters_still_run() {
+    let p = Arc::new(compile(
+        r#"
+[[filter]]
+name = "log-established"
+layer = "flow_established"
+action = "callout"
+callout = "log"
+
+[[filter]]
+name = "log-closed"
+layer = "endpoint_closure"
+action = "callout"
+callout = "log"
+"#,
+        None,
+    ));
+    let mut h = Harness::with(FlowConfig::with_max_flows(64), HostModel::Weak, p);
+    h.engine.flow_events(false);
+    let conn = TcpConn::new(ep(C4, 40000), ep(S4, 80));
+    h.out(conn.syn());
+    h.inb(conn.syn_ack());
+    h.out(conn.ack());
+    h.out(udp(ep(C4, 1000), ep(S4, 53), b"q"));
+    h.engine.close_all(h.now, true);
+    h.events.extend(h.engine.drain_events());
+    let names: Vec<&str> = h.events.iter().map(|e| e.name()).collect();
+    for lifecycle in ["flow_created", "flow_established", "flow_closed"] {
+        assert!(!names.contains(&lifecycle), "{lifecycle} built: {names:?}");
+    }
+    let logs = |h: &Harness| {
+        h.events
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::CalloutLog { flow: Some(_), .. }))
+            .count()
+    };
+    // Two established (TCP after its handshake, UDP at once), two closed.
+    assert_eq!(logs(&h), 4, "{names:?}");
+    assert_eq!(h.engine.stats().flows_created, 2);
+    assert_eq!(h.engine.stats().flows_closed.iter().sum::<u64>(), 2);
+
+    // Turned back on, the next flow is indicated as before.
+    h.events.clear();
+    h.engine.flow_events(true);
+    h.out(udp(ep(C4, 1001), ep(S4, 53), b"q"));
+    assert_eq!(h.created().len(), 1);
+    assert_eq!(h.established().len(), 1);
+}
+
+#[test]
 fn unrelated_icmp_errors_go_through_icmp_error() {
     let probe = udp(ep(C4, 5000), ep(S4, 9), b"x");
     let mut h = Harness::with(

@@ -9,8 +9,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tunwall::engine::Verdict;
 use tunwall::event::{EventKind, ReauthTrigger};
@@ -18,89 +16,14 @@ use tunwall::flow::{FlowConfig, TcpState};
 use tunwall::reason::DropReason;
 use tunwall::sync::replicator::Replicator;
 use tunwall::sync::{NODE_SHIFT, SyncConfig};
+use tunwall::testkit::pair::*;
 
 fn config(listen: &str, peer: &str, key: u8) -> SyncConfig {
-    SyncConfig {
-        listen: listen.parse::<SocketAddr>().unwrap(),
-        peer: peer.parse().unwrap(),
-        key_file: "sync.key".into(),
-        key: [key; 32],
-        key_shared: false,
-    }
-}
-
-const A: &str = "198.18.9.1:7946";
-const B: &str = "198.18.9.2:7946";
-
-/// A node: a harness (gateway, engine, virtual clock) and its replicator.
-struct Node {
-    h: Harness,
-    r: Replicator,
-}
-
-impl Node {
-    fn new(listen: &str, peer: &str, key: u8, session: u64, flows: FlowConfig) -> Node {
-        let h = Harness::new(flows);
-        let r = Replicator::new(&config(listen, peer, key), h.gw.clone(), session).unwrap();
-        Node { h, r }
-    }
-
-    fn status(&self) -> Value {
-        self.r.status(self.h.now)
-    }
+    sync_config(listen, peer, key)
 }
 
 fn flows() -> FlowConfig {
-    FlowConfig::with_max_flows(1024)
-}
-
-/// The pair, on one clock.
-struct Pair {
-    a: Node,
-    b: Node,
-    /// Drops a datagram when it returns true (argument: a running count).
-    lose: Box<dyn FnMut(u64) -> bool>,
-    sent: u64,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        Pair {
-            a: Node::new(A, B, 7, 1, flows()),
-            b: Node::new(B, A, 7, 1, flows()),
-            lose: Box::new(|_| false),
-            sent: 0,
-        }
-    }
-
-    /// One round on both nodes, moving the datagrams across, `ms` later.
-    fn step(&mut self, ms: u64) {
-        for n in [&mut self.a, &mut self.b] {
-            n.h.advance_ms(ms);
-        }
-        let mut to_b = Vec::new();
-        let mut to_a = Vec::new();
-        self.a.r.round(self.a.h.now, |d| to_b.push(d.to_vec()));
-        self.b.r.round(self.b.h.now, |d| to_a.push(d.to_vec()));
-        for mut d in to_b {
-            self.sent += 1;
-            if !(self.lose)(self.sent) {
-                self.b.r.receive(self.b.h.now, &mut d);
-            }
-        }
-        for mut d in to_a {
-            self.sent += 1;
-            if !(self.lose)(self.sent) {
-                self.a.r.receive(self.a.h.now, &mut d);
-            }
-        }
-    }
-
-    fn settle(&mut self) {
-        for _ in 0..20 {
-            self.step(50);
-        }
-    }
+    pair_flows()
 }
 
 #[test]
@@ -345,7 +268,8 @@ fn a_peers_older_copy_of_a_flow_seen_here_does_not_replace_it() {
     // a bulk resync): this node saw the flow more recently.
     let echo = record(&a.h, a.h.now + Duration::from_secs(2));
     assert_eq!(
-        a.h.gw.apply_synced(a.h.now, &echo),
+        a.h.gw
+            .apply_synced(a.h.now, &echo, None, &mut Default::default()),
         Ok(tunwall::engine::Applied::Kept)
     );
     assert!(!a.h.only_flow().synced);
@@ -354,7 +278,8 @@ fn a_peers_older_copy_of_a_flow_seen_here_does_not_replace_it() {
     a.h.advance_ms(5000);
     let fresher = record(&a.h, a.h.now - Duration::from_secs(4));
     assert_eq!(
-        a.h.gw.apply_synced(a.h.now, &fresher),
+        a.h.gw
+            .apply_synced(a.h.now, &fresher, None, &mut Default::default()),
         Ok(tunwall::engine::Applied::Updated)
     );
     assert!(a.h.only_flow().synced);
@@ -369,50 +294,14 @@ fn replication_bytes_per_flow() {
         udp_idle: Duration::from_secs(2),
         ..FlowConfig::with_max_flows(4096)
     };
-    let mut p = Pair {
-        a: Node::new(A, B, 7, 1, churn.clone()),
-        b: Node::new(B, A, 7, 1, churn),
-        lose: Box::new(|_| false),
-        sent: 0,
-    };
-    p.settle();
-    let base = p.a.status()["sent_bytes"].as_u64().unwrap();
-    for i in 0..1000u16 {
-        let mut conn = TcpConn::new(ep(C4, 10_000 + i), ep(S4, 443));
-        conn.handshake(&mut p.a.h);
-        let data = conn.client_data(100);
-        p.a.h.out(data);
-        let reply = conn.server_data(1000);
-        p.a.h.inb(reply);
-        let fin = conn.client_fin();
-        p.a.h.out(fin);
-        let fin = conn.server_fin();
-        p.a.h.inb(fin);
-        p.a.h.out(conn.client_ack());
-        if i % 100 == 99 {
-            p.step(100);
-        }
-    }
-    p.a.h.advance(Duration::from_secs(300));
-    p.settle();
-    let tcp = p.a.status()["sent_bytes"].as_u64().unwrap() - base;
-    assert_eq!(p.b.h.gw.flows_active(), 0, "every closure replicated");
-    for i in 0..1000u16 {
-        p.a.h.out(udp(ep(C4, 30_000 + i), ep(S4, 53), b"q"));
-        if i % 100 == 99 {
-            p.step(100);
-        }
-    }
-    p.a.h.advance(Duration::from_secs(10));
-    p.settle();
-    let udp_bytes = p.a.status()["sent_bytes"].as_u64().unwrap() - base - tcp;
-    assert_eq!(p.b.h.gw.flows_active(), 0);
-    eprintln!(
-        "replication: {} bytes per TCP connection, {} bytes per UDP flow",
-        tcp / 1000,
-        udp_bytes / 1000
+    let mut p = Pair::of(
+        Node::new(A, B, 7, 1, churn.clone()),
+        Node::new(B, A, 7, 1, churn),
     );
-    assert!(tcp / 1000 < 1500 && udp_bytes / 1000 < 600);
+    let (tcp, udp_bytes) = replication_bytes(&mut p, C4, C4);
+    assert_eq!(p.b.h.gw.flows_active(), 0, "every closure replicated");
+    eprintln!("replication: {tcp} bytes per TCP connection, {udp_bytes} bytes per UDP flow");
+    assert!(tcp < 1500 && udp_bytes < 600);
 }
 
 /// A node restored from a state file, or an upgrade's carried table (SPEC

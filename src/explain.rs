@@ -384,8 +384,16 @@ impl Authorizer for Tracing {
         redirect
     }
 
+    fn identity_change_only(&self, layer: Layer, since: u32) -> bool {
+        self.policy.identity_change_only(layer, since)
+    }
+
     fn flow_created(&self, filter: &Arc<str>) {
         self.policy.flow_created(filter);
+    }
+
+    fn indicates(&self, layer: Layer) -> bool {
+        self.policy.indicates(layer)
     }
 
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {

@@ -9,8 +9,9 @@
 //!
 //! ```text
 //! new → old   {"ready": pid}                         config loaded, policy compiled
-//!             (old: workers stop reading; the flow table is snapshot)
-//! old → new   frame: Offer JSON + SCM_RIGHTS [queues port by port…, control listener]
+//!             (old: workers and the sync thread stop; the flow table is snapshot)
+//! old → new   frame: Offer JSON + SCM_RIGHTS [queues port by port…, control listener,
+//!             metrics listener?, sync socket?]
 //! old → new   the state container (Offer::state_len bytes)
 //!             (new: restores, starts its workers, serves the control socket)
 //! new → old   {"running": flows}
@@ -79,6 +80,11 @@ pub struct Offer {
     /// same socket, so the port is never closed.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The HA sync address (`[sync] listen`, SPEC §15) the descriptor after
+    /// the metrics listener is bound to, if the old process runs a sync: the
+    /// new one cannot bind it while the old one holds it.
+    #[serde(default)]
+    pub sync: Option<std::net::SocketAddr>,
     /// The length of the state container that follows.
     pub state_len: u64,
 }
@@ -88,7 +94,8 @@ pub struct Payload {
     /// The offer.
     pub offer: Offer,
     /// Queues port by port, then the control listener, then the metrics
-    /// listener if [`Offer::metrics`].
+    /// listener if [`Offer::metrics`], then the sync socket if
+    /// [`Offer::sync`].
     pub fds: Vec<OwnedFd>,
     /// The state container.
     pub state: Vec<u8>,

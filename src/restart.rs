@@ -213,6 +213,9 @@ impl Daemon {
                 if failed.paused {
                     self.resume_workers();
                 }
+                if let Some(shared) = &self.sync {
+                    shared.pause(false);
+                }
                 refuse(format!("upgrade failed: {}", failed.reason))
             }
         }
@@ -240,6 +243,18 @@ impl Daemon {
         if let Some((_, metrics)) = &self.metrics {
             fds.push(metrics.try_clone().map_err(|e| e.to_string())?);
         }
+        // The sync socket goes too: the new process cannot bind its address
+        // while this one holds it. This sync thread stops first, so what the
+        // peer sends next waits in the socket for the new process.
+        let sync = match &self.sync {
+            Some(shared) => {
+                let (listen, fd) = shared.socket().map_err(|e| format!("sync socket: {e}"))?;
+                shared.pause(true);
+                fds.push(fd);
+                Some(listen)
+            }
+            None => None,
+        };
         let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Payload {
             offer: Offer {
@@ -258,6 +273,7 @@ impl Daemon {
                 udp_gso: self.ports.first().is_some_and(|p| p.udp_gso),
                 socket: config.gateway.control_socket.clone(),
                 metrics: self.metrics.as_ref().map(|(addr, _)| *addr),
+                sync,
                 state_len: state.len() as u64,
             },
             fds,

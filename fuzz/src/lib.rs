@@ -719,9 +719,10 @@ fn sync_config(key: u8) -> tunwall::sync::SyncConfig {
 /// node as a datagram as they are (they must be refused: they carry no
 /// valid tag, and nothing is applied), then sealed with the pair's key as
 /// the items of the peer's first message, so that mutations reach the
-/// item and flow-record decoders and the table: what is applied is marked
-/// synced, stays within `max_flows`, and is never indicated as created or
-/// closed; the same datagram again is refused as a replay.
+/// item, flow-record and translation-record decoders and the table: what
+/// is applied is marked synced, stays within `max_flows`, and is never
+/// indicated as created or closed; the same datagram again is refused as
+/// a replay; when every flow is gone, no alias or port mapping is left.
 pub fn sync(data: &[u8]) {
     use tunwall::sync::replicator::Replicator;
     use tunwall::sync::wire::{self, Header, Key};
@@ -784,4 +785,11 @@ pub fn sync(data: &[u8]) {
         );
     }
     assert_eq!(gw.flows_active(), 0);
+    // Every replicated translation gave back its alias and port.
+    assert_eq!(gw.nat().aliases.len(), 0, "an alias outlived its flow");
+    assert_eq!(
+        gw.nat().ports_in_use(),
+        0,
+        "a replicated port never released"
+    );
 }

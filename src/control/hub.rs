@@ -144,6 +144,16 @@ impl Sinks {
             }
     }
 
+    /// Tells the workers whether to build flow events at all: a new UDP
+    /// flow's two snapshots are a third of its cost (docs/benchmarks.md).
+    fn publish_wanted(&self) {
+        self.counters.set_flow_events_wanted(
+            self.file.is_some()
+                || !self.subscribers.is_empty()
+                || tracing::enabled!(tracing::Level::DEBUG),
+        );
+    }
+
     fn emit(&mut self, line: &str) {
         if let Some(f) = self.file.as_mut()
             && let Err(e) = writeln!(f, "{line}")
@@ -228,6 +238,7 @@ pub fn spawn(
                 seen: [false; DropReason::COUNT],
                 suppressed: 0,
             };
+            sinks.publish_wanted();
             loop {
                 select! {
                     recv(events.channel()) -> batch => {
@@ -267,6 +278,7 @@ pub fn spawn(
                     default(RETRY) => {}
                 }
                 sinks.retry();
+                sinks.publish_wanted();
             }
             sinks.retry();
             if limiter.suppressed > 0 {
@@ -378,5 +390,35 @@ mod tests {
             port: 0,
             packet: None,
         }));
+    }
+
+    #[test]
+    fn the_workers_build_flow_events_only_while_something_takes_them() {
+        let counters = Arc::new(EventCounters::default());
+        assert!(counters.flow_events_wanted(), "on until the hub says");
+        let mut sinks = Sinks {
+            file: None,
+            subscribers: Vec::new(),
+            counters: Arc::clone(&counters),
+        };
+        sinks.publish_wanted();
+        assert!(!counters.flow_events_wanted());
+        let (writer, _reader) = UnixStream::pair().expect("pair");
+        sinks
+            .subscribers
+            .push(Subscriber::new(writer).expect("subscriber"));
+        sinks.publish_wanted();
+        assert!(counters.flow_events_wanted());
+        sinks.subscribers.clear();
+        sinks.file = Some(BufWriter::new(tempfile_in_tmp()));
+        sinks.publish_wanted();
+        assert!(counters.flow_events_wanted());
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!("tunwall-hub-{}", std::process::id()));
+        let file = File::create(&path).expect("file");
+        let _ = std::fs::remove_file(&path);
+        file
     }
 }

@@ -9,7 +9,7 @@
 use crate::event::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The default bound: about 16 MB of events at the largest event size.
 pub const DEFAULT_LIMIT: usize = 65_536;
@@ -19,9 +19,22 @@ pub const DEFAULT_LIMIT: usize = 65_536;
 pub struct EventCounters {
     queued: AtomicUsize,
     dropped: AtomicU64,
+    /// Whether the hub has a taker for flow events (set by the hub as its
+    /// sinks come and go; read by the workers once per batch).
+    flow_events_unwanted: AtomicBool,
 }
 
 impl EventCounters {
+    /// Whether anything takes flow lifecycle events.
+    pub fn flow_events_wanted(&self) -> bool {
+        !self.flow_events_unwanted.load(Ordering::Relaxed)
+    }
+
+    /// Says whether anything takes flow lifecycle events.
+    pub fn set_flow_events_wanted(&self, wanted: bool) {
+        self.flow_events_unwanted.store(!wanted, Ordering::Relaxed);
+    }
+
     /// Events lost in the pipeline or at a slow reader.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

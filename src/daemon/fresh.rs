@@ -34,5 +34,6 @@ pub(super) fn open(config: &Config, workers: usize) -> anyhow::Result<Opened> {
         bound,
         ports,
         metrics: None,
+        sync: None,
     })
 }

@@ -52,6 +52,8 @@ struct Opened {
     ports: Vec<Port>,
     /// The metrics listener handed over by the process taken over from.
     metrics: Option<crate::control::metrics::MetricsListener>,
+    /// The sync socket handed over by it (SPEC §15), bound to `[sync] listen`.
+    sync: Option<std::net::UdpSocket>,
 }
 
 /// The running gateway as the control socket and signals see it.

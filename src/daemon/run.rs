@@ -108,6 +108,7 @@ impl Start<'_> {
             bound,
             mut ports,
             metrics: handed_metrics,
+            sync: handed_sync,
         } = opened;
         let taking_over = incoming.is_some();
         let workers = config.gateway.workers.count();
@@ -192,7 +193,7 @@ impl Start<'_> {
                 if settings.key_shared {
                     warn!(key_file = %settings.key_file.display(), "the sync key file is readable by its group or others; make it mode 0600");
                 }
-                match crate::sync::node::spawn(settings, Arc::clone(&gateway), clock) {
+                match crate::sync::node::spawn(settings, Arc::clone(&gateway), clock, handed_sync) {
                     Ok(handle) => Some(handle),
                     Err(e) => {
                         give_up(ports, bound, taking_over);

@@ -29,7 +29,7 @@ pub(super) fn take_over(
         "the ports handed over ({}) are not this configuration's",
         names.join(", ")
     );
-    let listeners = 1 + usize::from(offer.metrics.is_some());
+    let listeners = 1 + usize::from(offer.metrics.is_some()) + usize::from(offer.sync.is_some());
     anyhow::ensure!(
         offer.queues == workers && received.fds.len() == offer.ports.len() * workers + listeners,
         "{} descriptors for {} ports of {} queues, this configuration runs {workers} workers",
@@ -66,9 +66,16 @@ pub(super) fn take_over(
     };
     // The metrics socket goes on if the address stayed; otherwise the
     // gateway binds the configured one (the old process lets go of its own).
-    let metrics = match fds.next() {
+    let metrics = match offer.metrics.and_then(|_| fds.next()) {
         Some(fd) if offer.metrics == config.metrics_listen => {
             Some(MetricsListener::adopt(std::net::TcpListener::from(fd))?)
+        }
+        _ => None,
+    };
+    // The sync socket likewise, if `[sync] listen` stayed (SPEC §15).
+    let sync = match offer.sync.and_then(|_| fds.next()) {
+        Some(fd) if offer.sync == config.sync.as_ref().map(|s| s.listen) => {
+            Some(std::net::UdpSocket::from(fd))
         }
         _ => None,
     };
@@ -78,5 +85,6 @@ pub(super) fn take_over(
         bound,
         ports,
         metrics,
+        sync,
     })
 }

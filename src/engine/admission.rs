@@ -311,9 +311,11 @@ impl Local {
         slot: SlotId,
     ) {
         self.stats.flows_created += 1;
-        let factor = gw.table.adaptive_factor();
-        let flow = shard.info(slot, a.now, &gw.config.flows, factor);
-        self.emit(a.now, EventKind::FlowCreated(flow));
+        if self.flow_events {
+            let factor = gw.table.adaptive_factor();
+            let flow = shard.info(slot, a.now, &gw.config.flows, factor);
+            self.emit(a.now, EventKind::FlowCreated(flow));
+        }
         let entry = shard.entry(slot);
         // A pending flow is indicated at `flow_established` once permitted.
         if (!entry.is_tcp() || entry.tcp().handshake_done())

@@ -19,7 +19,7 @@ use super::Gateway;
 use super::admission::wildcard_key;
 use super::pend::CarriedPend;
 use crate::flow::record::{self, FLOW_RECORD_LEN, FilterNames};
-use crate::flow::table::SlotId;
+use crate::flow::table::{Removed, ShardGuard, SlotId};
 use crate::flow::wildcard::Wildcard;
 use crate::flow::{FlowClass, FlowEntry, FlowInfo, FlowKey};
 use crate::nat::{AliasTarget, MapKey, Translation};
@@ -358,7 +358,20 @@ impl Gateway {
         id: u64,
         t: Translation,
     ) -> bool {
-        let mut shard_guard = self.table.lock_shard(shard);
+        let mut guard = self.table.lock_shard(shard);
+        self.attach_translation(&mut guard, shard, slot, id, t)
+    }
+
+    /// [`Gateway::restore_translation`] with shard `shard` locked as
+    /// `shard_guard`.
+    pub(super) fn attach_translation(
+        &self,
+        shard_guard: &mut ShardGuard<'_>,
+        shard: usize,
+        slot: SlotId,
+        id: u64,
+        t: Translation,
+    ) -> bool {
         if let Some((map, port)) = t.mapping
             && self.nat.allocator().reserve(map, port).is_err()
         {
@@ -379,6 +392,16 @@ impl Gateway {
         }
         shard_guard.set_translation(slot, t);
         true
+    }
+
+    /// Gives back what removed flow `removed` held as a translated flow:
+    /// its alias, and its mapping's share of the port. Returns the mapping
+    /// and port when that was the mapping's last flow (the port is free).
+    pub(super) fn release_translation(&self, removed: &Removed) -> Option<(MapKey, u16)> {
+        let t = removed.translation.as_ref()?;
+        self.nat.aliases.remove(&t.key, removed.entry.id());
+        let (map, port) = t.mapping?;
+        self.nat.allocator().release(&map).map(|_| (map, port))
     }
 
     /// The wildcard state a carried or replicated flow owns, if it owns any.

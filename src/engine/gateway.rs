@@ -250,6 +250,7 @@ impl Gateway {
                 queued_discards: 0,
                 ids: 0..0,
                 note_drops: false,
+                flow_events: true,
                 last_drop: None,
                 reply: None,
                 reject_tokens: f64::from(self.reject_rate()),

@@ -45,7 +45,7 @@ mod translate;
 pub use carry::Restored;
 pub use gateway::{Gateway, GatewayConfig, HostModel};
 pub use pend::{PendError, PendingInfo};
-pub use replica::Applied;
+pub use replica::{Applied, FlowRecords};
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
@@ -109,6 +109,10 @@ struct Local {
     /// Whether to keep the layer and filter of the last drop (a capture
     /// client wants them).
     note_drops: bool,
+    /// Whether anything takes the flow events (created, established,
+    /// closed): without a taker their snapshots are not built (SPEC §12's
+    /// counters and the callouts do not depend on them).
+    flow_events: bool,
     last_drop: Option<(Option<crate::policy::Layer>, Option<Arc<str>>)>,
     /// The answer to a rejected packet: (port, packet), taken by the shell.
     reply: Option<(u8, Vec<u8>)>,
@@ -162,6 +166,13 @@ impl Engine {
     /// [`Engine::take_drop`]; the shell turns it on while a capture runs.
     pub fn note_drops(&mut self, on: bool) {
         self.local.note_drops = on;
+    }
+
+    /// Builds (or stops building) the flow_created, flow_established and
+    /// flow_closed events; the shell turns them off while no event file,
+    /// subscriber or debug log would take them. On by default.
+    pub fn flow_events(&mut self, on: bool) {
+        self.local.flow_events = on;
     }
 
     /// The layer and deciding filter of the last dropped packet, when

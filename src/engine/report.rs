@@ -168,12 +168,14 @@ impl Local {
                 .remove(&super::admission::wildcard_key(&entry.key()), entry.id());
         }
         if entry.synced() {
-            // Replicated and never seen here: the peer indicates it (SPEC §15).
+            // Replicated and never seen here: the peer indicates it (SPEC
+            // §15); its alias and port mapping go quietly.
+            gw.release_translation(removed);
             return;
         }
         self.stats.flows_closed[reason.index()] += 1;
         if let Some(sync) = gw.sync.get()
-            && replicated(entry, removed.translation.is_some())
+            && replicated(entry)
         {
             sync.send(Export::Closed {
                 entry: removed.entry,
@@ -181,12 +183,20 @@ impl Local {
                 group: self.group as u16,
             });
         }
+        let callouts = self.policy.indicates(Layer::EndpointClosure);
+        if !callouts && !self.flow_events && removed.translation.is_none() {
+            return;
+        }
         let flow = FlowInfo::of_removed(removed, now, &gw.config.flows, factor);
-        self.policy
-            .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
-        self.take_notes();
+        if callouts {
+            self.policy
+                .indicate(Layer::EndpointClosure, &flow, now, &mut self.notes);
+            self.take_notes();
+        }
         self.untranslate(gw, now, removed, &flow);
-        self.emit(now, EventKind::FlowClosed { flow, reason });
+        if self.flow_events {
+            self.emit(now, EventKind::FlowClosed { flow, reason });
+        }
     }
 
     /// Tells the HA peer about a new flow or a change that matters for
@@ -194,12 +204,13 @@ impl Local {
     #[inline]
     pub(super) fn export(&self, gw: &Gateway, shard: &ShardGuard<'_>, slot: SlotId) {
         if let Some(sync) = gw.sync.get()
-            && replicated(shard.entry(slot), shard.translation(slot).is_some())
+            && replicated(shard.entry(slot))
         {
             sync.send(Export::Flow {
                 entry: *shard.entry(slot),
                 parent: shard.parent(slot),
                 group: self.group as u16,
+                translated: shard.translation(slot).is_some(),
             });
         }
     }
@@ -212,18 +223,26 @@ impl Local {
         shard: &ShardGuard<'_>,
         slot: SlotId,
     ) {
+        let callouts = self.policy.indicates(Layer::FlowEstablished);
+        if !callouts && !self.flow_events {
+            return;
+        }
         let flow = shard.info(slot, now, &gw.config.flows, gw.table.adaptive_factor());
-        self.policy
-            .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
-        self.take_notes();
-        self.emit(now, EventKind::FlowEstablished(flow));
+        if callouts {
+            self.policy
+                .indicate(Layer::FlowEstablished, &flow, now, &mut self.notes);
+            self.take_notes();
+        }
+        if self.flow_events {
+            self.emit(now, EventKind::FlowEstablished(flow));
+        }
     }
 }
 
 /// Whether the HA peer is told about a flow (SPEC §15): not while it is
 /// pending (it is replicated when it is decided), never when a pend
-/// blocked it (the peer never had it), and not when it is translated
-/// (translations are not replicated yet).
-pub(super) fn replicated(entry: &FlowEntry, translated: bool) -> bool {
-    !translated && !entry.is_pending() && entry.completed() != Some(Action::Block)
+/// blocked it (the peer never had it). A translated flow goes with its
+/// translation.
+pub(super) fn replicated(entry: &FlowEntry) -> bool {
+    !entry.is_pending() && entry.completed() != Some(Action::Block)
 }

@@ -302,13 +302,7 @@ impl Local {
         removed: &Removed,
         flow: &crate::flow::FlowInfo,
     ) {
-        let Some(t) = &removed.translation else {
-            return;
-        };
-        gw.nat.aliases.remove(&t.key, removed.entry.id());
-        if let Some((map, port)) = t.mapping
-            && gw.nat.allocator().release(&map).is_some()
-        {
+        if let Some((map, port)) = gw.release_translation(removed) {
             self.port_log(now, flow, map, port, false);
         }
     }

@@ -256,6 +256,13 @@ fn put_key(key: &FlowKey, out: &mut Vec<u8>) {
 
 /// Appends the translation record of flow `id` to `out`.
 pub fn encode_translation(id: u64, t: &Translation, out: &mut Vec<u8>) {
+    encode_translation_capped(id, t, MAX_FILTER_NAME, out);
+}
+
+/// [`encode_translation`] with the filter name cut to at most `max_name`
+/// bytes (at a character boundary): an HA sync message (SPEC §15) has
+/// room for less than a state file.
+pub fn encode_translation_capped(id: u64, t: &Translation, max_name: usize, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&id.to_le_bytes());
     put_key(&t.key, out);
@@ -272,7 +279,7 @@ pub fn encode_translation(id: u64, t: &Translation, out: &mut Vec<u8>) {
         None => out.extend_from_slice(&[0; 38]),
     }
     let filter = t.filter.as_bytes();
-    let mut len = filter.len().min(MAX_FILTER_NAME);
+    let mut len = filter.len().min(max_name.min(MAX_FILTER_NAME));
     while !t.filter.is_char_boundary(len) {
         len -= 1;
     }
@@ -291,6 +298,16 @@ pub struct FilterNames {
 }
 
 impl FilterNames {
+    /// How many distinct names are kept.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no name is kept.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     /// The shared copy of `name`.
     pub fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(last) = self.last.as_ref().filter(|l| ***l == *name) {

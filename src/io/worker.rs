@@ -87,6 +87,8 @@ pub trait Processor: Send {
     }
     /// Keep the layer and filter of drops for [`Processor::take_drop`].
     fn note_drops(&mut self, _on: bool) {}
+    /// Build the flow lifecycle events (something takes them).
+    fn flow_events(&mut self, _on: bool) {}
     /// The layer and filter of the last drop.
     fn take_drop(&mut self) -> Option<(Option<Layer>, Option<Arc<str>>)> {
         None
@@ -146,6 +148,10 @@ impl Processor for Engine {
 
     fn kill(&mut self, now: Instant, idx: usize, selector: &FlowSelector) -> usize {
         self.close_in_shard(now, idx, selector, CloseReason::Admin)
+    }
+
+    fn flow_events(&mut self, on: bool) {
+        Engine::flow_events(self, on);
     }
 
     fn note_drops(&mut self, on: bool) {
@@ -293,6 +299,8 @@ impl<P: Processor> Worker<P> {
             }
             let now = self.clock.now();
             self.engine.begin_batch();
+            self.engine
+                .flow_events(self.events.counters().flow_events_wanted());
             // The one look at the capture per batch.
             let mode = self.capture.mode();
             if mode != capturing {

@@ -585,6 +585,10 @@ impl Authorizer for Policy {
         }
     }
 
+    fn indicates(&self, layer: Layer) -> bool {
+        !self.layers[layer.index()].order.is_empty()
+    }
+
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
         let index = &self.layers[layer.index()];
         if index.order.is_empty() {

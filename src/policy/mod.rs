@@ -409,6 +409,12 @@ pub trait Authorizer: Send + Sync {
     /// `flows_created` counter).
     fn flow_created(&self, _filter: &Arc<str>) {}
 
+    /// Whether [`Authorizer::indicate`] at `layer` could run anything: when
+    /// not, the engine skips building the flow's snapshot for it.
+    fn indicates(&self, _layer: Layer) -> bool {
+        true
+    }
+
     /// Runs the callouts of a callout-only layer (`flow_established`,
     /// `endpoint_closure`, `resource_assignment`, `resource_release`) for
     /// `flow` at `now`.
@@ -469,6 +475,10 @@ impl Authorizer for DefaultPolicy {
     fn classify(&self, request: &ClassifyRequest, _notes: &mut Vec<PolicyNote>) -> Decision {
         Decision::default_action(self.action(request.layer))
     }
+
+    fn indicates(&self, _layer: Layer) -> bool {
+        false
+    }
 }
 
 /// An authorizer made of a closure and a fixed generation per layer.
@@ -506,5 +516,9 @@ where
 
     fn classify(&self, request: &ClassifyRequest, _notes: &mut Vec<PolicyNote>) -> Decision {
         (self.classify)(request)
+    }
+
+    fn indicates(&self, _layer: Layer) -> bool {
+        false
     }
 }

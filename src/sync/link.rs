@@ -153,11 +153,23 @@ impl Link {
     /// Adds an item (kind and payload) to the message being built; a full
     /// message is queued first.
     pub fn push(&mut self, now: Instant, kind: u8, payload: &[u8]) {
-        if self.building.len() + 1 + payload.len() > MAX_ITEMS_LEN {
+        self.push_together(now, &[(kind, payload)]);
+    }
+
+    /// Adds items that must arrive in one message (a flow and its
+    /// translation); the message being built is queued first if they do
+    /// not fit in it.
+    pub fn push_together(&mut self, now: Instant, items: &[(u8, &[u8])]) {
+        let size: usize = items
+            .iter()
+            .map(|(k, p)| wire::item_size(*k, p.len()))
+            .sum();
+        if self.building.len() + size > MAX_ITEMS_LEN {
             self.flush(now);
         }
-        self.building.push(kind);
-        self.building.extend_from_slice(payload);
+        for (kind, payload) in items {
+            wire::put_item(*kind, payload, &mut self.building);
+        }
     }
 
     /// Queues the message being built, if it has items.

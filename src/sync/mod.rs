@@ -86,6 +86,9 @@ pub enum Export {
         parent: Option<u64>,
         /// Its shard group.
         group: u16,
+        /// It is translated: its translation goes with it (the sync thread
+        /// takes it from the table, so the queue stays small and `Copy`).
+        translated: bool,
     },
     /// A flow was removed.
     Closed {

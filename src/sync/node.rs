@@ -20,13 +20,38 @@ const POLL: Duration = Duration::from_millis(5);
 /// How often the shared status is renewed.
 const PUBLISH: Duration = Duration::from_millis(50);
 
-/// What `sync status` shows, renewed by the sync thread.
+/// What `sync status` shows, renewed by the sync thread; and what
+/// `tunwall upgrade` needs of it (SPEC §13): its socket, and a pause while
+/// the new process takes over.
 #[derive(Default)]
 pub struct Shared {
     status: Mutex<Value>,
+    /// The sync socket, for the hand-over to a new process (which cannot
+    /// bind the address while this one holds it).
+    socket: Option<UdpSocket>,
+    /// The listen address of [`Shared::socket`].
+    listen: Option<std::net::SocketAddr>,
+    /// The thread neither reads nor sends while set.
+    paused: AtomicBool,
 }
 
 impl Shared {
+    /// The sync socket (another descriptor of it) and its address, for a
+    /// hand-over.
+    pub fn socket(&self) -> std::io::Result<(std::net::SocketAddr, std::os::fd::OwnedFd)> {
+        match (&self.socket, self.listen) {
+            (Some(s), Some(listen)) => Ok((listen, s.try_clone()?.into())),
+            _ => Err(std::io::Error::other("no sync socket")),
+        }
+    }
+
+    /// Stops (`true`) or resumes the thread's reading and sending: while an
+    /// upgrade's new process takes over the socket, the datagrams wait in
+    /// it for the new process.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
     /// The status as JSON (SPEC §15 `sync status --json`).
     pub fn status(&self) -> Value {
         self.status
@@ -54,21 +79,31 @@ impl SyncHandle {
     }
 }
 
-/// Binds `[sync] listen` and starts replicating `gateway`, whose
-/// replication must not be on yet.
+/// Binds `[sync] listen` (or goes on with `adopted`, the socket an
+/// upgrade handed over, already bound there) and starts replicating
+/// `gateway`, whose replication must not be on yet.
 pub fn spawn(
     config: &SyncConfig,
     gateway: Arc<Gateway>,
     clock: Clock,
+    adopted: Option<UdpSocket>,
 ) -> anyhow::Result<SyncHandle> {
-    let socket = UdpSocket::bind(config.listen)
-        .map_err(|e| anyhow::anyhow!("[sync] listen {}: {e}", config.listen))?;
+    let socket = match adopted {
+        Some(socket) => socket,
+        None => UdpSocket::bind(config.listen)
+            .map_err(|e| anyhow::anyhow!("[sync] listen {}: {e}", config.listen))?,
+    };
     socket.set_read_timeout(Some(POLL))?;
+    socket.set_nonblocking(false)?;
     let session = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64);
     let mut replicator = Replicator::new(config, gateway, session)?;
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        socket: Some(socket.try_clone()?),
+        listen: Some(config.listen),
+        ..Shared::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     info!(node = config.node_ids().0, peer = %config.peer, listen = %config.listen, "sync running");
     let (stopping, publish, peer) = (Arc::clone(&stop), Arc::clone(&shared), config.peer);
@@ -78,6 +113,10 @@ pub fn spawn(
             let mut buf = vec![0u8; 65_536];
             let mut published = None;
             while !stopping.load(Ordering::Relaxed) {
+                if publish.paused.load(Ordering::Relaxed) {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
                 // The first wait is bounded by POLL, the rest take what is there.
                 let mut got = socket.recv_from(&mut buf);
                 socket.set_nonblocking(true).ok();

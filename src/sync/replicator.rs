@@ -10,10 +10,10 @@
 //! a time while the send queue has room.
 
 use super::link::{DOWN_AFTER, Link, REJECTED_NAMES};
-use super::wire::{self, BULK_BEGIN, BULK_END, CLOSE, FLOW, Key};
+use super::wire::{self, BULK_BEGIN, BULK_END, CLOSE, FLOW, Key, TRANSLATION};
 use super::{Export, SyncConfig};
-use crate::engine::{Applied, Gateway};
-use crate::flow::record::{self, FLOW_RECORD_LEN};
+use crate::engine::{Applied, FlowRecords, Gateway};
+use crate::flow::record::{FLOW_RECORD_LEN, FilterNames};
 use crate::time::Instant;
 use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
@@ -26,6 +26,9 @@ use tracing::{info, warn};
 pub const WALK: Duration = Duration::from_millis(250);
 /// Exports taken from the workers' queue per round.
 const EXPORTS_PER_ROUND: usize = 4096;
+/// Distinct filter names kept for sharing among received translations;
+/// beyond, the cache starts again (the names come from the peer's policy).
+const MAX_NAMES: usize = 4096;
 /// Flow records per message.
 const RECORDS_PER_MESSAGE: usize = wire::MAX_ITEMS_LEN / (1 + FLOW_RECORD_LEN);
 
@@ -53,12 +56,93 @@ pub struct Replicator {
     exports: Receiver<Export>,
     /// The next shard of the bulk resync being sent.
     bulk_out: Option<usize>,
-    /// A bulk resync from the peer is being received.
-    bulk_in: bool,
     last_walk: Option<Instant>,
     counts: Counts,
     was_up: bool,
-    record: Vec<u8>,
+    records: FlowRecords,
+    inbound: Inbound,
+}
+
+/// What arrives from the peer, item by item: a flow record is held until
+/// the next item says whether its translation follows.
+#[derive(Default)]
+struct Inbound {
+    /// The flow record waiting for its translation (empty: none).
+    held: Vec<u8>,
+    names: FilterNames,
+    /// A bulk resync from the peer is being received.
+    bulk: bool,
+}
+
+impl Inbound {
+    fn item(
+        &mut self,
+        gateway: &Gateway,
+        counts: &mut Counts,
+        now: Instant,
+        kind: u8,
+        payload: &[u8],
+    ) {
+        if kind == TRANSLATION {
+            if self.held.is_empty() {
+                counts.invalid_records += 1;
+            } else {
+                self.apply(gateway, counts, now, Some(payload));
+            }
+            return;
+        }
+        self.flush(gateway, counts, now);
+        let result = match kind {
+            FLOW => {
+                self.held.extend_from_slice(payload);
+                return;
+            }
+            CLOSE => gateway.apply_closure(payload),
+            BULK_BEGIN => {
+                self.bulk = true;
+                return;
+            }
+            BULK_END => {
+                self.bulk = false;
+                counts.bulk_received += 1;
+                return;
+            }
+            _ => return,
+        };
+        counts.count(result);
+    }
+
+    /// Applies the held flow record, without a translation.
+    fn flush(&mut self, gateway: &Gateway, counts: &mut Counts, now: Instant) {
+        if !self.held.is_empty() {
+            self.apply(gateway, counts, now, None);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        gateway: &Gateway,
+        counts: &mut Counts,
+        now: Instant,
+        translation: Option<&[u8]>,
+    ) {
+        if self.names.len() > MAX_NAMES {
+            self.names = FilterNames::default();
+        }
+        let result = gateway.apply_synced(now, &self.held, translation, &mut self.names);
+        self.held.clear();
+        counts.count(result);
+    }
+}
+
+impl Counts {
+    fn count(&mut self, result: Result<Applied, &'static str>) {
+        match result {
+            Ok(Applied::Refused) => self.refused += 1,
+            Ok(_) => self.applied += 1,
+            Err(_) => self.invalid_records += 1,
+        }
+    }
 }
 
 impl Replicator {
@@ -81,11 +165,11 @@ impl Replicator {
             gateway,
             exports,
             bulk_out: None,
-            bulk_in: false,
             last_walk: None,
             counts: Counts::default(),
             was_up: false,
-            record: Vec::with_capacity(FLOW_RECORD_LEN),
+            records: FlowRecords::default(),
+            inbound: Inbound::default(),
         })
     }
 
@@ -94,28 +178,11 @@ impl Replicator {
     pub fn receive(&mut self, now: Instant, datagram: &mut [u8]) {
         let gateway = &self.gateway;
         let counts = &mut self.counts;
-        let bulk_in = &mut self.bulk_in;
+        let inbound = &mut self.inbound;
         let _ = self.link.receive(now, datagram, |kind, payload| {
-            let result = match kind {
-                FLOW => gateway.apply_synced(now, payload),
-                CLOSE => gateway.apply_closure(payload),
-                BULK_BEGIN => {
-                    *bulk_in = true;
-                    return;
-                }
-                BULK_END => {
-                    *bulk_in = false;
-                    counts.bulk_received += 1;
-                    return;
-                }
-                _ => return,
-            };
-            match result {
-                Ok(Applied::Refused) => counts.refused += 1,
-                Ok(_) => counts.applied += 1,
-                Err(_) => counts.invalid_records += 1,
-            }
+            inbound.item(gateway, counts, now, kind, payload)
         });
+        inbound.flush(gateway, counts, now);
     }
 
     /// Queues what the workers exported and what is due, and sends it.
@@ -129,21 +196,32 @@ impl Replicator {
 
     fn drain_exports(&mut self, now: Instant) {
         for export in self.exports.try_iter().take(EXPORTS_PER_ROUND) {
-            let (kind, entry, parent, group) = match export {
+            let (kind, entry, parent, group, translated) = match export {
                 Export::Flow {
                     entry,
                     parent,
                     group,
-                } => (FLOW, entry, parent, group),
+                    translated,
+                } => (FLOW, entry, parent, group, translated),
                 Export::Closed {
                     entry,
                     parent,
                     group,
-                } => (CLOSE, entry, parent, group),
+                } => (CLOSE, entry, parent, group, false),
             };
-            self.record.clear();
-            record::encode(&entry, parent, group, now, &mut self.record);
-            self.link.push(now, kind, &self.record);
+            // A translated flow goes with its translation, as the table
+            // holds it now; gone already, it is not sent (its closure
+            // follows in the queue).
+            let translation = match translated {
+                true => match self.gateway.translation_of(&entry) {
+                    Some(t) => Some(t),
+                    None => continue,
+                },
+                false => None,
+            };
+            self.records
+                .encode(&entry, parent, group, translation.as_ref(), now);
+            push(&mut self.link, now, kind, &self.records);
         }
         if let Some(e) = self.gateway.exporter()
             && e.lost.swap(false, Ordering::Relaxed)
@@ -167,8 +245,8 @@ impl Replicator {
         let link = &mut self.link;
         for idx in 0..self.gateway.table().shard_count() {
             self.gateway
-                .walk_shard(idx, Some(since), now, &mut self.record, |r| {
-                    link.push(now, FLOW, r)
+                .walk_shard(idx, Some(since), now, &mut self.records, |r| {
+                    push(link, now, FLOW, r)
                 });
         }
     }
@@ -206,8 +284,8 @@ impl Replicator {
             }
             let link = &mut self.link;
             self.gateway
-                .walk_shard(idx, None, now, &mut self.record, |r| {
-                    link.push(now, FLOW, r)
+                .walk_shard(idx, None, now, &mut self.records, |r| {
+                    push(link, now, FLOW, r)
                 });
             self.bulk_out = Some(idx + 1);
         }
@@ -215,7 +293,7 @@ impl Replicator {
 
     /// `up`, `down` or `resyncing` (a bulk resync on its way in or out).
     pub fn state(&self, now: Instant) -> &'static str {
-        if self.bulk_in || self.bulk_out.is_some() {
+        if self.inbound.bulk || self.bulk_out.is_some() {
             "resyncing"
         } else if self.link.up(now) {
             "up"
@@ -257,5 +335,16 @@ impl Replicator {
             "bulk_received": self.counts.bulk_received,
             "down_after_ms": DOWN_AFTER.as_millis() as u64,
         })
+    }
+}
+
+/// Queues a flow's records as one item of `kind` (FLOW or CLOSE) and, for
+/// a translated flow's FLOW, its translation in the same message.
+fn push(link: &mut Link, now: Instant, kind: u8, records: &FlowRecords) {
+    match records.translation() {
+        Some(t) if kind == FLOW => {
+            link.push_together(now, &[(FLOW, &records.flow), (TRANSLATION, t)])
+        }
+        _ => link.push(now, kind, &records.flow),
     }
 }

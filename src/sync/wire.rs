@@ -10,6 +10,10 @@
 //!   items         kind u8 + payload, until the end:
 //!                 FLOW  + a flow record (crate::flow::record, the §13 format): created, changed or refreshed
 //!                 CLOSE + a flow record: the flow was removed
+//!                 TRANSLATION + u16 LE length + a translation record
+//!                       (crate::flow::record::encode_translation): the
+//!                       translation (SPEC §9) of the flow of the FLOW item
+//!                       right before it, in the same message
 //!                 BULK_BEGIN, BULK_END: a bulk resync of the whole table starts / is complete
 //! tag             16 bytes
 //! ```
@@ -21,7 +25,7 @@
 //! before or from an older session. Nothing in a datagram is looked at
 //! before its tag has been verified.
 
-use crate::flow::record::FLOW_RECORD_LEN;
+use crate::flow::record::{FLOW_RECORD_LEN, TRANSLATION_FIXED_LEN};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
@@ -49,13 +53,58 @@ pub const BULK_BEGIN: u8 = 3;
 /// A bulk resync is complete.
 pub const BULK_END: u8 = 4;
 
-/// The length of an item of `kind`, kind byte included.
-pub fn item_len(kind: u8) -> Option<usize> {
+/// A translation record (variable length: a u16 length precedes it).
+pub const TRANSLATION: u8 = 5;
+
+/// The longest filter name a replicated translation carries (longer ones
+/// are cut at a character boundary): a flow and its translation always
+/// fit one message.
+pub const MAX_SYNC_FILTER_NAME: usize = 512;
+
+/// The payload length of an item of fixed-size `kind`.
+fn fixed_len(kind: u8) -> Option<usize> {
     match kind {
-        FLOW | CLOSE => Some(1 + FLOW_RECORD_LEN),
-        BULK_BEGIN | BULK_END => Some(1),
+        FLOW | CLOSE => Some(FLOW_RECORD_LEN),
+        BULK_BEGIN | BULK_END => Some(0),
         _ => None,
     }
+}
+
+/// The encoded size of an item of `kind` with a payload of `len` bytes.
+pub fn item_size(kind: u8, len: usize) -> usize {
+    match kind {
+        TRANSLATION => 3 + len,
+        _ => 1 + len,
+    }
+}
+
+/// Appends an item (kind, payload) to `out`.
+pub fn put_item(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(kind);
+    if kind == TRANSLATION {
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// The item at the start of `items`: its kind, payload and encoded size;
+/// `None` if it is unknown, cut, or a translation of an impossible length.
+fn split_item(items: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let kind = *items.first()?;
+    let (start, len) = match fixed_len(kind) {
+        Some(len) => (1, len),
+        None if kind == TRANSLATION => {
+            let len = usize::from(u16::from_le_bytes([*items.get(1)?, *items.get(2)?]));
+            let max = TRANSLATION_FIXED_LEN + MAX_SYNC_FILTER_NAME;
+            if !(TRANSLATION_FIXED_LEN..=max).contains(&len) {
+                return None;
+            }
+            (3, len)
+        }
+        None => return None,
+    };
+    let payload = items.get(start..start + len)?;
+    Some((kind, payload, start + len))
 }
 
 /// The pre-shared key, ready to seal and open.
@@ -153,20 +202,18 @@ pub struct Items<'a>(&'a [u8]);
 impl<'a> Iterator for Items<'a> {
     type Item = (u8, &'a [u8]);
     fn next(&mut self) -> Option<(u8, &'a [u8])> {
-        let kind = *self.0.first()?;
-        let len = item_len(kind)?;
-        let item = self.0.get(1..len)?;
-        self.0 = &self.0[len..];
-        Some((kind, item))
+        let (kind, payload, size) = split_item(self.0)?;
+        self.0 = &self.0[size..];
+        Some((kind, payload))
     }
 }
 
 /// Checks that `items` is a sequence of whole known items.
 fn check_items(mut items: &[u8]) -> bool {
-    while let Some(&kind) = items.first() {
-        match item_len(kind) {
-            Some(len) if len <= items.len() => items = &items[len..],
-            _ => return false,
+    while !items.is_empty() {
+        match split_item(items) {
+            Some((_, _, size)) => items = &items[size..],
+            None => return false,
         }
     }
     true
@@ -336,6 +383,28 @@ mod tests {
         assert_eq!(open(&key, &mut out).err(), Some(Rejected::BadBody));
         seal(&key, header(2), 0, 1, 1, &[99], &mut out);
         assert_eq!(open(&key, &mut out).err(), Some(Rejected::BadBody));
+        // A translation shorter than its fixed part, or cut.
+        seal(
+            &key,
+            header(3),
+            0,
+            1,
+            1,
+            &[TRANSLATION, 4, 0, 1, 2, 3, 4],
+            &mut out,
+        );
+        assert_eq!(open(&key, &mut out).err(), Some(Rejected::BadBody));
+        let mut cut = Vec::new();
+        put_item(TRANSLATION, &[0; TRANSLATION_FIXED_LEN], &mut cut);
+        cut.pop();
+        seal(&key, header(4), 0, 1, 1, &cut, &mut out);
+        assert_eq!(open(&key, &mut out).err(), Some(Rejected::BadBody));
+        cut.push(0);
+        put_item(BULK_END, &[], &mut cut);
+        seal(&key, header(5), 0, 1, 1, &cut, &mut out);
+        let (_, body) = open(&key, &mut out).expect("whole items");
+        let kinds: Vec<_> = body.items().map(|(k, p)| (k, p.len())).collect();
+        assert_eq!(kinds, [(TRANSLATION, TRANSLATION_FIXED_LEN), (BULK_END, 0)]);
     }
 
     #[test]

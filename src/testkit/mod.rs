@@ -7,6 +7,7 @@
 pub mod harness;
 pub mod ids;
 pub mod packets;
+pub mod pair;
 
 pub use harness::*;
 pub use ids::Ids;
