@@ -324,12 +324,20 @@ impl Local {
             Zone::Inside => (0, entry.direction() == Direction::Inbound),
             Zone::Outside => (1, entry.direction() == Direction::Outbound),
         };
-        let to = if to_table_key {
-            endpoints(&entry.table_key(), a.zone)
+        let (to, from) = if to_table_key {
+            (entry.table_key(), &t.key)
         } else {
-            endpoints(&t.key, a.zone)
+            (t.key, &entry.table_key())
         };
-        self.rewrite = Some(Rewrite::Flow(to, deltas[i]));
+        let to = endpoints(&to, a.zone);
+        // The deltas hold for packets carrying the view expected on this
+        // side; anything else (a packet on the other view, a fragment
+        // whose ports are not those of the key) takes the general rewrite.
+        self.rewrite = Some(if rewrite::carries(a.packet, &endpoints(from, a.zone)) {
+            Rewrite::Flow(to, deltas[i])
+        } else {
+            Rewrite::Packet(to)
+        });
         Some(t.egress[i])
     }
 

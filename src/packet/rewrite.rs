@@ -50,6 +50,18 @@ impl Endpoints {
     }
 }
 
+/// Whether `packet` carries `from` in every field [`Deltas::between`] reads
+/// (so deltas computed from `from` hold for it).
+#[inline]
+pub fn carries(packet: &Packet, from: &Endpoints) -> bool {
+    packet.src == from.src
+        && packet.dst == from.dst
+        && match packet.transport {
+            super::Transport::Icmp { id, .. } => id == from.icmp_id,
+            _ => packet.ports().is_none_or(|ports| ports == from.ports),
+        }
+}
+
 /// A running one's-complement checksum delta: the sum of `~old + new` over
 /// every changed word.
 #[derive(Clone, Copy, Debug, Default)]
