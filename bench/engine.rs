@@ -15,7 +15,7 @@
 //!
 //! Run with `cargo bench --bench engine`.
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -573,4 +573,47 @@ criterion_group!(
     nat_benches,
     million_translated
 );
-criterion_main!(benches);
+/// `NAT_CALLGRIND=<case> [NAT_ITERS=n]`: instead of criterion, runs one
+/// `nat/*` case n times inside `nat_loop`, for repeatable instruction
+/// counts: `valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect=*nat_loop* target/release/deps/engine-*`.
+fn nat_callgrind(case: &str) {
+    let iters: usize = std::env::var("NAT_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let (policy, inbound) = match case {
+        "out_untranslated" => (policy(), false),
+        "out_masquerade" => (masquerade(), false),
+        "in_untranslated" => (policy(), true),
+        "in_masquerade" => (masquerade(), true),
+        _ => panic!("NAT_CALLGRIND: one of out_/in_ untranslated/masquerade"),
+    };
+    let gw = gateway_with(1024, 1, policy);
+    let mut e = gw.engine(0);
+    let out = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 64);
+    let mut p = out.clone();
+    assert_eq!(e.process(Instant::ZERO, LAN, &mut p), Verdict::Forward(1));
+    let back = udp4([198, 19, 0, 1], [p[12], p[13], p[14], p[15]], 53, 5000, 64);
+    let (template, port) = if inbound { (back, 1) } else { (out, LAN) };
+    let mut buf = template.clone();
+    nat_loop(&mut e, port, &template, &mut buf, iters);
+    assert_eq!(e.stats().discards_total(), 0);
+}
+
+#[inline(never)]
+fn nat_loop(e: &mut Engine, port: u8, template: &[u8], buf: &mut [u8], iters: usize) {
+    for _ in 0..iters {
+        buf.copy_from_slice(template);
+        black_box(e.process(Instant::ZERO, port, black_box(&mut *buf)));
+    }
+}
+
+fn main() {
+    if let Ok(case) = std::env::var("NAT_CALLGRIND") {
+        nat_callgrind(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

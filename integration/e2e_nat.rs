@@ -128,10 +128,26 @@ fn masquerade_v4_and_v6_the_server_sees_only_the_public_address() {
         stats["nat"]["ports_in_use"].as_u64().unwrap() >= 2,
         "{stats}"
     );
+    // The redirect filter counts the flows it translated.
+    let counters = &stats["filters"]["masquerade"];
+    assert!(counters["matches"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(counters["decisions"].as_u64().unwrap() >= 4, "{stats}");
+    // The text forms: a translated flow's outside endpoints under its
+    // line, and the nat section of stats.
+    let text = String::from_utf8_lossy(&t.cli(&["flows"]).stdout).to_string();
+    let nat_line = text
+        .lines()
+        .find(|l| l.contains(" nat ") && l.contains(&format!("{PUBLIC4}:")))
+        .unwrap_or_else(|| panic!("no nat line for {PUBLIC4}:\n{text}"));
+    assert!(nat_line.contains("masquerade"), "{nat_line}");
+    assert!(text.contains(&format!("[{PUBLIC6}]:")), "{text}");
+    let text = String::from_utf8_lossy(&t.cli(&["stats"]).stdout).to_string();
+    assert!(text.contains("nat: "), "{text}");
+    assert!(text.contains("ports in use"), "{text}");
 }
 
 #[test]
-fn port_forward_reaches_the_inside_server() {
+fn port_forward_reaches_the_inside_server_v4_and_v6() {
     require_netns!();
     let forward = r#"
 [[filter]]
@@ -139,9 +155,9 @@ name = "forward"
 layer = "bind_redirect"
 action = "redirect"
 arrival_port = "wan"
-local_address = "198.18.2.1"
+local_address = ["198.18.2.1", "fd00:2::1"]
 local_port = 8080
-to_address = "198.18.1.10"
+to_address = ["198.18.1.10", "fd00:1::10"]
 to_port = 8000
 
 [[filter]]
@@ -153,24 +169,26 @@ flags = ["redirected"]
 "#;
     let mut t = Topology::new("max_flows = 1000", forward);
     let client_ns = t.client.clone();
-    t.spawn(
-        &client_ns,
-        &["python3", "-c", &whoami_server(CLIENT4, 8000)],
-    );
-    // From the server's side: connect to the public address and port.
-    let seen = stdout(&t.python(&t.server, &ask_tcp(PUBLIC4, 8080)));
-    assert!(
-        seen.starts_with(&format!("{SERVER4} ")),
-        "inside saw {seen:?}"
-    );
-    let client_port: u16 = seen.split(' ').nth(1).unwrap().parse().unwrap();
-    let flow = translated_flow(&t, |f| f["remote_port"] == client_port);
-    assert_eq!(flow["local_port"], 8000);
-    assert_eq!(flow["translation"]["local_addr"], PUBLIC4);
-    assert_eq!(flow["translation"]["local_port"], 8080);
-    // The inside server itself stays closed to direct connections.
-    let direct = stdout(&t.python(&t.server, &ask_udp(CLIENT4, 8000)));
-    assert_eq!(direct, "timeout");
+    for (inside, outside, public) in [(CLIENT4, SERVER4, PUBLIC4), (CLIENT6, SERVER6, PUBLIC6)] {
+        t.spawn(&client_ns, &["python3", "-c", &whoami_server(inside, 8000)]);
+        // From the server's side: connect to the public address and port.
+        let seen = stdout(&t.python(&t.server, &ask_tcp(public, 8080)));
+        assert!(
+            seen.starts_with(&format!("{outside} ")),
+            "inside saw {seen:?} (from {outside} to {public})"
+        );
+        let client_port: u16 = seen.split(' ').nth(1).unwrap().parse().unwrap();
+        let flow = translated_flow(&t, |f| {
+            f["remote_port"] == client_port && f["remote_addr"] == outside
+        });
+        assert_eq!(flow["local_addr"], inside);
+        assert_eq!(flow["local_port"], 8000);
+        assert_eq!(flow["translation"]["local_addr"], public);
+        assert_eq!(flow["translation"]["local_port"], 8080);
+        // The inside server itself stays closed to direct connections.
+        let direct = stdout(&t.python(&t.server, &ask_udp(inside, 8000)));
+        assert_eq!(direct, "timeout", "direct to {inside}");
+    }
 }
 
 #[test]
@@ -261,4 +279,121 @@ fn iperf3_through_masquerade_with_offload() {
     let peer = report["start"]["connected"][0]["remote_host"].clone();
     assert_eq!(peer, SERVER4);
     assert_eq!(t.discards("tcp_out_of_window"), 0);
+}
+
+/// A UDP datagram with TTL (hop limit) 1, traceroute's first probe, from a
+/// connected socket with IP_RECVERR: prints the ICMP error the kernel
+/// matched to the socket (its type, code and the router's address) — it
+/// matches only if the quoted header came back with the client's own
+/// addresses and ports.
+fn udp_probe(dst: &str, port: u16) -> String {
+    let v6 = dst.contains(':');
+    // Numbers from <linux/in.h>, <linux/in6.h>: not every Python names them.
+    let (level, ttl, recverr) = if v6 {
+        ("socket.IPPROTO_IPV6", 16, 25)
+    } else {
+        ("socket.IPPROTO_IP", 2, 11)
+    };
+    let offender = if v6 { 24 } else { 20 };
+    format!(
+        "import socket,struct,time,ipaddress
+s=socket.socket({f},socket.SOCK_DGRAM);s.connect(('{dst}',{port}))
+s.setsockopt({level},{ttl},1);s.setsockopt({level},{recverr},1)
+for i in range(6):
+ try:
+  s.send(b'probe')
+ except OSError:
+  pass
+ time.sleep(0.3)
+ try:
+  d,anc,fl,a=s.recvmsg(512,512,socket.MSG_ERRQUEUE|socket.MSG_DONTWAIT)
+ except BlockingIOError:
+  continue
+ for lvl,typ,data in anc:
+  errno,origin,t,c,pad,info,dat=struct.unpack_from('IBBBBII',data)
+  fam=struct.unpack_from('H',data,16)[0]
+  addr=data[{offender}:{offender}+{alen}] if fam else b''
+  print(t,c,ipaddress.ip_address(addr) if addr else '-')
+ break
+else:
+ print('none')
+",
+        f = family(dst),
+        alen = if v6 { 16 } else { 4 },
+    )
+}
+
+#[test]
+fn time_exceeded_comes_back_through_masquerade() {
+    require_netns!();
+    // The server's namespace routes on to 198.18.3.0/24 and fd00:3::/64
+    // (a veth pair of its own): a router behind the gateway, which answers
+    // an expiring packet with a time-exceeded error to the public address.
+    let mut t = Topology::prepare(true, false, "max_flows = 1000", MASQUERADE);
+    t.rewrite_config(|c| {
+        c.replace(
+            "\nroutes = [\"198.18.2.0/24\", \"fd00:2::/64\"]",
+            "\nroutes = [\"198.18.2.0/24\", \"fd00:2::/64\", \"198.18.3.0/24\", \"fd00:3::/64\"]",
+        )
+    });
+    t.start();
+    let (server, client) = (t.server.clone(), t.client.clone());
+    let far = format!("twf{}", t.lan_dev.trim_start_matches("twl"));
+    for args in [
+        vec![
+            "ip", "link", "add", &far, "type", "veth", "peer", "name", "twfar",
+        ],
+        vec!["ip", "addr", "add", "198.18.3.1/24", "dev", &far],
+        vec!["ip", "addr", "add", "fd00:3::1/64", "dev", &far, "nodad"],
+        vec!["ip", "link", "set", "twfar", "up"],
+        vec!["ip", "link", "set", &far, "up"],
+        vec!["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        vec!["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    ] {
+        let out = t.exec(&server, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for net in ["198.18.3.0/24", "fd00:3::/64"] {
+        let out = t.exec(&client, &["ip", "route", "add", net, "dev", &t.lan_dev]);
+        assert!(
+            out.status.success(),
+            "route {net}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (far_host, router, v6) in [("198.18.3.9", SERVER4, false), ("fd00:3::9", SERVER6, true)] {
+        // ping -t 1: the echo request expires at the router; the error
+        // quotes it with the public address and the translated id.
+        let out = t.in_client(&["ping", "-c", "1", "-t", "1", "-W", "2", far_host]);
+        let text = stdout(&out);
+        let expected = if v6 {
+            "Time exceeded"
+        } else {
+            "Time to live exceeded"
+        };
+        assert!(
+            text.contains(expected) && text.contains(router),
+            "ping -t 1 {far_host}: {text}\nevents: {:#?}",
+            t.events()
+        );
+        // traceroute's UDP probe: the error reaches the client's socket.
+        let out = t.python(&client, &udp_probe(far_host, 33434));
+        let seen = stdout(&out);
+        let (ty, code) = if v6 { (3, 0) } else { (11, 0) };
+        assert_eq!(
+            seen,
+            format!("{ty} {code} {router}"),
+            "UDP probe to {far_host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        t.stats()["related_icmp"].as_u64().unwrap() >= 4,
+        "{}",
+        t.stats()
+    );
 }

@@ -93,15 +93,16 @@ impl Gateway {
             .flat_map(|p| p.broadcast.iter())
             .map(|a| raw_addr(*a).1)
             .collect();
+        let table = FlowTable::new(config.flows.clone(), shards, workers);
         Arc::new(Gateway {
-            table: FlowTable::new(config.flows.clone(), shards, workers),
+            nat: Nat::new(table.hasher().clone()),
+            table,
             fragments: FragmentTable::new(
                 config.flows.max_fragments,
                 config.flows.fragment_timeout,
             ),
             routes: RouteTable::new(&config.ports),
             wildcards: Wildcards::default(),
-            nat: Nat::default(),
             broadcast,
             next_id: AtomicU64::new(1),
             node: AtomicU32::new(0),

@@ -166,11 +166,13 @@ impl Local {
             let verdict = match (&result, &self.rewrite) {
                 // Later fragments of a held first fragment cannot follow it.
                 (Ok(port), _) if *port == super::HELD => FirstVerdict::Dropped,
-                (Ok(port), Some(Rewrite::Packet(e))) => FirstVerdict::Translated {
-                    port: *port,
-                    src: e.src,
-                    dst: e.dst,
-                },
+                (Ok(port), Some(Rewrite::Packet(e) | Rewrite::Flow(e, _))) => {
+                    FirstVerdict::Translated {
+                        port: *port,
+                        src: e.src,
+                        dst: e.dst,
+                    }
+                }
                 (Ok(port), _) => FirstVerdict::Forwarded(*port),
                 (Err(_), _) => FirstVerdict::Dropped,
             };
@@ -219,7 +221,7 @@ impl Local {
             }
             if related.is_none()
                 && !gw.nat.aliases.is_empty()
-                && let Some((shard, slot)) = find_alias(gw, &key)
+                && let Some((shard, slot)) = find_alias(gw, &key, hash)
                 && !shard.entry(slot).expired(a.now, &gw.config.flows, factor)
             {
                 related = Some(self.error_translated(a, &shard, slot, true));
@@ -315,7 +317,7 @@ impl Local {
         // the translated one. (No table lock is held here: see `crate::nat`.)
         if !gw.nat.aliases.is_empty()
             && !pk.key.same_zone()
-            && let Some(verdict) = self.ride_alias(gw, a, pk)
+            && let Some(verdict) = self.ride_alias(gw, a, pk, hash)
         {
             return verdict;
         }
@@ -337,8 +339,9 @@ impl Local {
         gw: &Gateway,
         a: &Arrival<'_>,
         pk: PacketKey,
+        hash: u64,
     ) -> Option<Result<u8, Dropped>> {
-        let (mut shard, slot) = find_alias(gw, &pk.key)?;
+        let (mut shard, slot) = find_alias(gw, &pk.key, hash)?;
         let factor = gw.table.adaptive_factor();
         let entry = shard.entry(slot);
         let reopened = entry.is_tcp()

@@ -14,9 +14,9 @@ use super::report::Dropped;
 use super::{Gateway, Local};
 use crate::event::{EventKind, PortMapping};
 use crate::flow::table::{Removed, ShardGuard, SlotId};
-use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
-use crate::nat::{MapKey, Translation};
-use crate::packet::rewrite::{self, Endpoints};
+use crate::flow::{Direction, FlowKey, Zone};
+use crate::nat::{MapKey, Translation, endpoints};
+use crate::packet::rewrite::{self, Deltas, Endpoints};
 use crate::packet::{Packet, RawAddr, proto};
 use crate::policy::{ClassifyRequest, Layer, RedirectAddress};
 use crate::reason::DropReason;
@@ -31,6 +31,9 @@ const DEFAULT_RANGE: (u16, u16) = (1024, 65535);
 pub(super) enum Rewrite {
     /// The packet's endpoints become these.
     Packet(Endpoints),
+    /// A packet of an established translated flow: it carries the flow's
+    /// endpoints, so the checksum deltas are the flow's precomputed ones.
+    Flow(Endpoints, Deltas),
     /// An ICMP error: outer (source, destination) and the quoted packet.
     IcmpError {
         outer: (RawAddr, RawAddr),
@@ -42,6 +45,14 @@ impl Rewrite {
     pub(super) fn apply(&self, bytes: &mut [u8], packet: &Packet, partial: bool) -> Option<()> {
         match self {
             Rewrite::Packet(to) => rewrite::translate(bytes, packet, to, partial),
+            Rewrite::Flow(to, deltas) => {
+                // The flow's deltas hold only for the endpoints of its key.
+                debug_assert_eq!(
+                    *deltas,
+                    Deltas::between(packet.version, packet.protocol, &Endpoints::of(packet), to)
+                );
+                rewrite::translate_with(bytes, packet, to, *deltas, partial)
+            }
             Rewrite::IcmpError { outer, quoted } => {
                 rewrite::translate_icmp_error(bytes, packet, *outer, quoted)
             }
@@ -65,29 +76,6 @@ pub(super) struct Plan {
 /// Whether translation rewrites the transport ports of this protocol.
 fn has_ports(protocol: u8) -> bool {
     matches!(protocol, proto::TCP | proto::UDP)
-}
-
-/// The endpoints a packet that arrived in `zone` carries once moved into
-/// the view of `to` (the other side's key).
-pub(super) fn endpoints(to: &FlowKey, zone: Zone) -> Endpoints {
-    let (src, dst, ports) = match zone {
-        Zone::Inside => (to.local, to.remote, (to.local_port, to.remote_port)),
-        Zone::Outside => (to.remote, to.local, (to.remote_port, to.local_port)),
-    };
-    Endpoints {
-        src,
-        dst,
-        ports,
-        icmp_id: to.remote_port,
-    }
-}
-
-/// The inside and the outside view of a translated flow.
-fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
-    match entry.direction() {
-        Direction::Outbound => (entry.table_key(), t.key),
-        Direction::Inbound => (t.key, entry.table_key()),
-    }
 }
 
 impl Local {
@@ -328,14 +316,29 @@ impl Local {
         slot: SlotId,
     ) -> Option<u8> {
         let entry = shard.entry(slot);
-        let t = shard.translation(slot)?;
-        let (inside, outside) = views(entry, t);
-        let (to, egress) = match a.zone {
-            Zone::Inside => (outside, t.egress[0]),
-            Zone::Outside => (inside, t.egress[1]),
+        let (t, deltas) = shard.translation_deltas(slot)?;
+        // Only the view the packet goes to: an answer (against the flow's
+        // direction) goes to the table key's, the flow's own packets to the
+        // translated key's.
+        let (i, to_table_key) = match a.zone {
+            Zone::Inside => (0, entry.direction() == Direction::Inbound),
+            Zone::Outside => (1, entry.direction() == Direction::Outbound),
         };
-        self.rewrite = Some(Rewrite::Packet(endpoints(&to, a.zone)));
-        Some(egress)
+        let (to, from) = if to_table_key {
+            (entry.table_key(), &t.key)
+        } else {
+            (t.key, &entry.table_key())
+        };
+        let to = endpoints(&to, a.zone);
+        // The deltas hold for packets carrying the view expected on this
+        // side; anything else (a packet on the other view, a fragment
+        // whose ports are not those of the key) takes the general rewrite.
+        self.rewrite = Some(if rewrite::carries(a.packet, &endpoints(from, a.zone)) {
+            Rewrite::Flow(to, deltas[i])
+        } else {
+            Rewrite::Packet(to)
+        });
+        Some(t.egress[i])
     }
 
     /// An ICMP error quoting a packet of translated flow `slot`, the quote
@@ -380,10 +383,19 @@ impl Local {
     }
 }
 
-/// The translated flow whose translated tuple is `key`, its shard locked.
-pub(super) fn find_alias<'g>(gw: &'g Gateway, key: &FlowKey) -> Option<(ShardGuard<'g>, SlotId)> {
-    let target = gw.nat.aliases.find(key)?;
+/// The translated flow whose translated tuple is `key` (`hash` its flow
+/// table hash), its shard locked.
+pub(super) fn find_alias<'g>(
+    gw: &'g Gateway,
+    key: &FlowKey,
+    hash: u64,
+) -> Option<(ShardGuard<'g>, SlotId)> {
+    let target = gw.nat.aliases.find_hashed(hash)?;
     let shard = gw.table.lock_shard(target.shard as usize);
-    let live = shard.entry(target.slot).id() == target.id;
+    // The slot may have been reused, and the alias holds only the hash.
+    let live = shard.entry(target.slot).id() == target.id
+        && shard
+            .translation(target.slot)
+            .is_some_and(|t| t.key == *key);
     live.then_some((shard, target.slot))
 }

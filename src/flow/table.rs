@@ -31,6 +31,7 @@ use super::FlowConfig;
 use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
 use super::key::FlowKey;
 use crate::nat::Translation;
+use crate::packet::rewrite::Deltas;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_utils::CachePadded;
@@ -50,6 +51,9 @@ const CHUNK: usize = 64;
 /// The translations of one slab chunk's slots.
 struct TranslationChunk {
     slots: Box<[Option<Translation>]>,
+    /// Each slot's checksum deltas ([`crate::nat::deltas`]), kept apart so
+    /// that [`Translation`] stays what the state file records.
+    deltas: Box<[[Deltas; 2]]>,
     live: u32,
 }
 
@@ -154,17 +158,34 @@ impl Shard {
         self.translations.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
     }
 
+    /// The translation of the flow in `slot` and its checksum deltas.
+    #[inline]
+    pub fn translation_deltas(&self, slot: SlotId) -> Option<(&Translation, [Deltas; 2])> {
+        if !self.entry(slot).is_translated() {
+            return None;
+        }
+        let slot = slot as usize;
+        let chunk = self.translations.get(slot / CHUNK)?.as_ref()?;
+        Some((
+            chunk.slots[slot % CHUNK].as_ref()?,
+            chunk.deltas[slot % CHUNK],
+        ))
+    }
+
     /// Makes the flow in `slot` a translated one.
     pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
         self.entry_mut(slot).flags |= F_TRANSLATED;
+        let deltas = crate::nat::deltas(self.entry(slot), &translation);
         let slot = slot as usize;
         if self.translations.len() <= slot / CHUNK {
             self.translations.resize_with(slot / CHUNK + 1, || None);
         }
         let chunk = self.translations[slot / CHUNK].get_or_insert_with(|| TranslationChunk {
             slots: (0..CHUNK).map(|_| None).collect(),
+            deltas: vec![[Deltas::default(); 2]; CHUNK].into_boxed_slice(),
             live: 0,
         });
+        chunk.deltas[slot % CHUNK] = deltas;
         if chunk.slots[slot % CHUNK].replace(translation).is_none() {
             chunk.live += 1;
         }
@@ -398,7 +419,10 @@ impl Shard {
                 .translations
                 .iter()
                 .flatten()
-                .map(|c| c.slots.len() * std::mem::size_of::<Option<Translation>>())
+                .map(|c| {
+                    c.slots.len() * std::mem::size_of::<Option<Translation>>()
+                        + c.deltas.len() * std::mem::size_of::<[Deltas; 2]>()
+                })
                 .sum::<usize>()
     }
 }
@@ -571,6 +595,11 @@ impl FlowTable {
     /// The lifetime settings.
     pub fn config(&self) -> &FlowConfig {
         &self.config
+    }
+
+    /// The hasher of [`FlowTable::hash`] (the alias index shares it).
+    pub fn hasher(&self) -> &ahash::RandomState {
+        &self.hasher
     }
 
     /// The keyed hash of a flow key.

@@ -8,7 +8,8 @@
 //! so untranslated flows carry nothing for NAT. Packets on the other side
 //! of the gateway carry the translated tuple: the [`Aliases`] index maps it
 //! to the flow's shard and slot. It is consulted only when the flow table
-//! misses, so established untranslated flows never look at it.
+//! misses, with the hash the table lookup computed, so established
+//! untranslated flows never look at it.
 //!
 //! Lock order: a flow-table shard, then an alias shard or the allocator;
 //! an alias lookup holds its alias shard alone and lets go before locking
@@ -17,7 +18,8 @@
 
 pub mod alloc;
 
-use crate::flow::FlowKey;
+use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
+use crate::packet::rewrite::{Deltas, Endpoints};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -39,6 +41,48 @@ pub struct Translation {
     pub filter: Arc<str>,
 }
 
+/// The endpoints a packet that arrived in `zone` carries once moved into
+/// the view of `to` (the other side's key).
+pub fn endpoints(to: &FlowKey, zone: Zone) -> Endpoints {
+    let (src, dst, ports) = match zone {
+        Zone::Inside => (to.local, to.remote, (to.local_port, to.remote_port)),
+        Zone::Outside => (to.remote, to.local, (to.remote_port, to.local_port)),
+    };
+    Endpoints {
+        src,
+        dst,
+        ports,
+        icmp_id: to.remote_port,
+    }
+}
+
+/// The inside and the outside view of a translated flow.
+pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
+    match entry.direction() {
+        Direction::Outbound => (entry.table_key(), t.key),
+        Direction::Inbound => (t.key, entry.table_key()),
+    }
+}
+
+/// The checksum deltas of a translated flow's packets arriving [0] inside
+/// (rewritten into the outside view) and [1] outside.
+pub fn deltas(entry: &FlowEntry, t: &Translation) -> [Deltas; 2] {
+    let (inside, outside) = views(entry, t);
+    let (version, protocol) = (inside.version(), inside.protocol);
+    let way = |from: &FlowKey, to: &FlowKey, zone| {
+        Deltas::between(
+            version,
+            protocol,
+            &endpoints(from, zone),
+            &endpoints(to, zone),
+        )
+    };
+    [
+        way(&inside, &outside, Zone::Inside),
+        way(&outside, &inside, Zone::Outside),
+    ]
+}
+
 /// Where a translated flow lives in the flow table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AliasTarget {
@@ -52,32 +96,48 @@ pub struct AliasTarget {
 
 const ALIAS_SHARDS: usize = 64;
 
-type AliasShard = hashbrown::HashMap<FlowKey, AliasTarget, ahash::RandomState>;
+/// One alias: the flow table's hash of the translated tuple, kept whole as
+/// the tuple's fingerprint, and where the flow lives. The tuple itself is
+/// the flow's [`Translation::key`], compared under the flow's shard lock
+/// ([`crate::engine`]'s alias lookup), so an alias costs 24 bytes.
+#[derive(Clone, Copy, Debug)]
+struct Alias {
+    hash: u64,
+    target: AliasTarget,
+}
+
+type AliasShard = hashbrown::HashTable<Alias>;
 
 /// Translated tuple → flow. Bounded by the flow table: one alias per
-/// translated flow, removed with it.
+/// translated flow, removed with it. Keyed by the flow table's own hash,
+/// so a packet that missed in the table looks here with the hash it has.
+///
+/// Two translated tuples with the same 64-bit keyed hash cannot both have
+/// an alias (the second is refused, as a held tuple is): with random keys
+/// that takes about 2^32 live translated flows to become likely.
 pub struct Aliases {
     shards: Box<[CachePadded<Mutex<AliasShard>>]>,
+    /// The flow table's hasher.
     hasher: ahash::RandomState,
     len: AtomicUsize,
 }
 
-impl Default for Aliases {
-    fn default() -> Self {
-        let hasher = ahash::RandomState::new();
+impl Aliases {
+    /// An empty index hashing with the flow table's `hasher`.
+    pub fn new(hasher: ahash::RandomState) -> Aliases {
         Aliases {
             shards: (0..ALIAS_SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(AliasShard::with_hasher(hasher.clone()))))
+                .map(|_| CachePadded::new(Mutex::new(AliasShard::new())))
                 .collect(),
             hasher,
             len: AtomicUsize::new(0),
         }
     }
-}
 
-impl Aliases {
-    fn shard(&self, key: &FlowKey) -> std::sync::MutexGuard<'_, AliasShard> {
-        let i = (self.hasher.hash_one(key) >> 40) as usize % ALIAS_SHARDS;
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, AliasShard> {
+        // Bits 24..30, as the table picks its shards: hashbrown uses the low
+        // bits and the top seven.
+        let i = (hash >> 24) as usize % ALIAS_SHARDS;
         self.shards[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -94,27 +154,38 @@ impl Aliases {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// The flow whose translated tuple is `key`.
+    /// The flow whose translated tuple is probably `key` (its hash matches:
+    /// check the flow's translation).
     pub fn find(&self, key: &FlowKey) -> Option<AliasTarget> {
-        self.shard(key).get(key).copied()
+        self.find_hashed(self.hasher.hash_one(key))
     }
 
-    /// Adds an alias; `false` if another flow holds the tuple.
+    /// [`Aliases::find`] by the flow table's hash of the tuple.
+    #[inline]
+    pub fn find_hashed(&self, hash: u64) -> Option<AliasTarget> {
+        self.shard(hash)
+            .find(hash, |a| a.hash == hash)
+            .map(|a| a.target)
+    }
+
+    /// Adds an alias; `false` if another flow holds the tuple (or its hash).
     pub fn add(&self, key: FlowKey, target: AliasTarget) -> bool {
-        let mut shard = self.shard(&key);
-        if shard.contains_key(&key) {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        if shard.find(hash, |a| a.hash == hash).is_some() {
             return false;
         }
-        shard.insert(key, target);
+        shard.insert_unique(hash, Alias { hash, target }, |a| a.hash);
         self.len.fetch_add(1, Ordering::Relaxed);
         true
     }
 
     /// Removes the alias of flow `id`.
     pub fn remove(&self, key: &FlowKey, id: u64) {
-        let mut shard = self.shard(key);
-        if shard.get(key).is_some_and(|t| t.id == id) {
-            shard.remove(key);
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        if let Ok(entry) = shard.find_entry(hash, |a| a.hash == hash && a.target.id == id) {
+            entry.remove();
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -133,7 +204,6 @@ impl Aliases {
 }
 
 /// The gateway's NAT state.
-#[derive(Default)]
 pub struct Nat {
     /// Translated tuple → flow.
     pub aliases: Aliases,
@@ -141,6 +211,14 @@ pub struct Nat {
 }
 
 impl Nat {
+    /// Empty, its alias index hashing with the flow table's `hasher`.
+    pub fn new(hasher: ahash::RandomState) -> Nat {
+        Nat {
+            aliases: Aliases::new(hasher),
+            allocator: Mutex::default(),
+        }
+    }
+
     /// The allocator, locked (new flows and closures only).
     pub fn allocator(&self) -> std::sync::MutexGuard<'_, Allocator> {
         self.allocator

@@ -35,6 +35,33 @@ pub struct Endpoints {
     pub icmp_id: u16,
 }
 
+impl Endpoints {
+    /// The endpoints `packet` carries.
+    pub fn of(packet: &Packet) -> Endpoints {
+        Endpoints {
+            src: packet.src,
+            dst: packet.dst,
+            ports: packet.ports().unwrap_or_default(),
+            icmp_id: match packet.transport {
+                super::Transport::Icmp { id, .. } => id,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// Whether `packet` carries `from` in every field [`Deltas::between`] reads
+/// (so deltas computed from `from` hold for it).
+#[inline]
+pub fn carries(packet: &Packet, from: &Endpoints) -> bool {
+    packet.src == from.src
+        && packet.dst == from.dst
+        && match packet.transport {
+            super::Transport::Icmp { id, .. } => id == from.icmp_id,
+            _ => packet.ports().is_none_or(|ports| ports == from.ports),
+        }
+}
+
 /// A running one's-complement checksum delta: the sum of `~old + new` over
 /// every changed word.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,6 +149,13 @@ fn addr_offsets(version: IpVersion) -> (usize, usize) {
     }
 }
 
+/// An address field as a [`RawAddr`] (IPv4 in the first four bytes).
+fn raw(field: &[u8]) -> RawAddr {
+    let mut a = RawAddr::default();
+    a[..field.len()].copy_from_slice(field);
+    a
+}
+
 fn read16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -190,82 +224,168 @@ fn l4_kind(version: IpVersion, protocol: u8, icmp_type: Option<u8>) -> L4 {
     }
 }
 
-/// Rewrites the transport header at `l4` of a packet whose pseudo-header
-/// changed by `pseudo`. `partial`: the checksum field holds a partial
+fn port_bytes(ports: (u16, u16)) -> [u8; 4] {
+    let mut b = [0u8; 4];
+    b[..2].copy_from_slice(&ports.0.to_be_bytes());
+    b[2..].copy_from_slice(&ports.1.to_be_bytes());
+    b
+}
+
+/// The checksum changes of rewriting packets from one set of endpoints to
+/// another. Both views of a translated flow are fixed for its life, so the
+/// engine computes these once per flow and direction: the per-packet
+/// rewrite then writes the new fields and adds (RFC 1624), reading nothing
+/// but the checksums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deltas {
+    /// The pseudo-header (address) change, which is also the IPv4 header's.
+    pseudo: u16,
+    /// The transport checksum's: the pseudo-header's plus that of the ports
+    /// (TCP, UDP) or of the query id (ICMP; ICMPv4 has no pseudo-header).
+    l4: u16,
+}
+
+impl Deltas {
+    /// From packets carrying `from` to `to`, for the flow's protocol.
+    pub fn between(version: IpVersion, protocol: u8, from: &Endpoints, to: &Endpoints) -> Deltas {
+        let n = addr_len(version);
+        let mut pseudo = Delta::default();
+        pseudo.add(&from.src[..n], &to.src[..n]);
+        pseudo.add(&from.dst[..n], &to.dst[..n]);
+        let mut l4 = Delta::default();
+        match (protocol, version) {
+            (proto::TCP | proto::UDP, _) => {
+                l4.add(&port_bytes(from.ports), &port_bytes(to.ports));
+                l4 = l4.merged(pseudo);
+            }
+            (proto::ICMP, IpVersion::V4) => {
+                l4.add(&from.icmp_id.to_be_bytes(), &to.icmp_id.to_be_bytes());
+            }
+            (proto::ICMPV6, IpVersion::V6) => {
+                l4.add(&from.icmp_id.to_be_bytes(), &to.icmp_id.to_be_bytes());
+                l4 = l4.merged(pseudo);
+            }
+            _ => l4 = pseudo,
+        }
+        Deltas {
+            pseudo: pseudo.0 as u16,
+            l4: l4.0 as u16,
+        }
+    }
+
+    fn pseudo(self) -> Delta {
+        Delta(u32::from(self.pseudo))
+    }
+
+    fn l4(self) -> Delta {
+        Delta(u32::from(self.l4))
+    }
+}
+
+/// Rewrites the transport header at `l4` (ports or query id, then the
+/// checksum by `d`). `partial`: the checksum field holds a partial
 /// (pseudo-header) sum.
 fn rewrite_l4(
     b: &mut [u8],
     l4: usize,
     kind: L4,
     to: &Endpoints,
-    pseudo: Delta,
+    d: Deltas,
     partial: bool,
 ) -> Option<()> {
-    match kind {
+    let (at, new) = match kind {
         L4::Ports { check, udp } => {
-            let mut delta = Delta::default();
-            let mut ports = [0u8; 4];
-            ports[..2].copy_from_slice(&to.ports.0.to_be_bytes());
-            ports[2..].copy_from_slice(&to.ports.1.to_be_bytes());
-            replace(b, l4, &ports, &mut delta)?;
+            b.get_mut(l4..l4 + 4)?
+                .copy_from_slice(&port_bytes(to.ports));
             let old = read16(b, l4 + check)?;
             let new = if partial {
                 // The device sums the header (ports included) itself.
-                pseudo.apply_partial(old)
+                d.pseudo().apply_partial(old)
             } else if udp && old == 0 {
                 // UDP/IPv4 without a checksum stays without one.
                 0
             } else {
-                match delta.merged(pseudo).apply(old) {
+                match d.l4().apply(old) {
                     0 if udp => 0xffff,
                     c => c,
                 }
             };
-            write16(b, l4 + check, new);
+            (l4 + check, new)
         }
-        L4::IcmpQuery {
-            pseudo: with_pseudo,
-        } => {
-            let mut delta = Delta::default();
-            replace(b, l4 + 4, &to.icmp_id.to_be_bytes(), &mut delta)?;
-            if with_pseudo {
-                delta = delta.merged(pseudo);
-            }
+        L4::IcmpQuery { .. } => {
+            b.get_mut(l4 + 4..l4 + 6)?
+                .copy_from_slice(&to.icmp_id.to_be_bytes());
             let old = read16(b, l4 + 2)?;
             let new = if partial {
-                pseudo.apply_partial(old)
+                d.pseudo().apply_partial(old)
             } else {
-                delta.apply(old)
+                d.l4().apply(old)
             };
-            write16(b, l4 + 2, new);
+            (l4 + 2, new)
         }
         L4::Icmpv6 => {
             let old = read16(b, l4 + 2)?;
             let new = if partial {
-                pseudo.apply_partial(old)
+                d.pseudo().apply_partial(old)
             } else {
-                pseudo.apply(old)
+                d.pseudo().apply(old)
             };
-            write16(b, l4 + 2, new);
+            (l4 + 2, new)
         }
-        L4::Opaque => {}
-    }
+        L4::Opaque => return Some(()),
+    };
+    write16(b, at, new);
     Some(())
+}
+
+fn icmp_type(packet: &Packet) -> Option<u8> {
+    match packet.transport {
+        super::Transport::Icmp { icmp_type, .. } => Some(icmp_type),
+        _ => None,
+    }
 }
 
 /// Translates a parsed packet in place to `to`. Returns `None` (the packet
 /// may be half-rewritten) only if the bytes do not hold what `packet` says.
 pub fn translate(b: &mut [u8], packet: &Packet, to: &Endpoints, partial: bool) -> Option<()> {
-    let pseudo = rewrite_ip(b, packet.version, &to.src, &to.dst)?;
+    let d = Deltas::between(packet.version, packet.protocol, &Endpoints::of(packet), to);
+    translate_with(b, packet, to, d, partial)
+}
+
+/// Translates a parsed packet in place to `to` with deltas computed for
+/// the endpoints it carries (`Deltas::between` them and `to`): the
+/// established path of a translated flow, whose packets carry exactly the
+/// endpoints of its key.
+#[inline]
+pub fn translate_with(
+    b: &mut [u8],
+    packet: &Packet,
+    to: &Endpoints,
+    d: Deltas,
+    partial: bool,
+) -> Option<()> {
+    let version = packet.version;
+    // Fixed-size copies per family (a length known at compile time is a
+    // move, not a call).
+    match version {
+        IpVersion::V4 => {
+            let h: &mut [u8; 20] = b.get_mut(..20)?.try_into().ok()?;
+            h[12..16].copy_from_slice(&to.src[..4]);
+            h[16..20].copy_from_slice(&to.dst[..4]);
+            let check = d.pseudo().apply(u16::from_be_bytes([h[10], h[11]]));
+            h[10..12].copy_from_slice(&check.to_be_bytes());
+        }
+        IpVersion::V6 => {
+            let h: &mut [u8; 40] = b.get_mut(..40)?.try_into().ok()?;
+            h[8..24].copy_from_slice(&to.src);
+            h[24..40].copy_from_slice(&to.dst);
+        }
+    }
     if matches!(packet.fragment, Fragment::Later { .. }) {
         return Some(());
     }
-    let icmp_type = match packet.transport {
-        super::Transport::Icmp { icmp_type, .. } => Some(icmp_type),
-        _ => None,
-    };
-    let kind = l4_kind(packet.version, packet.protocol, icmp_type);
-    rewrite_l4(b, usize::from(packet.l4_offset), kind, to, pseudo, partial)
+    let kind = l4_kind(version, packet.protocol, icmp_type(packet));
+    rewrite_l4(b, usize::from(packet.l4_offset), kind, to, d, partial)
 }
 
 /// Translates an ICMP error in place: the outer source and destination
@@ -287,17 +407,29 @@ pub fn translate_icmp_error(
     let inner_protocol = ip.payload().ip_number.0;
     let inner_l4 = inner + (ip.payload().payload.as_ptr() as usize - quote.as_ptr() as usize);
     let inner_type = b.get(inner_l4).copied();
-    let pseudo = rewrite_ip(&mut b[inner..end], version, &quoted.src, &quoted.dst)?;
+    let (s, t) = addr_offsets(version);
+    let n = addr_len(version);
+    // The quote's own endpoints (what the fields read now; zero where cut).
+    let quote = &b[inner..end];
+    let from = Endpoints {
+        src: quote.get(s..s + n).map(raw).unwrap_or_default(),
+        dst: quote.get(t..t + n).map(raw).unwrap_or_default(),
+        ports: (
+            read16(b, inner_l4).unwrap_or(0),
+            read16(b, inner_l4 + 2).unwrap_or(0),
+        ),
+        icmp_id: read16(b, inner_l4 + 4).unwrap_or(0),
+    };
+    rewrite_ip(&mut b[inner..end], version, &quoted.src, &quoted.dst)?;
     // The quote is usually cut short: translate what it holds.
     let kind = l4_kind(version, inner_protocol, inner_type);
-    let _ = rewrite_l4(&mut b[..end], inner_l4, kind, quoted, pseudo, false).or_else(|| {
+    let d = Deltas::between(version, inner_protocol, &from, quoted);
+    let _ = rewrite_l4(&mut b[..end], inner_l4, kind, quoted, d, false).or_else(|| {
         // Too short for the checksum: the ports or id alone, if present.
         match kind {
             L4::Ports { .. } => {
-                let mut ports = [0u8; 4];
-                ports[..2].copy_from_slice(&quoted.ports.0.to_be_bytes());
-                ports[2..].copy_from_slice(&quoted.ports.1.to_be_bytes());
-                b.get_mut(inner_l4..inner_l4 + 4)?.copy_from_slice(&ports);
+                b.get_mut(inner_l4..inner_l4 + 4)?
+                    .copy_from_slice(&port_bytes(quoted.ports));
             }
             L4::IcmpQuery { .. } => {
                 write16(b, inner_l4 + 4, quoted.icmp_id);

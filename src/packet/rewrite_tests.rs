@@ -230,3 +230,28 @@ proptest! {
         prop_assert_eq!(recompute(&out), out);
     }
 }
+
+#[test]
+fn deltas_from_endpoints_equal_deltas_from_the_bytes_only_for_what_they_carry() {
+    let b = udp(ep("198.18.1.10", 5353), ep("198.18.2.53", 53), b"query?");
+    let p = parse(&b).unwrap();
+    let from = Endpoints::of(&p);
+    let e = to("198.18.9.1", 2000, "198.18.2.53", 53, 0);
+    assert!(carries(&p, &from));
+    let mut fast = b.clone();
+    let d = Deltas::between(p.version, p.protocol, &from, &e);
+    translate_with(&mut fast, &p, &e, d, false).unwrap();
+    assert_eq!(fast, translated(b.clone(), &e));
+    // Another view (here: the translated one) is not carried.
+    assert!(!carries(&parse(&fast).unwrap(), &from));
+    let ping = echo("198.18.1.10", "198.18.2.20", true, 77, 1);
+    let p = parse(&ping).unwrap();
+    assert!(carries(&p, &Endpoints::of(&p)));
+    assert!(!carries(
+        &p,
+        &Endpoints {
+            icmp_id: 78,
+            ..Endpoints::of(&p)
+        }
+    ));
+}

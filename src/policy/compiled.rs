@@ -466,7 +466,8 @@ impl Policy {
             ranks,
         });
         for &rank in ranks {
-            let filter = &self.filters[layer.order[rank as usize]];
+            let index = layer.order[rank as usize];
+            let filter = &self.filters[index];
             let sublayer = &self.sublayers[filter.sublayer].name;
             if let Some(condition) = filter.conditions.mismatch(request) {
                 trace.step(TraceStep::Mismatch {
@@ -481,6 +482,9 @@ impl Policy {
                 sublayer,
                 translates: matches!(filter.action, FilterAction::Redirect(_)),
             });
+            // The first match decides the layer, a redirect or an exemption.
+            self.counters[index].matched();
+            self.counters[index].decided();
             let FilterAction::Redirect(target) = filter.action else {
                 // A permit exempts the flow from translation.
                 return None;

@@ -135,14 +135,7 @@ pub fn flow_line(f: &Value) -> String {
             })
             .unwrap_or_default()
     };
-    let endpoint = |addr: &str, port: &str| {
-        let a = s(addr);
-        match f.get(port) {
-            Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
-            Some(Value::Number(p)) => format!("{a}:{p}"),
-            _ => a,
-        }
-    };
+    let endpoint = |addr: &str, port: &str| endpoint(f, addr, port);
     let mut remote = endpoint("remote_addr", "remote_port");
     if let Some(t) = f.get("icmp_type").and_then(Value::as_u64) {
         remote.push_str(&format!(" type {t}"));
@@ -151,7 +144,7 @@ pub fn flow_line(f: &Value) -> String {
         }
     }
     let expires = f.get("expires_in_ms").and_then(Value::as_u64).unwrap_or(0);
-    format!(
+    let mut line = format!(
         "{:>6} {:<6} {:<8} {:<30} {:<34} {:<12} {:>9} {:>9} {:>7}s {:<6} {}/{}\n",
         s("id"),
         s("protocol"),
@@ -165,7 +158,44 @@ pub fn flow_line(f: &Value) -> String {
         s("arrival_port"),
         names(f.get("local_identity")),
         names(f.get("remote_identity")),
+    );
+    if let Some(t) = f.get("translation").filter(|t| t.is_object()) {
+        line.push_str(&translation_line(t));
+    }
+    line
+}
+
+/// A translated flow's second line: its endpoints as the outside port sees
+/// them (SPEC §9 `translation`), under LOCAL and REMOTE, and the filter.
+fn translation_line(t: &Value) -> String {
+    let endpoint = |addr: &str, port: &str| endpoint(t, addr, port);
+    let mut remote = endpoint("remote_addr", "remote_port");
+    if let Some(id) = t.get("icmp_id").and_then(Value::as_u64) {
+        remote.push_str(&format!(" id {id}"));
+    }
+    format!(
+        "{:>6} {:<6} {:<8} {:<30} {:<34} {}\n",
+        "",
+        "",
+        "nat",
+        endpoint("local_addr", "local_port"),
+        remote,
+        t.get("filter").and_then(Value::as_str).unwrap_or("?")
     )
+}
+
+/// `addr` and `port` of the JSON object `v` as `a:p`, `[a]:p` or `a`.
+fn endpoint(v: &Value, addr: &str, port: &str) -> String {
+    let a = v
+        .get(addr)
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    match v.get(port) {
+        Some(Value::Number(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        Some(Value::Number(p)) => format!("{a}:{p}"),
+        _ => a,
+    }
 }
 
 /// A list of names, comma-separated, or "-".
@@ -249,6 +279,13 @@ pub fn stats(stats: &Value) -> String {
                 out.push_str(&format!("  {k:<28} {v}\n"));
             }
         }
+    }
+    if let Some(nat) = stats.get("nat").filter(|n| n.is_object()) {
+        out.push_str(&format!(
+            "nat: {} ports in use, {} allocations refused (ports exhausted)\n",
+            nat.get("ports_in_use").cloned().unwrap_or(Value::Null),
+            nat.get("ports_exhausted").cloned().unwrap_or(Value::Null)
+        ));
     }
     if let Some(layers) = stats.get("layers").and_then(Value::as_object) {
         out.push_str("layers:\n");
