@@ -55,13 +55,17 @@ fn flows() -> FlowConfig {
 }
 
 fn node(policy: &Arc<dyn Authorizer>, listen: &str, peer: &str) -> Node {
+    node_in_session(policy, listen, peer, 1)
+}
+
+fn node_in_session(policy: &Arc<dyn Authorizer>, listen: &str, peer: &str, session: u64) -> Node {
     let mut h = Harness::with(
         flows(),
         tunwall::engine::HostModel::Weak,
         Arc::clone(policy),
     );
     h.now = Instant::from_secs(100);
-    Node::of(h, listen, peer, 7, 1)
+    Node::of(h, listen, peer, 7, session)
 }
 
 fn pair(policy: &Arc<dyn Authorizer>) -> Pair {
@@ -393,4 +397,26 @@ fn replication_bytes_per_masqueraded_flow() {
         "replication (masqueraded): {tcp} bytes per TCP connection, {udp_bytes} bytes per UDP flow"
     );
     assert!(tcp < 2000 && udp_bytes < 900);
+}
+
+#[test]
+fn a_rejoining_node_gets_every_translated_flow_in_its_bulk_resync() {
+    let policy = masquerade("20000-29999");
+    let mut p = pair(&policy);
+    for i in 0..900u16 {
+        let host = format!("198.18.1.{}", 10 + i % 100);
+        let (v, _) = p.a.h.pass(LAN, udp(ep(&host, 5000 + i), ep(S4, 53), b"q"));
+        assert_eq!(v, Verdict::Forward(WAN));
+    }
+    // B restarts (a new session) with an empty table.
+    p.b = node_in_session(&policy, B, A, 2);
+    p.b.h.now = p.a.h.now;
+    p.drain();
+    assert_eq!(p.b.h.gw.flows_active(), 900);
+    assert_eq!(p.b.h.gw.nat().ports_in_use(), 900);
+    assert_eq!(p.b.h.gw.nat().aliases.len(), 900);
+    let (a, b) = (p.a.status(), p.b.status());
+    assert_eq!(a["overflowed"], 0, "{a}");
+    assert_eq!(b["bulk_received"], 1, "{b}");
+    assert_eq!(b["refused"], 0, "{b}");
 }

@@ -13,7 +13,7 @@ use super::link::{DOWN_AFTER, Link, REJECTED_NAMES};
 use super::wire::{self, BULK_BEGIN, BULK_END, CLOSE, FLOW, Key, TRANSLATION};
 use super::{Export, SyncConfig};
 use crate::engine::{Applied, FlowRecords, Gateway};
-use crate::flow::record::{FLOW_RECORD_LEN, FilterNames};
+use crate::flow::record::{FLOW_RECORD_LEN, FilterNames, TRANSLATION_FIXED_LEN};
 use crate::time::Instant;
 use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
@@ -29,8 +29,12 @@ const EXPORTS_PER_ROUND: usize = 4096;
 /// Distinct filter names kept for sharing among received translations;
 /// beyond, the cache starts again (the names come from the peer's policy).
 const MAX_NAMES: usize = 4096;
-/// Flow records per message.
-const RECORDS_PER_MESSAGE: usize = wire::MAX_ITEMS_LEN / (1 + FLOW_RECORD_LEN);
+/// Flows per message, counted as translated flows whose filter name is 64
+/// bytes (an untranslated flow takes less than half the room): the bulk
+/// resync sizes a shard's messages by it, so a shard of translated flows
+/// never overflows the send queue (which would start the resync again).
+const RECORDS_PER_MESSAGE: usize = wire::MAX_ITEMS_LEN
+    / (1 + FLOW_RECORD_LEN + wire::item_size(TRANSLATION, TRANSLATION_FIXED_LEN + 64));
 
 /// The send queue's bound for a gateway of `max_flows` in `shards` shards:
 /// room for a bulk resync's shard on top of half a queue, at least 1024.

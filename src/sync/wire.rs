@@ -71,7 +71,7 @@ fn fixed_len(kind: u8) -> Option<usize> {
 }
 
 /// The encoded size of an item of `kind` with a payload of `len` bytes.
-pub fn item_size(kind: u8, len: usize) -> usize {
+pub const fn item_size(kind: u8, len: usize) -> usize {
     match kind {
         TRANSLATION => 3 + len,
         _ => 1 + len,
