@@ -10,6 +10,7 @@ pub mod record;
 pub mod select;
 pub mod table;
 pub mod tcp;
+mod translated;
 pub mod wildcard;
 
 pub use entry::FlowEntry;

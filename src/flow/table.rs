@@ -30,6 +30,7 @@
 use super::FlowConfig;
 use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
 use super::key::FlowKey;
+use super::translated::Translations;
 use crate::nat::Translation;
 use crate::packet::rewrite::Deltas;
 use crate::reason::CloseReason;
@@ -45,17 +46,9 @@ use std::sync::{Mutex, MutexGuard};
 pub type SlotId = u32;
 
 /// Slab chunk size: small enough that the unused tail of a shard's last
-/// chunk stays under a byte per flow in a full table.
-const CHUNK: usize = 64;
-
-/// The translations of one slab chunk's slots.
-struct TranslationChunk {
-    slots: Box<[Option<Translation>]>,
-    /// Each slot's checksum deltas ([`crate::nat::deltas`]), kept apart so
-    /// that [`Translation`] stays what the state file records.
-    deltas: Box<[[Deltas; 2]]>,
-    live: u32,
-}
+/// chunk stays under a byte per flow in a full table (the translations'
+/// chunks are aligned with it).
+pub(super) const CHUNK: usize = 64;
 
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
@@ -75,10 +68,8 @@ pub struct Shard {
     embryos: VecDeque<(SlotId, u32)>,
     embryo_count: usize,
     parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
-    /// The translated side of translated flows, by slot, in chunks that
-    /// exist only while a translated flow lives in them: untranslated flows
-    /// carry nothing for NAT but a null pointer per chunk.
-    translations: Vec<Option<TranslationChunk>>,
+    /// The translated side of translated flows, by slot.
+    translations: Translations,
     sweep_cursor: SlotId,
     hasher: ahash::RandomState,
 }
@@ -95,7 +86,7 @@ impl Shard {
             embryos: VecDeque::new(),
             embryo_count: 0,
             parents: hashbrown::HashMap::with_hasher(hasher.clone()),
-            translations: Vec::new(),
+            translations: Translations::default(),
             sweep_cursor: 0,
             hasher,
         }
@@ -154,8 +145,7 @@ impl Shard {
         if !self.entry(slot).is_translated() {
             return None;
         }
-        let slot = slot as usize;
-        self.translations.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
+        self.translations.get(slot as usize)
     }
 
     /// The translation of the flow in `slot` and its checksum deltas.
@@ -164,43 +154,18 @@ impl Shard {
         if !self.entry(slot).is_translated() {
             return None;
         }
-        let slot = slot as usize;
-        let chunk = self.translations.get(slot / CHUNK)?.as_ref()?;
-        Some((
-            chunk.slots[slot % CHUNK].as_ref()?,
-            chunk.deltas[slot % CHUNK],
-        ))
+        self.translations.get_with_deltas(slot as usize)
     }
 
     /// Makes the flow in `slot` a translated one.
     pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
         self.entry_mut(slot).flags |= F_TRANSLATED;
         let deltas = crate::nat::deltas(self.entry(slot), &translation);
-        let slot = slot as usize;
-        if self.translations.len() <= slot / CHUNK {
-            self.translations.resize_with(slot / CHUNK + 1, || None);
-        }
-        let chunk = self.translations[slot / CHUNK].get_or_insert_with(|| TranslationChunk {
-            slots: (0..CHUNK).map(|_| None).collect(),
-            deltas: vec![[Deltas::default(); 2]; CHUNK].into_boxed_slice(),
-            live: 0,
-        });
-        chunk.deltas[slot % CHUNK] = deltas;
-        if chunk.slots[slot % CHUNK].replace(translation).is_none() {
-            chunk.live += 1;
-        }
+        self.translations.set(slot as usize, translation, deltas);
     }
 
     fn take_translation(&mut self, slot: SlotId) -> Option<Translation> {
-        let slot = slot as usize;
-        let cell = self.translations.get_mut(slot / CHUNK)?;
-        let chunk = cell.as_mut()?;
-        let translation = chunk.slots[slot % CHUNK].take()?;
-        chunk.live -= 1;
-        if chunk.live == 0 {
-            *cell = None;
-        }
-        Some(translation)
+        self.translations.take(slot as usize)
     }
 
     /// A snapshot of the flow in `slot`.
@@ -347,7 +312,6 @@ impl Shard {
             .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
         self.parents.shrink_to_fit();
         self.translations.truncate(self.chunks.len());
-        self.translations.shrink_to_fit();
     }
 
     fn compact_embryos(&mut self) {
@@ -414,16 +378,7 @@ impl Shard {
             + self.free.capacity() * 4
             + self.embryos.capacity() * 8
             + self.parents.allocation_size()
-            + self.translations.capacity() * std::mem::size_of::<Option<TranslationChunk>>()
-            + self
-                .translations
-                .iter()
-                .flatten()
-                .map(|c| {
-                    c.slots.len() * std::mem::size_of::<Option<Translation>>()
-                        + c.deltas.len() * std::mem::size_of::<[Deltas; 2]>()
-                })
-                .sum::<usize>()
+            + self.translations.heap_bytes()
     }
 }
 
