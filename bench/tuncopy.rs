@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])?;
     let ports = tunwall::io::open_ports(&config.ports, workers, config.gateway.offload, false)?;
-    let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
+    let offload = tunwall::io::Offload::of(&ports);
     let by_worker = tunwall::io::queues_by_worker(&ports, workers)?;
     let clock = Clock::start();
     let (events, _events_rx) = tunwall::control::queue::event_queue(1);
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     for queues in by_worker {
         let (poll, waker) = Worker::poll_and_waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let worker = Worker::new(Copy, queues, poll, rx, events.clone(), clock, vnet_hdr);
+        let worker = Worker::new(Copy, queues, poll, rx, events.clone(), clock, offload);
         let thread = std::thread::spawn(move || {
             if let Err(e) = worker.run() {
                 eprintln!("tunwall-copy: worker: {e}");
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             thread: Some(thread),
         });
     }
-    eprintln!("tunwall-copy: running, {workers} workers, offload {vnet_hdr}");
+    eprintln!("tunwall-copy: running, {workers} workers, offload {offload:?}");
     let mut signals = signals;
     let _ = signals.forever().next();
     for h in &handles {

@@ -100,8 +100,7 @@ impl Daemon {
             match rx.recv_timeout(Duration::from_secs(2)) {
                 Ok((s, i)) => {
                     total.merge(&s);
-                    io.read_errors += i.read_errors;
-                    io.write_errors += i.write_errors;
+                    io.merge(&i);
                 }
                 Err(_) => warn!("a worker did not answer a stats request"),
             }

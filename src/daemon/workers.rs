@@ -40,7 +40,7 @@ pub(super) fn spawn(
     tap: &Arc<CaptureTap>,
     failed: &Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<WorkerHandle>> {
-    let vnet_hdr = ports.first().is_some_and(|p| p.vnet_hdr);
+    let offload = crate::io::Offload::of(ports);
     let queues_by_worker = crate::io::queues_by_worker(ports, workers)?;
     let mut handles = Vec::new();
     for (i, queues) in queues_by_worker.into_iter().enumerate() {
@@ -53,7 +53,7 @@ pub(super) fn spawn(
                 warn!(error = %e, "waking a worker");
             }
         });
-        let worker = Worker::new(engine, queues, poll, rx, events.clone(), clock, vnet_hdr)
+        let worker = Worker::new(engine, queues, poll, rx, events.clone(), clock, offload)
             .with_capture(Arc::clone(tap));
         let watch = WorkerWatch {
             worker: i,

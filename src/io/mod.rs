@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod clock;
+pub mod coalesce;
 pub mod netlink;
 pub mod notify;
 pub mod worker;
@@ -364,6 +365,26 @@ pub fn open_ports(
         port.close();
     }
     open_all(false)
+}
+
+/// The offloads a worker's queues have: what every port was granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// A virtio-net header in front of every packet (TCP superframes).
+    pub vnet_hdr: bool,
+    /// UDP superframes too (TUN_F_USO4/6): the workers also merge the
+    /// datagrams they forward into superframes ([`coalesce`]).
+    pub udp_gso: bool,
+}
+
+impl Offload {
+    /// What all of `ports` have.
+    pub fn of(ports: &[Port]) -> Offload {
+        Offload {
+            vnet_hdr: !ports.is_empty() && ports.iter().all(|p| p.vnet_hdr),
+            udp_gso: !ports.is_empty() && ports.iter().all(|p| p.udp_gso),
+        }
+    }
 }
 
 /// Takes the queues out of `ports`: entry `i` holds worker `i`'s queue of

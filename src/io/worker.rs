@@ -15,9 +15,10 @@
 //! batch I/O (virtio header, GSO/GRO) can replace them without touching the
 //! rest of the loop.
 
-use super::Queue;
 use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
+use super::coalesce::UdpCoalescer;
+use super::{Offload, Queue};
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
 use crate::event::Event;
@@ -177,6 +178,20 @@ pub struct IoStats {
     /// Packets a capture lost because its reader was behind (for the
     /// whole gateway, filled in by the daemon).
     pub capture_lost: u64,
+    /// UDP superframes written, merged from forwarded datagrams.
+    pub coalesced_superframes: u64,
+    /// The datagrams that left inside them.
+    pub coalesced_datagrams: u64,
+}
+
+impl IoStats {
+    /// Adds a worker's counters (the capture's are the gateway's).
+    pub fn merge(&mut self, other: &IoStats) {
+        self.read_errors += other.read_errors;
+        self.write_errors += other.write_errors;
+        self.coalesced_superframes += other.coalesced_superframes;
+        self.coalesced_datagrams += other.coalesced_datagrams;
+    }
 }
 
 /// What the control thread asks of a worker.
@@ -210,6 +225,9 @@ pub struct Worker<P: Processor = Engine> {
     io: IoStats,
     /// Bytes of virtio-net header in front of every packet (0 without offload).
     header: usize,
+    /// One per port when the ports took UDP segmentation offload: the
+    /// datagrams a batch forwards there, merged into superframes.
+    coalescers: Vec<UdpCoalescer>,
     /// Where packets go while `tunwall capture` runs.
     capture: Arc<CaptureTap>,
 }
@@ -232,8 +250,12 @@ impl<P: Processor> Worker<P> {
         control: Receiver<Control>,
         events: EventSender,
         clock: Clock,
-        vnet_hdr: bool,
+        offload: Offload,
     ) -> Worker<P> {
+        let coalescers = match offload.udp_gso {
+            true => queues.iter().map(|_| UdpCoalescer::default()).collect(),
+            false => Vec::new(),
+        };
         Worker {
             engine,
             queues,
@@ -242,11 +264,12 @@ impl<P: Processor> Worker<P> {
             events,
             clock,
             io: IoStats::default(),
-            header: if vnet_hdr {
+            header: if offload.vnet_hdr {
                 tun_rs::VIRTIO_NET_HDR_LEN
             } else {
                 0
             },
+            coalescers,
             capture: Arc::new(CaptureTap::default()),
         }
     }
@@ -346,6 +369,23 @@ impl<P: Processor> Worker<P> {
         capture: CaptureMode,
         wall: SystemTime,
     ) -> bool {
+        let more = self.read_batch(now, port, buf, capture, wall);
+        // Nothing waits past its batch.
+        for out in 0..self.coalescers.len() {
+            self.flush(out);
+        }
+        more
+    }
+
+    /// The reads and verdicts of [`Worker::pump`].
+    fn read_batch(
+        &mut self,
+        now: Instant,
+        port: usize,
+        buf: &mut [u8],
+        capture: CaptureMode,
+        wall: SystemTime,
+    ) -> bool {
         for _ in 0..BATCH {
             let n = match self.queues[port].recv(buf) {
                 Ok(n) => n,
@@ -377,14 +417,57 @@ impl<P: Processor> Worker<P> {
             {
                 self.send_reply(out, &answer);
             }
-            if let Verdict::Forward(out) = verdict
-                && let Err(e) = self.queues[usize::from(out)].send(&buf[..n])
-            {
-                self.io.write_errors += 1;
-                debug!(port = out, error = %e, "write");
+            if let Verdict::Forward(out) = verdict {
+                self.forward(usize::from(out), &buf[..n]);
             }
         }
         true
+    }
+
+    /// Writes a forwarded frame to port `out`, or keeps it to leave with
+    /// its flow's next datagrams as one superframe.
+    fn forward(&mut self, out: usize, frame: &[u8]) {
+        if let Some(coalescer) = self.coalescers.get_mut(out) {
+            if coalescer.push(frame) {
+                return;
+            }
+            if !coalescer.is_empty() {
+                self.flush(out);
+                if self.coalescers[out].push(frame) {
+                    return;
+                }
+            }
+        }
+        self.write(out, frame);
+    }
+
+    /// Writes what waits for port `out` to be coalesced.
+    fn flush(&mut self, out: usize) {
+        let Some(coalescer) = self.coalescers.get_mut(out) else {
+            return;
+        };
+        let datagrams = coalescer.len();
+        let Some(frame) = coalescer.take() else {
+            return;
+        };
+        if let Err(e) = self.queues[out].send(frame) {
+            self.io.write_errors += 1;
+            debug!(port = out, error = %e, "write");
+        } else if datagrams > 1 {
+            self.io.coalesced_superframes += 1;
+            self.io.coalesced_datagrams += datagrams as u64;
+        }
+    }
+
+    /// Writes one frame to port `out`, after what waits there.
+    fn write(&mut self, out: usize, frame: &[u8]) {
+        self.flush(out);
+        if let Some(queue) = self.queues.get(out)
+            && let Err(e) = queue.send(frame)
+        {
+            self.io.write_errors += 1;
+            debug!(port = out, error = %e, "write");
+        }
     }
 
     /// Writes the answer to a rejected packet (behind a zeroed virtio
@@ -392,12 +475,7 @@ impl<P: Processor> Worker<P> {
     fn send_reply(&mut self, port: u8, answer: &[u8]) {
         let mut frame = vec![0u8; self.header];
         frame.extend_from_slice(answer);
-        if let Some(queue) = self.queues.get(usize::from(port))
-            && let Err(e) = queue.send(&frame)
-        {
-            self.io.write_errors += 1;
-            debug!(port, error = %e, "write of a reject");
-        }
+        self.write(usize::from(port), &frame);
     }
 
     /// Hands a copy of a packet to the capture.

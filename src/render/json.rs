@@ -402,6 +402,10 @@ pub fn stats(
         "read_errors": io.read_errors,
         "write_errors": io.write_errors,
         "capture_lost": io.capture_lost,
+        "coalesced": {
+            "superframes": io.coalesced_superframes,
+            "datagrams": io.coalesced_datagrams,
+        },
         "filters": filters,
         "nat": {
             "ports_in_use": gw.nat().ports_in_use(),

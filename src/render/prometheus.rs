@@ -120,6 +120,19 @@ pub fn prometheus(stats: &Value) -> String {
         "Allocations refused: no free port.",
         nat("ports_exhausted"),
     );
+    let coalesced = |k: &str| vec![(String::new(), stats["coalesced"][k].clone())];
+    metric(
+        "coalesced_superframes_total",
+        "counter",
+        "UDP superframes written, merged from forwarded datagrams.",
+        coalesced("superframes"),
+    );
+    metric(
+        "coalesced_datagrams_total",
+        "counter",
+        "Forwarded datagrams that left inside a merged UDP superframe.",
+        coalesced("datagrams"),
+    );
     for (key, help) in [
         ("read_errors", "Failed reads from the ports."),
         (
