@@ -126,6 +126,7 @@ fn same_flow(a: &[u8], b: &[u8], ip_header: usize) -> bool {
 }
 
 /// The superframe being built for one egress port.
+#[derive(Default)]
 pub struct UdpCoalescer {
     /// The first datagram's frame with the later ones' payloads appended.
     frame: Vec<u8>,
@@ -135,18 +136,6 @@ pub struct UdpCoalescer {
     segment: usize,
     /// A shorter datagram joined: it must be the last.
     closed: bool,
-}
-
-impl Default for UdpCoalescer {
-    fn default() -> UdpCoalescer {
-        UdpCoalescer {
-            frame: Vec::new(),
-            segments: 0,
-            ip_header: 0,
-            segment: 0,
-            closed: false,
-        }
-    }
 }
 
 impl UdpCoalescer {
