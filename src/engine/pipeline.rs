@@ -349,7 +349,7 @@ impl Local {
         if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
             // Both keys are cross-zone keys: the packet lies on the flow's
             // key as it lies on the translated one.
-            return Some(self.ride(gw, a, &mut shard, slot, pk.swapped));
+            return Some(self.ride(gw, a, &mut shard, slot, pk.swapped, Some(true)));
         }
         let reason = entry.expiry_reason();
         let removed = shard.remove(slot);
@@ -376,7 +376,7 @@ impl Local {
         let reopened = entry.is_tcp()
             && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
         if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
-            return Some(self.ride(gw, a, shard, slot, pk.swapped));
+            return Some(self.ride(gw, a, shard, slot, pk.swapped, Some(false)));
         }
         let reason = entry.expiry_reason();
         let removed = shard.remove(slot);
@@ -384,7 +384,9 @@ impl Local {
         None
     }
 
-    /// A packet of an existing flow; `swapped` says how it lies on the key.
+    /// A packet of an existing flow; `swapped` says how it lies on the key,
+    /// `on_alias` whether it was found under the flow's translated key
+    /// (`None`: not known, as for a held packet).
     #[inline]
     pub(super) fn ride(
         &mut self,
@@ -393,6 +395,7 @@ impl Local {
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
         swapped: bool,
+        on_alias: Option<bool>,
     ) -> Result<u8, Dropped> {
         let entry = shard.entry(slot);
         let translated = entry.is_translated();
@@ -494,7 +497,7 @@ impl Local {
         entry.count(direction, a.packet.len);
         if translated {
             return self
-                .ride_translated(a, shard, slot)
+                .ride_translated(a, shard, slot, on_alias)
                 .ok_or_else(|| a.unrouted());
         }
         Ok(a.egress)

@@ -148,13 +148,14 @@ impl Shard {
         self.translations.get(slot as usize)
     }
 
-    /// The translation of the flow in `slot` and its checksum deltas.
+    /// The translation of the flow in `slot` and its checksum deltas for
+    /// packets arriving [0] inside or [1] outside (`way`).
     #[inline]
-    pub fn translation_deltas(&self, slot: SlotId) -> Option<(&Translation, [Deltas; 2])> {
+    pub fn translation_deltas(&self, slot: SlotId, way: usize) -> Option<(&Translation, Deltas)> {
         if !self.entry(slot).is_translated() {
             return None;
         }
-        self.translations.get_with_deltas(slot as usize)
+        self.translations.get_with_deltas(slot as usize, way)
     }
 
     /// Makes the flow in `slot` a translated one.

@@ -29,13 +29,18 @@ impl Translations {
         self.chunks.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
     }
 
-    /// The translation in `slot` and its checksum deltas.
+    /// The translation in `slot` and its checksum deltas of `way` (0 or 1).
     #[inline]
-    pub(super) fn get_with_deltas(&self, slot: usize) -> Option<(&Translation, [Deltas; 2])> {
+    pub(super) fn get_with_deltas(
+        &self,
+        slot: usize,
+        way: usize,
+    ) -> Option<(&Translation, Deltas)> {
         let chunk = self.chunks.get(slot / CHUNK)?.as_ref()?;
+        let i = slot % CHUNK;
         Some((
-            chunk.slots[slot % CHUNK].as_ref()?,
-            chunk.deltas[slot % CHUNK],
+            chunk.slots.get(i)?.as_ref()?,
+            *chunk.deltas.get(i)?.get(way)?,
         ))
     }
 
