@@ -356,7 +356,7 @@ pub fn translate(b: &mut [u8], packet: &Packet, to: &Endpoints, partial: bool) -
 /// the endpoints it carries (`Deltas::between` them and `to`): the
 /// established path of a translated flow, whose packets carry exactly the
 /// endpoints of its key.
-#[inline]
+#[inline(always)]
 pub fn translate_with(
     b: &mut [u8],
     packet: &Packet,
