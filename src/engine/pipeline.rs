@@ -121,7 +121,9 @@ impl Local {
             route_error,
         };
         let egress = self.dispatch(gw, &arrival)?;
-        if let Some(rewrite) = self.rewrite.take() {
+        // By reference: the rewrite is a few dozen bytes, and the next
+        // packet clears it first.
+        if let Some(rewrite) = &self.rewrite {
             // virtio_net_hdr.flags bit 0: VIRTIO_NET_HDR_F_NEEDS_CSUM.
             let partial = frame.header.first().is_some_and(|f| f & 1 != 0);
             rewrite
