@@ -574,3 +574,16 @@ fn packets_carrying_the_other_sides_view_still_leave_with_valid_checksums() {
         assert_eq!(h.only_flow().out.0, 3);
     }
 }
+
+#[test]
+fn an_alias_to_a_slot_gone_with_its_chunk_is_not_live() {
+    // An alias is read without the flow's shard lock; by the time that lock
+    // is held the flow may be gone and its chunk given back: the check
+    // under the lock must say "not live", not index out of the slab.
+    let table = tunwall::flow::FlowTable::new(FlowConfig::with_max_flows(1000), 1, 1);
+    let shard = table.lock_shard(0);
+    let key = tunwall::flow::FlowKey::ZERO;
+    for slot in [0, 63, 64, 1 << 20, u32::MAX] {
+        assert!(!shard.holds_translated(slot, 1, &key));
+    }
+}

@@ -404,10 +404,8 @@ pub(super) fn find_alias<'g>(
 ) -> Option<(ShardGuard<'g>, SlotId)> {
     let target = gw.nat.aliases.find_hashed(hash)?;
     let shard = gw.table.lock_shard(target.shard as usize);
-    // The slot may have been reused, and the alias holds only the hash.
-    let live = shard.entry(target.slot).id() == target.id
-        && shard
-            .translation(target.slot)
-            .is_some_and(|t| t.key == *key);
+    // The slot may have been reused (or its chunk given back), and the
+    // alias holds only the hash.
+    let live = shard.holds_translated(target.slot, target.id, key);
     live.then_some((shard, target.slot))
 }

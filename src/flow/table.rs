@@ -139,6 +139,24 @@ impl Shard {
         }
     }
 
+    /// Whether `slot` holds flow `id`, translated to `key` (an alias found
+    /// without this shard's lock is checked here under it: the flow may
+    /// have gone meanwhile, and its chunk with it).
+    #[inline]
+    pub fn holds_translated(&self, slot: SlotId, id: u64, key: &FlowKey) -> bool {
+        let slot = slot as usize;
+        let Some(entry) = self
+            .chunks
+            .get(slot / CHUNK)
+            .and_then(|c| c.get(slot % CHUNK))
+        else {
+            return false;
+        };
+        entry.id == id
+            && entry.is_translated()
+            && self.translations.get(slot).is_some_and(|t| t.key == *key)
+    }
+
     /// The translation of the flow in `slot`, if it is translated.
     #[inline]
     pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
