@@ -544,3 +544,46 @@ fn a_worker_whose_batch_began_before_the_last_packet_still_rides_the_flow() {
     assert_eq!(v, Verdict::Forward(LAN));
     assert!(h.closed().is_empty());
 }
+
+#[test]
+fn packets_carrying_the_other_sides_view_still_leave_with_valid_checksums() {
+    // The established path's precomputed checksum deltas hold for a packet
+    // carrying the view expected on its side; one found under the other
+    // view's key takes the general rewrite (deltas from its own bytes).
+    // (Debug builds also assert the deltas of every fast rewrite.)
+    for (c, s, public) in [(C4, S4, PUBLIC), (C6, S6, PUBLIC6)] {
+        let mut h = harness(&masquerade(Some("2000-2000")));
+        let (v, out) = h.pass(LAN, udp(ep(c, 5000), ep(s, 80), b"payload"));
+        assert_eq!(v, Verdict::Forward(WAN));
+        assert_eq!(endpoints(&out), (public.into(), 2000, s.into(), 80));
+        // From outside, addressed to the inside view (the flow's own key).
+        let (v, back) = h.pass(WAN, udp(ep(s, 80), ep(c, 5000), b"x"));
+        assert_eq!(v, Verdict::Forward(LAN));
+        assert_eq!(endpoints(&back), (s.into(), 80, c.into(), 5000));
+        // From inside, carrying the translated view (the alias).
+        let (v, out) = h.pass(LAN, udp(ep(public, 2000), ep(s, 80), b"y"));
+        assert_eq!(v, Verdict::Forward(WAN));
+        assert_eq!(endpoints(&out), (public.into(), 2000, s.into(), 80));
+        // And the expected views still translate, both ways.
+        let (v, back) = h.pass(WAN, udp(ep(s, 80), ep(public, 2000), b"a"));
+        assert_eq!(v, Verdict::Forward(LAN));
+        assert_eq!(endpoints(&back), (s.into(), 80, c.into(), 5000));
+        let (v, out) = h.pass(LAN, udp(ep(c, 5000), ep(s, 80), b"b"));
+        assert_eq!(v, Verdict::Forward(WAN));
+        assert_eq!(endpoints(&out), (public.into(), 2000, s.into(), 80));
+        assert_eq!(h.only_flow().out.0, 3);
+    }
+}
+
+#[test]
+fn an_alias_to_a_slot_gone_with_its_chunk_is_not_live() {
+    // An alias is read without the flow's shard lock; by the time that lock
+    // is held the flow may be gone and its chunk given back: the check
+    // under the lock must say "not live", not index out of the slab.
+    let table = tunwall::flow::FlowTable::new(FlowConfig::with_max_flows(1000), 1, 1);
+    let shard = table.lock_shard(0);
+    let key = tunwall::flow::FlowKey::ZERO;
+    for slot in [0, 63, 64, 1 << 20, u32::MAX] {
+        assert!(!shard.holds_translated(slot, 1, &key));
+    }
+}

@@ -589,7 +589,7 @@ impl Local {
                 bytes,
                 route_error: None,
             };
-            match self.ride(gw, &a, shard, slot, held.swapped) {
+            match self.ride(gw, &a, shard, slot, held.swapped, None) {
                 Ok(egress) => {
                     held.sent = true;
                     self.stats.ports[usize::from(egress)].tx(u64::from(held.len));

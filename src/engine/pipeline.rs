@@ -121,7 +121,9 @@ impl Local {
             route_error,
         };
         let egress = self.dispatch(gw, &arrival)?;
-        if let Some(rewrite) = self.rewrite.take() {
+        // By reference: the rewrite is a few dozen bytes, and the next
+        // packet clears it first.
+        if let Some(rewrite) = &self.rewrite {
             // virtio_net_hdr.flags bit 0: VIRTIO_NET_HDR_F_NEEDS_CSUM.
             let partial = frame.header.first().is_some_and(|f| f & 1 != 0);
             rewrite
@@ -349,7 +351,7 @@ impl Local {
         if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
             // Both keys are cross-zone keys: the packet lies on the flow's
             // key as it lies on the translated one.
-            return Some(self.ride(gw, a, &mut shard, slot, pk.swapped));
+            return Some(self.ride(gw, a, &mut shard, slot, pk.swapped, Some(true)));
         }
         let reason = entry.expiry_reason();
         let removed = shard.remove(slot);
@@ -376,7 +378,7 @@ impl Local {
         let reopened = entry.is_tcp()
             && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
         if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
-            return Some(self.ride(gw, a, shard, slot, pk.swapped));
+            return Some(self.ride(gw, a, shard, slot, pk.swapped, Some(false)));
         }
         let reason = entry.expiry_reason();
         let removed = shard.remove(slot);
@@ -384,7 +386,9 @@ impl Local {
         None
     }
 
-    /// A packet of an existing flow; `swapped` says how it lies on the key.
+    /// A packet of an existing flow; `swapped` says how it lies on the key,
+    /// `on_alias` whether it was found under the flow's translated key
+    /// (`None`: not known, as for a held packet).
     #[inline]
     pub(super) fn ride(
         &mut self,
@@ -393,6 +397,7 @@ impl Local {
         shard: &mut ShardGuard<'_>,
         slot: SlotId,
         swapped: bool,
+        on_alias: Option<bool>,
     ) -> Result<u8, Dropped> {
         let entry = shard.entry(slot);
         let translated = entry.is_translated();
@@ -494,7 +499,7 @@ impl Local {
         entry.count(direction, a.packet.len);
         if translated {
             return self
-                .ride_translated(a, shard, slot)
+                .ride_translated(a, shard, slot, on_alias)
                 .ok_or_else(|| a.unrouted());
         }
         Ok(a.egress)

@@ -308,33 +308,45 @@ impl Local {
     }
 
     /// The rewrite of a packet riding translated flow `slot`, and its egress.
+    /// `on_alias`: whether the packet was found under the flow's translated
+    /// key (`Some(false)`: under its table key; `None`: not known).
     #[inline]
     pub(super) fn ride_translated(
         &mut self,
         a: &Arrival<'_>,
         shard: &ShardGuard<'_>,
         slot: SlotId,
+        on_alias: Option<bool>,
     ) -> Option<u8> {
         let entry = shard.entry(slot);
-        let (t, deltas) = shard.translation_deltas(slot)?;
         // Only the view the packet goes to: an answer (against the flow's
         // direction) goes to the table key's, the flow's own packets to the
         // translated key's.
+        let outbound = entry.direction() == Direction::Outbound;
         let (i, to_table_key) = match a.zone {
-            Zone::Inside => (0, entry.direction() == Direction::Inbound),
-            Zone::Outside => (1, entry.direction() == Direction::Outbound),
+            Zone::Inside => (0, !outbound),
+            Zone::Outside => (1, outbound),
         };
+        let (t, deltas) = shard.translation_deltas(slot, i)?;
         let (to, from) = if to_table_key {
-            (entry.table_key(), &t.key)
+            (entry.table_key_ref(), &t.key)
         } else {
-            (t.key, &entry.table_key())
+            (&t.key, entry.table_key_ref())
         };
-        let to = endpoints(&to, a.zone);
         // The deltas hold for packets carrying the view expected on this
         // side; anything else (a packet on the other view, a fragment
         // whose ports are not those of the key) takes the general rewrite.
-        self.rewrite = Some(if rewrite::carries(a.packet, &endpoints(from, a.zone)) {
-            Rewrite::Flow(to, deltas[i])
+        // A TCP or UDP packet found under a cross-zone key carries exactly
+        // that key's addresses and ports (the key is built from them,
+        // oriented by the arrival zone), so the key it was found under
+        // tells; an ICMP packet may carry an id its key does not hold.
+        let carried = match on_alias {
+            Some(on_alias) if has_ports(t.key.protocol) => on_alias == to_table_key,
+            _ => rewrite::carries(a.packet, &endpoints(from, a.zone)),
+        };
+        let to = endpoints(to, a.zone);
+        self.rewrite = Some(if carried {
+            Rewrite::Flow(to, deltas)
         } else {
             Rewrite::Packet(to)
         });
@@ -392,10 +404,8 @@ pub(super) fn find_alias<'g>(
 ) -> Option<(ShardGuard<'g>, SlotId)> {
     let target = gw.nat.aliases.find_hashed(hash)?;
     let shard = gw.table.lock_shard(target.shard as usize);
-    // The slot may have been reused, and the alias holds only the hash.
-    let live = shard.entry(target.slot).id() == target.id
-        && shard
-            .translation(target.slot)
-            .is_some_and(|t| t.key == *key);
+    // The slot may have been reused (or its chunk given back), and the
+    // alias holds only the hash.
+    let live = shard.holds_translated(target.slot, target.id, key);
     live.then_some((shard, target.slot))
 }

@@ -139,6 +139,24 @@ impl Shard {
         }
     }
 
+    /// Whether `slot` holds flow `id`, translated to `key` (an alias found
+    /// without this shard's lock is checked here under it: the flow may
+    /// have gone meanwhile, and its chunk with it).
+    #[inline]
+    pub fn holds_translated(&self, slot: SlotId, id: u64, key: &FlowKey) -> bool {
+        let slot = slot as usize;
+        let Some(entry) = self
+            .chunks
+            .get(slot / CHUNK)
+            .and_then(|c| c.get(slot % CHUNK))
+        else {
+            return false;
+        };
+        entry.id == id
+            && entry.is_translated()
+            && self.translations.get(slot).is_some_and(|t| t.key == *key)
+    }
+
     /// The translation of the flow in `slot`, if it is translated.
     #[inline]
     pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
@@ -148,13 +166,14 @@ impl Shard {
         self.translations.get(slot as usize)
     }
 
-    /// The translation of the flow in `slot` and its checksum deltas.
+    /// The translation of the flow in `slot` and its checksum deltas for
+    /// packets arriving [0] inside or [1] outside (`way`).
     #[inline]
-    pub fn translation_deltas(&self, slot: SlotId) -> Option<(&Translation, [Deltas; 2])> {
+    pub fn translation_deltas(&self, slot: SlotId, way: usize) -> Option<(&Translation, Deltas)> {
         if !self.entry(slot).is_translated() {
             return None;
         }
-        self.translations.get_with_deltas(slot as usize)
+        self.translations.get_with_deltas(slot as usize, way)
     }
 
     /// Makes the flow in `slot` a translated one.

@@ -7,12 +7,17 @@ use super::table::CHUNK;
 use crate::nat::Translation;
 use crate::packet::rewrite::Deltas;
 
+/// A translated flow's side: its translation and its checksum deltas
+/// ([`crate::nat::deltas`]), kept apart from the [`Translation`] so that it
+/// stays what the state file records, but beside it (one lookup).
+struct Slot {
+    translation: Translation,
+    deltas: [Deltas; 2],
+}
+
 /// The translations of one slab chunk's slots.
 struct Chunk {
-    slots: Box<[Option<Translation>]>,
-    /// Each slot's checksum deltas ([`crate::nat::deltas`]), kept apart so
-    /// that [`Translation`] stays what the state file records.
-    deltas: Box<[[Deltas; 2]]>,
+    slots: Box<[Option<Slot>]>,
     live: u32,
 }
 
@@ -26,17 +31,28 @@ impl Translations {
     /// The translation in `slot`.
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<&Translation> {
-        self.chunks.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
+        self.slot(slot).map(|s| &s.translation)
     }
 
-    /// The translation in `slot` and its checksum deltas.
     #[inline]
-    pub(super) fn get_with_deltas(&self, slot: usize) -> Option<(&Translation, [Deltas; 2])> {
-        let chunk = self.chunks.get(slot / CHUNK)?.as_ref()?;
-        Some((
-            chunk.slots[slot % CHUNK].as_ref()?,
-            chunk.deltas[slot % CHUNK],
-        ))
+    fn slot(&self, slot: usize) -> Option<&Slot> {
+        self.chunks
+            .get(slot / CHUNK)?
+            .as_ref()?
+            .slots
+            .get(slot % CHUNK)?
+            .as_ref()
+    }
+
+    /// The translation in `slot` and its checksum deltas of `way` (0 or 1).
+    #[inline]
+    pub(super) fn get_with_deltas(
+        &self,
+        slot: usize,
+        way: usize,
+    ) -> Option<(&Translation, Deltas)> {
+        let s = self.slot(slot)?;
+        Some((&s.translation, *s.deltas.get(way)?))
     }
 
     /// Puts `translation` with its `deltas` in `slot`.
@@ -46,11 +62,13 @@ impl Translations {
         }
         let chunk = self.chunks[slot / CHUNK].get_or_insert_with(|| Chunk {
             slots: (0..CHUNK).map(|_| None).collect(),
-            deltas: vec![[Deltas::default(); 2]; CHUNK].into_boxed_slice(),
             live: 0,
         });
-        chunk.deltas[slot % CHUNK] = deltas;
-        if chunk.slots[slot % CHUNK].replace(translation).is_none() {
+        let new = Slot {
+            translation,
+            deltas,
+        };
+        if chunk.slots[slot % CHUNK].replace(new).is_none() {
             chunk.live += 1;
         }
     }
@@ -60,12 +78,12 @@ impl Translations {
     pub(super) fn take(&mut self, slot: usize) -> Option<Translation> {
         let cell = self.chunks.get_mut(slot / CHUNK)?;
         let chunk = cell.as_mut()?;
-        let translation = chunk.slots[slot % CHUNK].take()?;
+        let taken = chunk.slots[slot % CHUNK].take()?;
         chunk.live -= 1;
         if chunk.live == 0 {
             *cell = None;
         }
-        Some(translation)
+        Some(taken.translation)
     }
 
     /// Forgets the chunks from `chunks` on (the slab gave them back).
@@ -81,10 +99,7 @@ impl Translations {
                 .chunks
                 .iter()
                 .flatten()
-                .map(|c| {
-                    c.slots.len() * std::mem::size_of::<Option<Translation>>()
-                        + c.deltas.len() * std::mem::size_of::<[Deltas; 2]>()
-                })
+                .map(|c| c.slots.len() * std::mem::size_of::<Option<Slot>>())
                 .sum::<usize>()
     }
 }

@@ -255,3 +255,53 @@ fn deltas_from_endpoints_equal_deltas_from_the_bytes_only_for_what_they_carry() 
         }
     ));
 }
+
+#[test]
+fn the_fixed_offset_rewrite_refuses_short_bytes_and_writes_nothing() {
+    let packets = [
+        udp(ep("198.18.1.10", 5353), ep("198.18.2.53", 53), b""),
+        udp(ep("fd00:1::10", 5353), ep("fd00:2::53", 53), b""),
+        tcp(
+            ep("198.18.1.10", 40000),
+            ep("198.18.2.20", 80),
+            0x10,
+            1,
+            1,
+            100,
+            None,
+            b"",
+        ),
+        tcp(
+            ep("fd00:1::10", 40000),
+            ep("fd00:2::20", 80),
+            0x10,
+            1,
+            1,
+            100,
+            None,
+            b"",
+        ),
+    ];
+    for b in packets {
+        let p = parse(&b).unwrap();
+        let v6 = p.version == IpVersion::V6;
+        let e = if v6 {
+            to("fd00:9::1", 2000, "fd00:2::99", 53, 0)
+        } else {
+            to("198.18.9.1", 2000, "198.18.2.99", 53, 0)
+        };
+        let d = Deltas::between(p.version, p.protocol, &Endpoints::of(&p), &e);
+        let check_end = usize::from(p.l4_offset) + if p.protocol == proto::UDP { 8 } else { 18 };
+        // Bytes cut anywhere before the transport checksum's end: refused
+        // before anything is written (the parsed packet says more than the
+        // bytes hold, which only a bug could bring about).
+        for len in 0..check_end {
+            let mut cut = b[..len].to_vec();
+            assert_eq!(translate_with(&mut cut, &p, &e, d, false), None, "{len}");
+            assert_eq!(cut, b[..len], "{len}");
+        }
+        let mut whole = b.clone();
+        translate_with(&mut whole, &p, &e, d, false).unwrap();
+        assert_eq!(whole, translated(b, &e));
+    }
+}
