@@ -19,10 +19,16 @@ const WRITES: usize = 100;
 
 /// Starts the counting receiver in the server namespace and waits until it listens.
 fn receiver(t: &Topology, addr: &str, port: u16) -> Child {
+    receiver_with(t, addr, port, &[])
+}
+
+/// [`receiver`] with more of udp_gso.py's `recv` options.
+fn receiver_with(t: &Topology, addr: &str, port: u16, options: &[&str]) -> Child {
     let child = Command::new("ip")
         .args(["netns", "exec", &t.server, "python3", SCRIPT, "recv", addr])
         .arg(port.to_string())
         .args(["--idle", "1.5", "--timeout", "10"])
+        .args(options)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -149,25 +155,7 @@ fn small_datagrams_arrive_coalesced(t: &Topology, server: &str, port: u16) {
     const COUNT: usize = 14_000;
     const SIZE: usize = 100;
     let before = t.stats()["coalesced"].clone();
-    let rx = Command::new("ip")
-        .args([
-            "netns", "exec", &t.server, "python3", SCRIPT, "recv", server,
-        ])
-        .arg(port.to_string())
-        .args(["--idle", "1.5", "--timeout", "10", "--check"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn receiver");
-    let listening = (0..50).any(|_| {
-        let out = t.in_server(&["ss", "-Hlun"]);
-        let found = String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "));
-        if !found {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        found
-    });
-    assert!(listening, "the receiver does not listen on {port}");
+    let rx = receiver_with(t, server, port, &["--check"]);
     // Bursts of 500 back to back, 5 ms apart: the queue holds a batch's
     // worth when tunwall reads, without overflowing.
     let sent = t.in_client(&[
