@@ -11,9 +11,9 @@
 //!
 //! The loop reads in bounded batches per port (fairness between ports),
 //! reads the clock once per batch, and drives expiry from the same loop. The
-//! read and write calls are in [`Worker::pump`] only, so that offloaded
-//! batch I/O (virtio header, GSO/GRO) can replace them without touching the
-//! rest of the loop.
+//! read calls are in [`Worker::pump`] only and the writes in
+//! [`Worker::forward`], [`Worker::flush`] and [`Worker::write`], so that
+//! batch I/O can replace them without touching the rest of the loop.
 
 use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
@@ -340,6 +340,10 @@ impl<P: Processor> Worker<P> {
                     *pending = self.pump(now, port, &mut buf, mode, wall);
                 }
             }
+            // Nothing waits to be coalesced past its batch.
+            for out in 0..self.coalescers.len() {
+                self.flush(out);
+            }
             if now >= next_tick {
                 self.engine.handle_timeout(now);
                 next_tick = now + TICK;
@@ -362,23 +366,6 @@ impl<P: Processor> Worker<P> {
     /// through the egress queue, which has the same offloads: nothing is
     /// split and re-coalesced in between.
     fn pump(
-        &mut self,
-        now: Instant,
-        port: usize,
-        buf: &mut [u8],
-        capture: CaptureMode,
-        wall: SystemTime,
-    ) -> bool {
-        let more = self.read_batch(now, port, buf, capture, wall);
-        // Nothing waits past its batch.
-        for out in 0..self.coalescers.len() {
-            self.flush(out);
-        }
-        more
-    }
-
-    /// The reads and verdicts of [`Worker::pump`].
-    fn read_batch(
         &mut self,
         now: Instant,
         port: usize,
