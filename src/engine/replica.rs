@@ -156,7 +156,7 @@ impl Gateway {
         if let Some(t) = old.as_ref().and_then(|o| o.translation.as_ref()) {
             self.nat.aliases.remove(&t.key, entry.id());
         }
-        let release_old = |old: Option<crate::flow::table::Removed>| {
+        let release_old = |old: Option<crate::flow::shard::Removed>| {
             if let Some((map, _)) = old.and_then(|o| o.translation).and_then(|t| t.mapping) {
                 self.nat.allocator().release(&map);
             }

@@ -3,7 +3,7 @@
 use super::{Gateway, ID_BLOCK, Local, MAX_QUEUED_DISCARDS};
 use crate::event::{Event, EventKind, FlowInfo, PacketSummary};
 use crate::flow::FlowEntry;
-use crate::flow::table::{Removed, ShardGuard, SlotId};
+use crate::flow::{shard::Removed, table::ShardGuard, table::SlotId};
 use crate::packet::Packet;
 use crate::policy::{Action, ClassifyRequest, Decision, Layer};
 use crate::reason::{CloseReason, DropReason};

@@ -1,6 +1,6 @@
 //! A snapshot of one flow: what events, `flows` and callouts see of it.
 
-use super::table::Removed;
+use super::shard::Removed;
 use super::{Direction, FlowClass, FlowConfig, FlowEntry, FlowKey, FlowState};
 use crate::nat::Translation;
 use crate::time::Instant;

@@ -8,6 +8,7 @@ pub mod key;
 pub mod lifetime;
 pub mod record;
 pub mod select;
+pub mod shard;
 pub mod table;
 pub mod tcp;
 mod translated;

@@ -3,7 +3,7 @@
 //! lives in them, so untranslated flows carry nothing for NAT but a null
 //! pointer per chunk.
 
-use super::table::CHUNK;
+use super::shard::CHUNK;
 use crate::nat::Translation;
 use crate::packet::rewrite::Deltas;
 

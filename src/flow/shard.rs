@@ -1,0 +1,391 @@
+//! One shard of the flow table: a slab of fixed-size chunks (no
+//! reallocation and copy under the lock as it grows, no `Box` per flow),
+//! its hash index of slot numbers, and its bookkeeping (free slots,
+//! embryos, parents, translations, sweep cursor). Everything here is
+//! guarded by the shard's lock ([`super::table`]).
+
+use super::FlowConfig;
+use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
+use super::key::FlowKey;
+use super::translated::Translations;
+use crate::nat::Translation;
+use crate::packet::rewrite::Deltas;
+use crate::time::Instant;
+use hashbrown::HashTable;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// A slot number inside one shard.
+pub type SlotId = u32;
+
+/// Slab chunk size: small enough that the unused tail of a shard's last
+/// chunk stays under a byte per flow in a full table (the translations'
+/// chunks are aligned with it).
+pub(super) const CHUNK: usize = 64;
+
+/// One shard: a slab of entries, its index and its bookkeeping.
+pub struct Shard {
+    index: HashTable<SlotId>,
+    chunks: Vec<Box<[FlowEntry]>>,
+    /// Free slots below `high_water`, lowest first: new flows fill the
+    /// slab from the bottom, so after a flood the top chunks empty out and
+    /// can be given back.
+    free: BinaryHeap<Reverse<SlotId>>,
+    /// Live entries per chunk.
+    live: Vec<u8>,
+    /// Slots handed out so far; slots at or above it were never used.
+    pub(super) high_water: u32,
+    len: usize,
+    /// TCP flows not yet established, oldest first, as (slot, low 32 bits of
+    /// the id); stale records are skipped lazily and compacted when they pile up.
+    embryos: VecDeque<(SlotId, u32)>,
+    embryo_count: usize,
+    parents: hashbrown::HashMap<u64, u64, ahash::RandomState>,
+    /// The translated side of translated flows, by slot.
+    translations: Translations,
+    pub(super) sweep_cursor: SlotId,
+    hasher: ahash::RandomState,
+}
+
+impl Shard {
+    pub(super) fn new(hasher: ahash::RandomState) -> Shard {
+        Shard {
+            index: HashTable::new(),
+            chunks: Vec::new(),
+            free: BinaryHeap::new(),
+            live: Vec::new(),
+            high_water: 0,
+            len: 0,
+            embryos: VecDeque::new(),
+            embryo_count: 0,
+            parents: hashbrown::HashMap::with_hasher(hasher.clone()),
+            translations: Translations::default(),
+            sweep_cursor: 0,
+            hasher,
+        }
+    }
+
+    /// Number of flows in this shard.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slot of `key`, if present.
+    #[inline]
+    pub fn find(&self, hash: u64, key: &FlowKey) -> Option<SlotId> {
+        self.index
+            .find(hash, |&slot| Self::at(&self.chunks, slot).key == *key)
+            .copied()
+    }
+
+    #[inline]
+    fn at(chunks: &[Box<[FlowEntry]>], slot: SlotId) -> &FlowEntry {
+        let slot = slot as usize;
+        &chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    /// The entry in `slot`.
+    #[inline]
+    pub fn entry(&self, slot: SlotId) -> &FlowEntry {
+        Self::at(&self.chunks, slot)
+    }
+
+    /// The entry in `slot`, mutably.
+    #[inline]
+    pub fn entry_mut(&mut self, slot: SlotId) -> &mut FlowEntry {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    /// The parent id of the flow in `slot`.
+    pub fn parent(&self, slot: SlotId) -> Option<u64> {
+        let entry = self.entry(slot);
+        if entry.has_parent() {
+            self.parents.get(&entry.id()).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Whether `slot` holds flow `id`, translated to `key` (an alias found
+    /// without this shard's lock is checked here under it: the flow may
+    /// have gone meanwhile, and its chunk with it).
+    #[inline]
+    pub fn holds_translated(&self, slot: SlotId, id: u64, key: &FlowKey) -> bool {
+        let slot = slot as usize;
+        let Some(entry) = self
+            .chunks
+            .get(slot / CHUNK)
+            .and_then(|c| c.get(slot % CHUNK))
+        else {
+            return false;
+        };
+        entry.id == id
+            && entry.is_translated()
+            && self.translations.get(slot).is_some_and(|t| t.key == *key)
+    }
+
+    /// The translation of the flow in `slot`, if it is translated.
+    #[inline]
+    pub fn translation(&self, slot: SlotId) -> Option<&Translation> {
+        if !self.entry(slot).is_translated() {
+            return None;
+        }
+        self.translations.get(slot as usize)
+    }
+
+    /// The translation of the flow in `slot` and its checksum deltas for
+    /// packets arriving [0] inside or [1] outside (`way`).
+    #[inline]
+    pub fn translation_deltas(&self, slot: SlotId, way: usize) -> Option<(&Translation, Deltas)> {
+        if !self.entry(slot).is_translated() {
+            return None;
+        }
+        self.translations.get_with_deltas(slot as usize, way)
+    }
+
+    /// Makes the flow in `slot` a translated one.
+    pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
+        self.entry_mut(slot).flags |= F_TRANSLATED;
+        let deltas = crate::nat::deltas(self.entry(slot), &translation);
+        self.translations.set(slot as usize, translation, deltas);
+    }
+
+    fn take_translation(&mut self, slot: SlotId) -> Option<Translation> {
+        self.translations.take(slot as usize)
+    }
+
+    /// A snapshot of the flow in `slot`.
+    pub fn info(
+        &self,
+        slot: SlotId,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+    ) -> super::FlowInfo {
+        super::FlowInfo::of(
+            self.entry(slot),
+            self.parent(slot),
+            self.translation(slot),
+            now,
+            config,
+            factor,
+        )
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        hash: u64,
+        mut entry: FlowEntry,
+        parent: Option<u64>,
+    ) -> SlotId {
+        let slot = match self.free.pop() {
+            Some(Reverse(slot)) => slot,
+            None => {
+                if self.high_water as usize == self.chunks.len() * CHUNK {
+                    self.chunks
+                        .push(vec![FlowEntry::VACANT; CHUNK].into_boxed_slice());
+                    self.live.push(0);
+                }
+                self.high_water += 1;
+                self.high_water - 1
+            }
+        };
+        if let Some(parent) = parent {
+            entry.flags |= F_HAS_PARENT;
+            self.parents.insert(entry.id, parent);
+        }
+        // Pending flows are never evicted; they become evictable embryos
+        // when they are permitted (`complete_pending`).
+        if entry.is_tcp() && !entry.tcp.handshake_done() && !entry.is_pending() {
+            entry.flags |= F_EMBRYONIC;
+            self.embryos.push_back((slot, entry.id as u32));
+            self.embryo_count += 1;
+            self.compact_embryos();
+        }
+        *self.entry_mut(slot) = entry;
+        self.live[slot as usize / CHUNK] += 1;
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.index
+            .insert_unique(hash, slot, |&s| hasher.hash_one(Self::at(chunks, s).key));
+        self.len += 1;
+        slot
+    }
+
+    pub(super) fn remove(&mut self, slot: SlotId) -> Removed {
+        let entry = *self.entry(slot);
+        let hash = self.hasher.hash_one(entry.key);
+        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        if entry.flags & F_EMBRYONIC != 0 {
+            self.embryo_count -= 1;
+        }
+        let parent = if entry.has_parent() {
+            self.parents.remove(&entry.id())
+        } else {
+            None
+        };
+        let translation = if entry.is_translated() {
+            self.take_translation(slot)
+        } else {
+            None
+        };
+        *self.entry_mut(slot) = FlowEntry::VACANT;
+        self.free.push(Reverse(slot));
+        self.live[slot as usize / CHUNK] -= 1;
+        self.len -= 1;
+        Removed {
+            entry,
+            parent,
+            translation,
+        }
+    }
+
+    /// Records that the flow in `slot` completed its handshake (it may no
+    /// longer be evicted) and returns whether this is the first time.
+    pub fn mark_established(&mut self, slot: SlotId) -> bool {
+        let entry = self.entry_mut(slot);
+        if entry.flags & F_ESTABLISHED != 0 {
+            return false;
+        }
+        let was_embryonic = entry.flags & F_EMBRYONIC != 0;
+        entry.flags = (entry.flags | F_ESTABLISHED) & !F_EMBRYONIC;
+        if was_embryonic {
+            self.embryo_count -= 1;
+        }
+        true
+    }
+
+    /// Records a pending flow's decision; a permitted TCP flow still in its
+    /// handshake joins the evictable embryos from now on.
+    pub fn complete_pending(&mut self, slot: SlotId, decision: crate::policy::Action) {
+        let entry = self.entry_mut(slot);
+        entry.set_completed(decision);
+        if entry.is_tcp()
+            && !entry.tcp.handshake_done()
+            && entry.flags & (F_EMBRYONIC | F_ESTABLISHED) == 0
+        {
+            entry.flags |= F_EMBRYONIC;
+            let id = entry.id as u32;
+            self.embryos.push_back((slot, id));
+            self.embryo_count += 1;
+            self.compact_embryos();
+        }
+    }
+
+    /// Gives back the empty chunks at the top of the slab once the shard
+    /// holds less than half of what it once did (after a flood), with the
+    /// spare capacity of the index and the bookkeeping: memory returns
+    /// toward the live flow count.
+    pub(super) fn shrink(&mut self) {
+        let used = self.high_water as usize;
+        if used <= 4 * CHUNK || self.len * 2 >= used {
+            return;
+        }
+        while self.chunks.len() > 1 && self.live.last() == Some(&0) {
+            self.chunks.pop();
+            self.live.pop();
+        }
+        let top = (self.chunks.len() * CHUNK).min(used) as u32;
+        if top as usize == used {
+            return;
+        }
+        self.high_water = top;
+        self.free.retain(|Reverse(slot)| *slot < top);
+        self.free.shrink_to_fit();
+        self.chunks.shrink_to_fit();
+        self.live.shrink_to_fit();
+        // Records of the chunks given back are stale (those chunks were empty).
+        self.embryos.retain(|&(slot, _)| slot < top);
+        self.embryos.shrink_to_fit();
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.index
+            .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
+        self.parents.shrink_to_fit();
+        self.translations.truncate(self.chunks.len());
+    }
+
+    fn compact_embryos(&mut self) {
+        if self.embryos.len() > 2 * self.embryo_count + 1024 {
+            let chunks = &self.chunks;
+            self.embryos.retain(|&(slot, id)| {
+                let e = Self::at(chunks, slot);
+                e.flags & F_EMBRYONIC != 0 && e.id as u32 == id
+            });
+        }
+    }
+
+    /// The oldest flow that has not completed its TCP handshake.
+    pub fn oldest_embryonic(&mut self) -> Option<SlotId> {
+        while let Some(&(slot, id)) = self.embryos.front() {
+            let e = self.entry(slot);
+            if e.flags & F_EMBRYONIC != 0 && e.id as u32 == id {
+                return Some(slot);
+            }
+            self.embryos.pop_front();
+        }
+        None
+    }
+
+    /// Looks at up to `budget` slots from the sweep cursor for an expired flow.
+    pub(super) fn next_expired(
+        &mut self,
+        now: Instant,
+        config: &FlowConfig,
+        factor: f64,
+        budget: usize,
+    ) -> Option<SlotId> {
+        let limit = self.high_water;
+        if limit == 0 {
+            return None;
+        }
+        for _ in 0..budget.min(limit as usize) {
+            let slot = self.sweep_cursor % limit;
+            self.sweep_cursor = (slot + 1) % limit;
+            let e = self.entry(slot);
+            if !e.is_vacant() && e.expired(now, config, factor) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Every live entry with its slot.
+    pub fn iter(&self) -> impl Iterator<Item = (SlotId, &FlowEntry)> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .take(self.high_water as usize)
+            .enumerate()
+            .filter(|(_, e)| !e.is_vacant())
+            .map(|(i, e)| (i as SlotId, e))
+    }
+
+    /// Heap bytes this shard holds (entries, index, bookkeeping).
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * std::mem::size_of::<FlowEntry>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[FlowEntry]>>()
+            + self.index.allocation_size()
+            + self.free.capacity() * 4
+            + self.embryos.capacity() * 8
+            + self.parents.allocation_size()
+            + self.translations.heap_bytes()
+    }
+}
+
+/// A flow removed from the table, with what its closure indication needs.
+#[derive(Clone)]
+pub struct Removed {
+    /// The entry as it was.
+    pub entry: FlowEntry,
+    /// Its parent id, if any.
+    pub parent: Option<u64>,
+    /// Its translation, if it was translated.
+    pub translation: Option<Translation>,
+}
