@@ -85,7 +85,7 @@ impl Local {
         }
         let mut assigned = false;
         if let Some(plan) = plan.as_mut() {
-            assigned = self.acquire(gw, plan)?;
+            assigned = self.acquire(gw, plan, shard_index)?;
             if gw.nat.aliases.find(&plan.key).is_some() {
                 Self::unacquire(gw, plan);
                 return Err(DropReason::NatConflict.into());

@@ -372,13 +372,16 @@ impl Local {
         hash: u64,
         pk: PacketKey,
     ) -> Option<Result<u8, Dropped>> {
-        let slot = shard.find(hash, &pk.key)?;
+        // A masqueraded flow's translated tuple is indexed in its shard
+        // ([`crate::flow::hash`]): both keys are cross-zone keys, so the
+        // packet lies on the flow's key as it lies on the translated one.
+        let (slot, on_alias) = shard.find_any(hash, &pk.key)?;
         let entry = shard.entry(slot);
         let factor = gw.table.adaptive_factor();
         let reopened = entry.is_tcp()
             && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
         if !reopened && !entry.expired(a.now, &gw.config.flows, factor) {
-            return Some(self.ride(gw, a, shard, slot, pk.swapped, Some(false)));
+            return Some(self.ride(gw, a, shard, slot, pk.swapped, Some(on_alias)));
         }
         let reason = entry.expiry_reason();
         let removed = shard.remove(slot);

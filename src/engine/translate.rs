@@ -15,7 +15,7 @@ use super::{Gateway, Local};
 use crate::event::{EventKind, PortMapping};
 use crate::flow::{Direction, FlowKey, Zone};
 use crate::flow::{shard::Removed, table::ShardGuard, table::SlotId};
-use crate::nat::{MapKey, Translation, endpoints};
+use crate::nat::{Affinity, MapKey, Translation, endpoints};
 use crate::packet::rewrite::{self, Deltas, Endpoints};
 use crate::packet::{Packet, RawAddr, proto};
 use crate::policy::{ClassifyRequest, Layer, RedirectAddress};
@@ -168,15 +168,39 @@ impl Local {
 
     /// Acquires the plan's mapping and puts its port into the plan's key.
     /// Returns whether a new mapping was assigned.
-    pub(super) fn acquire(&mut self, gw: &Gateway, plan: &mut Plan) -> Result<bool, Dropped> {
+    /// A new port is chosen, where one is free, so that the translated
+    /// tuple falls in the flow's shard `shard_index` ([`crate::flow::hash`]):
+    /// packets carrying it then take one lock, as the flow's own do.
+    pub(super) fn acquire(
+        &mut self,
+        gw: &Gateway,
+        plan: &mut Plan,
+        shard_index: usize,
+    ) -> Result<bool, Dropped> {
         let Some((map, range, keep)) = plan.allocate else {
             return Ok(false);
         };
         let ports = has_ports(plan.key.protocol);
+        let table = &gw.table;
+        let group = table.group_of_shard(shard_index);
+        let side = table.hasher().remote_side(&plan.key);
+        let shard_of = |port| {
+            let bits = table.hasher().shard_bits(side, port);
+            table.shard_index(group, u64::from(bits) << 24)
+        };
+        let fits = |port| shard_of(port) == shard_index;
+        // One more port is (about) one shard further on.
+        let stride = table.group_shards(group).len();
+        let residue = (shard_index + stride - shard_of(0)) % stride;
+        let affinity = Affinity {
+            stride: stride as u16,
+            residue: residue as u16,
+            fits: &fits,
+        };
         let (port, new) = gw
             .nat
             .allocator()
-            .acquire(map, range, keep)
+            .acquire(map, range, keep, ports.then_some(&affinity))
             .map_err(|_| Dropped::from(DropReason::NatPortsExhausted))?;
         if ports {
             plan.key.local_port = port;

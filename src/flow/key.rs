@@ -141,19 +141,33 @@ pub struct FlowKey {
     meta: u8,
 }
 
+// The flow table hashes the two sides apart (`super::hash`).
+impl FlowKey {
+    /// Hashes what masquerade leaves alone: the remote side.
+    #[inline]
+    pub(super) fn hash_remote_side<H: Hasher>(&self, state: &mut H) {
+        // Whole words: ahash has fast paths for them.
+        state.write_u128(u128::from_ne_bytes(self.remote));
+        state.write_u64(
+            u64::from(self.remote_port)
+                | u64::from(self.protocol) << 16
+                | u64::from(self.meta) << 24,
+        );
+    }
+
+    /// Hashes the rest: the local address and port.
+    #[inline]
+    pub(super) fn hash_local_side<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.local));
+        state.write_u16(self.local_port);
+    }
+}
+
 impl Hash for FlowKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Whole words: ahash has fast paths for them, and the derived impl
-        // would hash the arrays as length-prefixed slices.
-        state.write_u128(u128::from_ne_bytes(self.local));
-        state.write_u128(u128::from_ne_bytes(self.remote));
-        state.write_u64(
-            u64::from(self.local_port)
-                | u64::from(self.remote_port) << 16
-                | u64::from(self.protocol) << 32
-                | u64::from(self.meta) << 40,
-        );
+        self.hash_remote_side(state);
+        self.hash_local_side(state);
     }
 }
 

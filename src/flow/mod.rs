@@ -3,6 +3,7 @@
 
 pub mod entry;
 pub mod fragment;
+pub mod hash;
 pub mod info;
 pub mod key;
 pub mod lifetime;

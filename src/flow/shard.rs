@@ -6,6 +6,7 @@
 
 use super::FlowConfig;
 use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
+use super::hash::FlowHasher;
 use super::key::FlowKey;
 use super::translated::Translations;
 use crate::nat::Translation;
@@ -26,6 +27,9 @@ pub(super) const CHUNK: usize = 64;
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
     index: HashTable<SlotId>,
+    /// The translated tuples of this shard's translated flows that belong
+    /// in this shard ([`super::hash`]), by the flows' slots.
+    aliases: HashTable<SlotId>,
     chunks: Vec<Box<[FlowEntry]>>,
     /// Free slots below `high_water`, lowest first: new flows fill the
     /// slab from the bottom, so after a flood the top chunks empty out and
@@ -44,13 +48,14 @@ pub struct Shard {
     /// The translated side of translated flows, by slot.
     translations: Translations,
     pub(super) sweep_cursor: SlotId,
-    hasher: ahash::RandomState,
+    hasher: FlowHasher,
 }
 
 impl Shard {
-    pub(super) fn new(hasher: ahash::RandomState) -> Shard {
+    pub(super) fn new(hasher: FlowHasher) -> Shard {
         Shard {
             index: HashTable::new(),
+            aliases: HashTable::new(),
             chunks: Vec::new(),
             free: BinaryHeap::new(),
             live: Vec::new(),
@@ -58,7 +63,7 @@ impl Shard {
             len: 0,
             embryos: VecDeque::new(),
             embryo_count: 0,
-            parents: hashbrown::HashMap::with_hasher(hasher.clone()),
+            parents: hashbrown::HashMap::default(),
             translations: Translations::default(),
             sweep_cursor: 0,
             hasher,
@@ -75,12 +80,41 @@ impl Shard {
         self.len == 0
     }
 
-    /// The slot of `key`, if present.
+    /// The slot of the flow whose key is `key`, if present.
     #[inline]
     pub fn find(&self, hash: u64, key: &FlowKey) -> Option<SlotId> {
         self.index
             .find(hash, |&slot| Self::at(&self.chunks, slot).key == *key)
             .copied()
+    }
+
+    /// The slot of the flow whose key or translated tuple (when that is
+    /// indexed in this shard) is `key`, and whether it was the translated
+    /// one. The translated tuples have an index of their own, so a packet
+    /// of an untranslated flow pays nothing for them.
+    #[inline]
+    pub fn find_any(&self, hash: u64, key: &FlowKey) -> Option<(SlotId, bool)> {
+        if let Some(slot) = self.find(hash, key) {
+            return Some((slot, false));
+        }
+        if self.aliases.is_empty() {
+            return None;
+        }
+        let translations = &self.translations;
+        self.aliases
+            .find(hash, |&slot| {
+                translations
+                    .get(slot as usize)
+                    .is_some_and(|t| t.key == *key)
+            })
+            .map(|&slot| (slot, true))
+    }
+
+    /// The translated tuple of the flow in an alias index entry.
+    fn alias_key(translations: &Translations, slot: SlotId) -> FlowKey {
+        translations
+            .get(slot as usize)
+            .map_or(FlowKey::ZERO, |t| t.key)
     }
 
     #[inline]
@@ -149,11 +183,23 @@ impl Shard {
         self.translations.get_with_deltas(slot as usize, way)
     }
 
-    /// Makes the flow in `slot` a translated one.
-    pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
+    /// Makes the flow in `slot` a translated one, its translated tuple
+    /// indexed here too when `alias_hash` (the tuple's hash) is given.
+    pub(super) fn set_translation(
+        &mut self,
+        slot: SlotId,
+        translation: Translation,
+        alias_hash: Option<u64>,
+    ) {
         self.entry_mut(slot).flags |= F_TRANSLATED;
         let deltas = crate::nat::deltas(self.entry(slot), &translation);
         self.translations.set(slot as usize, translation, deltas);
+        if let Some(hash) = alias_hash {
+            let (translations, hasher) = (&self.translations, &self.hasher);
+            self.aliases.insert_unique(hash, slot, |&s| {
+                hasher.hash(&Self::alias_key(translations, s))
+            });
+        }
     }
 
     fn take_translation(&mut self, slot: SlotId) -> Option<Translation> {
@@ -212,14 +258,14 @@ impl Shard {
         self.live[slot as usize / CHUNK] += 1;
         let (chunks, hasher) = (&self.chunks, &self.hasher);
         self.index
-            .insert_unique(hash, slot, |&s| hasher.hash_one(Self::at(chunks, s).key));
+            .insert_unique(hash, slot, |&s| hasher.hash(&Self::at(chunks, s).key));
         self.len += 1;
         slot
     }
 
     pub(super) fn remove(&mut self, slot: SlotId) -> Removed {
         let entry = *self.entry(slot);
-        let hash = self.hasher.hash_one(entry.key);
+        let hash = self.hasher.hash(&entry.key);
         if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
             found.remove();
         }
@@ -236,6 +282,12 @@ impl Shard {
         } else {
             None
         };
+        if let Some(t) = &translation {
+            let hash = self.hasher.hash(&t.key);
+            if let Ok(found) = self.aliases.find_entry(hash, |&s| s == slot) {
+                found.remove();
+            }
+        }
         *self.entry_mut(slot) = FlowEntry::VACANT;
         self.free.push(Reverse(slot));
         self.live[slot as usize / CHUNK] -= 1;
@@ -304,9 +356,12 @@ impl Shard {
         // Records of the chunks given back are stale (those chunks were empty).
         self.embryos.retain(|&(slot, _)| slot < top);
         self.embryos.shrink_to_fit();
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        let (chunks, translations, hasher) = (&self.chunks, &self.translations, &self.hasher);
         self.index
-            .shrink_to(self.len, |&s| hasher.hash_one(Self::at(chunks, s).key));
+            .shrink_to(self.len, |&s| hasher.hash(&Self::at(chunks, s).key));
+        self.aliases.shrink_to(self.aliases.len(), |&s| {
+            hasher.hash(&Self::alias_key(translations, s))
+        });
         self.parents.shrink_to_fit();
         self.translations.truncate(self.chunks.len());
     }
@@ -372,6 +427,7 @@ impl Shard {
         self.chunks.len() * CHUNK * std::mem::size_of::<FlowEntry>()
             + self.chunks.capacity() * std::mem::size_of::<Box<[FlowEntry]>>()
             + self.index.allocation_size()
+            + self.aliases.allocation_size()
             + self.free.capacity() * 4
             + self.embryos.capacity() * 8
             + self.parents.allocation_size()

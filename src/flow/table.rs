@@ -29,9 +29,11 @@
 
 use super::FlowConfig;
 use super::entry::FlowEntry;
+use super::hash::FlowHasher;
 use super::key::FlowKey;
 use super::shard::Removed;
 pub use super::shard::{Shard, SlotId};
+use crate::nat::Translation;
 use crate::reason::CloseReason;
 use crate::time::Instant;
 use crossbeam_utils::CachePadded;
@@ -47,7 +49,7 @@ pub struct FlowTable {
     /// same worker).
     groups: usize,
     per_group: usize,
-    hasher: ahash::RandomState,
+    hasher: FlowHasher,
     count: CachePadded<AtomicUsize>,
     config: FlowConfig,
 }
@@ -56,6 +58,8 @@ pub struct FlowTable {
 pub struct ShardGuard<'a> {
     shard: MutexGuard<'a, Shard>,
     table: &'a FlowTable,
+    /// Which shard this is.
+    index: usize,
 }
 
 impl std::ops::Deref for ShardGuard<'_> {
@@ -125,6 +129,19 @@ impl ShardGuard<'_> {
         Some(self.shard.insert(hash, entry, parent))
     }
 
+    /// Makes the flow in `slot` a translated one. Its translated tuple is
+    /// indexed in this shard too when that is the tuple's shard in this
+    /// group (the port allocator arranges it for masquerade,
+    /// [`super::hash`]): packets carrying it then find the flow with this
+    /// one lock and probe.
+    pub fn set_translation(&mut self, slot: SlotId, translation: Translation) {
+        let hash = self.table.hash(&translation.key);
+        let group = self.table.group_of_shard(self.index);
+        let home = self.table.shard_index(group, hash) == self.index;
+        self.shard
+            .set_translation(slot, translation, home.then_some(hash));
+    }
+
     /// Removes the flow in `slot`.
     pub fn remove(&mut self, slot: SlotId) -> Removed {
         let removed = self.shard.remove(slot);
@@ -160,9 +177,9 @@ impl FlowTable {
     /// A table for `config.max_flows` flows in about `shards` shards, split
     /// into `groups` equal groups (one per worker).
     pub fn new(config: FlowConfig, shards: usize, groups: usize) -> FlowTable {
-        let hasher = ahash::RandomState::new();
         let groups = groups.clamp(1, 256);
         let per_group = shards.clamp(1, 4096).div_ceil(groups);
+        let hasher = FlowHasher::new(per_group);
         let n = per_group * groups;
         FlowTable {
             groups,
@@ -198,14 +215,14 @@ impl FlowTable {
     }
 
     /// The hasher of [`FlowTable::hash`] (the alias index shares it).
-    pub fn hasher(&self) -> &ahash::RandomState {
+    pub fn hasher(&self) -> &FlowHasher {
         &self.hasher
     }
 
     /// The keyed hash of a flow key.
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash_one(key)
+        self.hasher.hash(key)
     }
 
     /// The number of shards.
@@ -251,7 +268,11 @@ impl FlowTable {
         let shard = self.shards[idx]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        ShardGuard { shard, table: self }
+        ShardGuard {
+            shard,
+            table: self,
+            index: idx,
+        }
     }
 
     /// The number of flows in the whole table.

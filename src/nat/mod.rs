@@ -18,6 +18,7 @@
 
 pub mod alloc;
 
+use crate::flow::hash::FlowHasher;
 use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
 use crate::packet::rewrite::{Deltas, Endpoints};
 use crossbeam_utils::CachePadded;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use alloc::{Allocator, Exhausted, MapKey};
+pub use alloc::{Affinity, Allocator, Exhausted, MapKey};
 
 /// The translated side of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,13 +119,13 @@ type AliasShard = hashbrown::HashTable<Alias>;
 pub struct Aliases {
     shards: Box<[CachePadded<Mutex<AliasShard>>]>,
     /// The flow table's hasher.
-    hasher: ahash::RandomState,
+    hasher: FlowHasher,
     len: AtomicUsize,
 }
 
 impl Aliases {
     /// An empty index hashing with the flow table's `hasher`.
-    pub fn new(hasher: ahash::RandomState) -> Aliases {
+    pub fn new(hasher: FlowHasher) -> Aliases {
         Aliases {
             shards: (0..ALIAS_SHARDS)
                 .map(|_| CachePadded::new(Mutex::new(AliasShard::new())))
@@ -135,9 +136,9 @@ impl Aliases {
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, AliasShard> {
-        // Bits 24..30, as the table picks its shards: hashbrown uses the low
-        // bits and the top seven.
-        let i = (hash >> 24) as usize % ALIAS_SHARDS;
+        // Shard bits ([`crate::flow::hash`]): hashbrown uses the low bits
+        // and the top seven; the upper ones move with every port.
+        let i = (hash >> 48) as usize % ALIAS_SHARDS;
         self.shards[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -157,7 +158,7 @@ impl Aliases {
     /// The flow whose translated tuple is probably `key` (its hash matches:
     /// check the flow's translation).
     pub fn find(&self, key: &FlowKey) -> Option<AliasTarget> {
-        self.find_hashed(self.hasher.hash_one(key))
+        self.find_hashed(self.hasher.hash(key))
     }
 
     /// [`Aliases::find`] by the flow table's hash of the tuple.
@@ -170,7 +171,7 @@ impl Aliases {
 
     /// Adds an alias; `false` if another flow holds the tuple (or its hash).
     pub fn add(&self, key: FlowKey, target: AliasTarget) -> bool {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash(&key);
         let mut shard = self.shard(hash);
         if shard.find(hash, |a| a.hash == hash).is_some() {
             return false;
@@ -182,7 +183,7 @@ impl Aliases {
 
     /// Removes the alias of flow `id`.
     pub fn remove(&self, key: &FlowKey, id: u64) {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash(key);
         let mut shard = self.shard(hash);
         if let Ok(entry) = shard.find_entry(hash, |a| a.hash == hash && a.target.id == id) {
             entry.remove();
@@ -212,7 +213,7 @@ pub struct Nat {
 
 impl Nat {
     /// Empty, its alias index hashing with the flow table's `hasher`.
-    pub fn new(hasher: ahash::RandomState) -> Nat {
+    pub fn new(hasher: FlowHasher) -> Nat {
         Nat {
             aliases: Aliases::new(hasher),
             allocator: Mutex::default(),
