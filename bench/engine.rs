@@ -359,11 +359,9 @@ fn established_benches(c: &mut Criterion) {
     g.finish();
 }
 
-fn new_flow_benches(c: &mut Criterion) {
-    let mut g = c.benchmark_group("new_flow");
-    g.measurement_time(Duration::from_secs(3));
-    const N: usize = 50_000;
-    let packets: Vec<Vec<u8>> = (0..N)
+/// The first packets of `n` UDP flows from lan.
+fn new_flow_packets(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
         .map(|i| {
             udp4(
                 [198, 18, (i >> 8) as u8, i as u8],
@@ -373,7 +371,14 @@ fn new_flow_benches(c: &mut Criterion) {
                 32,
             )
         })
-        .collect();
+        .collect()
+}
+
+fn new_flow_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("new_flow");
+    g.measurement_time(Duration::from_secs(3));
+    const N: usize = 50_000;
+    let packets = new_flow_packets(N);
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("udp_50k_flows", |b| {
         b.iter_batched(
@@ -609,9 +614,66 @@ fn nat_loop(e: &mut Engine, port: u8, template: &[u8], buf: &mut [u8], iters: us
     }
 }
 
+/// `ENGINE_CALLGRIND=<case> [ENGINE_ITERS=n]`: instead of criterion, runs
+/// one engine case inside `engine_loop`, for repeatable instruction counts
+/// per packet: `valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect=*engine_loop* target/release/deps/engine-*`, then divide
+/// by n. Cases: `established_tcp` (in-window 64-byte segments of one
+/// flow, as `established/ipv4_tcp_64B`), `established_udp`, and
+/// `new_udp_no_event_taker` (n new UDP flows into a table sized for them,
+/// as `new_flow/udp_50k_flows_no_event_taker`).
+fn engine_callgrind(case: &str) {
+    let iters: usize = std::env::var("ENGINE_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000);
+    match case {
+        "established_tcp" => {
+            let (_gw, mut e, template) = established_tcp();
+            // Each segment 64 bytes on; the window (65535 << 7) holds them all.
+            let mut packets: Vec<Vec<u8>> = (0..iters as u32)
+                .map(|i| {
+                    let mut p = template.clone();
+                    p[24..28].copy_from_slice(&(101 + i * 64).to_be_bytes());
+                    p
+                })
+                .collect();
+            engine_loop(&mut e, &mut packets);
+            assert_eq!(e.stats().discards_total(), 0);
+        }
+        "established_udp" => {
+            let gw = gateway(1024);
+            let mut e = gw.engine(0);
+            let p = udp4([198, 18, 1, 10], [198, 19, 0, 1], 5000, 53, 64);
+            engine_loop(&mut e, &mut vec![p; iters]);
+            assert_eq!(e.stats().discards_total(), 0);
+        }
+        "new_udp_no_event_taker" => {
+            let gw = gateway(iters);
+            let mut e = gw.engine(0);
+            e.flow_events(false);
+            let mut packets = new_flow_packets(iters);
+            engine_loop(&mut e, &mut packets);
+            assert_eq!(gw.flows_active(), iters);
+        }
+        _ => panic!("ENGINE_CALLGRIND: established_tcp, established_udp or new_udp_no_event_taker"),
+    }
+}
+
+#[inline(never)]
+fn engine_loop(e: &mut Engine, packets: &mut [Vec<u8>]) {
+    for p in packets {
+        black_box(e.process(Instant::ZERO, LAN, black_box(p)));
+    }
+}
+
 fn main() {
     if let Ok(case) = std::env::var("NAT_CALLGRIND") {
         nat_callgrind(&case);
+        return;
+    }
+    if let Ok(case) = std::env::var("ENGINE_CALLGRIND") {
+        engine_callgrind(&case);
         return;
     }
     benches();

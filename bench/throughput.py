@@ -11,6 +11,9 @@ Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
 * tunwall-1w  tunwall with one worker (TCP 4 streams only: worker scaling)
 * tunwall-nat tunwall with the same policy plus a `bind_redirect` masquerade
             filter: the server sees the gateway's address 198.18.2.1 (SPEC §9)
+* tunwall-plain, copy-plain  tunwall and the copy with TUNWALL_IO_URING=off:
+            one write(2) per packet instead of a loop turn's writes batched
+            through io_uring (src/io/uring.rs)
 
 and measures, alternating the modes and repeating each at least 3 times:
 iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s, and (`--tests
@@ -43,7 +46,7 @@ CLIENT, SERVER = "198.18.1.10", "198.18.2.20"
 # The masquerade address of `tunwall-nat`: in the server's on-link prefix,
 # so the server's kernel sends its answers into tunwall.
 PUBLIC = "198.18.2.1"
-MODES = ["tunwall", "copy", "kernel", "tunwall-1w", "tunwall-nat"]
+MODES = ["tunwall", "copy", "kernel", "tunwall-1w", "tunwall-nat", "tunwall-plain", "copy-plain"]
 
 
 def sh(*args, check=True, **kw):
@@ -138,7 +141,10 @@ to_address = "{PUBLIC}"
 """)
         self.log = open(os.path.join(self.dir, "log"), "w")
         cmd = [TUNWALL, "run", "-c", config] if self.mode.startswith("tunwall") else [COPY, config]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
+        env = dict(os.environ)
+        if self.mode.endswith("-plain"):
+            env["TUNWALL_IO_URING"] = "off"
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
         for _ in range(200):
             if sh("ip", "netns", "exec", self.client, "ping", "-c", "1", "-W", "1", SERVER, check=False).returncode == 0:
                 if self.mode == "tunwall-nat":
@@ -326,6 +332,8 @@ def main():
         "kernel": Topology("kernel", f"{tag}k"),
         "tunwall-1w": Topology("tunwall-1w", f"{tag}w", offload, workers=1),
         "tunwall-nat": Topology("tunwall-nat", f"{tag}n", offload),
+        "tunwall-plain": Topology("tunwall-plain", f"{tag}p", offload),
+        "copy-plain": Topology("copy-plain", f"{tag}q", offload),
     }
     topos = {m: t for m, t in topos.items() if m in wanted}
     results = {m: {t: [] for t in tests} for m in topos}
@@ -366,7 +374,8 @@ def main():
     ratios = {}
     for test in tests:
         # Each ratio where both its modes ran.
-        for mode, other in [("tunwall", "copy"), ("tunwall", "kernel"), ("tunwall-nat", "tunwall")]:
+        for mode, other in [("tunwall", "copy"), ("tunwall", "kernel"), ("tunwall-nat", "tunwall"),
+                            ("tunwall", "tunwall-plain"), ("copy", "copy-plain"), ("tunwall-plain", "kernel")]:
             tw = table.get(mode, {}).get(test)
             o = table.get(other, {}).get(test)
             if tw and o and o["median"]:
@@ -381,6 +390,11 @@ def main():
         lost = [s["lost_percent"] for t in ["udp64", "udpgso"] if t in tests for s in results[mode][t]]
         if lost:
             print(f"datagrams lost, {mode}: median {statistics.median(lost):.2f} % (min {min(lost):.2f}, max {max(lost):.2f})")
+    for mode in topos:
+        for t, key in [("udp64", "cpu_ns_per_packet"), ("connrate", "cpu_us_per_connection")]:
+            v = [x[key] for x in results[mode].get(t, []) if x.get(key)]
+            if v:
+                print(f"{key}, {mode}: median {statistics.median(v):.1f} (min {min(v):.1f}, max {max(v):.1f})")
     print("\nratios (medians):")
     for k, v in ratios.items():
         print(f"  {k:<24} {v:.3f}")

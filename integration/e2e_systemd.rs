@@ -223,6 +223,14 @@ routes = ["198.18.2.0/24"]
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
     // CAP_NET_ADMIN (12) and, from the drop-in, CAP_SYS_ADMIN (21).
     assert_eq!(field("CapBnd:"), "0000000000201000", "{status}");
+    // The filter (@system-service holds @aio) lets the workers batch
+    // their writes through io_uring.
+    let fds = text(&sd.inside(&["ls", "-l", &format!("/proc/{main}/fd")]));
+    assert!(
+        fds.contains("io_uring"),
+        "no io_uring ring under the unit's filter: {fds}\n{}",
+        sd.journal()
+    );
 
     let ping = |who: &str| {
         Command::new("ip")

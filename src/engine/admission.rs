@@ -42,7 +42,10 @@ impl Local {
             Some(segment) => Some(TcpTracker::open(segment, config.tcp_loose_pickup)?),
             None => None,
         };
-        let group = packet.dst_is_multicast() || gw.is_broadcast(packet);
+        // The packet's flags say whether it goes to a group (computed once:
+        // the broadcast check walks the ports' addresses).
+        let flags = self.packet_flags(gw, packet);
+        let group = flags.intersects(ClassifyFlags::MULTICAST | ClassifyFlags::BROADCAST);
 
         if direction == Direction::Inbound
             && tcp.is_none()
@@ -72,7 +75,7 @@ impl Local {
             local: direction == Direction::Outbound,
             port: a.port,
         });
-        request.flags = self.packet_flags(gw, packet);
+        request.flags = flags;
         // SPEC §9: the redirect layers first; the auth layer then sees the
         // translated tuple, and the original one in `original_*`.
         let mut plan = match key.same_zone() || group {
@@ -282,6 +285,7 @@ impl Local {
     }
 
     /// Inserts a new flow (making room if the table is full).
+    #[inline]
     fn insert_entry(
         &mut self,
         gw: &Gateway,

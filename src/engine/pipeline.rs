@@ -457,10 +457,13 @@ impl Local {
             )?;
         }
         let mut changed = synced;
+        // One borrow of the entry for the common packet; the shard is
+        // needed again only when the flow changed (events, HA export).
+        let entry = shard.entry_mut(slot);
+        let mut now_established = false;
         if let Some(segment) = tcp_segment(a.packet)
             && is_tcp
         {
-            let entry = shard.entry_mut(slot);
             let before = entry.state();
             // A replicated flow's windows are checked loosely until each
             // direction has been seen here (SPEC §15).
@@ -469,25 +472,28 @@ impl Local {
                 .track_tcp(with_flow, segment, enforce)
                 .map_err(Dropped::from)?;
             changed |= entry.state() != before;
-            if !established
-                && shard.entry(slot).tcp().handshake_done()
-                && shard.mark_established(slot)
-            {
+            now_established = !established && entry.tcp().handshake_done();
+        }
+        let entry = if changed || now_established {
+            if now_established && shard.mark_established(slot) {
                 self.established(gw, a.now, shard, slot);
                 changed = true;
             }
-        }
-        shard.entry_mut(slot).seen_here(with_flow);
-        if changed {
-            self.export(gw, shard, slot);
-        }
+            shard.entry_mut(slot).seen_here(with_flow);
+            if changed {
+                self.export(gw, shard, slot);
+            }
+            shard.entry_mut(slot)
+        } else {
+            entry.seen_here(with_flow);
+            entry
+        };
         // The packet's direction as seen from the flow's local host.
         let direction = if with_flow {
             flow_direction
         } else {
             flow_direction.reverse()
         };
-        let entry = shard.entry_mut(slot);
         // Multicast/broadcast state is kept alive only by outbound traffic.
         if entry.class() == FlowClass::Unicast || direction == Direction::Outbound {
             entry.touch(a.now);

@@ -242,7 +242,18 @@ impl FlowEntry {
     pub(super) fn tracked_state(&self) -> FlowState {
         match self.state {
             STATE_ACTIVE => FlowState::Active,
-            _ => FlowState::Tcp(self.tcp.state()),
+            // The byte caches the tracker's state (kept by `new`,
+            // `track_tcp` and the record reader): deriving it from the
+            // peers' flags again costs ~20 instructions, several times a
+            // packet.
+            cached => {
+                let state = match TcpState::ALL.get(usize::from(cached)) {
+                    Some(&state) => state,
+                    None => self.tcp.state(),
+                };
+                debug_assert_eq!(state, self.tcp.state(), "stale cached TCP state");
+                FlowState::Tcp(state)
+            }
         }
     }
 
@@ -384,9 +395,12 @@ impl FlowEntry {
         seg: &crate::packet::TcpSegment,
         enforce: bool,
     ) -> Result<TcpState, crate::reason::DropReason> {
-        let mut tracker = self.tcp;
-        let result = tracker.track(from_initiator, seg, enforce);
-        self.tcp = tracker;
+        let known = match self.tracked_state() {
+            FlowState::Tcp(state) => state,
+            _ => self.tcp.state(),
+        };
+        // In place: the tracker is 4-aligned, as the packing keeps it.
+        let result = self.tcp.track_from(known, from_initiator, seg, enforce);
         if let Ok(state) = result {
             self.state = state as u8;
         }

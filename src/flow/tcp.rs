@@ -206,12 +206,24 @@ impl TcpTracker {
         seg: &TcpSegment,
         enforce: bool,
     ) -> Result<TcpState, DropReason> {
+        self.track_from(self.state(), from_initiator, seg, enforce)
+    }
+
+    /// [`TcpTracker::track`] for a tracker whose [`TcpTracker::state`] is
+    /// `state` (a flow entry caches it).
+    #[inline]
+    pub(crate) fn track_from(
+        &mut self,
+        state: TcpState,
+        from_initiator: bool,
+        seg: &TcpSegment,
+        enforce: bool,
+    ) -> Result<TcpState, DropReason> {
         let flags = seg.flags;
         if (flags & SYN != 0 && flags & (RST | FIN) != 0) || flags & (SYN | RST | FIN | ACK) == 0 {
             return Err(DropReason::TcpBadFlags);
         }
-        let (si, di) = if from_initiator { (0, 1) } else { (1, 0) };
-        let state = self.state();
+        let si = usize::from(!from_initiator);
 
         // A new attempt from the initiator before any answer (a different ISN
         // on the same tuple) restarts the tracker instead of failing the window.
@@ -242,16 +254,23 @@ impl TcpTracker {
         }
 
         let liberal = !enforce || self.liberal();
-        let mut next = *self;
-        let ok = next.update(si, di, seg);
-        if !ok && !liberal {
-            return Err(if flags & RST != 0 {
-                DropReason::TcpRstOutOfWindow
-            } else {
-                DropReason::TcpOutOfWindow
-            });
+        // Before the window check only a peer's first segment (or a SYN)
+        // changes the tracker: any other segment is checked and updated in
+        // place; those go through a copy, discarded if they fail.
+        if flags & SYN == 0 && self.peers[si].has(INIT) {
+            self.window(from_initiator, seg, false, liberal)?;
+        } else {
+            let mut copy = *self;
+            copy.window(from_initiator, seg, true, liberal)?;
+            *self = copy;
         }
-        *self = next;
+        // An established connection stays established through a segment
+        // without SYN, FIN or RST: such a segment can only set SYN_ACKED
+        // (set on both peers already) or FIN_ACKED (only after a FIN).
+        if state == TcpState::Established && flags & (SYN | FIN | RST) == 0 {
+            debug_assert_eq!(self.state(), TcpState::Established);
+            return Ok(TcpState::Established);
+        }
         Ok(self.state())
     }
 
@@ -259,89 +278,134 @@ impl TcpTracker {
         self.peers[0].has(LIBERAL)
     }
 
-    /// pf's window check and update; returns whether the segment was in window.
-    /// The update is applied either way (callers discard it on rejection).
-    fn update(&mut self, si: usize, di: usize, seg: &TcpSegment) -> bool {
+    /// pf's window check and update (after `learn`ing the sender's first
+    /// segment or SYN). A segment out of window leaves the tracker unchanged
+    /// unless `liberal`, which updates it anyway.
+    #[inline]
+    fn window(
+        &mut self,
+        from_initiator: bool,
+        seg: &TcpSegment,
+        learn: bool,
+        liberal: bool,
+    ) -> Result<(), DropReason> {
+        let [a, b] = &mut self.peers;
+        let (src, dst) = if from_initiator { (a, b) } else { (b, a) };
+        let mut window = Window::of(src, dst, seg);
+        if learn {
+            window.learn(src, seg);
+        }
+        if !window.passes(src, dst, seg) && !liberal {
+            return Err(if seg.flags & RST != 0 {
+                DropReason::TcpRstOutOfWindow
+            } else {
+                DropReason::TcpOutOfWindow
+            });
+        }
+        window.apply(src, dst, seg);
+        Ok(())
+    }
+}
+
+/// pf's window check and update of one segment from `src` to `dst`.
+struct Window {
+    seq: u32,
+    /// The sequence number after the segment (data, SYN and FIN count).
+    end: u32,
+    /// The acknowledgment it carries (without ACK: what `dst` has sent).
+    ack: u32,
+    /// The sender's window scale, if both SYNs carried the option.
+    sws: u32,
+    /// The receiver's largest window, scaled.
+    dst_max_win: u32,
+}
+
+impl Window {
+    fn of(src: &TcpPeer, dst: &TcpPeer, seg: &TcpSegment) -> Window {
         let flags = seg.flags;
         let syn = flags & SYN != 0;
-        let (sws, dws) = if !syn && self.peers[si].has(HAS_WSCALE) && self.peers[di].has(HAS_WSCALE)
-        {
-            (
-                u32::from(self.peers[si].wscale),
-                u32::from(self.peers[di].wscale),
-            )
+        let (sws, dws) = if !syn && src.has(HAS_WSCALE) && dst.has(HAS_WSCALE) {
+            (u32::from(src.wscale), u32::from(dst.wscale))
         } else {
             (0, 0)
         };
-        let mut seq = seg.seq;
-        let mut end = seq
+        let end = seg
+            .seq
             .wrapping_add(seg.payload_len)
             .wrapping_add(u32::from(syn))
             .wrapping_add(u32::from(flags & FIN != 0));
-        let dst_max_win = u32::from(self.peers[di].max_win) << dws;
+        Window {
+            seq: seg.seq,
+            end,
+            ack: if flags & ACK != 0 { seg.ack } else { dst.seqlo },
+            sws,
+            dst_max_win: u32::from(dst.max_win) << dws,
+        }
+    }
 
-        {
-            let src = &mut self.peers[si];
-            if !src.has(INIT) {
-                src.flags |= INIT;
-                if syn && let Some(scale) = seg.wscale {
-                    src.flags |= HAS_WSCALE;
-                    src.wscale = scale;
-                }
-                src.seqlo = seq;
-                let hi = end.wrapping_add(dst_max_win.max(1));
-                if src.seqhi == 1 || seq_geq(hi, src.seqhi) {
-                    src.seqhi = hi;
-                }
-                src.max_win = seg.window.max(1);
-            } else if syn
-                && !src.has(SYN_SEEN)
-                && let Some(scale) = seg.wscale
-            {
-                // Simultaneous open: this side's first packet was not its SYN.
+    /// The sender's first segment, or a SYN after it: its sequence space
+    /// and window scale.
+    fn learn(&self, src: &mut TcpPeer, seg: &TcpSegment) {
+        let syn = seg.flags & SYN != 0;
+        if !src.has(INIT) {
+            src.flags |= INIT;
+            if syn && let Some(scale) = seg.wscale {
                 src.flags |= HAS_WSCALE;
                 src.wscale = scale;
             }
+            src.seqlo = self.seq;
+            let hi = self.end.wrapping_add(self.dst_max_win.max(1));
+            if src.seqhi == 1 || seq_geq(hi, src.seqhi) {
+                src.seqhi = hi;
+            }
+            src.max_win = seg.window.max(1);
+        } else if syn
+            && !src.has(SYN_SEEN)
+            && let Some(scale) = seg.wscale
+        {
+            // Simultaneous open: this side's first packet was not its SYN.
+            src.flags |= HAS_WSCALE;
+            src.wscale = scale;
         }
+    }
 
-        let ack = if flags & ACK != 0 {
-            seg.ack
-        } else {
-            self.peers[di].seqlo
-        };
-        if seq == end {
+    /// Whether the segment is in window.
+    fn passes(&mut self, src: &TcpPeer, dst: &TcpPeer, seg: &TcpSegment) -> bool {
+        if self.seq == self.end {
             // No data, SYN or FIN: only the ACK matters.
-            seq = self.peers[si].seqlo;
-            end = seq;
+            self.seq = src.seqlo;
+            self.end = self.seq;
         }
-        let ackskew = i64::from(self.peers[di].seqlo.wrapping_sub(ack) as i32);
-        let src = self.peers[si];
+        let (seq, end) = (self.seq, self.end);
+        let ackskew = i64::from(dst.seqlo.wrapping_sub(self.ack) as i32);
         let mut in_window = seq_geq(src.seqhi, end)
-            && seq_geq(seq, src.seqlo.wrapping_sub(dst_max_win))
+            && seq_geq(seq, src.seqlo.wrapping_sub(self.dst_max_win))
             && ackskew >= -MAX_ACK_WINDOW
-            && ackskew <= MAX_ACK_WINDOW << sws;
-        if flags & RST != 0 {
+            && ackskew <= MAX_ACK_WINDOW << self.sws;
+        if seg.flags & RST != 0 {
             // A RST carries no data, so the easing above would accept any
             // sequence number. It must lie in the receive window (RFC 5961):
             // from the next sequence number the receiver expects (its
             // highest ACK; before it sent one, the sender's highest end) to
             // the window's end. pf's looser check also took RSTs up to a
             // window behind, where a blind attacker's guesses land.
-            let receiver = self.peers[di];
-            let floor = if receiver.acked != 0 {
-                receiver.acked
-            } else {
-                src.seqlo
-            };
+            let floor = if dst.acked != 0 { dst.acked } else { src.seqlo };
             in_window &= seq_geq(seg.seq, floor) && seq_geq(src.seqhi, seg.seq);
         }
+        in_window
+    }
 
+    /// The update after the check (applied to a liberal flow's segment
+    /// whether it passed or not).
+    fn apply(&self, src: &mut TcpPeer, dst: &mut TcpPeer, seg: &TcpSegment) {
+        let flags = seg.flags;
+        let syn = flags & SYN != 0;
+        let (end, ack) = (self.end, self.ack);
         let win = if syn {
             u32::from(seg.window)
         } else {
-            u32::from(seg.window) << sws
+            u32::from(seg.window) << self.sws
         };
-        let src = &mut self.peers[si];
         if seg.window > src.max_win {
             src.max_win = seg.window;
         }
@@ -361,7 +425,6 @@ impl TcpTracker {
             if src.acked == 0 || seq_gt(ack, src.acked) {
                 src.acked = ack;
             }
-            let dst = &mut self.peers[di];
             if seq_geq(ack.wrapping_add(win), dst.seqhi) {
                 dst.seqhi = ack.wrapping_add(win.max(1));
             }
@@ -372,7 +435,6 @@ impl TcpTracker {
                 dst.flags |= FIN_ACKED;
             }
         }
-        in_window
     }
 }
 

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod netlink;
 pub mod notify;
+pub mod uring;
 pub mod worker;
 
 use crate::config::PortConfig;

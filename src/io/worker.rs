@@ -11,13 +11,14 @@
 //!
 //! The loop reads in bounded batches per port (fairness between ports),
 //! reads the clock once per batch, and drives expiry from the same loop. The
-//! read calls are in [`Worker::pump`] only and the writes in
-//! [`Worker::forward`], [`Worker::flush`] and [`Worker::write`], so that
-//! batch I/O can replace them without touching the rest of the loop.
+//! read calls are in [`Worker::pump`] only; every write goes through the
+//! worker's [`Writer`], which queues a loop turn's writes and hands them to
+//! the kernel together (one `io_uring_enter`, [`super::uring`]).
 
 use super::capture::{CaptureMode, CaptureTap, DropNote};
 pub use super::clock::Clock;
 use super::coalesce::UdpCoalescer;
+use super::uring::{self, Writer};
 use super::{Offload, Queue};
 use crate::control::queue::EventSender;
 use crate::engine::{Engine, Stats, Verdict};
@@ -230,6 +231,8 @@ pub struct Worker<P: Processor = Engine> {
     coalescers: Vec<UdpCoalescer>,
     /// Where packets go while `tunwall capture` runs.
     capture: Arc<CaptureTap>,
+    /// The writes, batched per loop turn through io_uring where it works.
+    out: Writer,
 }
 
 impl Worker {
@@ -271,7 +274,15 @@ impl<P: Processor> Worker<P> {
             },
             coalescers,
             capture: Arc::new(CaptureTap::default()),
+            out: Writer::new(uring::allowed()),
         }
+    }
+
+    /// Writes each frame at once (`write(2)`) instead of batching through
+    /// io_uring: what a kernel without io_uring gets.
+    pub fn with_plain_writes(mut self) -> Worker<P> {
+        self.out = Writer::new(false);
+        self
     }
 
     /// Hands packets to `tap` while a capture runs.
@@ -352,6 +363,8 @@ impl<P: Processor> Worker<P> {
                 self.engine.apply_completions(now);
             }
             self.release();
+            // The turn's writes leave together: one io_uring_enter.
+            self.out.submit(&mut self.io.write_errors);
             self.flush_events();
         }
     }
@@ -437,10 +450,9 @@ impl<P: Processor> Worker<P> {
         let Some(frame) = coalescer.take() else {
             return;
         };
-        if let Err(e) = self.queues[out].send(frame) {
-            self.io.write_errors += 1;
-            debug!(port = out, error = %e, "write");
-        } else if datagrams > 1 {
+        self.out
+            .send(&self.queues[out], frame, &mut self.io.write_errors);
+        if datagrams > 1 {
             self.io.coalesced_superframes += 1;
             self.io.coalesced_datagrams += datagrams as u64;
         }
@@ -449,11 +461,8 @@ impl<P: Processor> Worker<P> {
     /// Writes one frame to port `out`, after what waits there.
     fn write(&mut self, out: usize, frame: &[u8]) {
         self.flush(out);
-        if let Some(queue) = self.queues.get(out)
-            && let Err(e) = queue.send(frame)
-        {
-            self.io.write_errors += 1;
-            debug!(port = out, error = %e, "write");
+        if let Some(queue) = self.queues.get(out) {
+            self.out.send(queue, frame, &mut self.io.write_errors);
         }
     }
 
@@ -494,11 +503,10 @@ impl<P: Processor> Worker<P> {
     /// Writes the packets of pending flows this worker permitted: they
     /// leave from the worker that held them, as any other packet does.
     fn release(&mut self) {
-        let (queues, io) = (&self.queues, &mut self.io);
+        let (queues, io, writer) = (&self.queues, &mut self.io, &mut self.out);
         self.engine.drain_released(&mut |out, frame| {
-            if let Err(e) = queues[usize::from(out)].send(frame) {
-                io.write_errors += 1;
-                debug!(port = out, error = %e, "write");
+            if let Some(queue) = queues.get(usize::from(out)) {
+                writer.send(queue, frame, &mut io.write_errors);
             }
         });
     }
@@ -541,6 +549,7 @@ impl<P: Processor> Worker<P> {
                 Control::Shutdown => {
                     let now = self.clock.now();
                     self.release();
+                    self.out.submit(&mut self.io.write_errors);
                     self.engine.close_all(now);
                     self.flush_events();
                     return true;
