@@ -3,15 +3,13 @@
 //! redirection, ICMP queries and errors through NAT, fragments, offloaded
 //! frames, the auth layers on the translated tuple, and the JSON.
 
-use std::path::Path;
 use std::sync::Arc;
-use tunwall::config::Config;
 use tunwall::engine::Verdict;
 use tunwall::event::EventKind;
 use tunwall::flow::{FlowConfig, FlowInfo};
 use tunwall::packet::{Transport, parse, raw_addr, to_ip_addr};
-use tunwall::policy::{CalloutRegistry, Policy};
 use tunwall::reason::{CloseReason, DropReason};
+use tunwall::testkit::compile_policy as compile;
 use tunwall::testkit::*;
 
 const PUBLIC: &str = "198.18.2.1";
@@ -454,14 +452,6 @@ to_address = "198.18.2.1"
     assert_eq!(v, Verdict::Drop(DropReason::NatNoAddress));
     let (v, _) = h.pass(LAN, udp(ep(C4, 5000), ep(S4, 53), b"q"));
     assert_eq!(v, Verdict::Forward(WAN));
-}
-
-fn compile(policy: &str, previous: Option<&Policy>) -> Policy {
-    let registry = CalloutRegistry::default();
-    let text = format!("{PORTS_TOML}\n{policy}");
-    let config =
-        Config::parse(Path::new("nat.toml"), &text, &registry).unwrap_or_else(|e| panic!("{e}"));
-    Policy::compile(&config.policy, &registry, previous).expect("compile")
 }
 
 #[test]

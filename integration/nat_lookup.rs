@@ -4,7 +4,6 @@
 //! side of the gateway finds the flow with one lock and one probe; gone
 //! with the flow; found again after the shard's index grows.
 
-use std::path::Path;
 use std::sync::Arc;
 use tunwall::engine::{Gateway, GatewayConfig, HostModel, Verdict};
 use tunwall::flow::key::Orientation;
@@ -28,12 +27,7 @@ to_address = ["{PUBLIC}", "{PUBLIC6}"]
 {to_port}
 "#
     );
-    let registry = tunwall::policy::CalloutRegistry::default();
-    let text = format!("{PORTS_TOML}\n{policy}");
-    let config = tunwall::config::Config::parse(Path::new("nat.toml"), &text, &registry)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let policy =
-        tunwall::policy::Policy::compile(&config.policy, &registry, None).expect("compile");
+    let policy = compile_policy(&policy, None);
     // Two workers, so two shard groups of 32 shards.
     let gw = Gateway::new(
         GatewayConfig {

@@ -263,11 +263,7 @@ fn kill_closes_the_selected_flows_with_reason_admin() {
 }
 
 fn compile(policy: &str) -> Policy {
-    let registry = CalloutRegistry::default();
-    let text = format!("{PORTS_TOML}\n{policy}");
-    let config =
-        Config::parse(Path::new("ops.toml"), &text, &registry).unwrap_or_else(|e| panic!("{e}"));
-    Policy::compile(&config.policy, &registry, None).expect("compile")
+    compile_policy(policy, None)
 }
 
 const COUNTED: &str = r#"

@@ -19,15 +19,8 @@ use tunwall::policy::{
     Action, Authorizer, CalloutRegistry, ClassifyFlags, ClassifyRequest, Layer, Policy, PolicyNote,
 };
 use tunwall::reason::{CloseReason, DropReason};
+use tunwall::testkit::compile_policy as compile;
 use tunwall::time::Instant;
-
-fn compile(policy: &str, previous: Option<&Policy>) -> Policy {
-    let registry = CalloutRegistry::default();
-    let text = format!("{PORTS_TOML}\n{policy}");
-    let config =
-        Config::parse(Path::new("policy.toml"), &text, &registry).unwrap_or_else(|e| panic!("{e}"));
-    Policy::compile(&config.policy, &registry, previous).expect("compile")
-}
 
 /// A request at `layer` for the given endpoints.
 fn req(

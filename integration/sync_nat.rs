@@ -10,14 +10,12 @@ mod common;
 
 use common::*;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tunwall::config::Config;
 use tunwall::engine::{FlowRecords, Verdict};
 use tunwall::event::{EventKind, ReauthTrigger};
 use tunwall::flow::{FlowConfig, FlowState};
-use tunwall::policy::{Action, Authorizer, CalloutRegistry, Policy};
+use tunwall::policy::{Action, Authorizer};
 use tunwall::sync::wire::{self, FLOW, Header, Key, TRANSLATION};
 use tunwall::testkit::pair::*;
 use tunwall::time::Instant;
@@ -25,11 +23,7 @@ use tunwall::time::Instant;
 const PUBLIC: &str = "198.18.2.1";
 
 fn compile(filters: &str) -> Arc<dyn Authorizer> {
-    let text = format!("{PORTS_TOML}\n{filters}");
-    let registry = CalloutRegistry::default();
-    let config = Config::parse(Path::new("sync_nat.toml"), &text, &registry)
-        .unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(Policy::compile(&config.policy, &registry, None).expect("compile"))
+    Arc::new(compile_policy(filters, None))
 }
 
 /// Masquerade of the inside to PUBLIC, ports from `range`.

@@ -8,7 +8,7 @@ use super::packets::{ACK, Ep, FIN, RST, SYN, tcp};
 use crate::engine::{Engine, Gateway, GatewayConfig, HostModel, Verdict};
 use crate::event::{Event, EventKind, FlowInfo, ReauthTrigger};
 use crate::flow::{FlowConfig, Zone};
-use crate::policy::{Action, Authorizer, DefaultPolicy};
+use crate::policy::{Action, Authorizer, CalloutRegistry, DefaultPolicy, Policy};
 use crate::reason::{CloseReason, DropReason};
 use crate::route::PortSpec;
 use crate::time::Instant;
@@ -53,6 +53,17 @@ device = "tw-wan2"
 zone = "outside"
 routes = ["198.19.2.0/24", "fd00:9::/64"]
 "#;
+
+/// The policy of `filters` (configuration text) over the harness's ports,
+/// with the built-in callouts; `previous` carries counters and generations
+/// over as a reload does.
+pub fn compile_policy(filters: &str, previous: Option<&Policy>) -> Policy {
+    let registry = CalloutRegistry::default();
+    let text = format!("{PORTS_TOML}\n{filters}");
+    let config = crate::config::Config::parse(std::path::Path::new("test.toml"), &text, &registry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Policy::compile(&config.policy, &registry, previous).expect("compile")
+}
 
 /// A gateway, one engine and a virtual clock, collecting every event.
 pub struct Harness {
