@@ -20,7 +20,8 @@ pub mod alloc;
 
 use crate::flow::hash::FlowHasher;
 use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
-use crate::packet::rewrite::{Deltas, Endpoints};
+use crate::packet::rewrite::{Deltas, Endpoints, FlowRewrite, Ports4};
+use crate::packet::{IpVersion, proto};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -57,6 +58,21 @@ pub fn endpoints(to: &FlowKey, zone: Zone) -> Endpoints {
     }
 }
 
+/// [`endpoints`] as the fixed-offset rewrite of an IPv4 TCP or UDP packet
+/// carrying the view `deltas` start from; `None` for other flows.
+fn ports4(to: &FlowKey, zone: Zone, deltas: Deltas) -> Option<Ports4> {
+    let udp = match to.protocol {
+        proto::UDP => true,
+        proto::TCP => false,
+        _ => return None,
+    };
+    if to.version() != IpVersion::V4 {
+        return None;
+    }
+    let to = endpoints(to, zone);
+    Some(Ports4::new(&to.src, &to.dst, to.ports, udp, deltas))
+}
+
 /// The inside and the outside view of a translated flow.
 pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
     match entry.direction() {
@@ -65,18 +81,22 @@ pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
     }
 }
 
-/// The checksum deltas of a translated flow's packets arriving [0] inside
-/// (rewritten into the outside view) and [1] outside.
-pub fn deltas(entry: &FlowEntry, t: &Translation) -> [Deltas; 2] {
+/// The rewrites of a translated flow's packets arriving [0] inside (into
+/// the outside view) and [1] outside.
+pub fn rewrites(entry: &FlowEntry, t: &Translation) -> [FlowRewrite; 2] {
     let (inside, outside) = views(entry, t);
     let (version, protocol) = (inside.version(), inside.protocol);
     let way = |from: &FlowKey, to: &FlowKey, zone| {
-        Deltas::between(
+        let deltas = Deltas::between(
             version,
             protocol,
             &endpoints(from, zone),
             &endpoints(to, zone),
-        )
+        );
+        match ports4(to, zone, deltas) {
+            Some(ports4) => FlowRewrite::Ports4(ports4),
+            None => FlowRewrite::Deltas(deltas),
+        }
     };
     [
         way(&inside, &outside, Zone::Inside),
