@@ -6,10 +6,18 @@
 //! packet that created it (its *original* tuple), with a flag bit; its
 //! [`Translation`] (the translated tuple) lives in a side map of its shard,
 //! so untranslated flows carry nothing for NAT. Packets on the other side
-//! of the gateway carry the translated tuple: the [`Aliases`] index maps it
-//! to the flow's shard and slot. It is consulted only when the flow table
-//! misses, with the hash the table lookup computed, so established
-//! untranslated flows never look at it.
+//! of the gateway carry the translated tuple. Where that tuple hashes to
+//! the flow's own shard (masquerade keeps or picks such a port:
+//! [`crate::flow::hash`], [`Affinity`]), the shard indexes it beside the
+//! flow ([`crate::flow::shard`]) and one lookup finds it from either side.
+//! Every translated tuple is also in the [`Aliases`] index, which maps it
+//! to the flow's shard and slot: it keeps tuples unique across groups,
+//! finds the flows whose tuple lives in another shard (port forwarding,
+//! connect redirect, ICMP ids) and those ICMP errors quote. It is
+//! consulted only when the flow table misses, with the hash the table
+//! lookup computed, so established untranslated flows never look at it.
+//! The per-packet rewrite of a translated flow is worked out once, when
+//! its translation is set ([`rewrites`]).
 //!
 //! Lock order: a flow-table shard, then an alias shard or the allocator;
 //! an alias lookup holds its alias shard alone and lets go before locking
