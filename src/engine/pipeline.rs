@@ -165,16 +165,15 @@ impl Local {
             FlowKey::of_packet(packet, a.orientation()).ok_or(DropReason::MalformedTransport)?;
         let result = self.flow_packet(gw, a, key);
         if let Fragment::First { id } = packet.fragment {
-            let verdict = match (&result, &self.rewrite) {
+            let addresses = self.rewrite.as_ref().and_then(Rewrite::addresses);
+            let verdict = match (&result, addresses) {
                 // Later fragments of a held first fragment cannot follow it.
                 (Ok(port), _) if *port == super::HELD => FirstVerdict::Dropped,
-                (Ok(port), Some(Rewrite::Packet(e) | Rewrite::Flow(e, _))) => {
-                    FirstVerdict::Translated {
-                        port: *port,
-                        src: e.src,
-                        dst: e.dst,
-                    }
-                }
+                (Ok(port), Some((src, dst))) => FirstVerdict::Translated {
+                    port: *port,
+                    src,
+                    dst,
+                },
                 (Ok(port), _) => FirstVerdict::Forwarded(*port),
                 (Err(_), _) => FirstVerdict::Dropped,
             };
@@ -402,8 +401,7 @@ impl Local {
         on_alias: Option<bool>,
     ) -> Result<u8, Dropped> {
         let entry = shard.entry(slot);
-        let translated = entry.is_translated();
-        if a.route_error.is_some() && !translated {
+        if a.route_error.is_some() && !entry.is_translated() {
             return Err(a.unrouted());
         }
         if entry.is_pending() {
@@ -505,9 +503,11 @@ impl Local {
             }
         }
         entry.count(direction, a.packet.len);
-        if translated {
+        // Read again rather than kept: a flag held across the ride costs
+        // every untranslated packet a register.
+        if entry.is_translated() {
             return self
-                .ride_translated(a, shard, slot, on_alias)
+                .ride_translated(a, shard, slot, flow_direction, on_alias)
                 .ok_or_else(|| a.unrouted());
         }
         Ok(a.egress)

@@ -16,7 +16,7 @@ use crate::event::{EventKind, PortMapping};
 use crate::flow::{Direction, FlowKey, Zone};
 use crate::flow::{shard::Removed, table::ShardGuard, table::SlotId};
 use crate::nat::{Affinity, MapKey, Translation, endpoints};
-use crate::packet::rewrite::{self, Deltas, Endpoints};
+use crate::packet::rewrite::{self, Deltas, Endpoints, FlowRewrite, Ports4};
 use crate::packet::{Packet, RawAddr, proto};
 use crate::policy::{ClassifyRequest, Layer, RedirectAddress};
 use crate::reason::DropReason;
@@ -34,6 +34,8 @@ pub(super) enum Rewrite {
     /// A packet of an established translated flow: it carries the flow's
     /// endpoints, so the checksum deltas are the flow's precomputed ones.
     Flow(Endpoints, Deltas),
+    /// [`Rewrite::Flow`] for an IPv4 TCP or UDP packet, the common case.
+    Ports4(Ports4),
     /// An ICMP error: outer (source, destination) and the quoted packet.
     IcmpError {
         outer: (RawAddr, RawAddr),
@@ -42,6 +44,19 @@ pub(super) enum Rewrite {
 }
 
 impl Rewrite {
+    /// The (source, destination) a translated packet leaves with, which
+    /// its later fragments follow; `None` for an ICMP error.
+    pub(super) fn addresses(&self) -> Option<(RawAddr, RawAddr)> {
+        match self {
+            Rewrite::Packet(e) | Rewrite::Flow(e, _) => Some((e.src, e.dst)),
+            Rewrite::Ports4(p) => {
+                let e = p.endpoints();
+                Some((e.src, e.dst))
+            }
+            Rewrite::IcmpError { .. } => None,
+        }
+    }
+
     pub(super) fn apply(&self, bytes: &mut [u8], packet: &Packet, partial: bool) -> Option<()> {
         match self {
             Rewrite::Packet(to) => rewrite::translate(bytes, packet, to, partial),
@@ -52,6 +67,23 @@ impl Rewrite {
                     Deltas::between(packet.version, packet.protocol, &Endpoints::of(packet), to)
                 );
                 rewrite::translate_with(bytes, packet, to, *deltas, partial)
+            }
+            Rewrite::Ports4(rewrite) => {
+                debug_assert!(
+                    packet.version == crate::packet::IpVersion::V4
+                        && has_ports(packet.protocol)
+                        && !matches!(packet.fragment, crate::packet::Fragment::Later { .. })
+                );
+                debug_assert_eq!(
+                    rewrite.deltas(),
+                    Deltas::between(
+                        packet.version,
+                        packet.protocol,
+                        &Endpoints::of(packet),
+                        &rewrite.endpoints()
+                    )
+                );
+                rewrite.apply(bytes, usize::from(packet.l4_offset), partial)
             }
             Rewrite::IcmpError { outer, quoted } => {
                 rewrite::translate_icmp_error(bytes, packet, *outer, quoted)
@@ -331,48 +363,56 @@ impl Local {
         }
     }
 
-    /// The rewrite of a packet riding translated flow `slot`, and its egress.
-    /// `on_alias`: whether the packet was found under the flow's translated
-    /// key (`Some(false)`: under its table key; `None`: not known).
+    /// The rewrite of a packet riding translated flow `slot` (of
+    /// `direction`), and its egress. `on_alias`: whether the packet was
+    /// found under the flow's translated key (`Some(false)`: under its
+    /// table key; `None`: not known).
     #[inline]
     pub(super) fn ride_translated(
         &mut self,
         a: &Arrival<'_>,
         shard: &ShardGuard<'_>,
         slot: SlotId,
+        direction: Direction,
         on_alias: Option<bool>,
     ) -> Option<u8> {
-        let entry = shard.entry(slot);
         // Only the view the packet goes to: an answer (against the flow's
         // direction) goes to the table key's, the flow's own packets to the
         // translated key's.
-        let outbound = entry.direction() == Direction::Outbound;
+        let outbound = direction == Direction::Outbound;
         let (i, to_table_key) = match a.zone {
             Zone::Inside => (0, !outbound),
             Zone::Outside => (1, outbound),
         };
-        let (t, deltas) = shard.translation_deltas(slot, i)?;
-        let (to, from) = if to_table_key {
-            (entry.table_key_ref(), &t.key)
-        } else {
-            (&t.key, entry.table_key_ref())
+        let (t, flow_rewrite) = shard.translation_rewrite(slot, i)?;
+        // The flow's rewrite holds for packets carrying the view expected
+        // on this side; anything else (a packet on the other view, a
+        // fragment whose ports are not those of the key) takes the general
+        // rewrite. A TCP or UDP packet found under a cross-zone key carries
+        // exactly that key's addresses and ports (the key is built from
+        // them, oriented by the arrival zone), so the key it was found
+        // under tells; an ICMP packet may carry an id its key does not hold.
+        if let (FlowRewrite::Ports4(ports4), Some(on_alias)) = (flow_rewrite, on_alias)
+            && on_alias == to_table_key
+        {
+            // Written in place: the rewrite is the size of its largest kind.
+            self.rewrite = Some(Rewrite::Ports4(*ports4));
+            return Some(t.egress[i]);
+        }
+        let entry = shard.entry(slot);
+        let view = |table_key| match table_key {
+            true => entry.table_key_ref(),
+            false => &t.key,
         };
-        // The deltas hold for packets carrying the view expected on this
-        // side; anything else (a packet on the other view, a fragment
-        // whose ports are not those of the key) takes the general rewrite.
-        // A TCP or UDP packet found under a cross-zone key carries exactly
-        // that key's addresses and ports (the key is built from them,
-        // oriented by the arrival zone), so the key it was found under
-        // tells; an ICMP packet may carry an id its key does not hold.
         let carried = match on_alias {
             Some(on_alias) if has_ports(t.key.protocol) => on_alias == to_table_key,
-            _ => rewrite::carries(a.packet, &endpoints(from, a.zone)),
+            _ => rewrite::carries(a.packet, &endpoints(view(!to_table_key), a.zone)),
         };
-        let to = endpoints(to, a.zone);
-        self.rewrite = Some(if carried {
-            Rewrite::Flow(to, deltas)
-        } else {
-            Rewrite::Packet(to)
+        let to = endpoints(view(to_table_key), a.zone);
+        self.rewrite = Some(match (carried, flow_rewrite) {
+            (true, FlowRewrite::Ports4(ports4)) => Rewrite::Ports4(*ports4),
+            (true, FlowRewrite::Deltas(deltas)) => Rewrite::Flow(to, *deltas),
+            (false, _) => Rewrite::Packet(to),
         });
         Some(t.egress[i])
     }

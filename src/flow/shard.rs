@@ -10,7 +10,7 @@ use super::hash::FlowHasher;
 use super::key::FlowKey;
 use super::translated::Translations;
 use crate::nat::Translation;
-use crate::packet::rewrite::Deltas;
+use crate::packet::rewrite::FlowRewrite;
 use crate::time::Instant;
 use hashbrown::HashTable;
 use std::cmp::Reverse;
@@ -196,14 +196,17 @@ impl Shard {
         self.translations.get(slot as usize)
     }
 
-    /// The translation of the flow in `slot` and its checksum deltas for
-    /// packets arriving [0] inside or [1] outside (`way`).
+    /// The translation of the flow in `slot` and the rewrite of its
+    /// packets arriving [0] inside or [1] outside (`way`). Unlike
+    /// [`Self::translation`] it does not look at the entry first: it is
+    /// for a flow known to be translated.
     #[inline]
-    pub fn translation_deltas(&self, slot: SlotId, way: usize) -> Option<(&Translation, Deltas)> {
-        if !self.entry(slot).is_translated() {
-            return None;
-        }
-        self.translations.get_with_deltas(slot as usize, way)
+    pub fn translation_rewrite(
+        &self,
+        slot: SlotId,
+        way: usize,
+    ) -> Option<(&Translation, &FlowRewrite)> {
+        self.translations.get_with_rewrite(slot as usize, way)
     }
 
     /// Makes the flow in `slot` a translated one, its translated tuple
@@ -215,8 +218,8 @@ impl Shard {
         alias_hash: Option<u64>,
     ) {
         self.entry_mut(slot).flags |= F_TRANSLATED;
-        let deltas = crate::nat::deltas(self.entry(slot), &translation);
-        self.translations.set(slot as usize, translation, deltas);
+        let rewrites = crate::nat::rewrites(self.entry(slot), &translation);
+        self.translations.set(slot as usize, translation, rewrites);
         if let Some(hash) = alias_hash {
             let (translations, hasher) = (&self.translations, &self.hasher);
             self.aliases.insert_unique(hash, slot, |&s| {

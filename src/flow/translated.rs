@@ -5,19 +5,20 @@
 
 use super::shard::CHUNK;
 use crate::nat::Translation;
-use crate::packet::rewrite::Deltas;
+use crate::packet::rewrite::FlowRewrite;
 
-/// A translated flow's side: its translation and its checksum deltas
-/// ([`crate::nat::deltas`]), kept apart from the [`Translation`] so that it
-/// stays what the state file records, but beside it (one lookup).
+/// A translated flow's side: its translation and its packets' rewrites
+/// ([`crate::nat::rewrites`]), kept apart from the [`Translation`] so that
+/// it stays what the state file records, but beside it (one lookup).
 struct Slot {
     translation: Translation,
-    deltas: [Deltas; 2],
+    rewrites: [FlowRewrite; 2],
 }
 
 /// The translations of one slab chunk's slots.
 struct Chunk {
-    slots: Box<[Option<Slot>]>,
+    // A fixed length, so that a slot's index in it needs no bounds check.
+    slots: Box<[Option<Slot>; CHUNK]>,
     live: u32,
 }
 
@@ -36,37 +37,37 @@ impl Translations {
 
     #[inline]
     fn slot(&self, slot: usize) -> Option<&Slot> {
-        self.chunks
-            .get(slot / CHUNK)?
-            .as_ref()?
-            .slots
-            .get(slot % CHUNK)?
-            .as_ref()
+        self.chunks.get(slot / CHUNK)?.as_ref()?.slots[slot % CHUNK].as_ref()
     }
 
-    /// The translation in `slot` and its checksum deltas of `way` (0 or 1).
+    /// The translation in `slot` and its rewrite of `way` (0 or 1).
     #[inline]
-    pub(super) fn get_with_deltas(
+    pub(super) fn get_with_rewrite(
         &self,
         slot: usize,
         way: usize,
-    ) -> Option<(&Translation, Deltas)> {
+    ) -> Option<(&Translation, &FlowRewrite)> {
         let s = self.slot(slot)?;
-        Some((&s.translation, *s.deltas.get(way)?))
+        Some((&s.translation, &s.rewrites[way & 1]))
     }
 
-    /// Puts `translation` with its `deltas` in `slot`.
-    pub(super) fn set(&mut self, slot: usize, translation: Translation, deltas: [Deltas; 2]) {
+    /// Puts `translation` with its `rewrites` in `slot`.
+    pub(super) fn set(
+        &mut self,
+        slot: usize,
+        translation: Translation,
+        rewrites: [FlowRewrite; 2],
+    ) {
         if self.chunks.len() <= slot / CHUNK {
             self.chunks.resize_with(slot / CHUNK + 1, || None);
         }
         let chunk = self.chunks[slot / CHUNK].get_or_insert_with(|| Chunk {
-            slots: (0..CHUNK).map(|_| None).collect(),
+            slots: Box::new([const { None }; CHUNK]),
             live: 0,
         });
         let new = Slot {
             translation,
-            deltas,
+            rewrites,
         };
         if chunk.slots[slot % CHUNK].replace(new).is_none() {
             chunk.live += 1;
@@ -99,7 +100,7 @@ impl Translations {
                 .chunks
                 .iter()
                 .flatten()
-                .map(|c| c.slots.len() * std::mem::size_of::<Option<Slot>>())
+                .map(|_| std::mem::size_of::<[Option<Slot>; CHUNK]>())
                 .sum::<usize>()
     }
 }

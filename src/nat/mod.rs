@@ -6,10 +6,18 @@
 //! packet that created it (its *original* tuple), with a flag bit; its
 //! [`Translation`] (the translated tuple) lives in a side map of its shard,
 //! so untranslated flows carry nothing for NAT. Packets on the other side
-//! of the gateway carry the translated tuple: the [`Aliases`] index maps it
-//! to the flow's shard and slot. It is consulted only when the flow table
-//! misses, with the hash the table lookup computed, so established
-//! untranslated flows never look at it.
+//! of the gateway carry the translated tuple. Where that tuple hashes to
+//! the flow's own shard (masquerade keeps or picks such a port:
+//! [`crate::flow::hash`], [`Affinity`]), the shard indexes it beside the
+//! flow ([`crate::flow::shard`]) and one lookup finds it from either side.
+//! Every translated tuple is also in the [`Aliases`] index, which maps it
+//! to the flow's shard and slot: it keeps tuples unique across groups,
+//! finds the flows whose tuple lives in another shard (port forwarding,
+//! connect redirect, ICMP ids) and those ICMP errors quote. It is
+//! consulted only when the flow table misses, with the hash the table
+//! lookup computed, so established untranslated flows never look at it.
+//! The per-packet rewrite of a translated flow is worked out once, when
+//! its translation is set ([`rewrites`]).
 //!
 //! Lock order: a flow-table shard, then an alias shard or the allocator;
 //! an alias lookup holds its alias shard alone and lets go before locking
@@ -20,7 +28,8 @@ pub mod alloc;
 
 use crate::flow::hash::FlowHasher;
 use crate::flow::{Direction, FlowEntry, FlowKey, Zone};
-use crate::packet::rewrite::{Deltas, Endpoints};
+use crate::packet::rewrite::{Deltas, Endpoints, FlowRewrite, Ports4};
+use crate::packet::{IpVersion, proto};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -57,6 +66,21 @@ pub fn endpoints(to: &FlowKey, zone: Zone) -> Endpoints {
     }
 }
 
+/// [`endpoints`] as the fixed-offset rewrite of an IPv4 TCP or UDP packet
+/// carrying the view `deltas` start from; `None` for other flows.
+fn ports4(to: &FlowKey, zone: Zone, deltas: Deltas) -> Option<Ports4> {
+    let udp = match to.protocol {
+        proto::UDP => true,
+        proto::TCP => false,
+        _ => return None,
+    };
+    if to.version() != IpVersion::V4 {
+        return None;
+    }
+    let to = endpoints(to, zone);
+    Some(Ports4::new(&to.src, &to.dst, to.ports, udp, deltas))
+}
+
 /// The inside and the outside view of a translated flow.
 pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
     match entry.direction() {
@@ -65,18 +89,22 @@ pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
     }
 }
 
-/// The checksum deltas of a translated flow's packets arriving [0] inside
-/// (rewritten into the outside view) and [1] outside.
-pub fn deltas(entry: &FlowEntry, t: &Translation) -> [Deltas; 2] {
+/// The rewrites of a translated flow's packets arriving [0] inside (into
+/// the outside view) and [1] outside.
+pub fn rewrites(entry: &FlowEntry, t: &Translation) -> [FlowRewrite; 2] {
     let (inside, outside) = views(entry, t);
     let (version, protocol) = (inside.version(), inside.protocol);
     let way = |from: &FlowKey, to: &FlowKey, zone| {
-        Deltas::between(
+        let deltas = Deltas::between(
             version,
             protocol,
             &endpoints(from, zone),
             &endpoints(to, zone),
-        )
+        );
+        match ports4(to, zone, deltas) {
+            Some(ports4) => FlowRewrite::Ports4(ports4),
+            None => FlowRewrite::Deltas(deltas),
+        }
     };
     [
         way(&inside, &outside, Zone::Inside),

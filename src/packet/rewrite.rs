@@ -373,9 +373,7 @@ pub fn translate_with(
         return translate_general(b, packet, to, d, partial);
     }
     // TCP and UDP, the established path's common case: every field at a
-    // fixed offset, bounds checked once before anything is written, and
-    // each checksum updated with a single fold (a delta and a checksum are
-    // both at most 0xffff, so their sum needs one carry).
+    // fixed offset, bounds checked once before anything is written.
     let (ip, l4) = b.split_at_mut_checked(usize::from(packet.l4_offset))?;
     let l4 = l4.get_mut(..check + 2)?;
     match packet.version {
@@ -393,6 +391,15 @@ pub fn translate_with(
         }
     }
     l4[..4].copy_from_slice(&port_bytes(to.ports));
+    update_transport_check(l4, check, udp, d, partial);
+    Some(())
+}
+
+/// Updates the TCP or UDP checksum at `check` of `l4` (at least `check + 2`
+/// bytes) by `d`, with a single fold (a delta and a checksum are both at
+/// most 0xffff, so their sum needs one carry).
+#[inline(always)]
+fn update_transport_check(l4: &mut [u8], check: usize, udp: bool, d: Deltas, partial: bool) {
     let old = u16::from_be_bytes([l4[check], l4[check + 1]]);
     let new = if partial {
         // The device sums the header (ports included) itself.
@@ -407,7 +414,83 @@ pub fn translate_with(
         }
     };
     l4[check..check + 2].copy_from_slice(&new.to_be_bytes());
-    Some(())
+}
+
+/// How a translated flow's packets that carry its endpoints are rewritten
+/// one way, worked out once per flow: both views are fixed for its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowRewrite {
+    /// IPv4 TCP and UDP, the common case: the new header fields as laid out.
+    Ports4(Ports4),
+    /// Any other flow: the checksum deltas (the fields come from its key).
+    Deltas(Deltas),
+}
+
+/// The rewrite of an IPv4 TCP or UDP packet that carries the endpoints its
+/// deltas were computed from (a translated flow's established path), kept
+/// as the header lays it out: the two addresses are one 8-byte field at
+/// offset 12, the ports one 4-byte field, applied without looking at the
+/// protocol or the version again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports4 {
+    addrs: [u8; 8],
+    ports: [u8; 4],
+    deltas: Deltas,
+    udp: bool,
+}
+
+impl Ports4 {
+    /// To source `src`, destination `dst` (IPv4, in the first four bytes)
+    /// and `ports`, for a TCP (`udp` false) or UDP packet.
+    #[inline]
+    pub fn new(src: &RawAddr, dst: &RawAddr, ports: (u16, u16), udp: bool, deltas: Deltas) -> Self {
+        let mut addrs = [0u8; 8];
+        addrs[..4].copy_from_slice(&src[..4]);
+        addrs[4..].copy_from_slice(&dst[..4]);
+        Ports4 {
+            addrs,
+            ports: port_bytes(ports),
+            deltas,
+            udp,
+        }
+    }
+
+    /// The endpoints this rewrite gives a packet.
+    pub fn endpoints(&self) -> Endpoints {
+        let (src, dst) = self.addrs.split_at(4);
+        Endpoints {
+            src: raw(src),
+            dst: raw(dst),
+            ports: (
+                u16::from_be_bytes([self.ports[0], self.ports[1]]),
+                u16::from_be_bytes([self.ports[2], self.ports[3]]),
+            ),
+            icmp_id: 0,
+        }
+    }
+
+    /// The checksum deltas it applies.
+    pub fn deltas(&self) -> Deltas {
+        self.deltas
+    }
+
+    /// Rewrites an IPv4 TCP or UDP packet (not a later fragment) whose
+    /// transport header starts at `l4_offset`: the same bytes as
+    /// [`translate_with`]; `None`, with nothing written, if the bytes are
+    /// too short.
+    #[inline(always)]
+    pub fn apply(&self, b: &mut [u8], l4_offset: usize, partial: bool) -> Option<()> {
+        let check = if self.udp { 6 } else { 16 };
+        let (ip, l4) = b.split_at_mut_checked(l4_offset)?;
+        let h: &mut [u8; 20] = ip.get_mut(..20)?.try_into().ok()?;
+        let l4 = l4.get_mut(..check + 2)?;
+        h[12..20].copy_from_slice(&self.addrs);
+        let old = u16::from_be_bytes([h[10], h[11]]);
+        h[10..12].copy_from_slice(&(!add1c(!old, self.deltas.pseudo)).to_be_bytes());
+        l4[..4].copy_from_slice(&self.ports);
+        update_transport_check(l4, check, self.udp, self.deltas, partial);
+        Some(())
+    }
 }
 
 /// The one's-complement sum of two 16-bit values (one carry folds it).

@@ -305,3 +305,49 @@ fn the_fixed_offset_rewrite_refuses_short_bytes_and_writes_nothing() {
         assert_eq!(whole, translated(b, &e));
     }
 }
+
+proptest! {
+    /// The precomputed IPv4 rewrite of a translated flow writes exactly
+    /// what the general fixed-offset rewrite does (full and partial
+    /// checksums, UDP without a checksum), and refuses cut bytes without
+    /// writing anything.
+    #[test]
+    fn ports4_equals_the_fixed_offset_rewrite(
+        is_tcp in any::<bool>(),
+        addrs in any::<[u32; 4]>(),
+        ports in any::<[u16; 4]>(),
+        partial in any::<bool>(),
+        no_udp_checksum in any::<bool>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        cut in 0usize..40,
+    ) {
+        let ep4 = |i: usize| endpoint(false, u128::from(addrs[i]), ports[i]);
+        let mut b = if is_tcp {
+            tcp(ep4(0), ep4(1), 0x10, 1, 5, 100, None, &payload)
+        } else {
+            udp(ep4(0), ep4(1), &payload)
+        };
+        let p = parse(&b).unwrap();
+        if !is_tcp && no_udp_checksum {
+            let at = usize::from(p.l4_offset) + 6;
+            b[at..at + 2].fill(0);
+        }
+        let e = Endpoints {
+            src: raw_of(ep4(2)),
+            dst: raw_of(ep4(3)),
+            ports: (ports[2], ports[3]),
+            icmp_id: 0,
+        };
+        let d = Deltas::between(p.version, p.protocol, &Endpoints::of(&p), &e);
+        let ports4 = Ports4::new(&e.src, &e.dst, e.ports, !is_tcp, d);
+        prop_assert_eq!(ports4.endpoints(), e);
+        let (mut general, mut fast) = (b.clone(), b.clone());
+        translate_with(&mut general, &p, &e, d, partial).unwrap();
+        ports4.apply(&mut fast, usize::from(p.l4_offset), partial).unwrap();
+        prop_assert_eq!(&fast, &general);
+        let check_end = usize::from(p.l4_offset) + if is_tcp { 18 } else { 8 };
+        let mut short = b[..cut.min(check_end - 1)].to_vec();
+        prop_assert_eq!(ports4.apply(&mut short, usize::from(p.l4_offset), partial), None);
+        prop_assert_eq!(&short[..], &b[..short.len()]);
+    }
+}
