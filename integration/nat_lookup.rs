@@ -65,7 +65,7 @@ fn indexed(h: &Harness, key: &FlowKey) -> Option<(bool, FlowKey)> {
         let shard = table.lock(group, hash);
         shard
             .find_any(hash, key)
-            .map(|(slot, on_alias)| (on_alias, shard.entry(slot).key()))
+            .map(|(_, entry, on_alias)| (on_alias, entry.key()))
     })
 }
 

@@ -679,6 +679,34 @@ fn a_completion_during_the_classification_is_applied_once_pending() {
     );
 }
 
+/// The engine skips the pend store's bookkeeping where nothing can pend:
+/// the policy says a layer may pend only where a callout sits.
+#[test]
+fn a_policy_may_pend_only_at_a_layer_with_a_callout() {
+    let asked = compile(ASK, None);
+    assert!(asked.may_pend(Layer::AuthConnect));
+    assert!(asked.may_pend(Layer::AuthRecvAccept));
+    assert!(!asked.may_pend(Layer::IcmpError));
+    let one_side = "[[filter]]\nname = \"now\"\nlayer = \"auth_connect\"\naction = \"callout\"\ncallout = \"ask\"\n";
+    let one_side = compile(one_side, None);
+    assert!(one_side.may_pend(Layer::AuthConnect));
+    assert!(!one_side.may_pend(Layer::AuthRecvAccept));
+    let plain = compile(
+        "[[filter]]\nname = \"web\"\nlayer = \"auth_recv_accept\"\naction = \"permit\"\nlocal_port = 80\nprotocol = \"tcp\"\n",
+        None,
+    );
+    assert!(!plain.may_pend(Layer::AuthConnect));
+    assert!(!plain.may_pend(Layer::AuthRecvAccept));
+    assert!(!tunwall::policy::DefaultPolicy::default().may_pend(Layer::AuthConnect));
+    // Without a callout a flow is created as before, and an id nobody
+    // classifies stays unknown.
+    let mut h = harness(FlowConfig::with_max_flows(64), plain);
+    let packet = udp(ep(C4, 5000), ep(S4, 53), b"q");
+    assert_eq!(h.out(packet), Verdict::Forward(WAN));
+    assert_eq!(h.gw.flows_active(), 1);
+    assert_eq!(h.gw.complete(1, Action::Permit), Err(PendError::Unknown));
+}
+
 /// SPEC §13: a pending flow carried to another process waits again for the
 /// rest of its pend timeout (its held packets stay behind), holds new
 /// packets, and a decision there releases them; a flow completed before

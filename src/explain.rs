@@ -396,6 +396,10 @@ impl Authorizer for Tracing {
         self.policy.indicates(layer)
     }
 
+    fn may_pend(&self, layer: Layer) -> bool {
+        self.policy.may_pend(layer)
+    }
+
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
         self.policy.indicate(layer, flow, now, notes);
     }

@@ -105,9 +105,13 @@ impl Local {
         request.flow_id = Some(id);
         // A callout may hand the id to another thread that completes the
         // flow before it is pending: the store remembers such a decision.
-        gw.pend.classifying(self.worker, id);
+        // Without a callout at the layer nothing can (two SeqCst stores saved).
+        let may_pend = self.facts.may_pend(direction);
+        if may_pend {
+            gw.pend.classifying(self.worker, id);
+        }
         let decision = self.classify(&request);
-        if decision.pend.is_none() {
+        if may_pend && decision.pend.is_none() {
             gw.pend.classifying(self.worker, 0);
         }
         if let Some(plan) = &plan
@@ -166,7 +170,7 @@ impl Local {
             tcp,
             a.now,
             a.port,
-            self.policy.generation(layer),
+            self.facts.generation(direction),
             lifetime,
         );
         entry.orient(pk.swapped, true);
@@ -247,7 +251,7 @@ impl Local {
         pk: PacketKey,
         w: Wildcard,
     ) -> Result<u8, Dropped> {
-        let generation = self.policy.generation(Layer::auth(w.direction));
+        let generation = self.facts.generation(w.direction);
         let id = self.next_id(gw);
         let mut entry = FlowEntry::new(
             id,

@@ -237,10 +237,12 @@ impl Gateway {
 
     /// Creates the engine of worker `worker` (of [`Gateway::workers`]).
     pub fn engine(self: &Arc<Self>, worker: usize) -> Engine {
+        let policy = self.policy();
         Engine {
             gw: Arc::clone(self),
             local: Local {
-                policy: self.policy(),
+                facts: super::PolicyFacts::of(&*policy),
+                policy,
                 group: worker % self.table.groups(),
                 worker,
                 stats: Stats::new(self.config.ports.len()),

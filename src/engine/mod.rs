@@ -49,9 +49,9 @@ pub use replica::{Applied, FlowRecords};
 pub use stats::{PortCounters, Stats};
 
 use crate::event::Event;
-use crate::flow::FlowSelector;
 use crate::flow::table::SlotId;
-use crate::policy::Authorizer;
+use crate::flow::{Direction, FlowSelector};
+use crate::policy::{Authorizer, Layer};
 use crate::reason::{CloseReason, DropReason};
 use crate::time::Instant;
 use std::sync::Arc;
@@ -94,6 +94,8 @@ pub struct Engine {
 struct Local {
     /// The gateway's policy as loaded at the start of the current batch.
     policy: Arc<dyn Authorizer>,
+    /// What every packet asks of `policy`, read when it was loaded.
+    facts: PolicyFacts,
     /// The flow-table shard group this worker creates its flows in.
     group: usize,
     /// This worker's index: the owner of the flows it pends.
@@ -125,6 +127,38 @@ struct Local {
     completing: Vec<(u64, crate::flow::FlowKey, u64)>,
 }
 
+/// The answers of a loaded policy that the engine needs per packet or per
+/// new flow, by flow direction (outbound, inbound: the two auth layers).
+/// A policy object's answers are fixed ([`Authorizer::generation`]), so
+/// they are read once per policy instead of by a dynamic call per packet.
+#[derive(Clone, Copy)]
+struct PolicyFacts {
+    generation: [u32; 2],
+    may_pend: [bool; 2],
+}
+
+impl PolicyFacts {
+    fn of(policy: &dyn Authorizer) -> PolicyFacts {
+        let [out, inb] = [Direction::Outbound, Direction::Inbound].map(Layer::auth);
+        PolicyFacts {
+            generation: [policy.generation(out), policy.generation(inb)],
+            may_pend: [policy.may_pend(out), policy.may_pend(inb)],
+        }
+    }
+
+    /// The generation of the auth layer of flows in `direction`.
+    #[inline]
+    fn generation(&self, direction: Direction) -> u32 {
+        self.generation[direction as usize]
+    }
+
+    /// Whether classifying a new flow in `direction` could pend it.
+    #[inline]
+    fn may_pend(&self, direction: Direction) -> bool {
+        self.may_pend[direction as usize]
+    }
+}
+
 impl Engine {
     /// The shared state.
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -136,6 +170,7 @@ impl Engine {
     pub fn refresh_policy(&mut self) {
         let current = self.gw.policy();
         if !Arc::ptr_eq(&current, &self.local.policy) {
+            self.local.facts = PolicyFacts::of(&*current);
             self.local.policy = current;
         }
     }

@@ -383,7 +383,7 @@ impl Local {
             request.tcp,
             a.now,
             a.port,
-            self.policy.generation(request.layer),
+            self.facts.generation(a.direction()),
             None,
         );
         entry.orient(pk.swapped, true);

@@ -374,8 +374,7 @@ impl Local {
         // A masqueraded flow's translated tuple is indexed in its shard
         // ([`crate::flow::hash`]): both keys are cross-zone keys, so the
         // packet lies on the flow's key as it lies on the translated one.
-        let (slot, on_alias) = shard.find_any(hash, &pk.key)?;
-        let entry = shard.entry(slot);
+        let (slot, entry, on_alias) = shard.find_any(hash, &pk.key)?;
         let factor = gw.table.adaptive_factor();
         let reopened = entry.is_tcp()
             && tcp_segment(a.packet).is_some_and(|segment| entry.tcp().reopened_by(segment));
@@ -417,7 +416,7 @@ impl Local {
             entry.established(),
         );
         let layer = Layer::auth(flow_direction);
-        let generation = self.policy.generation(layer);
+        let generation = self.facts.generation(flow_direction);
         let port_changed = with_flow && a.port != arrival_port;
         if port_changed && gw.config.host_model == HostModel::Strong {
             return Err(DropReason::WrongInterface.into());
@@ -529,7 +528,7 @@ impl Local {
     ) -> Result<(), Dropped> {
         let entry = *shard.entry(slot);
         let layer = Layer::auth(entry.direction());
-        let generation = self.policy.generation(layer);
+        let generation = self.facts.generation(entry.direction());
         // A translated flow is classified on its translated tuple.
         let translated = shard.translation(slot).map(|t| t.key);
         let mut request = ClassifyRequest::for_flow(layer, &translated.unwrap_or(entry.key()), now);

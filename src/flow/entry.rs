@@ -89,6 +89,7 @@ impl FlowEntry {
 
     /// A new flow. `tcp` is `Some` for TCP flows.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn new(
         id: u64,
         key: FlowKey,

@@ -30,7 +30,8 @@ pub struct Shard {
     /// The translated tuples of this shard's translated flows that belong
     /// in this shard ([`super::hash`]), by the flows' slots.
     aliases: HashTable<SlotId>,
-    chunks: Vec<Box<[FlowEntry]>>,
+    /// Fixed-size chunks: indexing inside one needs no length check.
+    chunks: Vec<Box<[FlowEntry; CHUNK]>>,
     /// Free slots below `high_water`, lowest first: new flows fill the
     /// slab from the bottom, so after a flood the top chunks empty out and
     /// can be given back.
@@ -88,14 +89,25 @@ impl Shard {
             .copied()
     }
 
-    /// The slot of the flow whose key or translated tuple (when that is
-    /// indexed in this shard) is `key`, and whether it was the translated
-    /// one. The translated tuples have an index of their own, so a packet
-    /// of an untranslated flow pays nothing for them.
+    /// The slot and entry of the flow whose key or translated tuple (when
+    /// that is indexed in this shard) is `key`, and whether it was the
+    /// translated one. The translated tuples have an index of their own, so
+    /// a packet of an untranslated flow pays nothing for them. The entry
+    /// comes with the slot so the caller does not index the slab again.
     #[inline]
-    pub fn find_any(&self, hash: u64, key: &FlowKey) -> Option<(SlotId, bool)> {
-        if let Some(slot) = self.find(hash, key) {
-            return Some((slot, false));
+    pub fn find_any(&self, hash: u64, key: &FlowKey) -> Option<(SlotId, &FlowEntry, bool)> {
+        let chunks = &self.chunks;
+        let mut found = None;
+        if let Some(&slot) = self.index.find(hash, |&slot| {
+            let entry = Self::at(chunks, slot);
+            let hit = entry.key == *key;
+            if hit {
+                found = Some(entry);
+            }
+            hit
+        }) && let Some(entry) = found
+        {
+            return Some((slot, entry, false));
         }
         if self.aliases.is_empty() {
             return None;
@@ -107,7 +119,7 @@ impl Shard {
                     .get(slot as usize)
                     .is_some_and(|t| t.key == *key)
             })
-            .map(|&slot| (slot, true))
+            .map(|&slot| (slot, Self::at(chunks, slot), true))
     }
 
     /// The translated tuple of the flow in an alias index entry.
@@ -118,9 +130,20 @@ impl Shard {
     }
 
     #[inline]
-    fn at(chunks: &[Box<[FlowEntry]>], slot: SlotId) -> &FlowEntry {
+    fn at(chunks: &[Box<[FlowEntry; CHUNK]>], slot: SlotId) -> &FlowEntry {
         let slot = slot as usize;
         &chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    /// A chunk of vacant entries, written in place on the heap (an array
+    /// built on the stack first would be copied: 8 KiB).
+    #[cold]
+    fn vacant_chunk() -> Box<[FlowEntry; CHUNK]> {
+        let chunk: Box<[FlowEntry]> = vec![FlowEntry::VACANT; CHUNK].into_boxed_slice();
+        // The length is CHUNK by construction, so the conversion cannot fail.
+        chunk
+            .try_into()
+            .unwrap_or_else(|_| Box::new([FlowEntry::VACANT; CHUNK]))
     }
 
     /// The entry in `slot`.
@@ -237,8 +260,7 @@ impl Shard {
             Some(Reverse(slot)) => slot,
             None => {
                 if self.high_water as usize == self.chunks.len() * CHUNK {
-                    self.chunks
-                        .push(vec![FlowEntry::VACANT; CHUNK].into_boxed_slice());
+                    self.chunks.push(Self::vacant_chunk());
                     self.live.push(0);
                 }
                 self.high_water += 1;
@@ -428,7 +450,7 @@ impl Shard {
     /// Heap bytes this shard holds (entries, index, bookkeeping).
     pub fn heap_bytes(&self) -> usize {
         self.chunks.len() * CHUNK * std::mem::size_of::<FlowEntry>()
-            + self.chunks.capacity() * std::mem::size_of::<Box<[FlowEntry]>>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[FlowEntry; CHUNK]>>()
             + self.index.allocation_size()
             + self.aliases.allocation_size()
             + self.free.capacity() * 4

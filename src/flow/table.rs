@@ -83,6 +83,7 @@ impl ShardGuard<'_> {
     /// an expired flow of this shard, else its oldest not-yet-established
     /// flow). Returns the slot and the flow removed to make room, or `None`
     /// when nothing could go (`flow_table_full`).
+    #[inline]
     pub fn insert(
         &mut self,
         hash: u64,

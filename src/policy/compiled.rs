@@ -589,6 +589,13 @@ impl Authorizer for Policy {
         !self.layers[layer.index()].order.is_empty()
     }
 
+    fn may_pend(&self, layer: Layer) -> bool {
+        self.layers[layer.index()]
+            .order
+            .iter()
+            .any(|&f| matches!(self.filters[f].action, FilterAction::Callout(_)))
+    }
+
     fn indicate(&self, layer: Layer, flow: &FlowInfo, now: Instant, notes: &mut Vec<PolicyNote>) {
         let index = &self.layers[layer.index()];
         if index.order.is_empty() {

@@ -381,8 +381,17 @@ impl Decision {
 /// lock while it classifies.
 pub trait Authorizer: Send + Sync {
     /// The policy generation of `layer`. A flow authorized under another
-    /// generation of its layer is reauthorized on its next packet.
+    /// generation of its layer is reauthorized on its next packet. Fixed
+    /// for the life of the object (a change is a new policy object): the
+    /// engine reads it once when it loads the policy.
     fn generation(&self, layer: Layer) -> u32;
+
+    /// Whether classifying at `layer` could pend a new flow (SPEC §10): a
+    /// callout sits there. When not, the engine skips telling the pend
+    /// store which flow it classifies. Fixed for the life of the object.
+    fn may_pend(&self, _layer: Layer) -> bool {
+        true
+    }
 
     /// Whether every change of `layer` since generation `since` came from
     /// an identity's addresses changing (SPEC §11), not from a reload: the
@@ -474,6 +483,10 @@ impl Authorizer for DefaultPolicy {
 
     fn classify(&self, request: &ClassifyRequest, _notes: &mut Vec<PolicyNote>) -> Decision {
         Decision::default_action(self.action(request.layer))
+    }
+
+    fn may_pend(&self, _layer: Layer) -> bool {
+        false
     }
 
     fn indicates(&self, _layer: Layer) -> bool {
