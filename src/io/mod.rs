@@ -12,6 +12,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod netlink;
 pub mod notify;
+pub mod processor;
 pub mod uring;
 pub mod worker;
 
