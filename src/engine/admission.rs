@@ -299,14 +299,11 @@ impl Local {
         entry: FlowEntry,
         parent: Option<u64>,
     ) -> Result<SlotId, Dropped> {
-        let (slot, made_room) = shard
-            .insert(hash, entry, parent, a.now)
-            .ok_or(DropReason::FlowTableFull)?;
-        let factor = gw.table.adaptive_factor();
-        if let Some((removed, reason)) = made_room {
+        let slot = shard.insert(hash, entry, parent, a.now, |removed, reason| {
+            let factor = gw.table.adaptive_factor();
             self.closed(gw, a.now, factor, &removed, reason);
-        }
-        Ok(slot)
+        });
+        slot.ok_or_else(|| DropReason::FlowTableFull.into())
     }
 
     /// Indicates a new flow: created; established unless it is a TCP flow

@@ -250,6 +250,8 @@ impl Shard {
         )
     }
 
+    // Inlined into its callers so the entry is written once, into its slot.
+    #[inline(always)]
     pub(super) fn insert(
         &mut self,
         hash: u64,

@@ -81,8 +81,10 @@ const EVICT_SCAN: usize = 64;
 impl ShardGuard<'_> {
     /// Inserts a new flow, making room first if the table is full (SPEC §2:
     /// an expired flow of this shard, else its oldest not-yet-established
-    /// flow). Returns the slot and the flow removed to make room, or `None`
-    /// when nothing could go (`flow_table_full`).
+    /// flow), and hands the flow removed to make room to `evicted`. Returns
+    /// the slot, or `None` when nothing could go (`flow_table_full`). (The
+    /// removed flow goes to a callback rather than back with the slot: a
+    /// return value that large was copied on every insert.)
     #[inline]
     pub fn insert(
         &mut self,
@@ -90,7 +92,8 @@ impl ShardGuard<'_> {
         entry: FlowEntry,
         parent: Option<u64>,
         now: Instant,
-    ) -> Option<(SlotId, Option<(Removed, CloseReason)>)> {
+        evicted: impl FnOnce(Removed, CloseReason),
+    ) -> Option<SlotId> {
         let mut made_room = None;
         if !self.table.admit() {
             let config = &self.table.config;
@@ -107,7 +110,11 @@ impl ShardGuard<'_> {
             // at or below the limit: the freed place goes to this flow.
             made_room = Some((self.shard.remove(slot), reason));
         }
-        Some((self.shard.insert(hash, entry, parent), made_room))
+        let slot = self.shard.insert(hash, entry, parent);
+        if let Some((removed, reason)) = made_room {
+            evicted(removed, reason);
+        }
+        Some(slot)
     }
 
     /// Inserts a flow carried over from another process (SPEC §13): it
