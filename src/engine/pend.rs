@@ -19,7 +19,9 @@
 //! Lock order: a table shard, then the store.
 
 mod carried;
+mod queue;
 pub use carried::CarriedPend;
+pub(super) use queue::Queue;
 
 use super::pipeline::Arrival;
 use super::report::Dropped;
@@ -27,7 +29,7 @@ use super::{Gateway, HELD, Local};
 use crate::event::{EventKind, FlowInfo, ReauthTrigger};
 use crate::flow::key::PacketKey;
 use crate::flow::table::{ShardGuard, SlotId};
-use crate::flow::{FlowClass, FlowConfig, FlowEntry, FlowKey, TcpTracker};
+use crate::flow::{FlowClass, FlowEntry, FlowKey, TcpTracker};
 use crate::policy::{Action, ClassifyFlags, Layer, Pend};
 use crate::reason::DropReason;
 use crate::time::Instant;
@@ -36,82 +38,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-/// The longest frame header (the virtio-net header) a held packet may carry.
-const MAX_FRAME_HEADER: usize = 16;
 /// Buffers kept for later pends once their flows completed; more are freed.
 const SPARE_QUEUES: usize = 64;
-
-/// One held packet: where it lies in its queue's buffer and how it arrived.
-#[derive(Clone, Copy)]
-struct Held {
-    port: u8,
-    egress: u8,
-    swapped: bool,
-    sent: bool,
-    start: u32,
-    header: u16,
-    len: u32,
-}
-
-/// The packets held for one pending flow, in arrival order, frame headers
-/// included (a released packet leaves exactly as it came).
-pub(super) struct Queue {
-    data: Vec<u8>,
-    packets: Vec<Held>,
-    ip_bytes: usize,
-}
-
-impl Queue {
-    fn new(config: &FlowConfig) -> Queue {
-        Queue {
-            data: Vec::with_capacity(
-                config.pend_queue_bytes + config.pend_queue_packets * MAX_FRAME_HEADER,
-            ),
-            packets: Vec::with_capacity(config.pend_queue_packets),
-            ip_bytes: 0,
-        }
-    }
-
-    /// Copies the packet in; the bounds keep `data` within its capacity.
-    fn push(&mut self, config: &FlowConfig, a: &Arrival<'_>, swapped: bool) -> bool {
-        let (header, bytes) = (a.header, a.bytes);
-        if self.packets.len() >= config.pend_queue_packets
-            || self.ip_bytes + bytes.len() > config.pend_queue_bytes
-            || header.len() > MAX_FRAME_HEADER
-        {
-            return false;
-        }
-        let start = self.data.len() as u32;
-        self.data.extend_from_slice(header);
-        self.data.extend_from_slice(bytes);
-        self.packets.push(Held {
-            port: a.port,
-            egress: a.egress,
-            swapped,
-            sent: false,
-            start,
-            header: header.len() as u16,
-            len: bytes.len() as u32,
-        });
-        self.ip_bytes += bytes.len();
-        true
-    }
-
-    fn frame(&self, h: &Held) -> &[u8] {
-        let start = h.start as usize;
-        &self.data[start..start + usize::from(h.header) + h.len as usize]
-    }
-
-    fn ip(&self, h: &Held) -> &[u8] {
-        &self.frame(h)[usize::from(h.header)..]
-    }
-
-    fn clear(&mut self) {
-        self.data.clear();
-        self.packets.clear();
-        self.ip_bytes = 0;
-    }
-}
 
 /// A pending flow as the store keeps it.
 struct Pending {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::flow::FlowConfig;
 
 #[test]
 fn a_queue_never_grows_past_its_preallocated_buffer() {
