@@ -10,6 +10,7 @@
 
 pub mod arbitration;
 pub mod callout;
+mod compile;
 pub mod compiled;
 pub mod counters;
 mod describe;
@@ -23,7 +24,8 @@ pub mod spec;
 pub mod trace;
 
 pub use callout::{AskCallout, Callout, CalloutParams, CalloutRegistry, CalloutResult};
-pub use compiled::{CompileError, Policy};
+pub use compile::CompileError;
+pub use compiled::Policy;
 pub use filter::{AddrSet, ArrivalPort, Conditions, RedirectTarget, ValueSet};
 pub use identity::{IdentityAddrs, IdentityCond, SourceArrival};
 pub use identity_table::{
