@@ -27,17 +27,10 @@ const PUBLIC: &str = "198.18.2.1";
 /// Masquerade of the inside (ports from `range`, or the original port when
 /// free) and a port forward of PUBLIC:8080 to C4:80.
 fn policy(range: Option<&str>) -> Arc<dyn Authorizer> {
-    let to_port = range.map_or(String::new(), |r| format!("to_port = \"{r}\""));
+    let masq = masquerade_filter(&[PUBLIC, "fd00:2::1"], range);
     let text = format!(
         r#"{PORTS_TOML}
-[[filter]]
-name = "masq"
-layer = "bind_redirect"
-action = "redirect"
-arrival_port = "lan"
-to_address = ["{PUBLIC}", "fd00:2::1"]
-{to_port}
-
+{masq}
 [[filter]]
 name = "web-forward"
 layer = "bind_redirect"

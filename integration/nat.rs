@@ -17,18 +17,7 @@ const PUBLIC6: &str = "fd00:2::1";
 
 /// Masquerade of everything from `lan` to the public addresses, from `range`.
 fn masquerade(range: Option<&str>) -> String {
-    let to_port = range.map_or(String::new(), |r| format!("to_port = \"{r}\""));
-    format!(
-        r#"
-[[filter]]
-name = "masq"
-layer = "bind_redirect"
-action = "redirect"
-arrival_port = "lan"
-to_address = ["{PUBLIC}", "{PUBLIC6}"]
-{to_port}
-"#
-    )
+    masquerade_filter(&[PUBLIC, PUBLIC6], range)
 }
 
 fn harness(policy: &str) -> Harness {

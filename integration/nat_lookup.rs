@@ -15,19 +15,7 @@ const PUBLIC: &str = "198.18.2.1";
 const PUBLIC6: &str = "fd00:2::1";
 
 fn harness(range: Option<&str>) -> Harness {
-    let to_port = range.map_or(String::new(), |r| format!("to_port = \"{r}\""));
-    let policy = format!(
-        r#"
-[[filter]]
-name = "masq"
-layer = "bind_redirect"
-action = "redirect"
-arrival_port = "lan"
-to_address = ["{PUBLIC}", "{PUBLIC6}"]
-{to_port}
-"#
-    );
-    let policy = compile_policy(&policy, None);
+    let policy = compile_policy(&masquerade_filter(&[PUBLIC, PUBLIC6], range), None);
     // Two workers, so two shard groups of 32 shards.
     let gw = Gateway::new(
         GatewayConfig {

@@ -419,16 +419,7 @@ fn metrics_listen_must_be_an_address_and_port() {
 
 #[test]
 fn flows_and_kill_match_translated_endpoints() {
-    let policy = compile(
-        r#"
-[[filter]]
-name = "masq"
-layer = "bind_redirect"
-action = "redirect"
-arrival_port = "lan"
-to_address = "198.18.2.1"
-"#,
-    );
+    let policy = compile(&masquerade_filter(&["198.18.2.1"], None));
     let mut h = Harness::with(
         FlowConfig::with_max_flows(1024),
         HostModel::Weak,

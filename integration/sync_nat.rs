@@ -28,17 +28,7 @@ fn compile(filters: &str) -> Arc<dyn Authorizer> {
 
 /// Masquerade of the inside to PUBLIC, ports from `range`.
 fn masquerade(range: &str) -> Arc<dyn Authorizer> {
-    compile(&format!(
-        r#"
-[[filter]]
-name = "masq"
-layer = "bind_redirect"
-action = "redirect"
-arrival_port = "lan"
-to_address = "{PUBLIC}"
-to_port = "{range}"
-"#
-    ))
+    compile(&masquerade_filter(&[PUBLIC], Some(range)))
 }
 
 fn flows() -> FlowConfig {

@@ -65,6 +65,16 @@ pub fn compile_policy(filters: &str, previous: Option<&Policy>) -> Policy {
     Policy::compile(&config.policy, &registry, previous).expect("compile")
 }
 
+/// A `bind_redirect` filter named "masq" masquerading everything that
+/// arrives on `lan` to `to_address`, with ports from `to_port` when given.
+pub fn masquerade_filter(to_address: &[&str], to_port: Option<&str>) -> String {
+    let to_port = to_port.map_or(String::new(), |r| format!("to_port = \"{r}\"\n"));
+    format!(
+        "[[filter]]\nname = \"masq\"\nlayer = \"bind_redirect\"\naction = \"redirect\"\n\
+         arrival_port = \"lan\"\nto_address = {to_address:?}\n{to_port}"
+    )
+}
+
 /// A gateway, one engine and a virtual clock, collecting every event.
 pub struct Harness {
     pub gw: Arc<Gateway>,
