@@ -16,7 +16,9 @@ Builds, in network namespaces of its own (addresses from 198.18.0.0/15):
             through io_uring (src/io/uring.rs)
 
 and measures, alternating the modes and repeating each at least 3 times:
-iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s, and (`--tests
+iperf3 TCP 1 stream, TCP 4 streams, UDP 64-byte packets/s (`udp64`: an
+unpaced flood; `udp64paced`: the same offered rate for every mode,
+`--udp-pps`, default 100 000), and (`--tests
 udpgso`, bench/udp_gso.py) UDP superframes: a UDP_SEGMENT sender against a
 UDP_GRO receiver, in Gbit/s and datagrams lost, and (`--tests connrate`,
 bench/connrate.rs) complete TCP connections per second. Before every
@@ -265,7 +267,7 @@ def measure_connrate(topo, seconds):
             "cpu_us_per_connection": (cpu1 - cpu0) * 1e6 / max(1, out["connections"]) if topo.pid() else None}
 
 
-def measure(topo, test, seconds):
+def measure(topo, test, seconds, udp_pps):
     if test == "udpgso":
         return measure_udp_gso(topo, seconds)
     if test == "connrate":
@@ -278,6 +280,11 @@ def measure(topo, test, seconds):
         args += ["-P", "4"]
     if test == "udp64":
         args += ["-u", "-l", "64", "-b", "0"]
+    if test == "udp64paced":
+        # The same offered load for every mode: the loss compares at a rate
+        # the kernel carries, which an unpaced flood does not show (TUN
+        # never pushes back on a sender, the kernel's forwarding path does).
+        args += ["-u", "-l", "64", "-b", str(udp_pps * 64 * 8), "--pacing-timer", "100"]
     cpu0 = process_cpu_seconds(topo.pid())
     drops0 = topo.tun_drops()
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
@@ -288,7 +295,7 @@ def measure(topo, test, seconds):
     if "error" in report:
         raise RuntimeError(f"iperf3 {test} through {topo.mode}: {report['error']}")
     end = report["end"]
-    if test == "udp64":
+    if test in ("udp64", "udp64paced"):
         s = end["sum"]
         received = s["packets"] - s["lost_packets"]
         value = received / s["seconds"]
@@ -307,6 +314,8 @@ def main():
     ap.add_argument("--offload", choices=["on", "off"], default="on")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "throughput.json"))
     ap.add_argument("--tests", default="tcp1,tcp4,udp64")
+    ap.add_argument("--udp-pps", type=int, default=100_000,
+                    help="the offered rate of udp64paced, in 64-byte datagrams per second")
     ap.add_argument("--modes", default="tunwall,copy,kernel,tunwall-1w",
                     help="comma-separated, of: " + ", ".join(MODES))
     opts = ap.parse_args()
@@ -348,7 +357,7 @@ def main():
                 modes = modes[rep % len(modes):] + modes[:rep % len(modes)]
                 for mode in modes:
                     calm = wait_for_idle()
-                    r = measure(topos[mode], test, opts.seconds)
+                    r = measure(topos[mode], test, opts.seconds, opts.udp_pps)
                     r["disturbed"] = not calm
                     results[mode][test].append(r)
                     print(f"  rep {rep + 1} {test:<6} {mode:<11} {r['value']:>12.2f} {r['unit']}{'  (disturbed)' if not calm else ''}",
@@ -369,7 +378,7 @@ def main():
         for mode in table:
             s = table[mode].get(test)
             if s:
-                unit = {"udp64": "pps", "connrate": "conn/s"}.get(test, "Gbit/s")
+                unit = {"udp64": "pps", "udp64paced": "pps", "connrate": "conn/s"}.get(test, "Gbit/s")
                 print(f"{test:<7} {mode:<11} {s['median']:>12.2f} {s['min']:>12.2f} {s['max']:>12.2f} {unit}")
     ratios = {}
     for test in tests:
@@ -387,11 +396,14 @@ def main():
         drops = {t: sum(s.get("tun_drops") or 0 for s in results[mode][t]) for t in tests}
         print(f"TUN queue drops, {mode}: " + ", ".join(f"{t} {n}" for t, n in drops.items()))
     for mode in topos:
-        lost = [s["lost_percent"] for t in ["udp64", "udpgso"] if t in tests for s in results[mode][t]]
-        if lost:
-            print(f"datagrams lost, {mode}: median {statistics.median(lost):.2f} % (min {min(lost):.2f}, max {max(lost):.2f})")
+        for t in [t for t in ["udp64", "udp64paced", "udpgso"] if t in tests]:
+            lost = [s["lost_percent"] for s in results[mode][t]]
+            if lost:
+                print(f"datagrams lost, {t} {mode}: median {statistics.median(lost):.2f} % "
+                      f"(min {min(lost):.2f}, max {max(lost):.2f})")
     for mode in topos:
-        for t, key in [("udp64", "cpu_ns_per_packet"), ("connrate", "cpu_us_per_connection")]:
+        for t, key in [("udp64", "cpu_ns_per_packet"), ("udp64paced", "cpu_ns_per_packet"),
+                       ("connrate", "cpu_us_per_connection")]:
             v = [x[key] for x in results[mode].get(t, []) if x.get(key)]
             if v:
                 print(f"{key}, {mode}: median {statistics.median(v):.1f} (min {min(v):.1f}, max {max(v):.1f})")
