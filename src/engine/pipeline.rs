@@ -461,14 +461,12 @@ impl Local {
         if let Some(segment) = tcp_segment(a.packet)
             && is_tcp
         {
-            let before = entry.state();
             // A replicated flow's windows are checked loosely until each
-            // direction has been seen here (SPEC §15).
+            // direction has been seen here (SPEC §15). (Not pending: held above.)
             let enforce = gw.config.flows.tcp_window_tracking && entry.strict_windows();
-            entry
+            changed |= entry
                 .track_tcp(with_flow, segment, enforce)
                 .map_err(Dropped::from)?;
-            changed |= entry.state() != before;
             now_established = !established && entry.tcp().handshake_done();
         }
         let entry = if changed || now_established {
