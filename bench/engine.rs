@@ -390,6 +390,9 @@ fn new_flow_benches(c: &mut Criterion) {
                 }
                 assert_eq!(gw.flows_active(), N);
                 e.drain_events().for_each(drop);
+                // Returned, so criterion frees the table, the engine and the
+                // packets after the measured time (not part of creating flows).
+                (gw, e, packets)
             },
             BatchSize::PerIteration,
         )
@@ -407,6 +410,9 @@ fn new_flow_benches(c: &mut Criterion) {
                 }
                 assert_eq!(gw.flows_active(), N);
                 e.drain_events().for_each(drop);
+                // Returned, so criterion frees the table, the engine and the
+                // packets after the measured time (not part of creating flows).
+                (gw, e, packets)
             },
             BatchSize::PerIteration,
         )

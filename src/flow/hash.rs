@@ -20,6 +20,32 @@ use std::hash::{BuildHasher, Hasher};
 /// Bits 24..56: the shard bits.
 const SHARD_BITS: u64 = 0xFFFF_FFFF << 24;
 
+/// The 32 bits of a flow hash a shard's indexes keep beside each slot: the
+/// low 24 and the top 8, none of them shard bits. With them an index grows
+/// without reading each key back from the slab to hash it again;
+/// [`index_hash`] rebuilds what the index needs.
+#[inline]
+pub fn index_bits(hash: u64) -> u32 {
+    (hash as u32 & 0xFF_FFFF) | ((hash >> 56) as u32) << 24
+}
+
+/// The hash a shard's index files a key under: its flow hash without the
+/// shard bits (every key of a shard has nearly the same ones), from the
+/// flow hash or from its [`index_bits`]. hashbrown takes the bucket from
+/// the low bits and the tag from the top seven, so both still come from
+/// the key's own bits, independent of each other up to 2^24 buckets (a
+/// shard holds at most a few million flows, [`super::table::FlowTable::default_shards`]).
+#[inline]
+pub fn index_hash(hash: u64) -> u64 {
+    hash & !SHARD_BITS
+}
+
+/// [`index_hash`] from the [`index_bits`] an index keeps.
+#[inline]
+pub fn index_hash_of_bits(bits: u32) -> u64 {
+    u64::from(bits & 0xFF_FFFF) | u64::from(bits >> 24) << 56
+}
+
 /// The keyed hash of flow keys shared by the table and the alias index.
 #[derive(Clone)]
 pub struct FlowHasher {
@@ -132,6 +158,18 @@ mod tests {
                 }
             }
             assert!(same * 100 >= total * 98, "n={n}: {same} of {total}");
+        }
+    }
+
+    #[test]
+    fn the_index_bits_rebuild_the_index_hash_without_the_shard_bits() {
+        let h = FlowHasher::new(64);
+        for p in 0..4096u16 {
+            let hash = h.hash(&key([198, 18, 0, 2], p, 80));
+            let index = index_hash(hash);
+            assert_eq!(index_hash_of_bits(index_bits(hash)), index);
+            assert_eq!(index | SHARD_BITS, hash | SHARD_BITS);
+            assert_eq!(index_hash(hash ^ SHARD_BITS), index);
         }
     }
 

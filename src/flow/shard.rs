@@ -6,7 +6,7 @@
 
 use super::FlowConfig;
 use super::entry::{F_EMBRYONIC, F_ESTABLISHED, F_HAS_PARENT, F_TRANSLATED, FlowEntry};
-use super::hash::FlowHasher;
+use super::hash::{FlowHasher, index_bits, index_hash, index_hash_of_bits};
 use super::key::FlowKey;
 use super::translated::Translations;
 use crate::nat::Translation;
@@ -24,12 +24,38 @@ pub type SlotId = u32;
 /// chunks are aligned with it).
 pub(super) const CHUNK: usize = 64;
 
+/// An index entry: a slot and the [`index_bits`] of its key's hash, so the
+/// index grows (re-hashing every entry it moves) without touching the slab:
+/// reading each key back to hash it again cost a new flow ~80 instructions
+/// and a cache miss or two.
+#[derive(Clone, Copy)]
+struct Indexed {
+    slot: SlotId,
+    bits: u32,
+}
+
+impl Indexed {
+    #[inline]
+    fn new(hash: u64, slot: SlotId) -> Indexed {
+        Indexed {
+            slot,
+            bits: index_bits(hash),
+        }
+    }
+
+    /// The hash the index files this entry under.
+    #[inline]
+    fn hash(&self) -> u64 {
+        index_hash_of_bits(self.bits)
+    }
+}
+
 /// One shard: a slab of entries, its index and its bookkeeping.
 pub struct Shard {
-    index: HashTable<SlotId>,
+    index: HashTable<Indexed>,
     /// The translated tuples of this shard's translated flows that belong
     /// in this shard ([`super::hash`]), by the flows' slots.
-    aliases: HashTable<SlotId>,
+    aliases: HashTable<Indexed>,
     /// Fixed-size chunks: indexing inside one needs no length check.
     chunks: Vec<Box<[FlowEntry; CHUNK]>>,
     /// Free slots below `high_water`, lowest first: new flows fill the
@@ -85,8 +111,10 @@ impl Shard {
     #[inline]
     pub fn find(&self, hash: u64, key: &FlowKey) -> Option<SlotId> {
         self.index
-            .find(hash, |&slot| Self::at(&self.chunks, slot).key == *key)
-            .copied()
+            .find(index_hash(hash), |i| {
+                Self::at(&self.chunks, i.slot).key == *key
+            })
+            .map(|i| i.slot)
     }
 
     /// The slot and entry of the flow whose key or translated tuple (when
@@ -98,8 +126,9 @@ impl Shard {
     pub fn find_any(&self, hash: u64, key: &FlowKey) -> Option<(SlotId, &FlowEntry, bool)> {
         let chunks = &self.chunks;
         let mut found = None;
-        if let Some(&slot) = self.index.find(hash, |&slot| {
-            let entry = Self::at(chunks, slot);
+        let index = index_hash(hash);
+        if let Some(&Indexed { slot, .. }) = self.index.find(index, |i| {
+            let entry = Self::at(chunks, i.slot);
             let hit = entry.key == *key;
             if hit {
                 found = Some(entry);
@@ -114,19 +143,12 @@ impl Shard {
         }
         let translations = &self.translations;
         self.aliases
-            .find(hash, |&slot| {
+            .find(index, |i| {
                 translations
-                    .get(slot as usize)
+                    .get(i.slot as usize)
                     .is_some_and(|t| t.key == *key)
             })
-            .map(|&slot| (slot, Self::at(chunks, slot), true))
-    }
-
-    /// The translated tuple of the flow in an alias index entry.
-    fn alias_key(translations: &Translations, slot: SlotId) -> FlowKey {
-        translations
-            .get(slot as usize)
-            .map_or(FlowKey::ZERO, |t| t.key)
+            .map(|i| (i.slot, Self::at(chunks, i.slot), true))
     }
 
     #[inline]
@@ -221,10 +243,9 @@ impl Shard {
         let rewrites = crate::nat::rewrites(self.entry(slot), &translation);
         self.translations.set(slot as usize, translation, rewrites);
         if let Some(hash) = alias_hash {
-            let (translations, hasher) = (&self.translations, &self.hasher);
-            self.aliases.insert_unique(hash, slot, |&s| {
-                hasher.hash(&Self::alias_key(translations, s))
-            });
+            let alias = Indexed::new(hash, slot);
+            self.aliases
+                .insert_unique(alias.hash(), alias, Indexed::hash);
         }
     }
 
@@ -283,17 +304,17 @@ impl Shard {
         }
         *self.entry_mut(slot) = entry;
         self.live[slot as usize / CHUNK] += 1;
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        let indexed = Indexed::new(hash, slot);
         self.index
-            .insert_unique(hash, slot, |&s| hasher.hash(&Self::at(chunks, s).key));
+            .insert_unique(indexed.hash(), indexed, Indexed::hash);
         self.len += 1;
         slot
     }
 
     pub(super) fn remove(&mut self, slot: SlotId) -> Removed {
         let entry = *self.entry(slot);
-        let hash = self.hasher.hash(&entry.key);
-        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+        let hash = index_hash(self.hasher.hash(&entry.key));
+        if let Ok(found) = self.index.find_entry(hash, |i| i.slot == slot) {
             found.remove();
         }
         if entry.flags & F_EMBRYONIC != 0 {
@@ -310,8 +331,8 @@ impl Shard {
             None
         };
         if let Some(t) = &translation {
-            let hash = self.hasher.hash(&t.key);
-            if let Ok(found) = self.aliases.find_entry(hash, |&s| s == slot) {
+            let hash = index_hash(self.hasher.hash(&t.key));
+            if let Ok(found) = self.aliases.find_entry(hash, |i| i.slot == slot) {
                 found.remove();
             }
         }
@@ -383,12 +404,8 @@ impl Shard {
         // Records of the chunks given back are stale (those chunks were empty).
         self.embryos.retain(|&(slot, _)| slot < top);
         self.embryos.shrink_to_fit();
-        let (chunks, translations, hasher) = (&self.chunks, &self.translations, &self.hasher);
-        self.index
-            .shrink_to(self.len, |&s| hasher.hash(&Self::at(chunks, s).key));
-        self.aliases.shrink_to(self.aliases.len(), |&s| {
-            hasher.hash(&Self::alias_key(translations, s))
-        });
+        self.index.shrink_to(self.len, Indexed::hash);
+        self.aliases.shrink_to(self.aliases.len(), Indexed::hash);
         self.parents.shrink_to_fit();
         self.translations.truncate(self.chunks.len());
     }
