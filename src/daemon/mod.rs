@@ -11,9 +11,9 @@
 //! the saved flows on; `tunwall upgrade` hands everything to a new process
 //! (SPEC §13, [`crate::restart`], [`crate::handover`]).
 //!
-//! A start opens its ports afresh ([`fresh`]) or takes them over
-//! ([`takeover`]); [`run`] builds the gateway on them, [`workers`] runs
-//! its threads, and [`stop`] serves signals until the gateway stops.
+//! A start opens its ports afresh (`fresh`) or takes them over
+//! (`takeover`); [`run`] builds the gateway on them, `workers` runs
+//! its threads, and `stop` serves signals until the gateway stops.
 
 mod fresh;
 mod run;

@@ -11,7 +11,7 @@
 //!
 //! The loop reads in bounded batches per port (fairness between ports),
 //! reads the clock once per batch, and drives expiry from the same loop. The
-//! read calls are in [`Worker::pump`] only; every write goes through the
+//! read calls are in `Worker::pump` only; every write goes through the
 //! worker's [`Writer`], which queues a loop turn's writes and hands them to
 //! the kernel together (one `io_uring_enter`, [`super::uring`]).
 

@@ -43,7 +43,8 @@ pub struct Translation {
     /// The flow's key as packets on the other side of the gateway carry it,
     /// oriented like every cross-zone key (local = the inside-side end).
     pub key: FlowKey,
-    /// Egress port of packets leaving toward [0] the outside and [1] the inside.
+    /// Egress port of packets leaving toward the outside (index 0) and the
+    /// inside (index 1).
     pub egress: [u8; 2],
     /// The port mapping this flow holds (masquerade), released at its closure.
     pub mapping: Option<(MapKey, u16)>,
@@ -89,8 +90,8 @@ pub fn views(entry: &FlowEntry, t: &Translation) -> (FlowKey, FlowKey) {
     }
 }
 
-/// The rewrites of a translated flow's packets arriving [0] inside (into
-/// the outside view) and [1] outside.
+/// The rewrites of a translated flow's packets arriving inside (index 0,
+/// into the outside view) and outside (index 1).
 pub fn rewrites(entry: &FlowEntry, t: &Translation) -> [FlowRewrite; 2] {
     let (inside, outside) = views(entry, t);
     let (version, protocol) = (inside.version(), inside.protocol);

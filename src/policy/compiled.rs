@@ -2,7 +2,7 @@
 //!
 //! Each layer keeps its filters in evaluation order (sublayers by weight,
 //! highest first; filters by weight, highest first, then file order) and an
-//! index ([`super::layer_index`]) that, for a request, yields the few filters
+//! index (`policy::layer_index`) that, for a request, yields the few filters
 //! that can match it. The candidates are then evaluated in order with WFP
 //! arbitration, which gives exactly the result of evaluating every filter in
 //! order (a property test checks this).
