@@ -266,7 +266,15 @@ impl FlowTable {
         // Bits 24..56: hashbrown uses the low bits for the bucket and the top
         // seven as the tag, so the shard choice stays independent of both.
         let within = ((hash >> 24) as u32 as u64 * self.per_group as u64) >> 32;
-        (group % self.groups) * self.per_group + within as usize
+        // Callers pass a group below `groups` (their own, or one of a loop
+        // over all): the modulo, a division of tens of cycles on every
+        // packet, only guards the others.
+        let group = if group < self.groups {
+            group
+        } else {
+            group % self.groups
+        };
+        group * self.per_group + within as usize
     }
 
     /// Locks shard number `idx`.
