@@ -4,6 +4,8 @@
 //! * `established/*` — `Engine::process` of a packet of an existing flow:
 //!   parse, key, shard lock, lookup, TCP window tracking, counters;
 //! * `new_flow/udp` — creating flows;
+//! * `connection/tcp_10_packets` — whole short TCP connections
+//!   (bench/connection.rs);
 //! * `table_1m/lookup` — an established-flow packet with 1 000 000 flows in the
 //!   table, and (printed) the bytes each flow costs, table overhead included;
 //! * `scaling/threads_{1,2}` — packets per second of 1 and 2 workers sharing
@@ -65,6 +67,8 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+mod connection;
 
 const LAN: u8 = 0;
 
@@ -579,6 +583,7 @@ criterion_group!(
     parse_benches,
     established_benches,
     new_flow_benches,
+    connection::benches,
     million_flows,
     scaling,
     nat_benches,
@@ -627,7 +632,9 @@ fn nat_loop(e: &mut Engine, port: u8, template: &[u8], buf: &mut [u8], iters: us
 /// by n. Cases: `established_tcp` (in-window 64-byte segments of one
 /// flow, as `established/ipv4_tcp_64B`), `established_udp`, and
 /// `new_udp_no_event_taker` (n new UDP flows into a table sized for them,
-/// as `new_flow/udp_50k_flows_no_event_taker`).
+/// as `new_flow/udp_50k_flows_no_event_taker`), and `tcp_connection` (n
+/// whole connections of ten segments, as `connection/tcp_10_packets`:
+/// divide by n for a connection).
 fn engine_callgrind(case: &str) {
     let iters: usize = std::env::var("ENGINE_ITERS")
         .ok()
@@ -662,7 +669,16 @@ fn engine_callgrind(case: &str) {
             engine_loop(&mut e, &mut packets);
             assert_eq!(gw.flows_active(), iters);
         }
-        _ => panic!("ENGINE_CALLGRIND: established_tcp, established_udp or new_udp_no_event_taker"),
+        "tcp_connection" => {
+            let gw = gateway(iters);
+            let mut e = gw.engine(0);
+            e.flow_events(false);
+            let mut segments = connection::connections(iters);
+            connection::engine_loop_connections(&mut e, &mut segments);
+        }
+        _ => panic!(
+            "ENGINE_CALLGRIND: established_tcp, established_udp, new_udp_no_event_taker or tcp_connection"
+        ),
     }
 }
 
