@@ -222,7 +222,7 @@ impl FlowEntry {
         self.flags & F_TRANSLATED != 0
     }
 
-    /// Whether the flow has a parent (see [`Shard::parent`]).
+    /// Whether the flow has a parent (see [`super::shard::Shard::parent`]).
     #[inline]
     pub fn has_parent(&self) -> bool {
         self.flags & F_HAS_PARENT != 0

@@ -219,7 +219,7 @@ impl Shard {
     }
 
     /// The translation of the flow in `slot` and the rewrite of its
-    /// packets arriving [0] inside or [1] outside (`way`). Unlike
+    /// packets arriving inside (`way` 0) or outside (`way` 1). Unlike
     /// [`Self::translation`] it does not look at the entry first: it is
     /// for a flow known to be translated.
     #[inline]
