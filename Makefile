@@ -144,7 +144,7 @@ fuzz-cmin:
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 		$(CARGO) fuzz cmin $(FUZZ_FLAGS) $$t corpus/$$t -- -use_counters=0 || exit 1; \
 	done
-	$(CARGO) test --locked --test fuzz_corpus -- --ignored --exact write_seeds
+	$(CARGO) test --locked --test fuzz_corpus -- --ignored --exact seeds::write_seeds
 
 clean:
 	$(CARGO) clean
